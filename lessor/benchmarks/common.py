@@ -1,0 +1,92 @@
+"""Shared pieces of the benchmarks: event loop choice, server stats, timing, tables."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from typing import Any, Callable, Iterator
+
+import anyio
+
+
+def loop_backend(use_uvloop: bool = True) -> tuple[str, dict]:
+    """(backend, backend_options) for anyio.run: uvloop when installed and wanted."""
+    if use_uvloop:
+        try:
+            import uvloop  # noqa: F401
+
+            return "asyncio", {"use_uvloop": True}
+        except ImportError:
+            pass
+    return "asyncio", {}
+
+
+def run(main: Callable, *args: Any, use_uvloop: bool = True) -> Any:
+    backend, options = loop_backend(use_uvloop)
+    return anyio.run(main, *args, backend=backend, backend_options=options)
+
+
+def uvloop_name(use_uvloop: bool) -> str:
+    return "uvloop" if loop_backend(use_uvloop)[1] else "asyncio"
+
+
+async def command_stats(redis) -> dict[str, dict]:
+    """INFO commandstats as {command: {"calls": int, "usec": int, "usec_per_call": float}}."""
+    raw = await redis.info("commandstats")
+    out = {}
+    for key, value in raw.items():
+        name = key.removeprefix("cmdstat_")
+        out[name] = {"calls": int(value["calls"]), "usec": int(value["usec"]),
+                     "usec_per_call": float(value["usec_per_call"])}
+    return out
+
+
+def stat_delta(before: dict, after: dict, command: str) -> tuple[int, int]:
+    """(calls, usec) spent by ``command`` between two command_stats snapshots."""
+    a, b = after.get(command, {}), before.get(command, {})
+    return a.get("calls", 0) - b.get("calls", 0), a.get("usec", 0) - b.get("usec", 0)
+
+
+@contextlib.contextmanager
+def stopwatch() -> Iterator[list[float]]:
+    """Measures wall time of a block: ``with stopwatch() as t: ...; t[0]`` is seconds."""
+    box = [0.0]
+    start = time.perf_counter()  # clock: benchmark timing only
+    try:
+        yield box
+    finally:
+        box[0] = time.perf_counter() - start  # clock: benchmark timing only
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of an already sorted list (nearest rank)."""
+    if not sorted_values:
+        return 0.0
+    index = min(len(sorted_values) - 1, max(0, int(round(q * (len(sorted_values) - 1)))))
+    return sorted_values[index]
+
+
+def print_table(title: str, rows: list[dict], columns: list[tuple[str, str]]) -> None:
+    """A rich table of ``rows`` with (key, header) columns."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for _, header in columns:
+        table.add_column(header, justify="right")
+    for row in rows:
+        table.add_row(*[_fmt(row.get(key)) for key, _ in columns])
+    Console().print(table)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "" if value is None else str(value)
+
+
+def dump_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=None, sort_keys=True))

@@ -1,0 +1,269 @@
+"""The ``lessor`` command.
+
+Every subcommand takes ``--redis-url`` (default: $LESSOR_REDIS_URL, else a
+private embedded server for the life of the command; run ``lessor server`` to
+share one between processes). ``--json`` prints what a script would read.
+Errors are one line naming what was wrong and what to do; exit codes:
+0 ok, 1 check failed (e.g. replay --verify found differences), 2 usage or
+lessor error, 3 server unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from typing import Any
+
+import anyio
+
+from lessor.errors import LessorError, ServerError
+
+
+def _add_url(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--redis-url", metavar="URL",
+                   help="server to use (default: $LESSOR_REDIS_URL, else an embedded one)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="lessor",
+        description="lessor: fenced leases, heartbeats with grace, a reaper and an "
+                    "event log in Redis Streams, for workflow control planes.",
+        epilog="Run `lessor server` in one terminal and export the LESSOR_REDIS_URL it prints "
+               "to share one server between commands.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("server", help="run an embedded Valkey server in the foreground, print its URL")
+    p.add_argument("--appendfsync", choices=["always", "everysec", "no"], default="everysec",
+                   help="AOF fsync policy (default everysec: at most ~1 s of writes lost on a crash)")
+    p.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--dir", help="data dir to keep (default: a temp dir removed on exit)")
+
+    p = sub.add_parser("events", help="print the event log readably (or as JSON lines)")
+    _add_url(p)
+    p.add_argument("--run", metavar="ID", help="only this run's events")
+    p.add_argument("--namespace", default="proj/development", help="namespace of --run")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    p.add_argument("--json", action="store_true", help="one JSON object per event")
+
+    p = sub.add_parser("replay", help="rebuild all state from the streams alone")
+    _add_url(p)
+    p.add_argument("--verify", action="store_true",
+                   help="compare with the live projection; exit 1 printing every difference")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("submit", help="submit a run (its root action a0 is queued)")
+    _add_url(p)
+    p.add_argument("task")
+    p.add_argument("--inputs", default="null", help="inputs as JSON (a URI or a small value)")
+    p.add_argument("--namespace", default="proj/development")
+    p.add_argument("--queue", default="default")
+    p.add_argument("--idempotency-key")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("reaper", help="run the reaper: expire leases past deadline + grace, fail over")
+    _add_url(p)
+    p.add_argument("--interval-ms", type=int, default=200)
+    p.add_argument("--limit", type=int, default=500, help="leases per script call (bounded batches)")
+
+    bench = sub.add_parser("bench", help="benchmarks (numbers as ratios to the server's own limit)")
+    bsub = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    from lessor.benchmarks import heartbeat as hb_bench
+    from lessor.benchmarks import eventlog as log_bench
+
+    hb_bench.add_arguments(bsub.add_parser("heartbeat", help="lease renewals/s vs the server's limit"))
+    log_bench.add_arguments(bsub.add_parser("eventlog", help="event appends/s vs plain XADD"))
+    for b in (bsub.choices["heartbeat"], bsub.choices["eventlog"]):
+        _add_url(b)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lessor`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    handler = COMMANDS[args.command]
+    try:
+        return handler(args) or 0
+    except ServerError as exc:
+        _err(f"lessor: {exc}")
+        return 3
+    except (LessorError, ValueError) as exc:
+        _err(f"lessor: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _err(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(message, style="bold red", highlight=False, markup=False)
+
+
+# --- server -----------------------------------------------------------------------------
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from lessor.server import EmbeddedServer
+
+    server = EmbeddedServer(appendfsync=args.appendfsync, port=args.port, workdir=args.dir)
+    with server:
+        print(f"lessor server (valkey) ready, appendfsync={args.appendfsync}", flush=True)
+        print(f"  export LESSOR_REDIS_URL={server.url}", flush=True)
+        print(f"  tcp: {server.tcp_url}   data: {server.workdir}   (Ctrl-C to stop)", flush=True)
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+# --- events -----------------------------------------------------------------------------
+
+
+def event_to_json(partition: int, event: Any) -> dict:
+    """A JSON-ready dict of an event (blobs decoded as msgpack when they are, else hex)."""
+    import dataclasses
+
+    from lessor.scheduler.values import show_value
+
+    out = {"partition": partition, "id": event.id, "type": event.TYPE}
+    for f in dataclasses.fields(event):
+        if f.name in ("id", "extra"):
+            continue
+        value = getattr(event, f.name)
+        out[f.name] = show_value(value) if isinstance(value, bytes) else value
+    if event.extra:
+        out["extra"] = {k: repr(v) for k, v in event.extra.items()}
+    return out
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from lessor.leasing.backend import open_backend
+    from lessor.leasing.eventlog import EventLog
+    from lessor.scheduler.render import EventPrinter
+
+    async def run() -> None:
+        async with open_backend(args.redis_url) as backend:
+            log = EventLog(backend)
+            printer = EventPrinter(as_json=args.json)
+            if args.run:
+                p = backend.keys_for_run(args.namespace, args.run).partition
+                for e in await log.run_events(args.namespace, args.run):
+                    printer.print(p, e)
+            else:
+                for entry in await log.read_all():
+                    printer.print(entry.partition, entry.event)
+            printer.flush()
+            if args.follow:
+                async for entry in log.follow():
+                    if args.run and (entry.event.run != args.run or entry.event.ns != args.namespace):
+                        continue
+                    printer.print(entry.partition, entry.event, live=True)
+
+    anyio.run(run)
+    return 0
+
+
+# --- replay -----------------------------------------------------------------------------
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from rich.console import Console
+
+    from lessor.leasing.backend import open_backend
+    from lessor.leasing.replay import replay, verify
+
+    async def run() -> int:
+        async with open_backend(args.redis_url) as backend:
+            world = await replay(backend)
+            diffs = await verify(backend, world) if args.verify else []
+        phases = Counter(a.phase.value for a in world.actions.values())
+        summary = {"events": world.events, "runs": len(world.runs), "actions": len(world.actions),
+                   "action_phases": dict(phases), "verified": args.verify,
+                   "differences": [str(d) for d in diffs]}
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            console = Console()
+            console.print(f"replayed {world.events} events: {len(world.runs)} runs, "
+                          f"{len(world.actions)} actions " + ", ".join(f"{k}={v}" for k, v in sorted(phases.items())))
+            if args.verify:
+                for d in diffs:
+                    console.print(f"  DIFF {d}", style="red", markup=False)
+                console.print("verify: " + ("live projection equals the fold of the log" if not diffs
+                                            else f"{len(diffs)} differences"),
+                              style="green" if not diffs else "bold red")
+        return 1 if diffs else 0
+
+    return anyio.run(run)
+
+
+# --- submit -----------------------------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from lessor.leasing.backend import open_backend
+    from lessor.scheduler.submit import submit_run
+    from lessor.scheduler.values import pack_value
+
+    try:
+        inputs = json.loads(args.inputs)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--inputs must be JSON ({exc}); e.g. --inputs '{{\"uri\": \"s3://b/k\"}}'") from None
+
+    async def run() -> None:
+        async with open_backend(args.redis_url) as backend:
+            s = await submit_run(backend, args.task, inputs=pack_value(inputs), namespace=args.namespace,
+                                 queue=args.queue, idempotency_key=args.idempotency_key)
+        if args.json:
+            print(json.dumps({"namespace": s.namespace, "run": s.run_id, "created": s.created}))
+        else:
+            print(f"{'submitted' if s.created else 'already submitted'}: {s.namespace}/{s.run_id}")
+
+    anyio.run(run)
+    return 0
+
+
+# --- reaper -----------------------------------------------------------------------------
+
+
+def cmd_reaper(args: argparse.Namespace) -> int:
+    from lessor.leasing.backend import open_backend
+    from lessor.leasing.reaper import Reaper
+
+    def report(r) -> None:
+        if r.expired or r.timed_out or r.promoted:
+            print(f"reaper: expired={r.expired} timed_out={r.timed_out} promoted={r.promoted} "
+                  f"lag_ms={r.lag_ms}", flush=True)
+
+    async def run() -> None:
+        async with open_backend(args.redis_url) as backend:
+            print(f"reaper on {backend.url}: every {args.interval_ms} ms, {args.limit} per batch", flush=True)
+            await Reaper(backend, limit=args.limit, interval_ms=args.interval_ms).run(on_pass=report)
+
+    anyio.run(run)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from lessor.benchmarks import eventlog as log_bench
+    from lessor.benchmarks import heartbeat as hb_bench
+
+    return {"heartbeat": hb_bench.main, "eventlog": log_bench.main}[args.bench](args)
+
+
+COMMANDS = {
+    "server": cmd_server, "events": cmd_events, "replay": cmd_replay, "submit": cmd_submit,
+    "reaper": cmd_reaper, "bench": cmd_bench,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""msgpack codec for events, with a schema version.
+
+Wire form: a msgpack map ``{"v": 1, "type": "...", <fields>}``. The Lua scripts
+write the same form with ``cmsgpack``; since Lua strings are bytes, a blob
+field written by Lua arrives as a msgpack *str* that may not be UTF-8, so the
+decoder reads strings with ``surrogateescape`` and turns blob fields back into
+bytes losslessly.
+
+``decode`` either returns a complete event or raises an ``EventDecodeError``
+subclass naming what was wrong. It never returns a half-built event.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+import typing
+from typing import Any
+
+import msgpack
+
+from lessor.core.events import EVENT_TYPES, SCHEMA_VERSION, Event
+from lessor.errors import EventDecodeError, UnknownEventType, UnknownSchemaVersion
+
+_HEADER = ("v", "type")
+_NOT_ENCODED = ("id", "extra")
+
+
+def encode(event: Event) -> bytes:
+    """Encode an event to its msgpack wire form (unknown ``extra`` fields are written back)."""
+    body: dict[str, Any] = dict(event.extra)
+    body["v"] = SCHEMA_VERSION
+    body["type"] = event.TYPE
+    for f in dataclasses.fields(event):
+        if f.name in _NOT_ENCODED:
+            continue
+        value = getattr(event, f.name)
+        if value is not None:
+            body[f.name] = value
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def decode(data: bytes, event_id: str = "") -> Event:
+    """Decode wire bytes into an event, or raise EventDecodeError (or a subclass)."""
+    try:
+        body = msgpack.unpackb(data, raw=False, unicode_errors="surrogateescape", strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise EventDecodeError(f"event {event_id or '?'} is not valid msgpack: {exc}") from None
+    if not isinstance(body, dict):
+        raise EventDecodeError(f"event {event_id or '?'} must be a msgpack map, got {type(body).__name__}")
+    version = body.get("v")
+    if version != SCHEMA_VERSION:
+        raise UnknownSchemaVersion(
+            f"event {event_id or '?'} has schema version {version!r}; this lessor reads version "
+            f"{SCHEMA_VERSION}: upgrade lessor to read it"
+        )
+    etype = body.get("type")
+    cls = EVENT_TYPES.get(etype) if isinstance(etype, str) else None
+    if cls is None:
+        raise UnknownEventType(f"event {event_id or '?'} has unknown type {etype!r}")
+    return _build(cls, body, event_id)
+
+
+def _build(cls: type[Event], body: dict, event_id: str) -> Event:
+    kwargs: dict[str, Any] = {}
+    extra = {k: v for k, v in body.items() if k not in _HEADER and k not in _field_types(cls)}
+    for name, (kinds, required) in _field_types(cls).items():
+        if name not in body or body[name] is None:
+            if required:
+                raise EventDecodeError(f"{cls.TYPE} event {event_id or '?'} is missing field {name!r}")
+            continue
+        kwargs[name] = _coerce(cls, name, body[name], kinds, event_id)
+    return cls(**kwargs, id=event_id, extra=extra)
+
+
+def _coerce(cls: type[Event], name: str, value: Any, kinds: tuple[type, ...], event_id: str) -> Any:
+    if bytes in kinds and isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        # bool is an int subclass; a bool where a number belongs is a broken writer
+        raise EventDecodeError(
+            f"{cls.TYPE} event {event_id or '?'}: field {name!r} must be "
+            f"{'/'.join(k.__name__ for k in kinds)}, got {type(value).__name__}"
+        )
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise EventDecodeError(
+                f"{cls.TYPE} event {event_id or '?'}: field {name!r} is not valid UTF-8"
+            ) from None
+    return value
+
+
+@functools.cache
+def _field_types(cls: type[Event]) -> dict[str, tuple[tuple[type, ...], bool]]:
+    """name -> (accepted python types, required) for each encoded field of ``cls``."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name in _NOT_ENCODED:
+            continue
+        hint = hints[f.name]
+        args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        kinds = tuple(a for a in args if a is not type(None))
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        out[f.name] = (kinds, required)
+    return out

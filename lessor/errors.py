@@ -1,0 +1,71 @@
+"""Every error lessor raises on purpose. Each message says what was wrong and what to do."""
+
+from __future__ import annotations
+
+
+class LessorError(Exception):
+    """Base of all lessor errors."""
+
+
+class ServerError(LessorError):
+    """The Redis/Valkey server could not be started, reached, or is too old."""
+
+
+class ConfigError(LessorError, ValueError):
+    """A configuration value is out of range."""
+
+
+# --- the event codec -------------------------------------------------------
+
+
+class EventDecodeError(LessorError, ValueError):
+    """Bytes from the log are not a valid lessor event. Nothing half-built is returned."""
+
+
+class UnknownSchemaVersion(EventDecodeError):
+    """The event was written by a newer (or unknown) schema version."""
+
+
+class UnknownEventType(EventDecodeError):
+    """The event's type is not one this version of lessor knows."""
+
+
+# --- the state machine -----------------------------------------------------
+
+
+class IllegalTransition(LessorError):
+    """An event is not allowed in the current phase (the fold refuses it)."""
+
+    def __init__(self, subject: str, phase: str | None, event_type: str) -> None:
+        self.subject, self.phase, self.event_type = subject, phase, event_type
+        super().__init__(
+            f"illegal transition for {subject}: {event_type!r} is not allowed in phase "
+            f"{phase or '<none>'!r}; the log is inconsistent with the transition table "
+            f"(core/phases.py)"
+        )
+
+
+# --- leasing ---------------------------------------------------------------
+
+
+class LeaseError(LessorError):
+    """A lease operation was refused."""
+
+
+class StaleToken(LeaseError):
+    """The fencing token is not the action's current token: the write was refused and recorded."""
+
+
+class LeaseNotHeld(LeaseError):
+    """The action is not leased (it is queued, terminal, or unknown)."""
+
+
+class ActionAborted(LeaseError):
+    """The action was aborted: cancel its work."""
+
+
+class UnknownAction(LeaseError, KeyError):
+    """No such action in the given run."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else "unknown action"

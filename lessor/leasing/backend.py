@@ -1,0 +1,119 @@
+"""The connection to the server: Redis client, partition count, scripts, key names.
+
+``open_backend(url)`` yields a ready Backend. With no URL (and no
+``LESSOR_REDIS_URL``) it starts the embedded server and stops it on exit.
+The partition count is stored in the server the first time and read back by
+every later client, so processes can never disagree about where a run lives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from lessor.core.ids import DEFAULT_PARTITIONS, KEY_ROOT, Keys, partition_of
+from lessor.errors import ServerError
+from lessor.leasing.scripts import ClockMode, Scripts
+
+CONFIG_KEY = f"{KEY_ROOT}:config"
+MIN_VERSIONS = {"redis": (7, 0), "valkey": (7, 2)}
+
+
+@dataclass
+class Backend:
+    """Everything a lessor component needs to talk to the server."""
+
+    redis: aioredis.Redis
+    url: str
+    partitions: int
+    clock: ClockMode = ClockMode.SERVER
+    scripts: Scripts = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scripts = Scripts(self.redis, self.clock)
+
+    def keys(self, partition: int) -> Keys:
+        return Keys(partition)
+
+    def keys_for_run(self, namespace: str, run_id: str) -> Keys:
+        return Keys(partition_of(namespace, run_id, self.partitions))
+
+    def keys_for_ref(self, ref: str) -> Keys:
+        ns_project, ns_domain, run_id = ref.split("/")[:3]
+        return self.keys_for_run(f"{ns_project}/{ns_domain}", run_id)
+
+    def all_keys(self) -> list[Keys]:
+        return [Keys(p) for p in range(self.partitions)]
+
+
+def resolve_url(url: str | None) -> str | None:
+    """The server URL to use: the argument, else $LESSOR_REDIS_URL, else None (embedded)."""
+    return url or os.environ.get("LESSOR_REDIS_URL") or None
+
+
+def make_redis(url: str, **kwargs) -> aioredis.Redis:
+    """A redis-py asyncio client for ``url`` (bytes replies, sane timeouts)."""
+    return aioredis.from_url(url, decode_responses=False, socket_connect_timeout=5, **kwargs)
+
+
+async def check_server(redis: aioredis.Redis, url: str) -> None:
+    """Raise ServerError with one clear line if the server is unreachable or too old."""
+    try:
+        info = await redis.info("server")
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise ServerError(
+            f"cannot reach the server at {url}: {exc}. Start one with `lessor server`, "
+            "or unset LESSOR_REDIS_URL to use the embedded server"
+        ) from None
+    flavour = "valkey" if "valkey_version" in info else "redis"
+    version_text = str(info.get("valkey_version") or info.get("redis_version") or "0")
+    version = tuple(int(x) for x in version_text.split(".")[:2])
+    if version < MIN_VERSIONS[flavour]:
+        need = ".".join(map(str, MIN_VERSIONS[flavour]))
+        raise ServerError(f"{flavour} {version_text} at {url} is too old: lessor needs {flavour} >= {need}")
+
+
+async def read_partitions(redis: aioredis.Redis, wanted: int | None) -> int:
+    """The partition count stored on the server, storing ``wanted`` (or the default) if none is."""
+    await redis.hsetnx(CONFIG_KEY, "partitions", wanted or DEFAULT_PARTITIONS)
+    stored = int(await redis.hget(CONFIG_KEY, "partitions"))
+    if wanted is not None and wanted != stored:
+        raise ServerError(
+            f"this server's lessor data uses {stored} partitions, not {wanted}: drop the "
+            "--partitions option (or use a fresh server)"
+        )
+    return stored
+
+
+@contextlib.asynccontextmanager
+async def open_backend(
+    url: str | None = None,
+    *,
+    partitions: int | None = None,
+    clock: ClockMode = ClockMode.SERVER,
+    appendfsync: str = "everysec",
+    max_connections: int | None = None,
+) -> AsyncIterator[Backend]:
+    """Yield a Backend on ``url`` (or the embedded server, started and stopped here)."""
+    url = resolve_url(url)
+    server = None
+    if url is None:
+        from lessor.server import EmbeddedServer
+
+        server = EmbeddedServer(appendfsync=appendfsync).start()
+        url = server.url
+    redis = make_redis(url, max_connections=max_connections)
+    try:
+        await check_server(redis, url)
+        count = await read_partitions(redis, partitions)
+        yield Backend(redis=redis, url=url, partitions=count, clock=clock)
+    finally:
+        await redis.aclose()
+        if server is not None:
+            server.stop()

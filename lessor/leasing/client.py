@@ -1,0 +1,160 @@
+"""The worker's side of leasing: acquire, batched renew, complete, fail, release.
+
+Every call is one round trip (one script per partition touched; calls to
+several partitions run concurrently). Every write carries the lease's fencing
+token; the scripts refuse and record any token that is not current.
+
+Where two holders can overlap, and why it is safe: after a reap the old worker
+may still be running (paused, partitioned) while a new worker holds the next
+lease. Both may *compute*; only the current token can *write*: every script
+compares the token with the action's current one before applying anything, so
+the old worker's completion, failure, child submission or renewal is refused and
+recorded. Self-fencing (keeper.py) shortens the window in which the old worker
+even computes; the token makes the window harmless.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterable
+
+import anyio
+from redis.exceptions import ResponseError
+
+from lessor.core.ids import check_id, check_namespace, split_action_ref
+from lessor.errors import LessorError
+from lessor.leasing.backend import Backend
+from lessor.leasing.codes import Code, raise_for
+from lessor.leasing.config import LeaseConfig
+
+LEASE_FIELDS = 7  # values per lease in acquire.lua's reply
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One granted lease: an attempt of an action held by this worker under ``token``."""
+
+    ref: str
+    token: int
+    attempt: int
+    deadline_ms: int
+    task: str
+    inputs: bytes
+    parent: str
+    partition: int
+
+    @property
+    def action(self) -> str:
+        return split_action_ref(self.ref)[2]
+
+
+def _bad_arg(exc: ResponseError) -> LessorError:
+    return LessorError(f"the server refused the call: {exc}")
+
+
+class LeaseClient:
+    """Lease operations of one worker against one backend."""
+
+    def __init__(self, backend: Backend, worker_id: str, config: LeaseConfig | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.backend = backend
+        self.worker_id = check_id("worker", worker_id)
+        self.config = config or LeaseConfig()
+        self._rng = rng or random.Random()
+        self._next_partition = 0
+
+    async def acquire(self, namespace: str, queue: str, n: int = 1) -> list[Lease]:
+        """Lease up to ``n`` queued actions of ``queue``, visiting partitions in turn.
+
+        Returns the leases granted (possibly none). One script call per
+        partition visited; stops as soon as ``n`` are granted.
+        """
+        check_namespace(namespace)
+        check_id("queue", queue)
+        leases: list[Lease] = []
+        for _ in range(self.backend.partitions):
+            p = self._next_partition
+            self._next_partition = (p + 1) % self.backend.partitions
+            leases.extend(await self.acquire_from(p, namespace, queue, n - len(leases)))
+            if len(leases) >= n:
+                break
+        return leases
+
+    async def acquire_from(self, partition: int, namespace: str, queue: str, n: int) -> list[Lease]:
+        """Lease up to ``n`` actions of ``queue`` from one partition (one round trip)."""
+        keys = self.backend.keys(partition)
+        args = [namespace, queue, self.worker_id, n, self.config.ttl_ms, self.config.grace_ms]
+        try:
+            reply = await self.backend.scripts.acquire(keys=[keys.prefix], args=args)
+        except ResponseError as exc:
+            raise _bad_arg(exc) from None
+        out = []
+        for i in range(1, len(reply), LEASE_FIELDS):
+            ref, token, attempt, deadline, task, inputs, parent = reply[i:i + LEASE_FIELDS]
+            out.append(Lease(ref.decode(), int(token), int(attempt), int(deadline), task.decode(),
+                             inputs, parent.decode(), partition))
+        return out
+
+    async def renew(self, leases: Iterable[Lease]) -> dict[str, Code]:
+        """Renew every given lease: one script call per partition, all concurrently.
+
+        Returns ref -> Code (OK, RESUMED, ABORTED, STALE, UNKNOWN). Raises only
+        on transport errors (the caller counts those as failed renewals).
+        """
+        by_partition: dict[int, list[Lease]] = defaultdict(list)
+        for lease in leases:
+            by_partition[lease.partition].append(lease)
+        codes: dict[str, Code] = {}
+
+        async def one(partition: int, group: list[Lease]) -> None:
+            codes.update(await self.renew_partition(partition, group))
+
+        if len(by_partition) == 1:
+            (p, group), = by_partition.items()
+            await one(p, group)
+        elif by_partition:
+            async with anyio.create_task_group() as tg:
+                for p, group in by_partition.items():
+                    tg.start_soon(one, p, group)
+        return codes
+
+    async def renew_partition(self, partition: int, leases: list[Lease]) -> dict[str, Code]:
+        """Renew leases of one partition in one script call."""
+        args: list = [self.worker_id, self.config.ttl_ms]
+        for lease in leases:
+            args += (lease.ref, lease.token)
+        reply = await self.backend.scripts.renew(keys=[self.backend.keys(partition).prefix], args=args)
+        return {lease.ref: Code(code) for lease, code in zip(leases, reply[1:])}
+
+    async def complete(self, lease: Lease, result: bytes = b"") -> None:
+        """Commit the attempt's result. Raises StaleToken (refused, recorded) or UnknownAction."""
+        code, current = await self._fenced("complete", lease, [result])
+        raise_for(code, lease.ref, lease.token, current)
+
+    async def fail(self, lease: Lease, error: str, retryable: bool = True) -> int:
+        """Record a failed attempt; returns when it is ready to retry (server ms, 0 = failed for good)."""
+        reply = await self._call("fail", lease, [error, int(retryable), self._rng.random()])
+        raise_for(int(reply[0]), lease.ref, lease.token, int(reply[1]))
+        return int(reply[2])
+
+    async def release(self, lease: Lease, reason: str = "worker shutting down") -> None:
+        """Give the lease back now (requeued without spending budget, or aborted if aborting)."""
+        code, current = await self._fenced("release", lease, [reason])
+        raise_for(code, lease.ref, lease.token, current)
+
+    async def _fenced(self, script: str, lease: Lease, extra: list) -> tuple[int, int]:
+        reply = await self._call(script, lease, extra)
+        return int(reply[0]), int(reply[1])
+
+    async def _call(self, script: str, lease: Lease, extra: list) -> list:
+        keys = [self.backend.keys(lease.partition).prefix]
+        args = [lease.ref, lease.token, self.worker_id, *extra]
+        try:
+            return await getattr(self.backend.scripts, script)(keys=keys, args=args)
+        except ResponseError as exc:
+            raise _bad_arg(exc) from None
+
+
+__all__ = ["Code", "Lease", "LeaseClient"]

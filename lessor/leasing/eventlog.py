@@ -1,0 +1,126 @@
+"""The event log: one Redis Stream per partition, read back as decoded events.
+
+Writes happen only inside the Lua scripts (state + event together); this module
+appends raw events through ``append_events.lua`` (tools, tests) and reads:
+a range, a run's events, everything, and a live follow (XREAD BLOCK).
+
+Why here and not in core: core is pure (no I/O); the log's only writer is a
+Lua script, and the scripts live in leasing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import AsyncIterator, Sequence
+
+from redis.exceptions import ResponseError
+
+from lessor.core.codec import decode, encode
+from lessor.core.events import Event
+from lessor.errors import EventDecodeError, IllegalTransition, LessorError
+from lessor.leasing.backend import Backend
+
+READ_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """An event and where it sits: partition and stream id."""
+
+    partition: int
+    event: Event
+
+
+class EventLog:
+    """Read and append the per-partition streams of one backend."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    async def append(self, events: Sequence[Event]) -> list[str]:
+        """Append events of one run atomically (all or none); returns stream ids.
+
+        Raises IllegalTransition if the table forbids one (nothing written) or
+        EventDecodeError if the server could not read one.
+        """
+        if not events:
+            return []
+        runs = {(e.ns, e.run) for e in events}
+        if len(runs) != 1:
+            raise ValueError(f"append takes events of one run (one partition), got {len(runs)} runs")
+        keys = self.backend.keys_for_run(*runs.pop())
+        try:
+            ids = await self.backend.scripts.append_events(keys=[keys.prefix], args=[encode(e) for e in events])
+        except ResponseError as exc:
+            raise _script_error(str(exc)) from None
+        return [i.decode() for i in ids]
+
+    async def read(self, partition: int, start: str = "-", end: str = "+", count: int | None = None) -> list[Event]:
+        """Events of one partition between two stream ids (inclusive)."""
+        stream = self.backend.keys(partition).stream
+        rows = await self.backend.redis.xrange(stream, start, end, count=count)
+        return [_decode_row(row) for row in rows]
+
+    async def scan(self, partition: int) -> AsyncIterator[Event]:
+        """Every event of one partition in order, read in batches."""
+        start = "-"
+        while True:
+            rows = await self.backend.redis.xrange(self.backend.keys(partition).stream, start, "+", count=READ_BATCH)
+            for row in rows:
+                yield _decode_row(row)
+            if len(rows) < READ_BATCH:
+                return
+            start = "(" + rows[-1][0].decode()
+
+    async def read_all(self) -> list[LogEntry]:
+        """Every event of every partition (each partition in order)."""
+        out = []
+        for p in range(self.backend.partitions):
+            out.extend([LogEntry(p, e) async for e in self.scan(p)])
+        return out
+
+    async def run_events(self, namespace: str, run_id: str) -> list[Event]:
+        """The events of one run, in order (a scan of its partition)."""
+        p = self.backend.keys_for_run(namespace, run_id).partition
+        return [e async for e in self.scan(p) if e.ns == namespace and e.run == run_id]
+
+    async def follow(self, from_ids: dict[int, str] | None = None, block_ms: int = 1000) -> AsyncIterator[LogEntry]:
+        """Yield new events of all partitions as they are appended, forever.
+
+        ``from_ids`` maps partition -> last seen stream id ("$" = only new ones,
+        "0" = from the start). Every event is delivered exactly once, in order
+        within its partition.
+        """
+        last = {p: "$" for p in range(self.backend.partitions)}
+        last.update(from_ids or {})
+        streams = {self.backend.keys(p).stream: p for p in last}
+        # Resolve "$" to concrete ids now, so events appended between two XREADs are not skipped.
+        for stream, p in streams.items():
+            if last[p] == "$":
+                info = await self.backend.redis.xinfo_stream(stream) if await self.backend.redis.exists(stream) else None
+                last[p] = info["last-generated-id"].decode() if info else "0"
+        while True:
+            reply = await self.backend.redis.xread({s: last[p] for s, p in streams.items()}, count=READ_BATCH, block=block_ms)
+            for stream, rows in reply or []:
+                p = streams[stream.decode() if isinstance(stream, bytes) else stream]
+                for row in rows:
+                    last[p] = row[0].decode()
+                    yield LogEntry(p, _decode_row(row))
+
+
+def _decode_row(row) -> Event:
+    entry_id, fields = row
+    entry_id = entry_id.decode()
+    data = fields.get(b"e")
+    if data is None:
+        raise EventDecodeError(f"stream entry {entry_id} has no 'e' field: not written by lessor")
+    return decode(data, entry_id)
+
+
+def _script_error(message: str) -> LessorError:
+    parts = message.split(" ")
+    if parts[0] == "LESSOR_ILLEGAL" and len(parts) >= 5:
+        return IllegalTransition(parts[4], None if parts[2] == "-" else parts[2], parts[3])
+    if parts[0] == "LESSOR_BAD_EVENT":
+        return EventDecodeError(f"the server refused event #{parts[1]}: {' '.join(parts[2:])}")
+    return LessorError(message)

@@ -1,0 +1,166 @@
+"""The worker-side lease keeper: batched heartbeats and self-fencing.
+
+One keeper per worker renews every held lease in one batched call every
+``heartbeat_ms`` (coalescing: whatever is held at send time is sent, once).
+Each lease's work runs in its own anyio cancel scope, registered here.
+
+Self-fencing (guarantee 2): for each lease the keeper remembers the *send*
+time, on the worker's own monotonic clock, of the last renewal that succeeded.
+Once ``ttl + grace - margin`` has passed since then without another success,
+the work is cancelled, its result dropped, and the token is never used again.
+Because the server set the deadline no earlier than that send time, the worker
+stops before the server could reap, as long as the two clocks' rates differ by
+less than the margin allows. A renewal answering ABORTED or STALE (or UNKNOWN)
+cancels at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Awaitable, Callable
+
+import anyio
+
+from lessor.core.clock import MonotonicClock, SystemMonotonicClock
+from lessor.leasing.client import Lease, LeaseClient
+from lessor.leasing.codes import Code
+
+
+class FenceReason(str, Enum):
+    """Why the keeper stopped a lease's work."""
+
+    SELF_FENCED = "self_fenced"   # no successful renewal for ttl + grace - margin
+    ABORTED = "aborted"           # the server said the action was aborted
+    STALE = "stale"               # the server said the token is no longer current
+    UNKNOWN = "unknown"           # the server does not know the action
+
+
+_CODE_TO_REASON = {Code.ABORTED: FenceReason.ABORTED, Code.STALE: FenceReason.STALE,
+                   Code.UNKNOWN: FenceReason.UNKNOWN}
+
+
+@dataclass
+class HeldLease:
+    """A lease this worker holds, with its work's cancel scope and renewal bookkeeping."""
+
+    lease: Lease
+    scope: anyio.CancelScope | None
+    last_ok_send_ms: float
+    fenced: FenceReason | None = None
+    fenced_at_ms: float | None = None
+    resumed: int = 0
+
+
+@dataclass(frozen=True)
+class KeeperStatistics:
+    """Totals since the keeper started."""
+
+    held: int
+    renew_calls: int
+    renew_failures: int
+    renewed: int
+    resumed: int
+    fenced: dict = field(default_factory=dict)
+
+
+class LeaseKeeper:
+    """Keeps a worker's leases alive, or stops their work when it cannot."""
+
+    def __init__(self, client: LeaseClient, clock: MonotonicClock | None = None,
+                 on_fence: Callable[[HeldLease], None] | None = None,
+                 renew_timeout_ms: int | None = None) -> None:
+        self.client = client
+        self.config = client.config
+        self.clock = clock or SystemMonotonicClock()
+        self.on_fence = on_fence
+        # A renewal that has not answered by the next heartbeat is a failed one.
+        self.renew_timeout_ms = renew_timeout_ms or self.config.heartbeat_ms
+        self.held: dict[str, HeldLease] = {}
+        self._stats = dict(renew_calls=0, renew_failures=0, renewed=0, resumed=0)
+        self._fenced_counts: dict[str, int] = {}
+
+    def hold(self, lease: Lease, scope: anyio.CancelScope | None, acquired_send_ms: float) -> HeldLease:
+        """Start keeping ``lease``; ``acquired_send_ms`` = when the acquire call was sent."""
+        held = HeldLease(lease, scope, last_ok_send_ms=acquired_send_ms)
+        self.held[lease.ref] = held
+        return held
+
+    def drop(self, ref: str) -> None:
+        """Stop keeping a lease (its attempt ended: completed, failed, released)."""
+        self.held.pop(ref, None)
+
+    def usable(self, ref: str) -> bool:
+        """True while the lease is held and not fenced: only then may the worker report with it."""
+        held = self.held.get(ref)
+        return held is not None and held.fenced is None
+
+    def fence(self, held: HeldLease, reason: FenceReason) -> None:
+        """Stop the work of ``held`` for good: cancel its scope, never use its token again."""
+        if held.fenced is not None:
+            return
+        held.fenced = reason
+        held.fenced_at_ms = self.clock.now_ms()
+        self._fenced_counts[reason.value] = self._fenced_counts.get(reason.value, 0) + 1
+        if held.scope is not None:
+            held.scope.cancel()
+        if self.on_fence is not None:
+            self.on_fence(held)
+
+    def check_self_fence(self) -> list[HeldLease]:
+        """Fence every lease whose last successful renewal was sent too long ago."""
+        now = self.clock.now_ms()
+        late = [h for h in self.held.values()
+                if h.fenced is None and now - h.last_ok_send_ms >= self.config.self_fence_after_ms]
+        for h in late:
+            self.fence(h, FenceReason.SELF_FENCED)
+        return late
+
+    async def heartbeat(self, renew: Callable[[list[Lease]], Awaitable[dict[str, Code]]] | None = None) -> None:
+        """One heartbeat: renew every live lease in one batched call, then apply the answers."""
+        live = [h for h in self.held.values() if h.fenced is None]
+        if live:
+            sent_ms = self.clock.now_ms()
+            self._stats["renew_calls"] += 1
+            codes = None
+            with anyio.move_on_after(self.renew_timeout_ms / 1000):
+                try:
+                    codes = await (renew or self.client.renew)([h.lease for h in live])
+                except (OSError, ConnectionError, TimeoutError) as exc:  # transport only
+                    codes = None
+                except Exception as exc:  # redis-py's ConnectionError is not the builtin one
+                    if not _is_transport_error(exc):
+                        raise
+            if codes is None:
+                self._stats["renew_failures"] += 1
+            else:
+                self._apply(live, codes, sent_ms)
+        self.check_self_fence()
+
+    def _apply(self, live: list[HeldLease], codes: dict[str, Code], sent_ms: float) -> None:
+        for h in live:
+            code = codes.get(h.lease.ref)
+            if code in (Code.OK, Code.RESUMED):
+                h.last_ok_send_ms = sent_ms
+                self._stats["renewed"] += 1
+                if code is Code.RESUMED:
+                    h.resumed += 1
+                    self._stats["resumed"] += 1
+            elif code is not None:
+                self.fence(h, _CODE_TO_REASON[code])
+
+    async def run(self) -> None:
+        """Heartbeat every ``heartbeat_ms`` forever (cancel to stop)."""
+        while True:
+            await self.heartbeat()
+            await anyio.sleep(self.config.heartbeat_ms / 1000)
+
+    def statistics(self) -> KeeperStatistics:
+        return KeeperStatistics(held=len(self.held), fenced=dict(self._fenced_counts), **self._stats)
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return isinstance(exc, (RedisConnectionError, RedisTimeoutError))

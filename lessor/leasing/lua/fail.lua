@@ -1,0 +1,27 @@
+--[[ Record a failed attempt (the task's own error). Spends the user retry budget.
+  KEYS[1]  partition prefix (string)
+  ARGV[1] action ref  ARGV[2] token  ARGV[3] worker id  ARGV[4] error text
+  ARGV[5] retryable (1/0)  ARGV[6] jitter in [0, 1) (drawn by the caller, so simulations are seeded)
+  Returns: {code, current token, ready_at_ms (0 = failed for good)}: codes as complete.lua
+  Events: action_requeued (backoff: ready at now + backoff_ms * 2^(attempt-1) * (0.5 + jitter),
+  capped at 10 min) while user retries remain, else action_failed; or report_rejected ]]
+--@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
+local ref, token, worker, err = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local retryable, jitter = ARGV[5] == '1', tonumber(ARGV[6]) or 0
+local h, code = fence(ref, token, worker, 'fail', 'attempt', 'user_left', 'sys_left', 'backoff_ms', 'queue', 'priority')
+if code ~= 0 then return {code, tonumber(h.token or '0'), 0} end
+local ns, run, action = split_ref(ref)
+local attempt, user_left = tonumber(h.attempt), tonumber(h.user_left)
+end_lease(ref)
+if retryable and user_left > 0 then
+  local delay = math.min(tonumber(h.backoff_ms) * 2 ^ (attempt - 1), 600000) * (0.5 + jitter)
+  local ready_at = NOW + math.floor(delay)
+  emit({type = 'action_requeued', ns = ns, run = run, action = action, reason = 'user_error',
+    ready_at_ms = ready_at, sys_left = tonumber(h.sys_left), user_left = user_left - 1, error = err})
+  if ready_at > NOW then redis.call('ZADD', DELAYED, ready_at, ref)
+  else enqueue(ref, ns, h.queue, h.priority) end
+  return {0, tonumber(token), ready_at}
+end
+emit({type = 'action_failed', ns = ns, run = run, action = action, reason = 'user_error',
+  error = err, attempt = attempt, token = tonumber(token), worker = worker})
+return {0, tonumber(token), 0}

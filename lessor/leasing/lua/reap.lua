@@ -1,0 +1,64 @@
+--[[ The reaper's pass over one partition, in bounded batches.
+  KEYS[1]  partition prefix (string)
+  ARGV[1] limit (max items of each kind handled in this call)
+  Returns: {expired, timed_out, promoted, lag_ms, more}
+    lag_ms: how long past its expiry the latest-reaped lease was (reaper lag)
+    more:   1 if a kind hit the limit (call again now)
+  Events: lease_expired + (action_requeued | action_failed | action_aborted);
+          action_timed_out or action_requeued (reason timeout)
+  Expires leases whose deadline + grace has passed on the server clock. The
+  script is atomic, so reapers racing over the same partition never expire a
+  lease twice: the second finds it gone from the index or no longer running. ]]
+--@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
+local limit = tonumber(ARGV[1])
+if not limit or limit < 1 then return redis.error_reply('LESSOR_BAD_ARG reap needs limit >= 1') end
+local expired, timed_out, promoted, lag, more = 0, 0, 0, 0, 0
+
+-- The index score is a lower bound of the expiry (renewals do not touch it):
+-- a lease found renewed is re-scored to its real expiry and left alone.
+local due = redis.call('ZRANGEBYSCORE', LEASES, '-inf', NOW, 'LIMIT', 0, limit)
+if #due >= limit then more = 1 end
+for _, ref in ipairs(due) do
+  local h = redis.call('HMGET', akey(ref), 'phase', 'deadline_ms', 'grace_ms')
+  local expiry = h[1] == 'running' and tonumber(h[2]) + tonumber(h[3])
+  if expiry and expiry > NOW then
+    redis.call('ZADD', LEASES, expiry, ref)
+  elseif expire_lease(ref) then
+    expired = expired + 1
+    lag = math.max(lag, NOW - expiry)
+  end
+end
+
+local late = redis.call('ZRANGEBYSCORE', TIMEOUTS, '-inf', NOW, 'LIMIT', 0, limit)
+if #late >= limit then more = 1 end
+for _, ref in ipairs(late) do
+  end_lease(ref)
+  local h = hget(akey(ref), 'phase', 'attempt', 'token', 'worker', 'timeout_ms', 'user_left', 'sys_left', 'queue', 'priority', 'aborting')
+  if h.phase == 'running' then
+    local ns, run, action = split_ref(ref)
+    local user_left = tonumber(h.user_left)
+    if user_left > 0 and h.aborting ~= '1' then
+      emit({type = 'action_requeued', ns = ns, run = run, action = action, reason = 'timeout',
+        sys_left = tonumber(h.sys_left), user_left = user_left - 1, ready_at_ms = 0,
+        error = 'attempt ' .. h.attempt .. ' timed out after ' .. h.timeout_ms .. ' ms (worker ' .. h.worker .. ')'})
+      enqueue(ref, ns, h.queue, h.priority)
+    else
+      emit({type = 'action_timed_out', ns = ns, run = run, action = action, attempt = tonumber(h.attempt),
+        token = tonumber(h.token), worker = h.worker, timeout_ms = tonumber(h.timeout_ms)})
+    end
+    timed_out = timed_out + 1
+  end
+end
+
+local ready = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', NOW, 'LIMIT', 0, limit)
+if #ready >= limit then more = 1 end
+for _, ref in ipairs(ready) do
+  redis.call('ZREM', DELAYED, ref)
+  local h = hget(akey(ref), 'phase', 'aborting', 'queue', 'priority')
+  if h.phase == 'queued' and h.aborting ~= '1' then
+    local ns = split_ref(ref)
+    enqueue(ref, ns, h.queue, h.priority)
+    promoted = promoted + 1
+  end
+end
+return {expired, timed_out, promoted, lag, more}

@@ -1,0 +1,22 @@
+--[[ Give a lease back before it expires (graceful shutdown, or confirming an abort).
+  The action is requeued at once without spending any retry budget, so it fails
+  over now instead of after ttl + grace; an action being aborted becomes aborted.
+  KEYS[1]  partition prefix (string)
+  ARGV[1] action ref  ARGV[2] token  ARGV[3] worker id  ARGV[4] reason
+  Returns: {code, current token}: codes as complete.lua
+  Events: action_requeued (reason "released") or action_aborted; or report_rejected ]]
+--@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
+local ref, token, worker, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local h, code = fence(ref, token, worker, 'release', 'aborting', 'sys_left', 'user_left', 'queue', 'priority')
+if code ~= 0 then return {code, tonumber(h.token or '0')} end
+local ns, run, action = split_ref(ref)
+end_lease(ref)
+if h.aborting == '1' then
+  emit({type = 'action_aborted', ns = ns, run = run, action = action, reason = 'aborted; worker ' .. worker .. ' cancelled it'})
+else
+  emit({type = 'action_requeued', ns = ns, run = run, action = action, reason = 'released',
+    sys_left = tonumber(h.sys_left), user_left = tonumber(h.user_left), ready_at_ms = 0,
+    error = 'released by worker ' .. worker .. ': ' .. reason})
+  enqueue(ref, ns, h.queue, h.priority)
+end
+return {0, tonumber(token)}

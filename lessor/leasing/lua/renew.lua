@@ -1,0 +1,56 @@
+--[[ Renew every lease a worker holds, in one call (the heartbeat hot path).
+  KEYS[1]  partition prefix (string)
+  ARGV[1] worker id  ARGV[2] ttl_ms  ARGV[3..] pairs: action ref, token
+  Returns: {now_ms, then one code per lease (leasing/codes.py)}:
+    0 OK       renewed on time: deadline = now + ttl (no event: the hot path)
+    1 RESUMED  renewed inside the grace window: lease_resumed logged with late_ms
+    2 ABORTED  the action was aborted: cancel the work (deadline not moved)
+    3 STALE    the token is not current (or the lease had already passed
+               deadline + grace, in which case it is expired here and now):
+               report_rejected logged once per token
+    4 UNKNOWN  no such action
+  Events: lease_resumed, report_rejected, (lease_expired + decision)
+  Cost: an on-time renewal is one HMGET and one HSET. The reap index is not
+  touched: its score (deadline + grace at grant time) is a lower bound of the
+  expiry, and the reaper re-scores a lease it finds renewed (reap.lua). ]]
+local worker, ttl_ms = ARGV[1], tonumber(ARGV[2])
+if not ttl_ms or ttl_ms <= 0 then return redis.error_reply('LESSOR_BAD_ARG renew needs ttl_ms > 0') end
+local new_deadline = S(NOW + ttl_ms)
+local out = {NOW}
+
+-- Everything off the hot path: late, aborted, stale, unknown, expired.
+local function slow_path(ref, token, key, h)
+  local L = lib()
+  if not h[1] then return 4 end
+  local deadline, grace = tonumber(h[3]), tonumber(h[4])
+  if h[1] == 'running' and h[2] == token then
+    if NOW > deadline + grace then
+      L.expire_lease(ref)   -- dead on the server clock even if no reaper came yet
+    elseif h[5] == '1' then
+      return 2
+    else
+      local ns, run, action = L.split_ref(ref)
+      L.emit({type = 'lease_resumed', ns = ns, run = run, action = action,
+        attempt = tonumber(redis.call('HGET', key, 'attempt')), token = tonumber(token),
+        worker = worker, late_ms = NOW - deadline, deadline_ms = NOW + ttl_ms})
+      return 1
+    end
+  end
+  if redis.call('HSETNX', key, '_rej:' .. token, 1) == 1 then
+    L.reject(ref, {token = h[2]}, 'renew', token, worker)
+  end
+  return 3
+end
+
+for i = 3, #ARGV, 2 do
+  local ref, token = ARGV[i], ARGV[i + 1]
+  local key = akey(ref)
+  local h = redis.call('HMGET', key, 'phase', 'token', 'deadline_ms', 'grace_ms', 'aborting')
+  if h[1] == 'running' and h[2] == token and h[5] == '0' and NOW <= tonumber(h[3]) then
+    redis.call('HSET', key, 'deadline_ms', new_deadline)
+    out[#out + 1] = 0
+  else
+    out[#out + 1] = slow_path(ref, token, key, h)
+  end
+end
+return out

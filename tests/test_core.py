@@ -1,0 +1,177 @@
+"""Property tests of the pure core: codec, transition table, fold."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lessor.core import codec
+from lessor.core import events as ev
+from lessor.core.fold import World, apply_action, apply_run, fold, handled_event_types
+from lessor.core.phases import ACTION_TRANSITIONS, RUN_TRANSITIONS, TERMINAL, Phase
+from lessor.errors import EventDecodeError, IllegalTransition, UnknownEventType, UnknownSchemaVersion
+
+NS, RUN = "proj/development", "r1"
+
+small_int = st.integers(min_value=0, max_value=2**53)
+text = st.text(min_size=1, max_size=12)
+blob = st.one_of(st.none(), st.binary(max_size=40))
+
+
+def _strategy_for(cls: type[ev.Event]) -> st.SearchStrategy:
+    """Any well-formed event of type ``cls``."""
+    kinds = {int: small_int, str: text, bytes: blob}
+    fields = {}
+    for f in dataclasses.fields(cls):
+        if f.name in ("id", "extra"):
+            continue
+        hint = codec._field_types(cls)[f.name][0]
+        base = kinds[hint[0]]
+        if f.name == "phase":
+            base = st.sampled_from(sorted(TERMINAL))
+        fields[f.name] = base if f.default is dataclasses.MISSING else st.one_of(st.just(f.default), base)
+    return st.builds(cls, **fields)
+
+
+any_event = st.one_of(*[_strategy_for(c) for c in ev.EVENT_TYPES.values()])
+
+
+def test_every_event_type_has_a_handler():
+    assert handled_event_types() == set(ev.EVENT_TYPES)
+
+
+def test_transition_table_targets_are_phases_and_terminals_only_reject():
+    for (phase, etype), target in ACTION_TRANSITIONS.items():
+        assert etype in ev.EVENT_TYPES
+        assert isinstance(target, Phase)
+        if phase in TERMINAL:
+            assert etype == "report_rejected" and target == phase, "terminal phases have no way out"
+    assert all(etype in ev.EVENT_TYPES for _, etype in RUN_TRANSITIONS)
+
+
+@given(any_event)
+def test_codec_round_trips(event):
+    assert codec.decode(codec.encode(event)) == event
+
+
+@given(st.binary(max_size=200))
+def test_fuzzed_bytes_only_raise_the_named_decode_error(data):
+    try:
+        event = codec.decode(data)
+    except EventDecodeError:
+        return
+    assert isinstance(event, ev.Event)  # a valid event by chance is fine, but complete
+
+
+@given(any_event, st.sampled_from(["v", "type", "ns", "run"]))
+def test_missing_or_broken_header_is_refused(event, field):
+    body = msgpack.unpackb(codec.encode(event), raw=False)
+    del body[field]
+    with pytest.raises(EventDecodeError):
+        codec.decode(msgpack.packb(body, use_bin_type=True))
+
+
+def test_unknown_version_and_type_are_named():
+    body = {"v": 2, "type": "run_created", "ns": NS, "run": RUN, "task": "t", "queue": "q"}
+    with pytest.raises(UnknownSchemaVersion, match="schema version 2"):
+        codec.decode(msgpack.packb(body))
+    body.update(v=1, type="run_exploded")
+    with pytest.raises(UnknownEventType, match="run_exploded"):
+        codec.decode(msgpack.packb(body))
+
+
+def test_wrong_field_type_is_refused_and_unknown_fields_are_kept():
+    body = {"v": 1, "type": "action_leased", "ns": NS, "run": RUN, "action": "a0", "attempt": "1",
+            "token": 5, "worker": "w", "ttl_ms": 1, "grace_ms": 0, "deadline_ms": 9}
+    with pytest.raises(EventDecodeError, match="'attempt' must be int"):
+        codec.decode(msgpack.packb(body))
+    body.update(attempt=1, future_field=[1, 2])
+    decoded = codec.decode(msgpack.packb(body))
+    assert decoded.extra == {"future_field": [1, 2]}
+    assert codec.decode(codec.encode(decoded)).extra == {"future_field": [1, 2]}
+
+
+# --- legal sequences, generated from the table itself ------------------------------
+
+
+def _event(etype: str, i: int, action: str = "a1") -> ev.Event:
+    common = dict(ns=NS, run=RUN, ts=i)
+    lease = dict(action=action, attempt=1, token=i, worker="w")
+    return {
+        "action_created": lambda: ev.ActionCreated(**common, action=action, task="t", queue="q"),
+        "action_leased": lambda: ev.ActionLeased(**common, **lease, ttl_ms=10, grace_ms=5, deadline_ms=i + 10),
+        "lease_resumed": lambda: ev.LeaseResumed(**common, **lease, late_ms=1, deadline_ms=i + 10),
+        "lease_expired": lambda: ev.LeaseExpired(**common, **lease, deadline_ms=i, grace_ms=5),
+        "action_requeued": lambda: ev.ActionRequeued(**common, action=action, reason="lease_expired"),
+        "action_succeeded": lambda: ev.ActionSucceeded(**common, **lease, result=b"ok"),
+        "action_failed": lambda: ev.ActionFailed(**common, action=action, reason="user_error"),
+        "action_timed_out": lambda: ev.ActionTimedOut(**common, **lease, timeout_ms=3),
+        "abort_requested": lambda: ev.AbortRequested(**common, action=action),
+        "action_aborted": lambda: ev.ActionAborted(**common, action=action),
+        "cache_hit": lambda: ev.CacheHit(**common, action=action, cache_key="k"),
+        "report_rejected": lambda: ev.ReportRejected(**common, action=action, kind="complete", token=1, worker="w"),
+    }[etype]()
+
+
+@st.composite
+def legal_action_history(draw):
+    """A random walk through ACTION_TRANSITIONS from nothing."""
+    phase, events = None, []
+    for i in range(draw(st.integers(1, 30))):
+        choices = sorted(etype for (p, etype) in ACTION_TRANSITIONS if p == phase)
+        if not choices:
+            break
+        etype = draw(st.sampled_from(choices))
+        events.append(_event(etype, i))
+        phase = ACTION_TRANSITIONS[(phase, etype)]
+    return events
+
+
+@given(legal_action_history())
+def test_any_legal_sequence_folds_and_is_deterministic(events):
+    state = None
+    for e in events:
+        state = apply_action(state, e)
+    again = fold(events)
+    assert again.actions[f"{NS}/{RUN}/a1"] == state
+    assert fold(events).actions == again.actions
+
+
+@given(legal_action_history(), st.sampled_from(sorted(ev.EVENT_TYPES)))
+def test_illegal_transitions_are_refused(events, etype):
+    if etype in ("run_created", "run_completed"):
+        return
+    state = None
+    for e in events:
+        state = apply_action(state, e)
+    phase = state.phase if state else None
+    if (phase, etype) in ACTION_TRANSITIONS:
+        return
+    with pytest.raises(IllegalTransition) as info:
+        apply_action(state, _event(etype, 99))
+    assert info.value.event_type == etype
+
+
+def test_run_completion_takes_its_phase_from_the_event_and_only_terminal_ones():
+    run = apply_run(None, ev.RunCreated(ns=NS, run=RUN, task="t", queue="q"))
+    assert run.phase is Phase.RUNNING
+    done = apply_run(run, ev.RunCompleted(ns=NS, run=RUN, phase="failed"))
+    assert done.phase is Phase.FAILED
+    with pytest.raises(IllegalTransition):
+        apply_run(run, ev.RunCompleted(ns=NS, run=RUN, phase="running"))
+    with pytest.raises(IllegalTransition):
+        apply_run(done, ev.RunCompleted(ns=NS, run=RUN, phase="failed"))
+
+
+def test_world_keys_runs_and_actions_apart():
+    world = World().extend([
+        ev.RunCreated(ns=NS, run=RUN, task="t", queue="q"),
+        _event("action_created", 1, "a0"),
+        ev.AbortRequested(ns=NS, run=RUN, action=""),
+    ])
+    assert world.runs[f"{NS}/{RUN}"].aborting
+    assert not world.actions[f"{NS}/{RUN}/a0"].aborting
