@@ -95,6 +95,7 @@ class EmbeddedServer:
         self._owns_dir = self.workdir is None
         if self.workdir is None:
             self.workdir = tempfile.mkdtemp(prefix="lessor-valkey-")
+        os.makedirs(self.workdir, exist_ok=True)
         if not self.port:
             self.port = free_port()
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -58,8 +60,18 @@ def resolve_url(url: str | None) -> str | None:
 
 
 def make_redis(url: str, **kwargs) -> aioredis.Redis:
-    """A redis-py asyncio client for ``url`` (bytes replies, sane timeouts)."""
-    return aioredis.from_url(url, decode_responses=False, socket_connect_timeout=5, **kwargs)
+    """A redis-py asyncio client for ``url`` (bytes replies, sane timeouts).
+
+    A command that fails on a broken connection is retried once on a fresh one:
+    after a server restart every pooled connection is dead, and the first use of
+    each must not surface as an error. A retried script may have run already
+    (lost reply); every lessor script is safe to repeat: renewals and completions
+    are idempotent for the same token, and a duplicated acquire only leaves a
+    lease that expires and fails over.
+    """
+    retry = Retry(NoBackoff(), 1)
+    return aioredis.from_url(url, decode_responses=False, socket_connect_timeout=5, retry=retry,
+                             retry_on_error=[RedisConnectionError, ConnectionResetError], **kwargs)
 
 
 async def check_server(redis: aioredis.Redis, url: str) -> None:
