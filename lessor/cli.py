@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 
+from lessor.core.phases import Phase
 from lessor.errors import LessorError, ServerError
 
 
@@ -65,19 +66,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idempotency-key")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("runs", help="list runs of a namespace, newest first")
+    _add_url(p)
+    p.add_argument("--namespace", default="proj/development")
+    p.add_argument("--phase", choices=[ph.value for ph in Phase])
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--cursor", help="cursor printed by the previous page")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("run", help="one run: `lessor run show ID` prints its execution tree")
+    p.add_argument("verb", choices=["show"])
+    p.add_argument("run_id", metavar="ID")
+    _add_url(p)
+    p.add_argument("--namespace", default="proj/development")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("abort", help="abort a run: queued actions now, running ones at their next heartbeat")
+    p.add_argument("run_id", metavar="ID")
+    _add_url(p)
+    p.add_argument("--namespace", default="proj/development")
+    p.add_argument("--reason", default="aborted by user")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("worker", help="run tasks from a queue (SIGTERM/Ctrl-C: drain, then release)")
+    _add_url(p)
+    p.add_argument("--app", required=True, metavar="MODULE:REGISTRY",
+                   help="where the tasks are, e.g. myapp.tasks:registry")
+    p.add_argument("--queue", default="default")
+    p.add_argument("--namespace", default="proj/development")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--worker-id", help="default: w-<host>-<pid>")
+    p.add_argument("--ttl-ms", type=int, default=30_000)
+    p.add_argument("--grace-ms", type=int, default=10_000)
+    p.add_argument("--heartbeat-ms", type=int, help="default: ttl / 3")
+    p.add_argument("--drain-s", type=float, default=10.0, help="time running actions get on shutdown")
+    p.add_argument("--otel", choices=["console", "otlp"], help="turn on OpenTelemetry")
+    p.add_argument("--no-uvloop", action="store_true")
+
+    p = sub.add_parser("demo", help="the lease story end to end: pause a worker, fail over, refuse its late report")
+    p.add_argument("--children", type=int, default=20)
+    p.add_argument("--workers", type=int, default=3)
+    p.add_argument("--quiet", action="store_true", help="only the summary")
+
     p = sub.add_parser("reaper", help="run the reaper: expire leases past deadline + grace, fail over")
     _add_url(p)
     p.add_argument("--interval-ms", type=int, default=200)
     p.add_argument("--limit", type=int, default=500, help="leases per script call (bounded batches)")
+    p.add_argument("--otel", choices=["console", "otlp"], help="turn on OpenTelemetry")
 
     bench = sub.add_parser("bench", help="benchmarks (numbers as ratios to the server's own limit)")
     bsub = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
     from lessor.benchmarks import heartbeat as hb_bench
     from lessor.benchmarks import eventlog as log_bench
+    from lessor.benchmarks import schedule as sched_bench
 
     hb_bench.add_arguments(bsub.add_parser("heartbeat", help="lease renewals/s vs the server's limit"))
     log_bench.add_arguments(bsub.add_parser("eventlog", help="event appends/s vs plain XADD"))
-    for b in (bsub.choices["heartbeat"], bsub.choices["eventlog"]):
+    sched_bench.add_arguments(bsub.add_parser("schedule", help="end-to-end actions/s vs the server's limit"))
+    for b in bsub.choices.values():
         _add_url(b)
     return parser
 
@@ -244,6 +290,10 @@ def cmd_reaper(args: argparse.Namespace) -> int:
             print(f"reaper: expired={r.expired} timed_out={r.timed_out} promoted={r.promoted} "
                   f"lag_ms={r.lag_ms}", flush=True)
 
+    from lessor import telemetry
+
+    telemetry.setup(args.otel)
+
     async def run() -> None:
         async with open_backend(args.redis_url) as backend:
             print(f"reaper on {backend.url}: every {args.interval_ms} ms, {args.limit} per batch", flush=True)
@@ -256,13 +306,82 @@ def cmd_reaper(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from lessor.benchmarks import eventlog as log_bench
     from lessor.benchmarks import heartbeat as hb_bench
+    from lessor.benchmarks import schedule as sched_bench
 
-    return {"heartbeat": hb_bench.main, "eventlog": log_bench.main}[args.bench](args)
+    return {"heartbeat": hb_bench.main, "eventlog": log_bench.main, "schedule": sched_bench.main}[args.bench](args)
+
+
+# --- runs, run show, abort --------------------------------------------------------------
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from lessor.leasing.backend import open_backend
+    from lessor.scheduler.query import list_runs
+    from lessor.scheduler.render import print_runs, run_to_json
+
+    async def run() -> None:
+        async with open_backend(args.redis_url) as backend:
+            page, cursor = await list_runs(backend, args.namespace, args.phase, args.limit, args.cursor)
+        if args.json:
+            print(json.dumps({"runs": [run_to_json(r) for r in page], "next_cursor": cursor}))
+        else:
+            print_runs(page, cursor)
+
+    anyio.run(run)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from lessor.leasing.backend import open_backend
+    from lessor.scheduler.query import get_run, tree
+    from lessor.scheduler.render import print_tree, tree_to_json
+
+    async def run() -> None:
+        async with open_backend(args.redis_url) as backend:
+            info = await get_run(backend, args.namespace, args.run_id)
+            root = await tree(backend, args.namespace, args.run_id)
+        if args.json:
+            print(json.dumps(tree_to_json(info, root)))
+        else:
+            print_tree(info, root)
+
+    anyio.run(run)
+    return 0
+
+
+def cmd_abort(args: argparse.Namespace) -> int:
+    from lessor.leasing.backend import open_backend
+    from lessor.scheduler.control import abort_run
+
+    async def run() -> None:
+        async with open_backend(args.redis_url) as backend:
+            out = await abort_run(backend, args.namespace, args.run_id, args.reason)
+        if args.json:
+            print(json.dumps({"aborted_now": out.aborted, "abort_requested": out.requested}))
+        else:
+            print(f"abort {args.namespace}/{args.run_id}: {out.aborted} queued actions aborted, "
+                  f"{out.requested} running actions asked to stop")
+
+    anyio.run(run)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from lessor.scheduler.worker_main import run_worker
+
+    return run_worker(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lessor.demo import run_demo
+
+    return run_demo(children=args.children, workers=args.workers, quiet=args.quiet)
 
 
 COMMANDS = {
     "server": cmd_server, "events": cmd_events, "replay": cmd_replay, "submit": cmd_submit,
-    "reaper": cmd_reaper, "bench": cmd_bench,
+    "reaper": cmd_reaper, "bench": cmd_bench, "runs": cmd_runs, "run": cmd_run, "abort": cmd_abort,
+    "worker": cmd_worker, "demo": cmd_demo,
 }
 
 if __name__ == "__main__":

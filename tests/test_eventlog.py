@@ -119,7 +119,7 @@ async def test_follow_delivers_every_event_exactly_once_in_order(backend):
     total = 60
 
     async def consume(task_status=anyio.TASK_STATUS_IGNORED):
-        agen = log.follow(block_ms=100)
+        agen = log.follow(from_ids=await log.last_ids(), block_ms=100)
         task_status.started()
         async for entry in agen:
             got.append(entry)

@@ -96,7 +96,7 @@ async def test_self_fences_when_renewals_stop_before_the_reap_could_happen(vback
     assert fenced_at == 250 + CFG.self_fence_after_ms  # ttl + grace - margin after the last good send
     assert keeper.statistics().renew_failures > 0
     # Only later does the server's own clock reach deadline + grace and the reaper fail it over.
-    await step.advance(CFG.margin_ms)
+    await step.advance(CFG.margin_ms + 1)
     assert (await Reaper(vbackend).reap_once()).expired == 1
 
 

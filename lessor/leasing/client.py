@@ -130,8 +130,22 @@ class LeaseClient:
 
     async def complete(self, lease: Lease, result: bytes = b"") -> None:
         """Commit the attempt's result. Raises StaleToken (refused, recorded) or UnknownAction."""
-        code, current = await self._fenced("complete", lease, [result])
+        ((code, current),) = await self.complete_many(lease.partition, [(lease, result)])
         raise_for(code, lease.ref, lease.token, current)
+
+    async def complete_many(self, partition: int, items: list[tuple[Lease, bytes]]) -> list[tuple[int, int]]:
+        """Commit several results of one partition in one call; (code, current token) per item.
+
+        Codes as ``complete``; the caller decides what a refusal means for each.
+        """
+        args: list = [self.worker_id]
+        for lease, result in items:
+            args += (lease.ref, lease.token, result or b"")
+        try:
+            reply = await self.backend.scripts.complete(keys=[self.backend.keys(partition).prefix], args=args)
+        except ResponseError as exc:
+            raise _bad_arg(exc) from None
+        return [(int(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
 
     async def fail(self, lease: Lease, error: str, retryable: bool = True) -> int:
         """Record a failed attempt; returns when it is ready to retry (server ms, 0 = failed for good)."""

@@ -84,21 +84,27 @@ class EventLog:
         p = self.backend.keys_for_run(namespace, run_id).partition
         return [e async for e in self.scan(p) if e.ns == namespace and e.run == run_id]
 
+    async def last_ids(self) -> dict[int, str]:
+        """The id of the newest entry of each partition's stream ("0" if empty): a follow start point."""
+        out = {}
+        for p in range(self.backend.partitions):
+            rows = await self.backend.redis.xrevrange(self.backend.keys(p).stream, "+", "-", count=1)
+            out[p] = rows[0][0].decode() if rows else "0"
+        return out
+
     async def follow(self, from_ids: dict[int, str] | None = None, block_ms: int = 1000) -> AsyncIterator[LogEntry]:
         """Yield new events of all partitions as they are appended, forever.
 
         ``from_ids`` maps partition -> last seen stream id ("$" = only new ones,
-        "0" = from the start). Every event is delivered exactly once, in order
-        within its partition.
+        "0" = from the start); partitions not named start at "$". Pass ids taken
+        with ``last_ids()`` to be sure nothing appended after that point is missed.
+        Every event is delivered exactly once, in order within its partition.
         """
-        last = {p: "$" for p in range(self.backend.partitions)}
-        last.update(from_ids or {})
+        now = await self.last_ids()
+        last = dict(now)
+        for p, start in (from_ids or {}).items():
+            last[p] = now[p] if start == "$" else start
         streams = {self.backend.keys(p).stream: p for p in last}
-        # Resolve "$" to concrete ids now, so events appended between two XREADs are not skipped.
-        for stream, p in streams.items():
-            if last[p] == "$":
-                info = await self.backend.redis.xinfo_stream(stream) if await self.backend.redis.exists(stream) else None
-                last[p] = info["last-generated-id"].decode() if info else "0"
         while True:
             reply = await self.backend.redis.xread({s: last[p] for s, p in streams.items()}, count=READ_BATCH, block=block_ms)
             for stream, rows in reply or []:

@@ -22,6 +22,7 @@ from typing import Awaitable, Callable
 
 import anyio
 
+from lessor import telemetry
 from lessor.core.clock import MonotonicClock, SystemMonotonicClock
 from lessor.leasing.client import Lease, LeaseClient
 from lessor.leasing.codes import Code
@@ -117,7 +118,13 @@ class LeaseKeeper:
         return late
 
     async def heartbeat(self, renew: Callable[[list[Lease]], Awaitable[dict[str, Code]]] | None = None) -> None:
-        """One heartbeat: renew every live lease in one batched call, then apply the answers."""
+        """One heartbeat: renew every live lease in one batched call, then apply the answers.
+
+        A lease not yet fenced is sent even if its self-fence deadline passed
+        while this process was paused: the server judges it (a reaped lease
+        answers STALE, and the late renewal is recorded as refused). The
+        self-fence check follows, so nothing is sent for it again.
+        """
         live = [h for h in self.held.values() if h.fenced is None]
         if live:
             sent_ms = self.clock.now_ms()
@@ -134,6 +141,9 @@ class LeaseKeeper:
             if codes is None:
                 self._stats["renew_failures"] += 1
             else:
+                meters = telemetry.instruments()
+                meters.renewal_latency_ms.record(self.clock.now_ms() - sent_ms)
+                meters.renewals.add(len(live))
                 self._apply(live, codes, sent_ms)
         self.check_self_fence()
 
@@ -150,10 +160,29 @@ class LeaseKeeper:
                 self.fence(h, _CODE_TO_REASON[code])
 
     async def run(self) -> None:
-        """Heartbeat every ``heartbeat_ms`` forever (cancel to stop)."""
+        """Heartbeat every ``heartbeat_ms`` and watch the self-fence deadlines, forever (cancel to stop).
+
+        The watchdog runs apart from the heartbeats so that a renewal call stuck
+        on a dead connection cannot delay the self-fence past its deadline.
+        """
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watchdog)
+            while True:
+                await self.heartbeat()
+                await anyio.sleep(self.config.heartbeat_ms / 1000)
+
+    async def _watchdog(self) -> None:
         while True:
-            await self.heartbeat()
-            await anyio.sleep(self.config.heartbeat_ms / 1000)
+            await anyio.sleep(self.until_next_fence_ms() / 1000)
+            self.check_self_fence()
+
+    def until_next_fence_ms(self) -> float:
+        """Time until the earliest self-fence deadline (at most one heartbeat, at least 1 ms)."""
+        live = [h.last_ok_send_ms for h in self.held.values() if h.fenced is None]
+        if not live:
+            return self.config.heartbeat_ms
+        due = min(live) + self.config.self_fence_after_ms - self.clock.now_ms()
+        return min(max(due, 1.0), self.config.heartbeat_ms)
 
     def statistics(self) -> KeeperStatistics:
         return KeeperStatistics(held=len(self.held), fenced=dict(self._fenced_counts), **self._stats)

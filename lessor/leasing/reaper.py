@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import anyio
 
+from lessor import telemetry
 from lessor.leasing.backend import Backend
 
 
@@ -75,6 +76,10 @@ class Reaper:
         return total
 
     def _record(self, r: PassResult) -> None:
+        meters = telemetry.instruments()
+        if r.expired:
+            meters.lease_expirations.add(r.expired)
+            meters.reaper_lag_ms.record(r.lag_ms)
         t = self._totals
         t["passes"] += 1
         t["expired"] += r.expired

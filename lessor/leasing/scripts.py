@@ -23,7 +23,8 @@ from redis.commands.core import AsyncScript
 from lessor.core.phases import ACTION_TRANSITIONS, RUN_TRANSITIONS, TERMINAL
 
 SCRIPT_NAMES = (
-    "append_events", "submit", "acquire", "renew", "complete", "fail", "release", "reap", "abort",
+    "append_events", "submit", "submit_child", "acquire", "renew", "complete", "fail", "release",
+    "reap", "abort",
 )
 VIRTUAL_CLOCK_KEY = "lessor:vclock"
 

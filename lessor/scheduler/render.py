@@ -81,3 +81,88 @@ class EventPrinter:
 
     def flush(self) -> None:
         sys.stdout.flush()
+
+
+# --- runs and trees ------------------------------------------------------------------
+
+_PHASE_STYLE = {"succeeded": "green", "failed": "red", "aborted": "red", "timed_out": "red",
+                "running": "cyan", "queued": "yellow"}
+
+
+def action_to_json(a) -> dict:
+    """A JSON-ready dict of an ActionInfo."""
+    from lessor.scheduler.values import show_value
+
+    return {"action": a.action_id, "task": a.task, "phase": a.phase.value, "attempt": a.attempt,
+            "token": a.token, "worker": a.worker or None, "parent": a.parent, "error": a.error,
+            "result": show_value(a.result_bytes) if a.result_bytes else None,
+            "expirations": a.expirations, "refused_reports": a.rejected, "created_ms": a.created_ms}
+
+
+def run_to_json(r) -> dict:
+    """A JSON-ready dict of a RunInfo."""
+    return {"namespace": r.namespace, "run": r.run_id, "task": r.task, "queue": r.queue, "phase": r.phase.value,
+            "created_ms": r.created_ms, "aborting": r.aborting,
+            "root": action_to_json(r.root) if r.root else None}
+
+
+def tree_to_json(info, node) -> dict:
+    """The run and its execution tree as nested JSON."""
+    def walk(n) -> dict:
+        return action_to_json(n.info) | {"children": [walk(c) for c in n.children]}
+
+    return run_to_json(info) | {"tree": walk(node)}
+
+
+def print_runs(runs, cursor) -> None:
+    """A table of runs."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(runs)} runs")
+    for column in ("run", "task", "queue", "phase", "created (UTC)", "attempts", "error"):
+        table.add_column(column)
+    for r in runs:
+        root = r.root
+        table.add_row(r.run_id, r.task, r.queue, f"[{_PHASE_STYLE.get(r.phase.value, '')}]{r.phase.value}[/]",
+                      clock_text(r.created_ms), str(root.attempt if root else ""),
+                      escape((root.error or "")[:60]) if root else "")
+    console = Console()
+    console.print(table)
+    if cursor:
+        console.print(f"next page: --cursor {cursor}", style="dim", markup=False)
+
+
+def node_label(a, now_ms: int | None = None) -> str:
+    """One tree line for an action: id, task, phase, attempt, token, worker, notes."""
+    style = _PHASE_STYLE.get(a.phase.value, "")
+    parts = [f"[bold]{a.action_id}[/bold] {escape(a.task)}", f"[{style}]{a.phase.value}[/]",
+             f"attempt {a.attempt}" if a.attempt else "not started"]
+    if a.token:
+        parts.append(f"token {a.token}")
+    if a.worker:
+        parts.append(f"on {escape(a.worker)}")
+    if a.expirations:
+        parts.append(f"[red]{a.expirations} lease expired[/red]")
+    if a.rejected:
+        parts.append(f"[magenta]{a.rejected} stale reports refused[/magenta]")
+    if a.error and a.phase.value != "succeeded":
+        parts.append(f"[red]{escape(a.error[:80])}[/red]")
+    return " · ".join(parts)
+
+
+def print_tree(info, root) -> None:
+    """The execution tree of a run, as a rich tree."""
+    from rich.console import Console
+    from rich.tree import Tree
+
+    style = _PHASE_STYLE.get(info.phase.value, "")
+    top = Tree(f"run [cyan]{info.namespace}/{info.run_id}[/cyan] [{style}]{info.phase.value}[/]")
+
+    def add(branch, node) -> None:
+        child = branch.add(node_label(node.info))
+        for c in node.children:
+            add(child, c)
+
+    add(top, root)
+    Console().print(top)

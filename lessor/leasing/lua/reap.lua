@@ -16,12 +16,13 @@ local expired, timed_out, promoted, lag, more = 0, 0, 0, 0, 0
 
 -- The index score is a lower bound of the expiry (renewals do not touch it):
 -- a lease found renewed is re-scored to its real expiry and left alone.
-local due = redis.call('ZRANGEBYSCORE', LEASES, '-inf', NOW, 'LIMIT', 0, limit)
+-- Strictly past: at now == deadline + grace the lease is still valid (as renew.lua and fence() judge).
+local due = redis.call('ZRANGEBYSCORE', LEASES, '-inf', '(' .. S(NOW), 'LIMIT', 0, limit)
 if #due >= limit then more = 1 end
 for _, ref in ipairs(due) do
   local h = redis.call('HMGET', akey(ref), 'phase', 'deadline_ms', 'grace_ms')
   local expiry = h[1] == 'running' and tonumber(h[2]) + tonumber(h[3])
-  if expiry and expiry > NOW then
+  if expiry and expiry >= NOW then
     redis.call('ZADD', LEASES, expiry, ref)
   elseif expire_lease(ref) then
     expired = expired + 1

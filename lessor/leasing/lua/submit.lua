@@ -20,7 +20,7 @@ emit({type = 'action_created', ns = ns, run = run, action = 'a0', task = task, q
   backoff_ms = tonumber(ARGV[9]), priority = tonumber(ARGV[10]), timeout_ms = tonumber(ARGV[11]),
   cache_key = opt(ARGV[12]), parent_token = 0})
 redis.call('SADD', PREFIX .. 'ra:' .. run_ref, 'a0')
-redis.call('SADD', PREFIX .. 'runs:' .. ns, run)
+redis.call('ZADD', PREFIX .. 'runs:' .. ns, NOW, run)
 if ARGV[13] ~= nil then
   emit({type = 'cache_hit', ns = ns, run = run, action = 'a0', cache_key = ARGV[12], result = ARGV[13]})
 else

@@ -1,0 +1,132 @@
+"""Scheduling throughput: end-to-end no-op actions, every transition event-sourced.
+
+One worker *process* (``lessor worker``, batched acquire and batched complete)
+runs no-op tasks while this process submits ``--actions`` runs in pipelines.
+Measured in the same run: actions/s from the first submit to the last
+completion, the server's CPU per action (``INFO cpu`` delta: everything the
+server did, not only script time), the script time per action (``INFO
+commandstats``), and so the server's own limit: how many actions/s one server
+core could schedule at that cost. The result is reported as a ratio to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+import anyio
+
+from lessor.benchmarks.common import command_stats, dump_json, print_table, run, stopwatch
+from lessor.leasing.backend import Backend, open_backend
+from lessor.scheduler.registry import Registry
+from lessor.scheduler.submit import Retries, idempotent_run_id
+from lessor.server import EmbeddedServer, _die_with_parent
+
+NAMESPACE, QUEUE = "bench/development", "schedule"
+registry = Registry()
+
+
+@registry.task
+async def noop(ctx) -> None:
+    """Does nothing: the benchmark measures lessor, not the task."""
+    return None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--actions", type=int, default=20_000, help="runs (root actions) to schedule (default 20000)")
+    p.add_argument("--concurrency", type=int, default=512, help="worker concurrency (default 512)")
+    p.add_argument("--pipeline", type=int, default=500, help="submits per pipeline (default 500)")
+    p.add_argument("--json", action="store_true")
+
+
+async def server_cpu_s(backend: Backend) -> float:
+    info = await backend.redis.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+async def submit_all(backend: Backend, n: int, pipeline: int, tag: str) -> None:
+    """Submit ``n`` no-op runs, ``pipeline`` script calls per round trip."""
+    sha = backend.scripts.sha("submit")
+    await backend.scripts.submit(keys=[backend.keys(0).prefix], args=[NAMESPACE, f"{tag}warm", "noop", QUEUE,
+                                                                     b"", "", 0, 0, 0, 0, 0, ""])
+    retries = Retries(system=0)
+    for start in range(0, n, pipeline):
+        pipe = backend.redis.pipeline(transaction=False)
+        for i in range(start, min(n, start + pipeline)):
+            run_id = idempotent_run_id(NAMESPACE, f"{tag}-{i}")
+            keys = backend.keys_for_run(NAMESPACE, run_id)
+            pipe.evalsha(sha, 1, keys.prefix, NAMESPACE, run_id, "noop", QUEUE, b"", "", retries.system,
+                         retries.user, retries.backoff_ms, 0, 0, "")
+        await pipe.execute()
+
+
+async def outstanding(backend: Backend) -> int:
+    """Actions queued or leased, over all partitions (one pipelined round trip)."""
+    pipe = backend.redis.pipeline(transaction=False)
+    for keys in backend.all_keys():
+        pipe.zcard(keys.queue(NAMESPACE, QUEUE))
+        pipe.zcard(keys.leases)
+    return sum(await pipe.execute())
+
+
+async def drain(backend: Backend) -> None:
+    while await outstanding(backend):
+        await anyio.sleep(0.02)
+
+
+async def measure(url: str, args: argparse.Namespace) -> dict:
+    async with open_backend(url) as backend:
+        await submit_all(backend, 500, args.pipeline, "warmup")
+        await drain(backend)
+        before_cpu, before = await server_cpu_s(backend), await command_stats(backend.redis)
+        with stopwatch() as t:
+            await submit_all(backend, args.actions, args.pipeline, "run")
+            await drain(backend)
+        after_cpu, after = await server_cpu_s(backend), await command_stats(backend.redis)
+        events = sum([await backend.redis.xlen(k.stream) for k in backend.all_keys()])
+    script_usec = sum(after[c]["usec"] - before.get(c, {}).get("usec", 0) for c in after if c.startswith("eval"))
+    cpu_us = (after_cpu - before_cpu) * 1e6 / args.actions
+    return {
+        "actions": args.actions, "seconds": t[0], "actions_per_s": args.actions / t[0],
+        "server_cpu_us_per_action": cpu_us, "script_us_per_action": script_usec / args.actions,
+        "server_limit_actions_per_s": 1e6 / cpu_us if cpu_us else 0.0,
+        "ratio_to_server_limit": (args.actions / t[0]) / (1e6 / cpu_us) if cpu_us else 0.0,
+        "events_in_log": events, "worker_concurrency": args.concurrency,
+    }
+
+
+def start_worker(url: str, concurrency: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "lessor", "worker", "--app", "lessor.benchmarks.schedule:registry",
+         "--queue", QUEUE, "--namespace", NAMESPACE, "--concurrency", str(concurrency),
+         "--worker-id", "bench-worker", "--redis-url", url],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+
+
+def main(args: argparse.Namespace) -> int:
+    """`lessor bench schedule`."""
+    if args.actions < 1 or args.concurrency < 1 or args.pipeline < 1:
+        raise ValueError("--actions, --concurrency and --pipeline must be >= 1")
+    server = None if args.redis_url else EmbeddedServer().start()
+    url = args.redis_url or server.url
+    worker = start_worker(url, args.concurrency)
+    try:
+        result = run(measure, url, args)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=15)
+        if server:
+            server.stop()
+    if args.json:
+        dump_json(result)
+    else:
+        print_table(f"schedule: {args.actions:,} no-op runs, one worker process (concurrency {args.concurrency})", [
+            {"what": "end to end (submit -> acquire -> complete)", "rate": result["actions_per_s"],
+             "cpu": result["server_cpu_us_per_action"], "script": result["script_us_per_action"],
+             "limit": result["server_limit_actions_per_s"], "ratio": result["ratio_to_server_limit"]},
+        ], [("what", "what"), ("rate", "actions/s"), ("cpu", "server CPU µs/action"),
+            ("script", "script µs/action"), ("limit", "server limit/s"), ("ratio", "× limit")])
+    return 0

@@ -1,0 +1,32 @@
+--[[ Submit a child action from inside a running action (tasks calling tasks).
+  Fenced by the parent's token: a parent that lost its lease cannot spawn work.
+  Idempotent by child id: a retried parent attempt that submits the same child
+  (same id, derived from its call order) gets the existing child back, with its
+  result if it has finished, instead of running it twice.
+  KEYS[1]  partition prefix (string)
+  ARGV[1] parent ref  ARGV[2] parent token  ARGV[3] worker id  ARGV[4] child action id
+  ARGV[5] task  ARGV[6] inputs (bytes)  ARGV[7] queue  ARGV[8] system retries
+  ARGV[9] user retries  ARGV[10] backoff_ms  ARGV[11] priority  ARGV[12] timeout_ms
+  ARGV[13] cache key (or "")  ARGV[14] cached result (present only on a cache hit)
+  Returns: {code, created (1/0)}: code 0 ok, 3 parent token stale (refused, recorded), 4 unknown parent
+  Events: action_created (+ cache_hit), or report_rejected ]]
+--@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
+local parent_ref, token, worker, child = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local ns, run, parent = split_ref(parent_ref)
+local ref = ns .. '/' .. run .. '/' .. child
+local _, code = fence(parent_ref, token, worker, 'submit')
+if code ~= 0 then return {code, 0} end
+-- Already submitted by this or an earlier attempt of the parent: nothing to do.
+if redis.call('EXISTS', akey(ref)) == 1 then return {0, 0} end
+local function opt(v) if v == '' then return nil end return v end
+emit({type = 'action_created', ns = ns, run = run, action = child, task = ARGV[5], queue = ARGV[7],
+  inputs = opt(ARGV[6]), parent = parent, parent_token = tonumber(token),
+  sys_retries = tonumber(ARGV[8]), user_retries = tonumber(ARGV[9]), backoff_ms = tonumber(ARGV[10]),
+  priority = tonumber(ARGV[11]), timeout_ms = tonumber(ARGV[12]), cache_key = opt(ARGV[13])})
+redis.call('SADD', PREFIX .. 'ra:' .. ns .. '/' .. run, child)
+if ARGV[14] ~= nil then
+  emit({type = 'cache_hit', ns = ns, run = run, action = child, cache_key = ARGV[13], result = ARGV[14]})
+else
+  enqueue(ref, ns, ARGV[7], ARGV[11])
+end
+return {0, 1}

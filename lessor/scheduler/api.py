@@ -1,0 +1,164 @@
+"""The embedding API a control plane uses: submit, query, wait, watch, abort.
+
+    async with lessor.connect() as client:              # None = embedded server
+        run = await client.submit_run("pipeline", inputs={"uri": "s3://b/in"},
+                                      retries=Retries(user=3, system=3))
+        info = await run.wait()
+        print(info.phase, info.result)
+
+Works under asyncio and uvloop (anyio underneath).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+import anyio
+
+from lessor import telemetry
+from lessor.core.events import Event
+from lessor.core.ids import ROOT_ACTION
+from lessor.core.phases import Phase
+from lessor.leasing.backend import Backend, open_backend
+from lessor.leasing.eventlog import EventLog
+from lessor.scheduler import query
+from lessor.scheduler.control import AbortOutcome, abort_run
+from lessor.scheduler.submit import Retries, submit_run
+from lessor.scheduler.values import pack_value
+from lessor.scheduler.watcher import CompletionWatcher
+
+DEFAULT_NAMESPACE = "proj/development"
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """Cache identity of a task's output: same name, version and inputs -> same result.
+
+    Bump ``version`` when the task's code changes meaning.
+    """
+
+    name: str
+    version: str = "1"
+
+    def key_for(self, inputs: bytes) -> str:
+        digest = hashlib.sha256(inputs or b"").hexdigest()[:20]
+        return f"{self.name}:{self.version}:{digest}"
+
+
+async def lookup_cache(backend: Backend, namespace: str, key: str) -> bytes | None:
+    """The cached output for ``key`` in ``namespace`` (one pipelined round trip), or None."""
+    pipe = backend.redis.pipeline(transaction=False)
+    for keys in backend.all_keys():
+        pipe.hget(keys.prefix + "cache:" + namespace, key)
+    for hit in await pipe.execute():
+        if hit is not None:
+            return hit
+    return None
+
+
+class RunHandle:
+    """A submitted run: wait for it, read it, abort it, watch its events."""
+
+    def __init__(self, client: "Client", namespace: str, run_id: str, created: bool) -> None:
+        self.client, self.namespace, self.run_id, self.created = client, namespace, run_id, created
+
+    def __repr__(self) -> str:
+        return f"RunHandle({self.namespace}/{self.run_id})"
+
+    async def wait(self, timeout_s: float | None = None) -> query.RunInfo:
+        return await self.client.wait(self.run_id, namespace=self.namespace, timeout_s=timeout_s)
+
+    async def info(self) -> query.RunInfo:
+        return await self.client.get_run(self.run_id, namespace=self.namespace)
+
+    async def abort(self, reason: str = "aborted by user") -> AbortOutcome:
+        return await self.client.abort(self.run_id, namespace=self.namespace, reason=reason)
+
+    def events(self, follow: bool = False) -> AsyncIterator[Event]:
+        return self.client.events(self.run_id, namespace=self.namespace, follow=follow)
+
+
+class Client:
+    """A connection to lessor for a control plane (use ``connect``)."""
+
+    def __init__(self, backend: Backend, task_group) -> None:
+        self.backend = backend
+        self.watcher = CompletionWatcher(backend, task_group)
+
+    async def submit_run(self, task: str, inputs: Any = None, *, namespace: str = DEFAULT_NAMESPACE,
+                         queue: str = "default", retries: Retries = Retries(), timeout_s: float | None = None,
+                         cache: CacheKey | None = None, priority: int = 0,
+                         idempotency_key: str | None = None) -> RunHandle:
+        """Submit a run of ``task``; its root action a0 is queued on ``queue``.
+
+        ``inputs`` is a reference (a URI) or a small msgpack-able value. With
+        ``cache`` and a stored result for the same key, the run completes at
+        once with cache_hit. A repeated ``idempotency_key`` returns the first
+        run and submits nothing. Raises ValueError naming a bad argument.
+        """
+        packed = pack_value(inputs)
+        cache_key = cache.key_for(packed) if cache else None
+        with telemetry.instruments().tracer.start_as_current_span("lessor.submit") as span:
+            cached = await lookup_cache(self.backend, namespace, cache_key) if cache_key else None
+            submitted = await submit_run(
+                self.backend, task, inputs=packed, namespace=namespace, queue=queue, retries=retries,
+                timeout_ms=int((timeout_s or 0) * 1000), priority=priority, idempotency_key=idempotency_key,
+                cache_key=cache_key, cached_result=cached)
+            span.set_attribute("lessor.run", f"{namespace}/{submitted.run_id}")
+            span.set_attribute("lessor.task", task)
+        return RunHandle(self, namespace, submitted.run_id, submitted.created)
+
+    async def get_run(self, run_id: str, *, namespace: str = DEFAULT_NAMESPACE) -> query.RunInfo:
+        """The run's live state; UnknownRun if there is none."""
+        return await query.get_run(self.backend, namespace, run_id)
+
+    async def get_action(self, run_id: str, action_id: str, *, namespace: str = DEFAULT_NAMESPACE) -> query.ActionInfo:
+        """One action's live state; UnknownAction if there is none."""
+        return await query.get_action(self.backend, namespace, run_id, action_id)
+
+    async def list_runs(self, namespace: str = DEFAULT_NAMESPACE, phase: Phase | str | None = None,
+                        limit: int = 50, cursor: str | None = None) -> tuple[list[query.RunInfo], str | None]:
+        """A page of runs, newest first, and the cursor of the next page (None at the end)."""
+        return await query.list_runs(self.backend, namespace, phase, limit, cursor)
+
+    async def tree(self, run_id: str, *, namespace: str = DEFAULT_NAMESPACE) -> query.ActionNode:
+        """The run's execution tree (a0 and its descendants)."""
+        return await query.tree(self.backend, namespace, run_id)
+
+    async def wait(self, run_id: str, *, namespace: str = DEFAULT_NAMESPACE,
+                   timeout_s: float | None = None) -> query.RunInfo:
+        """Block until the run is terminal (TimeoutError after ``timeout_s``); its final state."""
+        await self.watcher.wait(namespace, run_id, ROOT_ACTION, timeout_s)
+        return await self.get_run(run_id, namespace=namespace)
+
+    async def events(self, run_id: str, *, namespace: str = DEFAULT_NAMESPACE,
+                     follow: bool = False) -> AsyncIterator[Event]:
+        """The run's events so far; with ``follow``, then every new one as it is appended."""
+        log = EventLog(self.backend)
+        p = self.backend.keys_for_run(namespace, run_id).partition
+        last = "0"
+        async for event in log.scan(p):
+            last = event.id
+            if event.run == run_id and event.ns == namespace:
+                yield event
+        if follow:
+            async for entry in log.follow(from_ids={p: last}):
+                if entry.partition == p and entry.event.run == run_id and entry.event.ns == namespace:
+                    yield entry.event
+
+    async def abort(self, run_id: str, *, namespace: str = DEFAULT_NAMESPACE,
+                    reason: str = "aborted by user") -> AbortOutcome:
+        """Abort every non-terminal action of the run; running workers learn it on their next renewal."""
+        return await abort_run(self.backend, namespace, run_id, reason)
+
+
+@contextlib.asynccontextmanager
+async def connect(url: str | None = None, *, partitions: int | None = None) -> AsyncIterator[Client]:
+    """A Client on ``url`` ($LESSOR_REDIS_URL, else an embedded server for the block's life)."""
+    async with open_backend(url, partitions=partitions) as backend:
+        async with anyio.create_task_group() as tg:
+            yield Client(backend, tg)
+            tg.cancel_scope.cancel()

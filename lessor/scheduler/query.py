@@ -1,0 +1,185 @@
+"""Reading the live projection: runs, actions, trees, listings."""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from lessor.core.ids import ROOT_ACTION, action_ref, check_id, check_namespace, run_ref
+from lessor.core.phases import Phase
+from lessor.errors import UnknownAction
+from lessor.leasing.backend import Backend
+from lessor.scheduler.values import unpack_value
+
+_INT_FIELDS = ("attempt", "token", "sys_left", "user_left", "priority", "timeout_ms", "expirations",
+               "rejected", "created_ms", "deadline_ms", "ttl_ms", "grace_ms", "ready_at_ms", "parent_token")
+
+
+@dataclass(frozen=True)
+class ActionInfo:
+    """One action as the live projection has it."""
+
+    namespace: str
+    run_id: str
+    action_id: str
+    task: str
+    queue: str
+    phase: Phase
+    attempt: int
+    token: int
+    worker: str
+    parent: str | None
+    error: str | None
+    result_bytes: bytes | None
+    deadline_ms: int
+    created_ms: int
+    expirations: int
+    rejected: int
+    sys_left: int
+    user_left: int
+    aborting: bool
+
+    @property
+    def result(self):
+        """The unpacked output value (None if none)."""
+        return unpack_value(self.result_bytes)
+
+    @property
+    def ref(self) -> str:
+        return action_ref(self.namespace, self.run_id, self.action_id)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One run as the live projection has it (its result is its root action's)."""
+
+    namespace: str
+    run_id: str
+    task: str
+    queue: str
+    phase: Phase
+    created_ms: int
+    aborting: bool
+    root: ActionInfo | None
+
+    @property
+    def done(self) -> bool:
+        return self.phase not in (Phase.QUEUED, Phase.RUNNING)
+
+    @property
+    def result(self):
+        return self.root.result if self.root else None
+
+    @property
+    def error(self) -> str | None:
+        return self.root.error if self.root else None
+
+
+@dataclass
+class ActionNode:
+    """An action and its children: the execution tree of a run."""
+
+    info: ActionInfo
+    children: list["ActionNode"] = field(default_factory=list)
+
+
+def _text(h: dict, name: str) -> str:
+    return h.get(name.encode(), b"").decode("utf-8", "replace")
+
+
+def action_info(h: dict) -> ActionInfo:
+    """An ActionInfo from a raw action hash (bytes keys)."""
+    ints = {n: int(h.get(n.encode(), b"0") or 0) for n in _INT_FIELDS}
+    return ActionInfo(
+        namespace=_text(h, "ns"), run_id=_text(h, "run"), action_id=_text(h, "action"),
+        task=_text(h, "task"), queue=_text(h, "queue"), phase=Phase(_text(h, "phase")),
+        attempt=ints["attempt"], token=ints["token"], worker=_text(h, "worker"),
+        parent=_text(h, "parent") or None, error=_text(h, "error") or None,
+        result_bytes=h.get(b"result") or None, deadline_ms=ints["deadline_ms"],
+        created_ms=ints["created_ms"], expirations=ints["expirations"], rejected=ints["rejected"],
+        sys_left=ints["sys_left"], user_left=ints["user_left"], aborting=h.get(b"aborting") == b"1",
+    )
+
+
+async def get_action(backend: Backend, namespace: str, run_id: str, action_id: str) -> ActionInfo:
+    """The live state of one action; UnknownAction if there is none."""
+    check_namespace(namespace)
+    ref = action_ref(namespace, run_id, action_id)
+    h = await backend.redis.hgetall(backend.keys_for_run(namespace, run_id).action(ref))
+    if not h:
+        raise UnknownAction(f"no action {ref}: check the run id (`lessor runs`) and the action id")
+    return action_info(h)
+
+
+async def get_run(backend: Backend, namespace: str, run_id: str) -> RunInfo:
+    """The live state of one run and its root action; UnknownRun if there is none."""
+    from lessor.scheduler.control import UnknownRun
+
+    check_namespace(namespace)
+    check_id("run", run_id)
+    keys = backend.keys_for_run(namespace, run_id)
+    pipe = backend.redis.pipeline(transaction=False)
+    pipe.hgetall(keys.run(run_ref(namespace, run_id)))
+    pipe.hgetall(keys.action(action_ref(namespace, run_id, ROOT_ACTION)))
+    run_h, root_h = await pipe.execute()
+    if not run_h:
+        raise UnknownRun(f"no run {namespace}/{run_id}: check the id with `lessor runs`")
+    return RunInfo(namespace=namespace, run_id=run_id, task=_text(run_h, "task"), queue=_text(run_h, "queue"),
+                   phase=Phase(_text(run_h, "phase")), created_ms=int(run_h.get(b"created_ms", b"0")),
+                   aborting=run_h.get(b"aborting") == b"1", root=action_info(root_h) if root_h else None)
+
+
+async def run_actions(backend: Backend, namespace: str, run_id: str) -> list[ActionInfo]:
+    """Every action of a run (live), in creation order."""
+    await get_run(backend, namespace, run_id)
+    keys = backend.keys_for_run(namespace, run_id)
+    ids = sorted(a.decode() for a in await backend.redis.smembers(keys.prefix + "ra:" + run_ref(namespace, run_id)))
+    pipe = backend.redis.pipeline(transaction=False)
+    for action_id in ids:
+        pipe.hgetall(keys.action(action_ref(namespace, run_id, action_id)))
+    infos = [action_info(h) for h in await pipe.execute() if h]
+    return sorted(infos, key=lambda a: (a.created_ms, _natural(a.action_id)))
+
+
+def _natural(action_id: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in action_id.replace("a", "", 1).split("."))
+
+
+async def tree(backend: Backend, namespace: str, run_id: str) -> ActionNode:
+    """The execution tree of a run, rooted at a0."""
+    nodes = {a.action_id: ActionNode(a) for a in await run_actions(backend, namespace, run_id)}
+    for node in nodes.values():
+        if node.info.parent in nodes:
+            nodes[node.info.parent].children.append(node)
+    return nodes[ROOT_ACTION]
+
+
+async def list_runs(backend: Backend, namespace: str, phase: Phase | str | None = None, limit: int = 50,
+                    cursor: str | None = None) -> tuple[list[RunInfo], str | None]:
+    """Runs of a namespace, newest first: (page, cursor of the next page or None).
+
+    ``cursor`` is opaque (``created_ms:run_id`` of the last run returned).
+    """
+    check_namespace(namespace)
+    if limit < 1:
+        raise ValueError("limit must be >= 1")
+    wanted = Phase(phase) if phase else None
+    before = cursor.split(":", 1) if cursor else None
+    max_score = f"({before[0]}" if before else "+inf"
+    found: list[tuple[int, str]] = []
+    for keys in backend.all_keys():
+        rows = await backend.redis.zrevrangebyscore(keys.prefix + "runs:" + namespace, "+inf" if before else max_score,
+                                                    "-inf", withscores=True)
+        for run_id, score in rows:
+            item = (int(score), run_id.decode())
+            if before and item >= (int(before[0]), before[1]):
+                continue
+            found.append(item)
+    page: list[RunInfo] = []
+    for created, run_id in heapq.nlargest(len(found), found):
+        info = await get_run(backend, namespace, run_id)
+        if wanted is None or info.phase is wanted:
+            page.append(info)
+            if len(page) == limit:
+                return page, f"{created}:{run_id}"
+    return page, None

@@ -1,0 +1,302 @@
+"""The worker runtime: lease actions, run their tasks, report with the token.
+
+One worker = one LeaseClient + one LeaseKeeper (batched heartbeats,
+self-fencing) + a reporter that batches completions per partition. Each
+attempt runs in its own cancel scope; the keeper cancels it when the lease is
+lost. A result is reported only while the keeper still considers the lease
+usable; a fenced attempt's result is dropped (an abort is confirmed with a
+release). Unknown tasks, undecodable inputs and handler exceptions fail the
+attempt with a recorded error; they never crash the worker.
+
+Shutdown (``stop()``): stop acquiring, let running attempts finish within
+``drain_s``, then cancel the rest and release their leases so they fail over
+at once instead of after ttl + grace.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from lessor import telemetry
+from lessor.core.clock import MonotonicClock, SystemMonotonicClock
+from lessor.core.ids import check_id, check_namespace
+from lessor.errors import LessorError, StaleToken
+from lessor.leasing.backend import Backend
+from lessor.leasing.client import Lease, LeaseClient
+from lessor.leasing.codes import Code, raise_for
+from lessor.leasing.config import LeaseConfig
+from lessor.leasing.keeper import FenceReason, HeldLease, LeaseKeeper
+from lessor.scheduler.api import CacheKey, lookup_cache
+from lessor.scheduler.registry import Registry, TaskContext, UnknownTask, invoke
+from lessor.scheduler.submit import Retries
+from lessor.scheduler.values import ValueError_, pack_value, unpack_value
+from lessor.scheduler.watcher import CompletionWatcher
+
+log = logging.getLogger("lessor.worker")
+
+
+def default_worker_id() -> str:
+    """``w-<host>-<pid>``, sanitised to a valid id."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40] or "host"
+    return f"w-{host}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Where a worker takes work from and how much it runs at once."""
+
+    queue: str = "default"
+    namespace: str = "proj/development"
+    concurrency: int = 8
+    worker_id: str = field(default_factory=default_worker_id)
+    lease: LeaseConfig = field(default_factory=LeaseConfig)
+    idle_poll_ms: int = 100
+    drain_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_namespace(self.namespace)
+        check_id("queue", self.queue)
+        check_id("worker", self.worker_id)
+        if self.concurrency < 1 or self.idle_poll_ms <= 0 or self.drain_s < 0:
+            raise ValueError("concurrency must be >= 1, idle_poll_ms > 0 and drain_s >= 0")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended locally: a result to commit, or an error to record."""
+
+    result: bytes | None = None
+    error: str | None = None
+    retryable: bool = True
+
+
+class Reporter:
+    """Batches completions: everything pending for a partition goes in one script call."""
+
+    def __init__(self, client: LeaseClient) -> None:
+        self.client = client
+        self._send, self._receive = anyio.create_memory_object_stream[tuple](max_buffer_size=10_000)
+
+    async def complete(self, lease: Lease, result: bytes) -> None:
+        """Commit one result (batched with concurrent ones); StaleToken if refused."""
+        done: dict[str, Any] = {"event": anyio.Event()}
+        await self._send.send((lease, result, done))
+        await done["event"].wait()
+        raise_for(done["code"], lease.ref, lease.token, done["current"])
+
+    async def run(self) -> None:
+        async with self._receive:
+            async for first in self._receive:
+                batch = [first]
+                while True:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
+                await self._flush(batch)
+
+    async def _flush(self, batch: list[tuple]) -> None:
+        by_partition: dict[int, list[tuple]] = defaultdict(list)
+        for item in batch:
+            by_partition[item[0].partition].append(item)
+
+        async def one(partition: int, items: list[tuple]) -> None:
+            try:
+                answers = await self.client.complete_many(partition, [(lease, result) for lease, result, _ in items])
+            except Exception as exc:  # transport: every waiter hears it
+                answers = [(None, exc)] * len(items)
+            for (_, _, done), (code, current) in zip(items, answers):
+                done["code"], done["current"] = (code, current) if code is not None else (Code.UNKNOWN, 0)
+                done["event"].set()
+
+        async with anyio.create_task_group() as tg:
+            for partition, items in by_partition.items():
+                tg.start_soon(one, partition, items)
+
+
+class Worker:
+    """Runs tasks from one queue with fenced leases."""
+
+    def __init__(self, backend: Backend, registry: Registry, config: WorkerConfig | None = None,
+                 clock: MonotonicClock | None = None) -> None:
+        self.backend = backend
+        self.registry = registry
+        self.config = config or WorkerConfig()
+        self.clock = clock or SystemMonotonicClock()
+        self.client = LeaseClient(backend, self.config.worker_id, self.config.lease)
+        self.keeper = LeaseKeeper(self.client, self.clock, on_fence=self._on_fence)
+        self.reporter = Reporter(self.client)
+        self.watcher: CompletionWatcher | None = None
+        self._running: dict[str, anyio.CancelScope] = {}
+        self._slot_freed = anyio.Event()
+        self._stopping = anyio.Event()
+        self._shutting_down: set[str] = set()
+        self.counts: dict[str, int] = defaultdict(int)
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask for a graceful stop: no new leases; running attempts get ``drain_s`` to finish."""
+        self._stopping.set()
+
+    async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until ``stop()``; then drain, release what is left, and return."""
+        async with anyio.create_task_group() as service:
+            self.watcher = CompletionWatcher(self.backend, service)
+            service.start_soon(self.keeper.run)
+            service.start_soon(self.reporter.run)
+            async with anyio.create_task_group() as attempts:
+                task_status.started()
+                await self._acquire_loop(attempts)
+                await self._drain()
+            service.cancel_scope.cancel()
+
+    async def _acquire_loop(self, attempts: TaskGroup) -> None:
+        idle_ms = self.config.idle_poll_ms
+        while not self._stopping.is_set():
+            free = self.config.concurrency - len(self._running)
+            if free <= 0:
+                self._slot_freed = anyio.Event()
+                await self._wait_any(self._slot_freed)
+                continue
+            sent_ms = self.clock.now_ms()
+            try:
+                leases = await self.client.acquire(self.config.namespace, self.config.queue, free)
+            except LessorError:
+                raise
+            except Exception as exc:  # server unreachable: keep trying, the keeper fences meanwhile
+                log.warning("acquire failed (%s); retrying", exc)
+                leases = []
+            for lease in leases:
+                scope = anyio.CancelScope()
+                self._running[lease.ref] = scope
+                self.keeper.hold(lease, scope, sent_ms)
+                attempts.start_soon(self._execute, lease, scope)
+            if not leases:
+                with anyio.move_on_after(idle_ms / 1000):
+                    await self._stopping.wait()
+
+    async def _wait_any(self, event: anyio.Event) -> None:
+        async with anyio.create_task_group() as tg:
+            async def stop_waiter() -> None:
+                await self._stopping.wait()
+                tg.cancel_scope.cancel()
+            tg.start_soon(stop_waiter)
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+    async def _drain(self) -> None:
+        with anyio.move_on_after(self.config.drain_s):
+            while self._running:
+                self._slot_freed = anyio.Event()
+                await self._slot_freed.wait()
+        for ref, scope in list(self._running.items()):
+            self._shutting_down.add(ref)
+            scope.cancel()
+
+    # --- one attempt ---------------------------------------------------------------------
+
+    async def _execute(self, lease: Lease, scope: anyio.CancelScope) -> None:
+        held = self.keeper.held[lease.ref]
+        outcome: Outcome | None = None
+        tracer = telemetry.instruments().tracer
+        try:
+            with tracer.start_as_current_span("lessor.attempt") as span:
+                span.set_attribute("lessor.action", lease.ref)
+                span.set_attribute("lessor.attempt", lease.attempt)
+                span.set_attribute("lessor.token", lease.token)
+                with scope:
+                    outcome = await self._run_task(lease)
+                with anyio.CancelScope(shield=True):
+                    await self._finish(lease, held, outcome)
+        finally:
+            self.keeper.drop(lease.ref)
+            self._running.pop(lease.ref, None)
+            self._shutting_down.discard(lease.ref)
+            self._slot_freed.set()
+
+    async def _run_task(self, lease: Lease) -> Outcome:
+        ctx = TaskContext(*lease.ref.rsplit("/", 2), attempt=lease.attempt, token=lease.token,
+                          worker_id=self.config.worker_id, _worker=self, _lease=lease)
+        try:
+            fn = self.registry.get(lease.task)
+            inputs = unpack_value(lease.inputs)
+        except (UnknownTask, ValueError_) as exc:
+            return Outcome(error=str(exc) if isinstance(exc, UnknownTask) else f"undecodable inputs: {exc}",
+                           retryable=False)
+        try:
+            result = await invoke(fn, ctx, inputs)
+        except StaleToken:
+            raise  # a child submission was refused: this attempt no longer owns the action
+        except Exception as exc:
+            return Outcome(error=f"{type(exc).__name__}: {exc}")
+        try:
+            return Outcome(result=pack_value(result))
+        except ValueError_ as exc:
+            return Outcome(error=f"task {lease.task} returned an output lessor cannot carry: {exc}", retryable=False)
+
+    async def _finish(self, lease: Lease, held: HeldLease, outcome: Outcome | None) -> None:
+        """Report the outcome if the lease is still ours; otherwise release, confirm or drop."""
+        if held.fenced is FenceReason.ABORTED:
+            await self._report(self.client.release, lease, "aborted: work cancelled")
+            self.counts["aborted"] += 1
+        elif held.fenced is not None:
+            log.warning("dropped result of %s (token %s): lease %s", lease.ref, lease.token, held.fenced.value)
+            self.counts["dropped"] += 1
+        elif lease.ref in self._shutting_down or outcome is None:
+            await self._report(self.client.release, lease, "worker shutting down")
+            self.counts["released"] += 1
+        elif outcome.error is None:
+            await self._report(self.reporter.complete, lease, outcome.result)
+            self.counts["succeeded"] += 1
+        else:
+            await self._report(self.client.fail, lease, outcome.error, outcome.retryable)
+            self.counts["failed"] += 1
+
+    async def _report(self, call, lease: Lease, *args: Any) -> None:
+        try:
+            await call(lease, *args)
+        except StaleToken as exc:
+            telemetry.instruments().refused_reports.add(1)
+            self.counts["refused"] += 1
+            log.warning("report refused: %s", exc)
+        except LessorError as exc:
+            log.error("report for %s failed: %s", lease.ref, exc)
+        except Exception as exc:  # server unreachable: the lease will expire and fail over
+            log.error("report for %s could not be sent (%s); it will fail over", lease.ref, exc)
+
+    def _on_fence(self, held: HeldLease) -> None:
+        log.warning("lease of %s (token %s) fenced: %s", held.lease.ref, held.lease.token, held.fenced.value)
+
+    # --- children --------------------------------------------------------------------------
+
+    async def submit_child(self, lease: Lease, child_id: str, task: str, inputs: Any = None, *,
+                           queue: str | None = None, retries: Retries = Retries(), timeout_s: float | None = None,
+                           cache: CacheKey | None = None, priority: int = 0) -> bool:
+        """Create a child action of ``lease``'s action, fenced by its token. True if created now."""
+        if not self.keeper.usable(lease.ref):
+            raise StaleToken(f"{lease.ref} is fenced: no child submissions with token {lease.token}")
+        check_id("task", task)
+        packed = pack_value(inputs)
+        namespace = lease.ref.split("/", 2)
+        namespace = f"{namespace[0]}/{namespace[1]}"
+        cache_key = cache.key_for(packed) if cache else ""
+        args = [lease.ref, lease.token, self.config.worker_id, child_id, task, packed, queue or self.config.queue,
+                retries.system, retries.user, retries.backoff_ms, priority, int((timeout_s or 0) * 1000), cache_key]
+        if cache_key:
+            hit = await lookup_cache(self.backend, namespace, cache_key)
+            if hit is not None:
+                args.append(hit)
+        code, created = await self.backend.scripts.submit_child(
+            keys=[self.backend.keys(lease.partition).prefix], args=args)
+        raise_for(int(code), lease.ref, lease.token)
+        return bool(created)

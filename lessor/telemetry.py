@@ -1,0 +1,96 @@
+"""OpenTelemetry: spans per attempt (worker) and per submit (client), lease metrics.
+
+Off by default: the API's no-op providers cost next to nothing. ``setup("console")``
+installs the SDK with console exporters; ``setup("otlp")`` uses the OTLP exporter
+when ``opentelemetry-exporter-otlp`` is installed (and says so when it is not).
+
+Metrics (all prefixed ``lessor.``): renewals, renewal.latency (ms), lease.expirations,
+failovers, reports.refused, queue.depth, reaper.lag (ms).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import metrics, trace
+
+from lessor.errors import ConfigError
+
+MODES = ("console", "otlp")
+
+
+@dataclass
+class Instruments:
+    """The instruments lessor records into (no-ops until ``setup``)."""
+
+    tracer: Any
+    renewals: Any
+    renewal_latency_ms: Any
+    lease_expirations: Any
+    failovers: Any
+    refused_reports: Any
+    queue_depth: Any
+    reaper_lag_ms: Any
+
+
+def _instruments() -> Instruments:
+    meter = metrics.get_meter("lessor")
+    return Instruments(
+        tracer=trace.get_tracer("lessor"),
+        renewals=meter.create_counter("lessor.renewals", description="leases renewed"),
+        renewal_latency_ms=meter.create_histogram("lessor.renewal.latency", unit="ms",
+                                                  description="batched renewal call latency"),
+        lease_expirations=meter.create_counter("lessor.lease.expirations", description="leases reaped"),
+        failovers=meter.create_counter("lessor.failovers", description="expired actions requeued"),
+        refused_reports=meter.create_counter("lessor.reports.refused", description="stale reports refused"),
+        queue_depth=meter.create_up_down_counter("lessor.queue.depth", description="queued actions"),
+        reaper_lag_ms=meter.create_histogram("lessor.reaper.lag", unit="ms",
+                                             description="how late past expiry a lease was reaped"),
+    )
+
+
+_current = _instruments()
+
+
+def instruments() -> Instruments:
+    """The instruments in force (no-op ones unless ``setup`` was called)."""
+    return _current
+
+
+def setup(mode: str | None, *, export_interval_ms: int = 5000) -> Instruments:
+    """Turn telemetry on (``console`` or ``otlp``); ``None`` leaves it off."""
+    global _current
+    if mode is None:
+        return _current
+    if mode not in MODES:
+        raise ConfigError(f"--otel must be one of {', '.join(MODES)}, got {mode!r}")
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    span_exporter, metric_exporter = _exporters(mode)
+    resource = Resource.create({"service.name": "lessor"})
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+    trace.set_tracer_provider(tracer_provider)
+    reader = PeriodicExportingMetricReader(metric_exporter, export_interval_millis=export_interval_ms)
+    metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader]))
+    _current = _instruments()
+    return _current
+
+
+def _exporters(mode: str):
+    if mode == "console":
+        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter(), ConsoleMetricExporter()
+    try:
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    except ImportError:
+        raise ConfigError("--otel otlp needs `pip install opentelemetry-exporter-otlp`") from None
+    return OTLPSpanExporter(), OTLPMetricExporter()
