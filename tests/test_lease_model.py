@@ -481,7 +481,9 @@ class LeaseMachine(RuleBasedStateMachine):
         replies = self.h.call(read)
         for ref, values, run_phase in zip(refs, replies, replies[len(refs):]):
             a = self.model.actions[ref]
-            live = dict(zip(names, (v.decode() if v is not None else None for v in values)))
+            # A missing field reads as its default ('' for text, '0' for numbers); phase must exist.
+            live = {name: v.decode() if v is not None else None if name == "phase" else
+                    "" if name == "worker" else "0" for name, v in zip(names, values)}
             want = dict(phase=a.phase, token=str(a.token), attempt=str(a.attempt), worker=a.worker,
                         sys_left=str(a.sys_left), user_left=str(a.user_left), ready_at_ms=str(a.ready_at),
                         expirations=str(a.expirations), rejected=str(a.rejected), deadline_ms=str(a.deadline))

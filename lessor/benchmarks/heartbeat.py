@@ -30,7 +30,7 @@ from lessor.leasing.backend import Backend, open_backend
 from lessor.leasing.client import Lease, LeaseClient
 from lessor.leasing.codes import Code
 from lessor.leasing.config import LeaseConfig
-from lessor.scheduler.submit import submit_run
+from lessor.scheduler.submit import RunSpec, submit_runs
 
 NAMESPACE = "bench/development"
 QUEUE = "heartbeat"
@@ -49,16 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 async def setup_leases(backend: Backend, n: int) -> list[Lease]:
-    """Submit ``n`` runs and lease their root actions (bulk, concurrently)."""
-    sem = anyio.Semaphore(64)
-
-    async def one(i: int) -> None:
-        async with sem:
-            await submit_run(backend, "noop", namespace=NAMESPACE, queue=QUEUE, run_id=f"hb{i:07d}")
-
-    async with anyio.create_task_group() as tg:
-        for i in range(n):
-            tg.start_soon(one, i)
+    """Submit ``n`` runs and lease their root actions (in batches)."""
+    for start in range(0, n, 500):
+        await submit_runs(backend, [RunSpec("noop", namespace=NAMESPACE, queue=QUEUE, run_id=f"hb{i:07d}")
+                                    for i in range(start, min(n, start + 500))])
     client = LeaseClient(backend, "bench-setup", BENCH_LEASE)
     leases: list[Lease] = []
     while len(leases) < n:

@@ -21,7 +21,7 @@ import anyio
 from lessor.benchmarks.common import command_stats, dump_json, print_table, run, stopwatch
 from lessor.leasing.backend import Backend, open_backend
 from lessor.scheduler.registry import Registry
-from lessor.scheduler.submit import Retries, idempotent_run_id
+from lessor.scheduler.submit import Retries, RunSpec, idempotent_run_id, submit_runs
 from lessor.server import EmbeddedServer, _die_with_parent
 
 NAMESPACE, QUEUE = "bench/development", "schedule"
@@ -37,7 +37,7 @@ async def noop(ctx) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actions", type=int, default=20_000, help="runs (root actions) to schedule (default 20000)")
     p.add_argument("--concurrency", type=int, default=512, help="worker concurrency (default 512)")
-    p.add_argument("--pipeline", type=int, default=500, help="submits per pipeline (default 500)")
+    p.add_argument("--pipeline", type=int, default=400, help="runs per batched submit (default 400)")
     p.add_argument("--json", action="store_true")
 
 
@@ -46,20 +46,14 @@ async def server_cpu_s(backend: Backend) -> float:
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
-async def submit_all(backend: Backend, n: int, pipeline: int, tag: str) -> None:
-    """Submit ``n`` no-op runs, ``pipeline`` script calls per round trip."""
-    sha = backend.scripts.sha("submit")
-    await backend.scripts.submit(keys=[backend.keys(0).prefix], args=[NAMESPACE, f"{tag}warm", "noop", QUEUE,
-                                                                     b"", "", 0, 0, 0, 0, 0, ""])
+async def submit_all(backend: Backend, n: int, batch: int, tag: str) -> None:
+    """Submit ``n`` no-op runs, ``batch`` runs per submit_runs call (grouped per partition)."""
     retries = Retries(system=0)
-    for start in range(0, n, pipeline):
-        pipe = backend.redis.pipeline(transaction=False)
-        for i in range(start, min(n, start + pipeline)):
-            run_id = idempotent_run_id(NAMESPACE, f"{tag}-{i}")
-            keys = backend.keys_for_run(NAMESPACE, run_id)
-            pipe.evalsha(sha, 1, keys.prefix, NAMESPACE, run_id, "noop", QUEUE, b"", "", retries.system,
-                         retries.user, retries.backoff_ms, 0, 0, "")
-        await pipe.execute()
+    for start in range(0, n, batch):
+        await submit_runs(backend, [
+            RunSpec("noop", namespace=NAMESPACE, queue=QUEUE, retries=retries,
+                    run_id=idempotent_run_id(NAMESPACE, f"{tag}-{i}"))
+            for i in range(start, min(n, start + batch))])
 
 
 async def outstanding(backend: Backend) -> int:
@@ -87,6 +81,7 @@ async def measure(url: str, args: argparse.Namespace) -> dict:
         after_cpu, after = await server_cpu_s(backend), await command_stats(backend.redis)
         events = sum([await backend.redis.xlen(k.stream) for k in backend.all_keys()])
     script_usec = sum(after[c]["usec"] - before.get(c, {}).get("usec", 0) for c in after if c.startswith("eval"))
+    script_calls = sum(after[c]["calls"] - before.get(c, {}).get("calls", 0) for c in after if c.startswith("eval"))
     cpu_us = (after_cpu - before_cpu) * 1e6 / args.actions
     return {
         "actions": args.actions, "seconds": t[0], "actions_per_s": args.actions / t[0],
@@ -94,6 +89,7 @@ async def measure(url: str, args: argparse.Namespace) -> dict:
         "server_limit_actions_per_s": 1e6 / cpu_us if cpu_us else 0.0,
         "ratio_to_server_limit": (args.actions / t[0]) / (1e6 / cpu_us) if cpu_us else 0.0,
         "events_in_log": events, "worker_concurrency": args.concurrency,
+        "script_calls_per_action": script_calls / args.actions,
     }
 
 

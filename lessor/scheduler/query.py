@@ -133,7 +133,9 @@ async def run_actions(backend: Backend, namespace: str, run_id: str) -> list[Act
     """Every action of a run (live), in creation order."""
     await get_run(backend, namespace, run_id)
     keys = backend.keys_for_run(namespace, run_id)
-    ids = sorted(a.decode() for a in await backend.redis.smembers(keys.prefix + "ra:" + run_ref(namespace, run_id)))
+    # The run's action set holds its children; the root a0 is implied.
+    children = await backend.redis.smembers(keys.prefix + "ra:" + run_ref(namespace, run_id))
+    ids = [ROOT_ACTION] + sorted(a.decode() for a in children)
     pipe = backend.redis.pipeline(transaction=False)
     for action_id in ids:
         pipe.hgetall(keys.action(action_ref(namespace, run_id, action_id)))

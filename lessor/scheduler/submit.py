@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+import anyio
+
 from lessor.core.ids import check_id, check_namespace, new_run_id
 from lessor.leasing.backend import Backend
 
@@ -45,37 +47,70 @@ def idempotent_run_id(namespace: str, key: str) -> str:
     return "r" + hashlib.sha256(f"{namespace}\0{key}".encode()).hexdigest()[:12]
 
 
-async def submit_run(
-    backend: Backend,
-    task: str,
-    *,
-    inputs: bytes = b"",
-    namespace: str = "proj/development",
-    queue: str = "default",
-    retries: Retries = Retries(),
-    timeout_ms: int = 0,
-    priority: int = 0,
-    idempotency_key: str | None = None,
-    cache_key: str | None = None,
-    cached_result: bytes | None = None,
-    run_id: str | None = None,
-) -> Submitted:
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a submit needs for one run (see ``submit_run`` for the meaning)."""
+
+    task: str
+    inputs: bytes = b""
+    namespace: str = "proj/development"
+    queue: str = "default"
+    retries: Retries = Retries()
+    timeout_ms: int = 0
+    priority: int = 0
+    idempotency_key: str | None = None
+    cache_key: str | None = None
+    cached_result: bytes | None = None
+    run_id: str | None = None
+
+    def checked_run_id(self) -> str:
+        """Validate the spec; the run id to use (random, or derived from the idempotency key)."""
+        check_namespace(self.namespace)
+        check_id("task", self.task)
+        check_id("queue", self.queue)
+        if self.timeout_ms < 0 or not -1000 <= self.priority <= 1000:
+            raise ValueError("timeout_ms must be >= 0 and priority within -1000..1000")
+        run_id = self.run_id or (idempotent_run_id(self.namespace, self.idempotency_key)
+                                 if self.idempotency_key else new_run_id())
+        return check_id("run", run_id)
+
+    def args(self, run_id: str) -> list:
+        """The 14 submit.lua values of this run."""
+        r = self.retries
+        return [self.namespace, run_id, self.task, self.queue, self.inputs or b"", self.idempotency_key or "",
+                r.system, r.user, r.backoff_ms, self.priority, self.timeout_ms, self.cache_key or "",
+                int(self.cached_result is not None), self.cached_result or b""]
+
+
+async def submit_runs(backend: Backend, specs: list[RunSpec]) -> list[Submitted]:
+    """Submit many runs: one script call per partition touched, all concurrently.
+
+    Returns one Submitted per spec, in order. Raises ValueError naming a bad spec.
+    """
+    run_ids = [spec.checked_run_id() for spec in specs]
+    groups: dict[int, list[int]] = {}
+    for i, (spec, run_id) in enumerate(zip(specs, run_ids)):
+        groups.setdefault(backend.keys_for_run(spec.namespace, run_id).partition, []).append(i)
+    results: list[Submitted | None] = [None] * len(specs)
+
+    async def one(partition: int, indexes: list[int]) -> None:
+        args = [value for i in indexes for value in specs[i].args(run_ids[i])]
+        reply = await backend.scripts.submit(keys=[backend.keys(partition).prefix], args=args)
+        for n, i in enumerate(indexes):
+            results[i] = Submitted(specs[i].namespace, reply[2 * n + 1].decode(), bool(reply[2 * n]))
+
+    async with anyio.create_task_group() as tg:
+        for partition, indexes in groups.items():
+            tg.start_soon(one, partition, indexes)
+    return results
+
+
+async def submit_run(backend: Backend, task: str, **fields) -> Submitted:
     """Create a run and queue its root action ``a0``. One script call.
 
+    Keyword fields as RunSpec: inputs (packed bytes), namespace, queue, retries,
+    timeout_ms, priority, idempotency_key, cache_key, cached_result, run_id.
     Raises ValueError naming a bad namespace, task, queue or number.
     """
-    check_namespace(namespace)
-    check_id("task", task)
-    check_id("queue", queue)
-    if timeout_ms < 0 or not -1000 <= priority <= 1000:
-        raise ValueError("timeout_ms must be >= 0 and priority within -1000..1000")
-    if run_id is None:
-        run_id = idempotent_run_id(namespace, idempotency_key) if idempotency_key else new_run_id()
-    check_id("run", run_id)
-    keys = backend.keys_for_run(namespace, run_id)
-    args = [namespace, run_id, task, queue, inputs or b"", idempotency_key or "", retries.system,
-            retries.user, retries.backoff_ms, priority, timeout_ms, cache_key or ""]
-    if cached_result is not None:
-        args.append(cached_result)
-    created, rid = await backend.scripts.submit(keys=[keys.prefix], args=args)
-    return Submitted(namespace, rid.decode(), bool(created))
+    (submitted,) = await submit_runs(backend, [RunSpec(task, **fields)])
+    return submitted

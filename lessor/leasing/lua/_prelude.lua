@@ -38,12 +38,22 @@ local function lib()
   local function qkey(ns, queue) return PREFIX .. 'q:' .. ns .. ':' .. queue end
   local function nz(v) if v == false or v == nil then return '' end return v end
 
-  -- Read hash fields into a table keyed by name.
+  -- Read hash fields into a table keyed by name. A missing field reads as its
+  -- default ('0' for numbers, '' for text), except phase: missing = no such key.
+  local TEXT = {ns = true, run = true, action = true, task = true, queue = true, inputs = true,
+    parent = true, cache_key = true, worker = true, result = true, error = true, idempotency_key = true,
+    run_id = true}
   local function hget(key, ...)
     local names = {...}
     local vals = redis.call('HMGET', key, unpack(names))
     local out = {}
-    for i, name in ipairs(names) do out[name] = vals[i] end
+    for i, name in ipairs(names) do
+      local v = vals[i]
+      if not v and name ~= 'phase' then
+        if TEXT[name] then v = '' else v = '0' end
+      end
+      out[name] = v
+    end
     return out
   end
 
@@ -52,57 +62,68 @@ local function lib()
       or (ev.type == 'abort_requested' and (ev.action == nil or ev.action == ''))
   end
 
-  local ON = {}   -- projection updates, one per event type (mirror of core/fold.py)
-  ON.run_created = function(k, ev)
-    redis.call('HSET', k, 'ns', ev.ns, 'run', ev.run, 'task', ev.task, 'queue', ev.queue,
-      'inputs', nz(ev.inputs), 'idempotency_key', nz(ev.idempotency_key), 'aborting', '0',
-      'created_ms', S(ev.ts))
+  -- Projection updates, one per event type (the mirror of core/fold.py): each
+  -- returns the hash fields to set; emit() writes them with the phase in one HSET.
+  local ON = {}
+  -- Fields at their default ('' or 0) are not stored: readers treat a missing
+  -- field as its default (hget below, query.py, replay.verify), and a 28-field
+  -- HSET costs more than the rest of a submit.
+  local function fields_of(...)
+    local f, args = {}, {...}
+    for i = 1, #args, 2 do
+      local v = args[i + 1]
+      if v ~= nil and v ~= '' and v ~= 0 then f[#f + 1], f[#f + 2] = args[i], v end
+    end
+    return f
   end
-  ON.run_completed = function(k, ev) end
+  ON.run_created = function(k, ev)
+    return fields_of('ns', ev.ns, 'run', ev.run, 'task', ev.task, 'queue', ev.queue, 'inputs', ev.inputs,
+      'idempotency_key', ev.idempotency_key, 'created_ms', ev.ts)
+  end
+  ON.run_completed = function(k, ev) return {} end
   ON.action_created = function(k, ev)
-    redis.call('HSET', k, 'ns', ev.ns, 'run', ev.run, 'action', ev.action, 'task', ev.task,
-      'queue', ev.queue, 'inputs', nz(ev.inputs), 'parent', nz(ev.parent),
-      'parent_token', S(ev.parent_token or 0), 'sys_left', S(ev.sys_retries),
-      'user_left', S(ev.user_retries), 'backoff_ms', S(ev.backoff_ms), 'priority', S(ev.priority),
-      'timeout_ms', S(ev.timeout_ms), 'cache_key', nz(ev.cache_key), 'attempt', '0', 'token', '0',
-      'worker', '', 'ttl_ms', '0', 'grace_ms', '0', 'aborting', '0', 'result', '', 'error', '',
-      'ready_at_ms', '0', 'expirations', '0', 'rejected', '0', 'created_ms', S(ev.ts))
+    return fields_of('ns', ev.ns, 'run', ev.run, 'action', ev.action, 'task', ev.task,
+      'queue', ev.queue, 'inputs', ev.inputs, 'parent', ev.parent, 'parent_token', ev.parent_token,
+      'sys_left', ev.sys_retries, 'user_left', ev.user_retries, 'backoff_ms', ev.backoff_ms,
+      'priority', ev.priority, 'timeout_ms', ev.timeout_ms, 'cache_key', ev.cache_key, 'created_ms', ev.ts)
   end
   ON.action_leased = function(k, ev)
-    redis.call('HSET', k, 'attempt', S(ev.attempt), 'token', S(ev.token), 'worker', ev.worker,
-      'ttl_ms', S(ev.ttl_ms), 'grace_ms', S(ev.grace_ms), 'ready_at_ms', '0',
-      'deadline_ms', S(ev.deadline_ms))
+    return {'attempt', ev.attempt, 'token', ev.token, 'worker', ev.worker,
+      'ttl_ms', ev.ttl_ms, 'grace_ms', ev.grace_ms, 'ready_at_ms', 0, 'deadline_ms', ev.deadline_ms}
   end
-  ON.lease_resumed = function(k, ev) redis.call('HSET', k, 'deadline_ms', S(ev.deadline_ms)) end
-  ON.lease_expired = function(k, ev) redis.call('HINCRBY', k, 'expirations', 1) end
+  ON.lease_resumed = function(k, ev) return {'deadline_ms', ev.deadline_ms} end
+  ON.lease_expired = function(k, ev) redis.call('HINCRBY', k, 'expirations', 1) return {} end
   ON.action_requeued = function(k, ev)
-    redis.call('HSET', k, 'worker', '', 'sys_left', S(ev.sys_left), 'user_left', S(ev.user_left),
-      'ready_at_ms', S(ev.ready_at_ms))
-    if ev.error ~= nil then redis.call('HSET', k, 'error', ev.error) end
+    local f = {'worker', '', 'sys_left', ev.sys_left, 'user_left', ev.user_left,
+      'ready_at_ms', ev.ready_at_ms}
+    if ev.error ~= nil then f[#f + 1], f[#f + 2] = 'error', ev.error end
+    return f
   end
-  ON.action_succeeded = function(k, ev) redis.call('HSET', k, 'result', nz(ev.result)) end
-  ON.action_failed = function(k, ev) redis.call('HSET', k, 'error', ev.error or ev.reason) end
+  ON.action_succeeded = function(k, ev) return {'result', nz(ev.result)} end
+  ON.action_failed = function(k, ev) return {'error', ev.error or ev.reason} end
   ON.action_timed_out = function(k, ev)
-    redis.call('HSET', k, 'error', 'attempt ' .. S(ev.attempt) .. ' timed out after ' .. S(ev.timeout_ms) .. ' ms')
+    return {'error', 'attempt ' .. S(ev.attempt) .. ' timed out after ' .. S(ev.timeout_ms) .. ' ms'}
   end
-  ON.abort_requested = function(k, ev) redis.call('HSET', k, 'aborting', '1') end
+  ON.abort_requested = function(k, ev) return {'aborting', '1'} end
   ON.action_aborted = function(k, ev)
-    redis.call('HSET', k, 'aborting', '1')
-    if ev.reason ~= nil and ev.reason ~= '' then redis.call('HSET', k, 'error', ev.reason) end
+    if ev.reason ~= nil and ev.reason ~= '' then return {'aborting', '1', 'error', ev.reason} end
+    return {'aborting', '1'}
   end
-  ON.cache_hit = function(k, ev) redis.call('HSET', k, 'result', nz(ev.result)) end
-  ON.report_rejected = function(k, ev) redis.call('HINCRBY', k, 'rejected', 1) end
+  ON.cache_hit = function(k, ev) return {'result', nz(ev.result)} end
+  ON.report_rejected = function(k, ev) redis.call('HINCRBY', k, 'rejected', 1) return {} end
 
-  -- The phase an event moves its subject to, or nil if the table forbids it. No writes.
-  local function next_phase(ev)
+  -- The phase an event moves its subject to (nil if the table forbids it), its key
+  -- and its current phase. No writes. ``cur`` may be passed when the caller has
+  -- just read it ('-' = does not exist), saving a round to the hash.
+  local function next_phase(ev, cur)
     local key, table_
     if is_run_event(ev) then
       key, table_ = rkey(ev.ns .. '/' .. ev.run), RUN_T
     else
       key, table_ = akey(ev.ns .. '/' .. ev.run .. '/' .. ev.action), ACTION_T
     end
-    local cur = redis.call('HGET', key, 'phase')
-    local nxt = table_[(cur or '-') .. '|' .. ev.type]
+    if cur == nil then cur = redis.call('HGET', key, 'phase') or '-' end
+    local nxt = table_[cur .. '|' .. ev.type]
     if nxt == '<payload>' then
       if TERMINAL[ev.phase] then nxt = ev.phase else nxt = nil end
     end
@@ -110,18 +131,21 @@ local function lib()
   end
 
   -- Append the event and update its projection. Returns the stream id.
-  local function emit(ev)
+  -- ``cur``: the subject's current phase if the caller just read it (optional).
+  local function emit(ev, cur)
     ev.v = 1
     ev.ts = NOW
-    local nxt, key, cur = next_phase(ev)
+    local nxt, key
+    nxt, key, cur = next_phase(ev, cur)
     if nxt == nil then
       error('lessor bug: illegal transition ' .. tostring(cur) .. ' --' .. ev.type .. '--> ? for ' .. key)
     end
     local id = redis.call('XADD', STREAM, '*', 'e', cmsgpack.pack(ev))
-    ON[ev.type](key, ev)
-    redis.call('HSET', key, 'phase', nxt)
+    local fields = ON[ev.type](key, ev)
+    fields[#fields + 1], fields[#fields + 2] = 'phase', nxt
+    redis.call('HSET', key, unpack(fields))
     if ev.action == 'a0' and TERMINAL[nxt] and ev.type ~= 'report_rejected' then
-      emit({type = 'run_completed', ns = ev.ns, run = ev.run, phase = nxt})
+      emit({type = 'run_completed', ns = ev.ns, run = ev.run, phase = nxt}, 'running')
     end
     return id
   end
@@ -172,37 +196,45 @@ local function lib()
     return true
   end
 
-  -- The next fencing token of this partition. Strictly increasing, never reused,
+  -- Fencing tokens of this partition. Strictly increasing, never reused,
   -- also across a restart that lost the last writes (appendfsync everysec):
   --   * floor: at least now_ms * 1024, so a token issued before a crash (at most
   --     1024 per ms) is below any token issued after it while the clock moves on;
   --   * epoch: when the server's run_id differs from the one stored with the
   --     counter (a restart), jump by 2^30 as well, for clocks that did not move
   --     (a virtual clock) or moved back.
-  local RUN_ID = nil
-  local function next_token()
-    if RUN_ID == nil then
-      RUN_ID = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '?'
+  -- Returns next() and save(): tokens are handed out in memory and the counter
+  -- is written once per script call (an acquire grants many leases at once).
+  local function token_source()
+    local run_id, last = nil, nil
+    local function next()
+      if last == nil then  -- first token of this call: read the counter and the epoch
+        run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '?'
+        local t = redis.call('HMGET', TOKENS, 'last', 'run_id')
+        last = tonumber(t[1] or '0')
+        if t[2] ~= run_id then last = last + 1073741824 end
+      end
+      last = math.max(last + 1, NOW * 1024)
+      return last
     end
-    local t = hget(TOKENS, 'last', 'run_id')
-    local last = tonumber(t.last or '0')
-    local token = last + 1
-    if t.run_id ~= RUN_ID then token = token + 1073741824 end
-    local floor = NOW * 1024
-    if floor > token then token = floor end
-    redis.call('HSET', TOKENS, 'last', S(token), 'run_id', RUN_ID)
-    return token
+    local function save()
+      if last ~= nil then redis.call('HSET', TOKENS, 'last', S(last), 'run_id', run_id) end
+    end
+    return next, save
   end
 
   -- The guard of every fenced write (complete, fail, release, child submission):
   -- only the current token of a running action may write. Anything else is
   -- refused and recorded as report_rejected; a lease already past deadline +
   -- grace on the server clock is expired first, so its late report is refused too.
-  -- Returns the action's fields and a code: 0 owner, 3 stale, 4 unknown.
+  -- Returns the action's fields and a code: 0 owner, 3 stale, 4 unknown, and -1
+  -- for a completion repeated with the token that already succeeded (a retried
+  -- call whose reply was lost: nothing to do, nothing to refuse).
   local function fence(ref, token, worker, kind, ...)
     local key = akey(ref)
     local h = hget(key, 'phase', 'token', 'deadline_ms', 'grace_ms', ...)
     if not h.phase then return h, 4 end
+    if kind == 'complete' and h.phase == 'succeeded' and h.token == token then return h, -1 end
     if h.phase == 'running' and h.token == token
         and NOW > tonumber(h.deadline_ms) + tonumber(h.grace_ms) then
       expire_lease(ref)
@@ -220,11 +252,12 @@ local function lib()
     return string.match(ref, '^([^/]+/[^/]+)/([^/]+)/([^/]+)$')
   end
 
-  -- Drop a lease from the indexes once its attempt has ended.
-  local function end_lease(ref)
+  -- Drop a lease from the indexes once its attempt has ended (the timeout index
+  -- only holds actions with a timeout; pass timeout_ms when it is known).
+  local function end_lease(ref, timeout_ms)
     redis.call('ZREM', LEASES, ref)
-    redis.call('ZREM', TIMEOUTS, ref)
+    if timeout_ms ~= '0' then redis.call('ZREM', TIMEOUTS, ref) end
   end
-  lib_ = {STREAM = STREAM, LEASES = LEASES, DELAYED = DELAYED, TIMEOUTS = TIMEOUTS, emit = emit, enqueue = enqueue, reject = reject, expire_lease = expire_lease, next_token = next_token, fence = fence, split_ref = split_ref, end_lease = end_lease, hget = hget, rkey = rkey, qkey = qkey, nz = nz, is_run_event = is_run_event, ON = ON, ACTION_T = ACTION_T, RUN_T = RUN_T, TERMINAL = TERMINAL}
+  lib_ = {STREAM = STREAM, LEASES = LEASES, DELAYED = DELAYED, TIMEOUTS = TIMEOUTS, emit = emit, enqueue = enqueue, reject = reject, expire_lease = expire_lease, token_source = token_source, fence = fence, split_ref = split_ref, end_lease = end_lease, hget = hget, rkey = rkey, qkey = qkey, nz = nz, is_run_event = is_run_event, ON = ON, ACTION_T = ACTION_T, RUN_T = RUN_T, TERMINAL = TERMINAL}
   return lib_
 end

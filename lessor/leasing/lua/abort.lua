@@ -16,7 +16,10 @@ if redis.call('HGET', rkey(run_ref), 'aborting') ~= '1' then
   emit({type = 'abort_requested', ns = ns, run = run, action = '', reason = reason})
 end
 local now_aborted, requested = 0, 0
-for _, action in ipairs(redis.call('SMEMBERS', PREFIX .. 'ra:' .. run_ref)) do
+-- The run's action set holds its children; the root a0 is implied.
+local actions = redis.call('SMEMBERS', PREFIX .. 'ra:' .. run_ref)
+table.insert(actions, 1, 'a0')
+for _, action in ipairs(actions) do
   local ref = run_ref .. '/' .. action
   local h = hget(akey(ref), 'phase', 'aborting', 'queue')
   if h.phase == 'queued' then

@@ -4,17 +4,19 @@
   ARGV[5] ttl_ms  ARGV[6] grace_ms
   Returns: {now_ms, then 7 values per lease: ref, token, attempt, deadline_ms, task, inputs, parent}
   Events: action_leased (one per lease)
-  Each lease gets a fresh fencing token (next_token, strictly increasing), a new
+  Each lease gets a fresh fencing token (token_source, strictly increasing), a new
   attempt number and a deadline on the server clock; its expiry (deadline +
   grace) goes into the reap index. ]]
---@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
 local ns, queue, worker = ARGV[1], ARGV[2], ARGV[3]
 local n, ttl_ms, grace_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 if not n or n < 1 or not ttl_ms or ttl_ms <= 0 or not grace_ms or grace_ms < 0 then
   return redis.error_reply('LESSOR_BAD_ARG acquire needs n >= 1, ttl_ms > 0, grace_ms >= 0')
 end
 local out = {NOW}
-local popped = redis.call('ZPOPMIN', qkey(ns, queue), n)
+local popped = redis.call('ZPOPMIN', PREFIX .. 'q:' .. ns .. ':' .. queue, n)
+if #popped == 0 then return out end  -- an idle poll costs one ZPOPMIN, not the library
+--@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
+local next_token, save_tokens = token_source()
 for i = 1, #popped, 2 do
   local ref = popped[i]
   local key = akey(ref)
@@ -25,7 +27,7 @@ for i = 1, #popped, 2 do
     local attempt = tonumber(h.attempt) + 1
     local deadline = NOW + ttl_ms
     emit({type = 'action_leased', ns = h.ns, run = h.run, action = h.action, attempt = attempt,
-      token = token, worker = worker, ttl_ms = ttl_ms, grace_ms = grace_ms, deadline_ms = deadline})
+      token = token, worker = worker, ttl_ms = ttl_ms, grace_ms = grace_ms, deadline_ms = deadline}, 'queued')
     redis.call('ZADD', LEASES, deadline + grace_ms, ref)
     local timeout_ms = tonumber(h.timeout_ms)
     if timeout_ms > 0 then redis.call('ZADD', TIMEOUTS, NOW + timeout_ms, ref) end
@@ -34,4 +36,5 @@ for i = 1, #popped, 2 do
     out[n_out + 5], out[n_out + 6], out[n_out + 7] = h.task, h.inputs or '', h.parent or ''
   end
 end
+save_tokens()
 return out

@@ -12,24 +12,21 @@ local worker = ARGV[1]
 local out = {}
 for i = 2, #ARGV, 3 do
   local ref, token, result = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local done = redis.call('HMGET', akey(ref), 'phase', 'token')
-  if done[1] == 'succeeded' and done[2] == token then
+  local h, code = fence(ref, token, worker, 'complete', 'attempt', 'cache_key', 'timeout_ms')
+  if code == 0 then
+    local ns, run, action = split_ref(ref)
+    if result == '' then result = nil end
+    emit({type = 'action_succeeded', ns = ns, run = run, action = action,
+      attempt = tonumber(h.attempt), token = tonumber(token), worker = worker, result = result}, 'running')
+    end_lease(ref, h.timeout_ms)
+    if h.cache_key ~= '' then
+      redis.call('HSET', PREFIX .. 'cache:' .. ns, h.cache_key, result or '')
+    end
+  end
+  if code <= 0 then
     out[#out + 1], out[#out + 2] = 0, tonumber(token)
   else
-    local h, code = fence(ref, token, worker, 'complete', 'attempt', 'cache_key')
-    if code == 0 then
-      local ns, run, action = split_ref(ref)
-      if result == '' then result = nil end
-      emit({type = 'action_succeeded', ns = ns, run = run, action = action,
-        attempt = tonumber(h.attempt), token = tonumber(token), worker = worker, result = result})
-      end_lease(ref)
-      if h.cache_key and h.cache_key ~= '' then
-        redis.call('HSET', PREFIX .. 'cache:' .. ns, h.cache_key, result or '')
-      end
-      out[#out + 1], out[#out + 2] = 0, tonumber(token)
-    else
-      out[#out + 1], out[#out + 2] = code, tonumber(h.token or '0')
-    end
+    out[#out + 1], out[#out + 2] = code, tonumber(h.token)
   end
 end
 return out

@@ -15,7 +15,7 @@
   expiry, and the reaper re-scores a lease it finds renewed (reap.lua). ]]
 local worker, ttl_ms = ARGV[1], tonumber(ARGV[2])
 if not ttl_ms or ttl_ms <= 0 then return redis.error_reply('LESSOR_BAD_ARG renew needs ttl_ms > 0') end
-local new_deadline = S(NOW + ttl_ms)
+local new_deadline = NOW + ttl_ms
 local out = {NOW}
 
 -- Everything off the hot path: late, aborted, stale, unknown, expired.
@@ -46,7 +46,7 @@ for i = 3, #ARGV, 2 do
   local ref, token = ARGV[i], ARGV[i + 1]
   local key = akey(ref)
   local h = redis.call('HMGET', key, 'phase', 'token', 'deadline_ms', 'grace_ms', 'aborting')
-  if h[1] == 'running' and h[2] == token and h[5] == '0' and NOW <= tonumber(h[3]) then
+  if h[1] == 'running' and h[2] == token and h[5] ~= '1' and NOW <= tonumber(h[3]) then
     redis.call('HSET', key, 'deadline_ms', new_deadline)
     out[#out + 1] = 0
   else

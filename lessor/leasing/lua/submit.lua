@@ -1,29 +1,37 @@
---[[ Submit a run: run_created + its root action a0, queued. Idempotent by run id
+--[[ Submit runs: for each, run_created + its root action a0, queued. Batched:
+  one call submits any number of runs of one partition. Idempotent by run id
   (the client derives the run id from an idempotency key when one is given).
   KEYS[1]  partition prefix (string)
-  ARGV[1] ns  ARGV[2] run id  ARGV[3] task  ARGV[4] queue  ARGV[5] inputs (bytes, may be "")
-  ARGV[6] idempotency key (or "")  ARGV[7] system retries  ARGV[8] user retries
-  ARGV[9] backoff_ms  ARGV[10] priority  ARGV[11] timeout_ms (0 = none)  ARGV[12] cache key (or "")
-  ARGV[13] cached result (bytes) when the client found a cache entry, else absent
-  Returns: {1, run id} when created, {0, run id} when the run already existed
+  ARGV: 14 values per run:
+    ns, run id, task, queue, inputs (bytes, may be ""), idempotency key (or ""),
+    system retries, user retries, backoff_ms, priority, timeout_ms (0 = none),
+    cache key (or ""), cache hit (1/0), cached result (bytes; "" unless a hit)
+  Returns: per run {1 created | 0 already existed, run id}, flattened
   Events: run_created, action_created, (cache_hit, run_completed) ]]
 --@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
-local ns, run, task, queue = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local run_ref = ns .. '/' .. run
-if redis.call('EXISTS', rkey(run_ref)) == 1 then return {0, run} end
 local function opt(v) if v == '' then return nil end return v end
-emit({type = 'run_created', ns = ns, run = run, task = task, queue = queue,
-  inputs = opt(ARGV[5]), idempotency_key = opt(ARGV[6])})
-local ref = run_ref .. '/a0'
-emit({type = 'action_created', ns = ns, run = run, action = 'a0', task = task, queue = queue,
-  inputs = opt(ARGV[5]), sys_retries = tonumber(ARGV[7]), user_retries = tonumber(ARGV[8]),
-  backoff_ms = tonumber(ARGV[9]), priority = tonumber(ARGV[10]), timeout_ms = tonumber(ARGV[11]),
-  cache_key = opt(ARGV[12]), parent_token = 0})
-redis.call('SADD', PREFIX .. 'ra:' .. run_ref, 'a0')
-redis.call('ZADD', PREFIX .. 'runs:' .. ns, NOW, run)
-if ARGV[13] ~= nil then
-  emit({type = 'cache_hit', ns = ns, run = run, action = 'a0', cache_key = ARGV[12], result = ARGV[13]})
-else
-  enqueue(ref, ns, queue, ARGV[10])
+local out = {}
+for i = 1, #ARGV, 14 do
+  local ns, run, task, queue = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local run_ref = ns .. '/' .. run
+  if redis.call('EXISTS', rkey(run_ref)) == 1 then
+    out[#out + 1], out[#out + 2] = 0, run
+  else
+    local inputs, priority, cache_key = opt(ARGV[i + 4]), ARGV[i + 9], opt(ARGV[i + 11])
+    emit({type = 'run_created', ns = ns, run = run, task = task, queue = queue,
+      inputs = inputs, idempotency_key = opt(ARGV[i + 5])}, '-')
+    emit({type = 'action_created', ns = ns, run = run, action = 'a0', task = task, queue = queue,
+      inputs = inputs, sys_retries = tonumber(ARGV[i + 6]), user_retries = tonumber(ARGV[i + 7]),
+      backoff_ms = tonumber(ARGV[i + 8]), priority = tonumber(priority), timeout_ms = tonumber(ARGV[i + 10]),
+      cache_key = cache_key, parent_token = 0}, '-')
+    redis.call('ZADD', PREFIX .. 'runs:' .. ns, NOW, run)
+    if ARGV[i + 12] == '1' then
+      emit({type = 'cache_hit', ns = ns, run = run, action = 'a0', cache_key = cache_key,
+        result = ARGV[i + 13]}, 'queued')
+    else
+      enqueue(run_ref .. '/a0', ns, queue, priority)
+    end
+    out[#out + 1], out[#out + 2] = 1, run
+  end
 end
-return {1, run}
+return out
