@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 def _err(message: str) -> None:
     from rich.console import Console
 
-    Console(stderr=True).print(message, style="bold red", highlight=False, markup=False)
+    Console(stderr=True).print(message, style="bold red", highlight=False, markup=False, soft_wrap=True)
 
 
 # --- server -----------------------------------------------------------------------------

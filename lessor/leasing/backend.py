@@ -80,7 +80,7 @@ async def check_server(redis: aioredis.Redis, url: str) -> None:
         info = await redis.info("server")
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise ServerError(
-            f"cannot reach the server at {url}: {exc}. Start one with `lessor server`, "
+            f"cannot reach the server at {url}: {str(exc).rstrip('.')}. Start one with `lessor server`, "
             "or unset LESSOR_REDIS_URL to use the embedded server"
         ) from None
     flavour = "valkey" if "valkey_version" in info else "redis"
