@@ -2,7 +2,8 @@
 
 Off by default: the API's no-op providers cost next to nothing. ``setup("console")``
 installs the SDK with console exporters; ``setup("otlp")`` uses the OTLP exporter
-when ``opentelemetry-exporter-otlp`` is installed (and says so when it is not).
+when ``opentelemetry-exporter-otlp`` is installed (and says so when it is not);
+``setup("memory")`` keeps everything in memory (benchmarks and tests read it back).
 
 Metrics (all prefixed ``lessor.``): renewals, renewal.latency (ms), lease.expirations,
 failovers, reports.refused, queue.depth, reaper.lag (ms).
@@ -17,7 +18,7 @@ from opentelemetry import metrics, trace
 
 from lessor.errors import ConfigError
 
-MODES = ("console", "otlp")
+MODES = ("console", "otlp", "memory")
 
 
 @dataclass
@@ -71,15 +72,31 @@ def setup(mode: str | None, *, export_interval_ms: int = 5000) -> Instruments:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    span_exporter, metric_exporter = _exporters(mode)
     resource = Resource.create({"service.name": "lessor"})
     tracer_provider = TracerProvider(resource=resource)
-    tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+    if mode == "memory":
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        global memory_reader, memory_spans
+        memory_reader, memory_spans = InMemoryMetricReader(), InMemorySpanExporter()
+        tracer_provider.add_span_processor(SimpleSpanProcessor(memory_spans))
+        reader = memory_reader
+    else:
+        span_exporter, metric_exporter = _exporters(mode)
+        tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+        reader = PeriodicExportingMetricReader(metric_exporter, export_interval_millis=export_interval_ms)
+    # Providers can be set once per process (OpenTelemetry's rule); a second
+    # setup keeps the first ones.
     trace.set_tracer_provider(tracer_provider)
-    reader = PeriodicExportingMetricReader(metric_exporter, export_interval_millis=export_interval_ms)
     metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader]))
     _current = _instruments()
     return _current
+
+
+memory_reader = None
+memory_spans = None
 
 
 def _exporters(mode: str):

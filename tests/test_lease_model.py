@@ -71,7 +71,7 @@ JITTERS = (0.0, 0.25, 0.5, 0.75)
 CLOCK_STEPS = (1, 250, 499, 500, 501, 999, 1000, 1001, 1499, 1500, 1501, 3000)
 
 SETTINGS = settings(max_examples=50, stateful_step_count=40, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+                    suppress_health_check=[HealthCheck.too_slow], report_multiple_bugs=False)
 
 
 # --- the model ------------------------------------------------------------------------

@@ -45,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=5.0, help="seconds per measured phase (default 5)")
     p.add_argument("--no-uvloop", action="store_true", help="plain asyncio event loop")
     p.add_argument("--plot", metavar="PNG", help="also sweep batch sizes and draw renewals/s vs batch")
+    p.add_argument("--otel", action="store_true",
+                   help="also measure the batched phase with OpenTelemetry metrics on (in-memory SDK)")
     p.add_argument("--json", action="store_true", help="one JSON object instead of tables")
 
 
@@ -72,7 +74,7 @@ def batches_of(leases: list[Lease], size: int) -> list[list[Lease]]:
 
 
 async def closed_loop(client: LeaseClient, batches: list[list[Lease]], workers: int,
-                      duration_s: float, pace_calls_per_s: float | None = None) -> dict:
+                      duration_s: float, pace_calls_per_s: float | None = None, meters=None) -> dict:
     """Renew ``batches`` round-robin from ``workers`` loops for ``duration_s``; latencies per call."""
     import time
 
@@ -92,7 +94,11 @@ async def closed_loop(client: LeaseClient, batches: list[list[Lease]], workers: 
             t0 = time.perf_counter()  # clock: benchmark timing only
             codes = await client.renew_partition(batch[0].partition, batch)
             latencies.append(time.perf_counter() - t0)  # clock: benchmark timing only
-            renewed += sum(1 for c in codes.values() if c is Code.OK)
+            ok = sum(1 for c in codes.values() if c is Code.OK)
+            renewed += ok
+            if meters is not None:  # what the keeper records per heartbeat
+                meters.renewal_latency_ms.record(latencies[-1] * 1e3)
+                meters.renewals.add(ok)
             if interval:
                 next_at += interval
                 delay = next_at - time.perf_counter()  # clock: benchmark timing only
@@ -110,10 +116,10 @@ async def closed_loop(client: LeaseClient, batches: list[list[Lease]], workers: 
 
 
 async def batched_with_server_limit(backend: Backend, client: LeaseClient, leases: list[Lease],
-                                    batch: int, workers: int, duration_s: float) -> dict:
+                                    batch: int, workers: int, duration_s: float, meters=None) -> dict:
     """Phases 1+2: sustained batched renewals and the server's limit for that script."""
     before = await command_stats(backend.redis)
-    result = await closed_loop(client, batches_of(leases, batch), workers, duration_s)
+    result = await closed_loop(client, batches_of(leases, batch), workers, duration_s, meters=meters)
     after = await command_stats(backend.redis)
     calls, usec = stat_delta(before, after, "evalsha")
     usec_per_call = usec / max(calls, 1)
@@ -172,6 +178,13 @@ async def measure(args: argparse.Namespace) -> dict:
         half_rate_calls = out["batched"]["renewals_per_s"] / 2 / args.batch
         out["half_rate"] = await closed_loop(client, batches_of(leases, args.batch), args.workers,
                                              args.duration, pace_calls_per_s=half_rate_calls)
+        if args.otel:
+            from lessor import telemetry
+
+            meters = telemetry.setup("memory")
+            out["batched_otel"] = await batched_with_server_limit(backend, client, leases, args.batch,
+                                                                  args.workers, args.duration, meters=meters)
+            out["otel_overhead_ratio"] = out["batched_otel"]["renewals_per_s"] / out["batched"]["renewals_per_s"]
         if args.plot:
             out["sweep"] = [
                 await batched_with_server_limit(backend, client, leases, b, args.workers,
@@ -224,7 +237,10 @@ def main(args: argparse.Namespace) -> int:
              "p99": s["p99_ms"], "p999": s["p999_ms"]},
             {"mode": "batched at half max rate", "rate": h["renewals_per_s"], "p50": h["p50_ms"],
              "p99": h["p99_ms"], "p999": h["p999_ms"]},
-        ],
+        ] + ([{"mode": f"batched, OpenTelemetry on (x{out['otel_overhead_ratio']:.2f} of off)",
+               "rate": out["batched_otel"]["renewals_per_s"], "limit": out["batched_otel"]["server_limit_per_s"],
+               "ratio": out["batched_otel"]["ratio_to_server_limit"], "p50": out["batched_otel"]["p50_ms"],
+               "p99": out["batched_otel"]["p99_ms"], "p999": out["batched_otel"]["p999_ms"]}] if args.otel else []),
         [("mode", "mode"), ("rate", "renewals/s"), ("limit", "server limit/s"), ("ratio", "× limit"),
          ("p50", "p50 ms"), ("p99", "p99 ms"), ("p999", "p99.9 ms"), ("cpu", "server µs/lease")],
     )

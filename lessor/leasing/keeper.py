@@ -125,19 +125,29 @@ class LeaseKeeper:
         answers STALE, and the late renewal is recorded as refused). The
         self-fence check follows, so nothing is sent for it again.
         """
-        live = [h for h in self.held.values() if h.fenced is None]
+        live, sent_ms = self.begin_heartbeat()
+        codes = None
         if live:
-            sent_ms = self.clock.now_ms()
-            self._stats["renew_calls"] += 1
-            codes = None
             with anyio.move_on_after(self.renew_timeout_ms / 1000):
                 try:
                     codes = await (renew or self.client.renew)([h.lease for h in live])
-                except (OSError, ConnectionError, TimeoutError) as exc:  # transport only
-                    codes = None
-                except Exception as exc:  # redis-py's ConnectionError is not the builtin one
+                except Exception as exc:
                     if not _is_transport_error(exc):
                         raise
+        self.finish_heartbeat(live, codes, sent_ms)
+
+    def begin_heartbeat(self) -> tuple[list[HeldLease], float]:
+        """First half of a heartbeat: the leases to renew and the send time.
+
+        With ``finish_heartbeat`` this lets a simulator put its own network
+        between the send and the answer while running the same logic.
+        """
+        return [h for h in self.held.values() if h.fenced is None], self.clock.now_ms()
+
+    def finish_heartbeat(self, live: list[HeldLease], codes: dict[str, Code] | None, sent_ms: float) -> None:
+        """Second half: apply the answers (None = no answer), then the self-fence check."""
+        if live:
+            self._stats["renew_calls"] += 1
             if codes is None:
                 self._stats["renew_failures"] += 1
             else:
@@ -189,7 +199,8 @@ class LeaseKeeper:
 
 
 def _is_transport_error(exc: BaseException) -> bool:
+    """A renewal that failed on the way (connection refused, reset, timed out)."""
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    return isinstance(exc, (RedisConnectionError, RedisTimeoutError))
+    return isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError))

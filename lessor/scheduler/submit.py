@@ -68,6 +68,8 @@ class RunSpec:
         check_namespace(self.namespace)
         check_id("task", self.task)
         check_id("queue", self.queue)
+        if not isinstance(self.timeout_ms, int) or not isinstance(self.priority, int):
+            raise ValueError("timeout_ms and priority must be integers")
         if self.timeout_ms < 0 or not -1000 <= self.priority <= 1000:
             raise ValueError("timeout_ms must be >= 0 and priority within -1000..1000")
         run_id = self.run_id or (idempotent_run_id(self.namespace, self.idempotency_key)

@@ -88,7 +88,8 @@ local function lib()
       'priority', ev.priority, 'timeout_ms', ev.timeout_ms, 'cache_key', ev.cache_key, 'created_ms', ev.ts)
   end
   ON.action_leased = function(k, ev)
-    return {'attempt', ev.attempt, 'token', ev.token, 'worker', ev.worker,
+    -- The token is compared as text: write it with S() so every server spells it alike.
+    return {'attempt', ev.attempt, 'token', S(ev.token), 'worker', ev.worker,
       'ttl_ms', ev.ttl_ms, 'grace_ms', ev.grace_ms, 'ready_at_ms', 0, 'deadline_ms', ev.deadline_ms}
   end
   ON.lease_resumed = function(k, ev) return {'deadline_ms', ev.deadline_ms} end

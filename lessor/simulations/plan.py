@@ -1,0 +1,129 @@
+"""A simulation plan: the workload, the faults, the configuration. Data, JSON-serialisable.
+
+Times are virtual milliseconds from the start of the run. Faults happen only
+in the safety phase (before ``heal_ms``); after it the network is healed, every
+worker is up and the reaper runs, and every run must finish (liveness).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+FAULT_KINDS = (
+    "partition",       # worker: requests dropped both ways, for duration_ms
+    "lost_reply",      # worker: the next `count` requests run, their replies are lost
+    "delay",           # worker: each message takes delay_ms each way (reorders against others)
+    "pause",           # worker: stop-the-world (GC pause, SIGSTOP) for duration_ms
+    "crash",           # worker: memory lost; it restarts (new id) after duration_ms
+    "clock_jump",      # server: its clock jumps by delta_ms (may be negative)
+    "drift",           # worker: its monotonic clock runs at `rate` from `at_ms` on
+    "server_restart",  # server: killed and restarted from its AOF (script cache lost)
+    "slow_reaper",     # reaper: its interval is multiplied by `factor` for duration_ms
+    "reaper_down",     # reaper: no passes for duration_ms
+)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One fault. Which fields matter depends on ``kind`` (see FAULT_KINDS)."""
+
+    kind: str
+    at_ms: int
+    worker: int = 0
+    duration_ms: int = 0
+    count: int = 1
+    delay_ms: int = 0
+    delta_ms: int = 0
+    rate: float = 1.0
+    factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; known: {', '.join(FAULT_KINDS)}")
+        if self.at_ms < 0 or self.duration_ms < 0:
+            raise ValueError(f"fault times must be >= 0: {self}")
+
+
+@dataclass(frozen=True)
+class Submit:
+    """The control plane submits a run at ``at_ms``; its task runs for ``work_ms`` of CPU."""
+
+    at_ms: int
+    work_ms: int
+    user_retries: int = 0
+    system_retries: int = 3
+    fail_attempts: int = 0   # the first N attempts raise (a user error)
+
+
+@dataclass(frozen=True)
+class Abort:
+    """The control plane aborts the run submitted as ``submits[run]`` at ``at_ms``."""
+
+    at_ms: int
+    run: int
+
+
+@dataclass(frozen=True)
+class Config:
+    """Lease and system settings of a simulation."""
+
+    ttl_ms: int = 1000
+    grace_ms: int = 500
+    heartbeat_ms: int = 300
+    margin_ms: int = 150
+    reaper_interval_ms: int = 100
+    poll_ms: int = 50
+    concurrency: int = 4
+    backoff_ms: int = 100
+    drift_bound: float = 0.05      # |rate - 1| up to this is "bounded drift" (guarantee 2 holds)
+    rpc_timeout_ms: int = 300      # a worker gives up on a reply after this (its heartbeat interval)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything one simulation run needs; same plan + same seed = same event log."""
+
+    seed: int
+    workers: int
+    submits: tuple[Submit, ...]
+    faults: tuple[Fault, ...] = ()
+    aborts: tuple[Abort, ...] = ()
+    heal_ms: int = 10_000
+    config: Config = field(default_factory=Config)
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError("a plan needs at least one worker")
+        for fault in self.faults:
+            if fault.kind not in ("clock_jump", "server_restart", "slow_reaper", "reaper_down") \
+                    and not 0 <= fault.worker < self.workers:
+                raise ValueError(f"fault names worker {fault.worker}, the plan has {self.workers}")
+        for abort in self.aborts:
+            if not 0 <= abort.run < len(self.submits):
+                raise ValueError(f"abort names run {abort.run}, the plan submits {len(self.submits)}")
+
+    def to_json(self) -> str:
+        """The plan as JSON (``from_json`` reads it back)."""
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        """Read a plan written by ``to_json``; ValueError naming what is wrong."""
+        try:
+            raw = json.loads(text)
+            return cls(
+                seed=int(raw["seed"]), workers=int(raw["workers"]),
+                submits=tuple(Submit(**s) for s in raw["submits"]),
+                faults=tuple(Fault(**f) for f in raw.get("faults", ())),
+                aborts=tuple(Abort(**a) for a in raw.get("aborts", ())),
+                heal_ms=int(raw.get("heal_ms", 10_000)),
+                config=Config(**{k: v for k, v in raw.get("config", {}).items()
+                                 if k in {f.name for f in fields(Config)}}),
+            )
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"not a lessor simulation plan: {exc}") from None
+
+    def drift_exceeds_bound(self) -> bool:
+        """True if a drift fault pushes a worker's clock rate past ``config.drift_bound``."""
+        return any(f.kind == "drift" and abs(f.rate - 1.0) > self.config.drift_bound for f in self.faults)

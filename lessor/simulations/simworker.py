@@ -1,0 +1,227 @@
+"""A simulated worker: the real LeaseClient and LeaseKeeper, driven step by step.
+
+Its monotonic clock is a ManualClock moved by the simulator (at the worker's
+drift rate). Every request goes through the simulator's network. Work is CPU
+time: it progresses only while the worker is neither paused nor crashed, and
+stops the moment the keeper fences the lease (that is what the ground truth
+records).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from lessor.core.clock import ManualClock
+from lessor.errors import StaleToken
+from lessor.leasing.client import Lease, LeaseClient
+from lessor.leasing.codes import Code
+from lessor.leasing.config import LeaseConfig
+from lessor.leasing.keeper import FenceReason, HeldLease, LeaseKeeper
+from lessor.simulations.truth import Execution
+
+if TYPE_CHECKING:
+    from lessor.simulations.simulator import Simulator
+
+
+@dataclass
+class Attempt:
+    """An attempt this worker is running."""
+
+    lease: Lease
+    remaining_ms: int
+    segment: Execution | None = None   # the open stretch of computing, if computing now
+    version: int = 0                   # bumps to cancel a scheduled "done"
+    reporting: bool = False
+
+
+class SimWorker:
+    """One incarnation of a simulated worker process."""
+
+    def __init__(self, sim: "Simulator", index: int, incarnation: int, keeper_cls: type[LeaseKeeper]) -> None:
+        self.sim, self.index, self.incarnation = sim, index, incarnation
+        self.id = f"w{index}" if incarnation == 0 else f"w{index}-r{incarnation}"
+        cfg = sim.plan.config
+        self.lease_config = LeaseConfig(ttl_ms=cfg.ttl_ms, grace_ms=cfg.grace_ms, heartbeat_ms=cfg.heartbeat_ms,
+                                        margin_ms=cfg.margin_ms)
+        self.clock = ManualClock(0.0, sim.faults.drift_rate(index, sim.now_ms))
+        rng = random.Random(sim.rng.getrandbits(64))
+        self.client = LeaseClient(sim.backend, self.id, self.lease_config, rng=rng)
+        self.keeper = keeper_cls(self.client, self.clock, on_fence=self._on_fence)
+        self.attempts: dict[str, Attempt] = {}
+        self.alive = True
+        self.paused = False
+        self.acquiring = False
+        self.heartbeating = False
+
+    # --- time --------------------------------------------------------------------------
+
+    def tick(self, delta_ms: int) -> None:
+        """True time moved by delta_ms: the worker's clock moves by delta * its drift rate."""
+        self.clock.rate = self.sim.faults.drift_rate(self.index, self.sim.now_ms)
+        self.clock.advance(delta_ms)
+
+    @property
+    def running(self) -> bool:
+        return self.alive and not self.paused
+
+    # --- heartbeats, polls ---------------------------------------------------------------
+
+    async def heartbeat(self) -> None:
+        """The keeper's heartbeat: begin, send through the network, finish on the answer."""
+        if self.heartbeating:
+            return
+        live, sent_ms = self.keeper.begin_heartbeat()
+        if not live:
+            self.keeper.check_self_fence()
+            return
+        self.heartbeating = True
+        reports = [self.sim.truth_report(self, h.lease, "renew") for h in live]
+
+        async def op():
+            return await self.client.renew([h.lease for h in live])
+
+        def on_reply(codes, error) -> None:
+            self.heartbeating = False
+            for report, h in zip(reports, live):
+                report.heard = codes is not None
+            self.keeper.finish_heartbeat(live, codes, sent_ms)
+
+        def on_server(codes) -> None:
+            for report, h in zip(reports, live):
+                report.answer = codes[h.lease.ref].name
+
+        await self.sim.send(self, op, on_reply, on_server, reports)
+
+    async def poll(self) -> None:
+        """Acquire work if there is room (one acquire in flight at a time)."""
+        free = self.sim.plan.config.concurrency - len(self.attempts)
+        if self.acquiring or free <= 0:
+            return
+        self.acquiring = True
+        sent_ms = self.clock.now_ms()
+
+        async def op():
+            return await self.client.acquire(self.sim.namespace, self.sim.queue, free)
+
+        def on_reply(leases, error) -> None:
+            self.acquiring = False
+            for lease in leases or ():
+                self.start(lease, sent_ms)
+
+        await self.sim.send(self, op, on_reply)
+
+    # --- work ------------------------------------------------------------------------------
+
+    def start(self, lease: Lease, sent_ms: float) -> None:
+        self.keeper.hold(lease, None, sent_ms)
+        attempt = Attempt(lease, self.sim.work_ms_of(lease))
+        self.attempts[lease.ref] = attempt
+        self.sim.granted_worker[lease.token] = self.id
+        self.resume_attempt(attempt)
+
+    def resume_attempt(self, attempt: Attempt) -> None:
+        """Start (or restart after a pause) computing; schedule its end."""
+        if not self.keeper.usable(attempt.lease.ref) or attempt.reporting:
+            return
+        attempt.segment = self.sim.truth_execution(self, attempt.lease)
+        attempt.version += 1
+        version = attempt.version
+        self.sim.at(self.sim.now_ms + attempt.remaining_ms, lambda: self.finish(attempt, version), self)
+
+    def suspend_attempt(self, attempt: Attempt, why: str) -> None:
+        """Stop computing now (pause, fence, crash): close the truth segment."""
+        if attempt.segment is not None:
+            attempt.remaining_ms -= self.sim.now_ms - attempt.segment.start_ms
+            attempt.segment.end_ms, attempt.segment.ended = self.sim.now_ms, why
+            attempt.segment = None
+        attempt.version += 1
+
+    async def finish(self, attempt: Attempt, version: int) -> None:
+        """The task's work is done: report it with the token, if the lease is still ours."""
+        if version != attempt.version or not self.running:
+            return
+        self.suspend_attempt(attempt, "completed")
+        attempt.reporting = True
+        lease = attempt.lease
+        if not self.keeper.usable(lease.ref):
+            return
+        fail = lease.attempt <= self.sim.fail_attempts_of(lease)
+        kind = "fail" if fail else "complete"
+        report = self.sim.truth_report(self, lease, kind)
+
+        async def op():
+            try:
+                if fail:
+                    await self.client.fail(lease, f"RuntimeError: attempt {lease.attempt} failed on purpose")
+                else:
+                    await self.client.complete(lease, b"\xa2ok")
+                return Code.OK
+            except StaleToken:
+                return Code.STALE
+
+        def on_server(code) -> None:
+            report.answer = code.name
+
+        def on_reply(code, error) -> None:
+            report.heard = code is not None
+            self.keeper.drop(lease.ref)
+            self.attempts.pop(lease.ref, None)
+
+        await self.sim.send(self, op, on_reply, on_server, [report])
+
+    def _on_fence(self, held: HeldLease) -> None:
+        attempt = self.attempts.get(held.lease.ref)
+        if attempt is None:
+            return
+        self.suspend_attempt(attempt, held.fenced.value)
+        if held.fenced is FenceReason.ABORTED and not attempt.reporting:
+            attempt.reporting = True
+            self.sim.at(self.sim.now_ms, lambda: self.confirm_abort(attempt), self)
+        elif not attempt.reporting:
+            self.keeper.drop(held.lease.ref)
+            self.attempts.pop(held.lease.ref, None)
+
+    async def confirm_abort(self, attempt: Attempt) -> None:
+        lease = attempt.lease
+        report = self.sim.truth_report(self, lease, "release")
+
+        async def op():
+            try:
+                await self.client.release(lease, "aborted: work cancelled")
+                return Code.OK
+            except StaleToken:
+                return Code.STALE
+
+        def on_server(code) -> None:
+            report.answer = code.name
+
+        def on_reply(code, error) -> None:
+            report.heard = code is not None
+            self.keeper.drop(lease.ref)
+            self.attempts.pop(lease.ref, None)
+
+        await self.sim.send(self, op, on_reply, on_server, [report])
+
+    # --- faults ----------------------------------------------------------------------------
+
+    def pause(self) -> None:
+        self.paused = True
+        for attempt in self.attempts.values():
+            self.suspend_attempt(attempt, "paused")
+
+    def resume(self) -> None:
+        """Back from a pause: the watchdog runs first (its deadline passed first), then the work."""
+        self.paused = False
+        self.keeper.check_self_fence()
+        for attempt in list(self.attempts.values()):
+            self.resume_attempt(attempt)
+
+    def crash(self) -> None:
+        """Memory lost: every attempt stops, nothing more is sent by this incarnation."""
+        for attempt in self.attempts.values():
+            self.suspend_attempt(attempt, "crashed")
+        self.attempts.clear()
+        self.keeper.held.clear()
+        self.alive = False
