@@ -100,11 +100,17 @@ class LeaseClient:
     async def renew(self, leases: Iterable[Lease]) -> dict[str, Code]:
         """Renew every given lease: one script call per partition, all concurrently.
 
-        Returns ref -> Code (OK, RESUMED, ABORTED, STALE, UNKNOWN). Raises only
-        on transport errors (the caller counts those as failed renewals).
+        Returns ref -> Code (OK, RESUMED, ABORTED, STALE, UNKNOWN). Raises on
+        transport errors (the caller counts those as failed renewals), and
+        ValueError if two of the leases are of one action (answers are keyed by
+        action; a worker holds at most one lease of an action at a time).
         """
         by_partition: dict[int, list[Lease]] = defaultdict(list)
+        seen: set[str] = set()
         for lease in leases:
+            if lease.ref in seen:
+                raise ValueError(f"renew got two leases of {lease.ref}: renew the current one only")
+            seen.add(lease.ref)
             by_partition[lease.partition].append(lease)
         codes: dict[str, Code] = {}
 

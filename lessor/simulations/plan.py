@@ -125,5 +125,12 @@ class Plan:
             raise ValueError(f"not a lessor simulation plan: {exc}") from None
 
     def drift_exceeds_bound(self) -> bool:
-        """True if a drift fault pushes a worker's clock rate past ``config.drift_bound``."""
-        return any(f.kind == "drift" and abs(f.rate - 1.0) > self.config.drift_bound for f in self.faults)
+        """True if the plan breaks guarantee 2's premise of bounded clock drift.
+
+        That is: a worker's clock rate off by more than ``config.drift_bound``, or
+        the server's clock jumping forward by more than the self-fencing margin
+        (leases then expire before the worker's own count says they could).
+        """
+        return any((f.kind == "drift" and abs(f.rate - 1.0) > self.config.drift_bound)
+                   or (f.kind == "clock_jump" and f.delta_ms > self.config.margin_ms and f.at_ms < self.heal_ms)
+                   for f in self.faults)

@@ -4,15 +4,23 @@
   ARGV[5] retryable (1/0)  ARGV[6] jitter in [0, 1) (drawn by the caller, so simulations are seeded)
   Returns: {code, current token, ready_at_ms (0 = failed for good)}: codes as complete.lua
   Events: action_requeued (backoff: ready at now + backoff_ms * 2^(attempt-1) * (0.5 + jitter),
-  capped at 10 min) while user retries remain, else action_failed; or report_rejected ]]
+  capped at 10 min) while user retries remain, else action_failed; action_aborted if an
+  abort was requested; or report_rejected ]]
 --@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
 local ref, token, worker, err = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local retryable, jitter = ARGV[5] == '1', tonumber(ARGV[6]) or 0
-local h, code = fence(ref, token, worker, 'fail', 'attempt', 'user_left', 'sys_left', 'backoff_ms', 'queue', 'priority')
+local h, code = fence(ref, token, worker, 'fail', 'attempt', 'user_left', 'sys_left', 'backoff_ms', 'queue',
+  'priority', 'aborting', 'timeout_ms')
 if code ~= 0 then return {code, tonumber(h.token or '0'), 0} end
 local ns, run, action = split_ref(ref)
 local attempt, user_left = tonumber(h.attempt), tonumber(h.user_left)
-end_lease(ref)
+end_lease(ref, h.timeout_ms)
+if h.aborting == '1' then
+  -- An abort was asked for: nothing is retried after it (found by the simulator).
+  emit({type = 'action_aborted', ns = ns, run = run, action = action,
+    reason = 'aborted; the attempt failed meanwhile: ' .. err}, 'running')
+  return {0, tonumber(token), 0}
+end
 if retryable and user_left > 0 then
   local delay = math.min(tonumber(h.backoff_ms) * 2 ^ (attempt - 1), 600000) * (0.5 + jitter)
   local ready_at = NOW + math.floor(delay)

@@ -56,10 +56,14 @@ if #ready >= limit then more = 1 end
 for _, ref in ipairs(ready) do
   redis.call('ZREM', DELAYED, ref)
   local h = hget(akey(ref), 'phase', 'aborting', 'queue', 'priority')
-  if h.phase == 'queued' and h.aborting ~= '1' then
-    local ns = split_ref(ref)
-    enqueue(ref, ns, h.queue, h.priority)
-    promoted = promoted + 1
+  if h.phase == 'queued' then
+    local ns, run, action = split_ref(ref)
+    if h.aborting == '1' then  -- never left waiting: an aborted backoff ends here
+      emit({type = 'action_aborted', ns = ns, run = run, action = action, reason = 'aborted during backoff'}, 'queued')
+    else
+      enqueue(ref, ns, h.queue, h.priority)
+      promoted = promoted + 1
+    end
   end
 end
 return {expired, timed_out, promoted, lag, more}

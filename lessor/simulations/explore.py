@@ -1,0 +1,148 @@
+"""Exploration: hypothesis generates plans, the simulator runs them, the checkers judge.
+
+On a violation hypothesis shrinks the plan; the last failing plan it runs is
+the minimal one, which is what we report, save and offer to replay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import anyio
+from anyio.from_thread import start_blocking_portal
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hypothesis_seed
+
+from lessor.leasing.backend import Backend, check_server, make_redis
+from lessor.leasing.scripts import ClockMode
+from lessor.server import EmbeddedServer
+from lessor.simulations.breakage import Breakage
+from lessor.simulations.checks import Verdict, check_all
+from lessor.simulations.plan import Plan
+from lessor.simulations.simulator import SimResult, Simulator
+from lessor.simulations.strategies import plans
+
+SIM_PARTITIONS = 2
+
+
+@dataclass
+class Outcome:
+    """One simulated plan and its verdict."""
+
+    plan: Plan
+    result: SimResult
+    verdict: Verdict
+
+
+@dataclass
+class Exploration:
+    """What an exploration found."""
+
+    examples: int = 0                      # plans run while generating (before any shrinking)
+    runs: int = 0                          # plans run in all, shrinking included
+    first_failure_at: int | None = None    # the generated example that first failed
+    shrunk: Outcome | None = None          # the minimal failing plan, after shrinking
+    totals: dict[str, int] = field(default_factory=dict)
+    overlap_ms: int = 0
+    quiesce_ms: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class SimServer:
+    """A private embedded server (appendfsync always) that simulations may restart."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.server = None if url else EmbeddedServer(appendfsync="always")
+        self.url = url
+
+    def __enter__(self) -> "SimServer":
+        if self.server is not None:
+            self.url = self.server.start().url
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+    @property
+    def can_restart(self) -> bool:
+        return self.server is not None
+
+    async def restart(self) -> None:
+        await anyio.to_thread.run_sync(self.server.restart)
+
+
+async def open_sim_backend(url: str) -> Backend:
+    """A Backend on the virtual clock with the simulation's partition count."""
+    redis = make_redis(url)
+    await check_server(redis, url)
+    return Backend(redis=redis, url=url, partitions=SIM_PARTITIONS, clock=ClockMode.VIRTUAL)
+
+
+async def simulate(backend: Backend, plan: Plan, breakage: Breakage = Breakage(),
+                   server: SimServer | None = None) -> Outcome:
+    """Run one plan and check it."""
+    sim_backend = breakage.backend(backend)
+    restart = server.restart if server is not None and server.can_restart else None
+    result = await Simulator(sim_backend, plan, keeper_cls=breakage.keeper_cls(), restart_server=restart).run()
+    return Outcome(plan, result, await check_all(result, backend))
+
+
+@contextlib.contextmanager
+def simulation_portal(url: str | None = None) -> Iterator[tuple[Callable, SimServer]]:
+    """A blocking portal with a sim server and backend: yields run(plan, breakage) -> Outcome."""
+    with SimServer(url) as server, start_blocking_portal() as portal:
+        backend = portal.call(open_sim_backend, server.url)
+        try:
+            yield (lambda plan, breakage=Breakage(): portal.call(simulate, backend, plan, breakage, server)), server
+        finally:
+            portal.call(backend.redis.aclose)
+
+
+def explore(examples: int, *, seed: int | None = None, breakage: Breakage = Breakage(), url: str | None = None,
+            shrink: bool = True, on_example: Callable[[Exploration, Outcome], None] | None = None,
+            **strategy: object) -> Exploration:
+    """Generate up to ``examples`` plans (stopping at the first violation), shrink it, report."""
+    found = Exploration()
+    started = time.perf_counter()  # clock: reporting only
+    with simulation_portal(url) as (run, server):
+        strategy.setdefault("server_restarts", server.can_restart)
+        generating = [True]
+
+        def prop(plan: Plan) -> None:
+            outcome = run(plan, breakage)
+            found.runs += 1
+            if generating[0]:
+                found.examples += 1
+                _accumulate(found, outcome)
+                if on_example is not None:
+                    on_example(found, outcome)
+            if not outcome.verdict.ok:
+                if generating[0]:
+                    found.first_failure_at = found.examples
+                    generating[0] = False
+                found.shrunk = outcome
+                raise AssertionError("; ".join(map(str, outcome.verdict.violations[:3])))
+
+        phases = [Phase.generate, Phase.shrink] if shrink else [Phase.generate]
+        test = settings(max_examples=examples, deadline=None, database=None, phases=phases,
+                        suppress_health_check=list(HealthCheck), print_blob=False)(given(plans(**strategy))(prop))
+        if seed is not None:
+            test = hypothesis_seed(seed)(test)
+        try:
+            test()
+        except AssertionError:
+            pass
+    found.seconds = time.perf_counter() - started  # clock: reporting only
+    return found
+
+
+def _accumulate(found: Exploration, outcome: Outcome) -> None:
+    for key, value in outcome.result.stats.items():
+        found.totals[key] = found.totals.get(key, 0) + value
+    found.overlap_ms += outcome.verdict.overlap_ms
+    if outcome.result.quiesced_ms is not None:
+        found.quiesce_ms.append(outcome.result.quiesced_ms - outcome.plan.heal_ms)
