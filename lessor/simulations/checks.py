@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from lessor.leasing.backend import Backend
 from lessor.leasing.replay import verify
 from lessor.simulations.checkers import (
-    Violation, abort_respected, expiry_respected, liveness, no_overlap, refusals_recorded, single_owner,
+    Violation, abort_respected, expiry_respected, liveness, no_overlap, no_runaway, refusals_recorded,
+    single_owner,
 )
 from lessor.simulations.simulator import SimResult
 
@@ -33,6 +34,7 @@ async def check_all(result: SimResult, backend: Backend) -> Verdict:
         single_owner.check(pairs)
         + refusals_recorded.check(pairs, result.truth)
         + no_overlap.check(result.truth, within)
+        + no_runaway.check(pairs, result.truth, within, not plan.server_clock_goes_back())
         + expiry_respected.check(pairs, result.truth, plan.config.ttl_ms)
         + abort_respected.check(pairs, result.truth)
         + liveness.check(pairs, result.truth.submitted, result.quiesced_ms, result.liveness_deadline_ms)

@@ -124,6 +124,10 @@ class Plan:
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise ValueError(f"not a lessor simulation plan: {exc}") from None
 
+    def server_clock_goes_back(self) -> bool:
+        """True if a clock jump moves the server's clock backwards (server times then stop being ordered)."""
+        return any(f.kind == "clock_jump" and f.delta_ms < 0 and f.at_ms < self.heal_ms for f in self.faults)
+
     def drift_exceeds_bound(self) -> bool:
         """True if the plan breaks guarantee 2's premise of bounded clock drift.
 

@@ -152,7 +152,7 @@ class Simulator:
             await self.sync_clock()
             result = await op()
             for report in reports or ():
-                report.server_ms = self.server_ms()
+                report.server_ms, report.ran_ms = self.server_ms(), self.now_ms
             if on_server is not None:
                 on_server(result)
             if self._lost_replies.get(w.index, 0) > 0:
@@ -231,7 +231,7 @@ class Simulator:
         run_id = f"s{run}"
         if run_id in self._submit_of:
             await self.sync_clock()
-            self.truth.aborted_at_ms.setdefault(run_id, self.server_ms())
+            self.truth.aborted_at_ms.setdefault(run_id, self.now_ms)
             await abort_run(self.backend, self.namespace, run_id, "aborted by the simulated control plane")
 
     async def _reap(self) -> None:

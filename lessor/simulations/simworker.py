@@ -135,6 +135,7 @@ class SimWorker:
         if attempt.segment is not None:
             attempt.remaining_ms -= self.sim.now_ms - attempt.segment.start_ms
             attempt.segment.end_ms, attempt.segment.ended = self.sim.now_ms, why
+            attempt.segment.end_server_ms = self.sim.server_ms()
             attempt.segment = None
         attempt.version += 1
 

@@ -21,7 +21,7 @@ def submits(max_runs: int, horizon_ms: int) -> st.SearchStrategy:
     one = st.builds(
         Submit,
         at_ms=st.integers(0, horizon_ms // 2),
-        work_ms=st.integers(50, 3000),
+        work_ms=st.one_of(st.integers(50, 500), st.integers(1500, 6000)),  # short tasks, and ones that outlive a lease
         user_retries=st.integers(0, 2),
         system_retries=st.integers(0, 3),
         fail_attempts=st.integers(0, 2),
@@ -45,8 +45,9 @@ def fault(draw, workers: int, horizon_ms: int, config: Config, kinds: tuple[str,
     if kind == "lost_reply":
         return Fault(kind, at, worker=worker, count=draw(st.integers(1, 5)))
     if kind == "delay":
-        return Fault(kind, at, worker=worker, duration_ms=draw(long_ms),
-                     delay_ms=draw(st.integers(1, config.rpc_timeout_ms)))
+        # Up to three lease windows: the worker gives up after rpc_timeout_ms, but the
+        # network may still deliver the message later (a delayed packet).
+        return Fault(kind, at, worker=worker, duration_ms=draw(long_ms), delay_ms=draw(st.integers(1, 3 * window)))
     if kind == "drift":
         bound = config.drift_bound if drift_within_bound else 0.5
         return Fault(kind, at, worker=worker, rate=round(draw(st.floats(1 - bound, 1 + bound)), 3))
@@ -57,12 +58,17 @@ def fault(draw, workers: int, horizon_ms: int, config: Config, kinds: tuple[str,
 
 @st.composite
 def plans(draw, *, max_workers: int = 5, max_runs: int = 50, max_faults: int = 10, horizon_ms: int = 8000,
-          server_restarts: bool = False, drift_within_bound: bool = True, config: Config | None = None) -> Plan:
-    """A plan: 2..max_workers workers, 1..max_runs runs, 0..max_faults faults, a few aborts."""
+          server_restarts: bool = False, drift_within_bound: bool = True, config: Config | None = None,
+          fault_kinds: tuple[str, ...] | None = None) -> Plan:
+    """A plan: 2..max_workers workers, 1..max_runs runs, 0..max_faults faults, a few aborts.
+
+    ``fault_kinds`` narrows the faults drawn (default: all, weighted), e.g. to
+    aim an exploration at one mechanism.
+    """
     config = config or Config()
     workers = draw(st.integers(2, max_workers))
     runs = draw(submits(max_runs, horizon_ms))
-    kinds = WORKER_FAULTS + SYSTEM_FAULTS + (("server_restart",) if server_restarts else ())
+    kinds = fault_kinds or WORKER_FAULTS + SYSTEM_FAULTS + (("server_restart",) if server_restarts else ())
     faults = draw(st.lists(fault(workers, horizon_ms, config, kinds, drift_within_bound), max_size=max_faults))
     aborts = draw(st.lists(st.builds(Abort, at_ms=st.integers(0, horizon_ms), run=st.integers(0, len(runs) - 1)),
                            max_size=2))

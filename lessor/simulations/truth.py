@@ -18,6 +18,7 @@ class Execution:
     token: int
     start_ms: int
     end_ms: int | None = None
+    end_server_ms: int | None = None  # the server's clock at end_ms (clock jumps included)
     ended: str = ""          # completed | self_fenced | stale | aborted | unknown | crashed | paused
 
 
@@ -31,6 +32,7 @@ class Report:
     kind: str
     sent_ms: int
     server_ms: int | None = None   # server clock when it ran (None: never reached the server)
+    ran_ms: int | None = None      # true time when it ran
     answer: str = ""               # OK, RESUMED, ABORTED, STALE, UNKNOWN (what the server said)
     heard: bool = False            # did the worker get the answer
 
@@ -42,6 +44,6 @@ class Truth:
     executions: list[Execution] = field(default_factory=list)
     reports: list[Report] = field(default_factory=list)
     submitted: list[str] = field(default_factory=list)     # run ids, in order
-    aborted_at_ms: dict[str, int] = field(default_factory=dict)  # run id -> server ms of the abort
+    aborted_at_ms: dict[str, int] = field(default_factory=dict)  # run id -> true ms of the abort
     heal_ms: int = 0
     end_ms: int = 0

@@ -1,13 +1,13 @@
-"""An abort reaches the worker: every renewal of the aborting attempt after it answers ABORTED.
+"""An abort reaches the worker: every renewal after it is answered ABORTED (or STALE), never OK.
 
-Evidence: the abort_requested events (server time) and the renewals the
-server ran after them (ground truth), so a worker learns of the abort at its
-next heartbeat and its work is cancelled then.
+Evidence: when the control plane aborted each run and when each renewal ran
+on the server, both in true (simulator) time, with what the server answered.
+Once a run is aborted, no attempt of it may have its lease extended: a
+worker learns of the abort at its next heartbeat, and its work is cancelled.
 """
 
 from __future__ import annotations
 
-from lessor.core import events as ev
 from lessor.simulations.checkers import Violation
 from lessor.simulations.truth import Truth
 
@@ -15,19 +15,13 @@ NAME = "abort_respected"
 
 
 def check(entries, truth: Truth) -> list[Violation]:
-    """Violations: a renewal of an aborting attempt that was not answered ABORTED."""
-    asked: dict[str, int] = {}
-    current: dict[str, int] = {}
-    for _, e in entries:
-        if isinstance(e, ev.ActionLeased):
-            current[f"{e.ns}/{e.run}/{e.action}"] = e.token
-        if isinstance(e, ev.AbortRequested) and e.action:
-            asked.setdefault(f"{e.ns}/{e.run}/{e.action}", e.ts)
+    """Violations: a renewal of an aborted run's action answered OK or RESUMED."""
     out = []
     for r in truth.reports:
-        at = asked.get(r.ref)
-        if (r.kind == "renew" and at is not None and r.server_ms is not None and r.server_ms > at
-                and r.token == current.get(r.ref) and r.answer in ("OK", "RESUMED")):
-            out.append(Violation(NAME, r.ref, f"renewal by {r.worker} at {r.server_ms} answered {r.answer} "
-                                              f"after the abort at {at}"))
+        run_id = r.ref.split("/")[2]
+        at = truth.aborted_at_ms.get(run_id)
+        if (r.kind == "renew" and at is not None and r.ran_ms is not None and r.ran_ms > at
+                and r.answer in ("OK", "RESUMED")):
+            out.append(Violation(NAME, r.ref, f"renewal by {r.worker} at t={r.ran_ms} ms answered {r.answer} "
+                                              f"after the run was aborted at t={at} ms"))
     return out

@@ -15,17 +15,21 @@ NAME = "expiry_respected"
 
 def check(entries, truth: Truth, ttl_ms: int) -> list[Violation]:
     """Violations: a lease_expired earlier than the lease's deadline + grace."""
-    deadline: dict[int, int] = {}
+    # Keyed by (action, token): tokens are ordered per partition, so two partitions
+    # may issue the same number.
+    deadline: dict[tuple[str, int], int] = {}
     for _, e in entries:
         if isinstance(e, ev.ActionLeased):
-            deadline[e.token] = e.deadline_ms
+            deadline[(f"{e.ns}/{e.run}/{e.action}", e.token)] = e.deadline_ms
     for r in truth.reports:
         if r.kind == "renew" and r.answer in ("OK", "RESUMED") and r.server_ms is not None:
-            deadline[r.token] = max(deadline.get(r.token, 0), r.server_ms + ttl_ms)
+            key = (r.ref, r.token)
+            deadline[key] = max(deadline.get(key, 0), r.server_ms + ttl_ms)
     out = []
     for _, e in entries:
-        if isinstance(e, ev.LeaseExpired) and e.ts <= deadline.get(e.token, 0) + e.grace_ms:
-            out.append(Violation(NAME, f"{e.run}/{e.action}",
-                                 f"lease {e.token} expired at {e.ts}, before deadline + grace "
-                                 f"({deadline.get(e.token, 0)} + {e.grace_ms})"))
+        if isinstance(e, ev.LeaseExpired):
+            due = deadline.get((f"{e.ns}/{e.run}/{e.action}", e.token), 0) + e.grace_ms
+            if e.ts <= due:
+                out.append(Violation(NAME, f"{e.run}/{e.action}", f"lease {e.token} expired at {e.ts}, "
+                                                                  f"before its deadline + grace ({due})"))
     return out
