@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=3)
     p.add_argument("--quiet", action="store_true", help="only the summary")
 
+    from lessor.simulations import cli as sim_cli
+
+    sim_cli.add_arguments(sub.add_parser(
+        "simulate", help="deterministic chaos: hypothesis-generated fault plans on the real server, "
+                         "checked from the log; --replay a saved plan"))
+
     p = sub.add_parser("reaper", help="run the reaper: expire leases past deadline + grace, fail over")
     _add_url(p)
     p.add_argument("--interval-ms", type=int, default=200)
@@ -372,6 +378,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(args)
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from lessor.simulations.cli import main as simulate
+
+    return simulate(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from lessor.demo import run_demo
 
@@ -381,7 +393,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {
     "server": cmd_server, "events": cmd_events, "replay": cmd_replay, "submit": cmd_submit,
     "reaper": cmd_reaper, "bench": cmd_bench, "runs": cmd_runs, "run": cmd_run, "abort": cmd_abort,
-    "worker": cmd_worker, "demo": cmd_demo,
+    "worker": cmd_worker, "demo": cmd_demo, "simulate": cmd_simulate,
 }
 
 if __name__ == "__main__":

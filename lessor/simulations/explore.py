@@ -117,9 +117,14 @@ def explore(examples: int, *, seed: int | None = None, breakage: Breakage = Brea
         strategy.setdefault("server_restarts", server.can_restart)
         generating = [True]
 
+        failed: dict[Plan, Outcome] = {}
+
         def prop(plan: Plan) -> None:
-            if not generating[0] and found.runs - found.examples >= shrink_runs and plan != found.shrunk.plan:
-                return  # shrink budget spent: only the best failing plan still fails
+            if plan in failed:  # hypothesis replays its best failure at the end: same verdict, no rerun
+                found.shrunk = failed[plan]
+                _violated(failed[plan])
+            if not generating[0] and found.runs - found.examples >= shrink_runs:
+                return  # shrink budget spent: only plans already seen failing still fail
             outcome = run(plan, breakage)
             found.runs += 1
             if generating[0]:
@@ -131,8 +136,8 @@ def explore(examples: int, *, seed: int | None = None, breakage: Breakage = Brea
                 if generating[0]:
                     found.first_failure_at = found.examples
                     generating[0] = False
-                found.shrunk = outcome
-                raise AssertionError("; ".join(map(str, outcome.verdict.violations[:3])))
+                failed[plan] = found.shrunk = outcome
+                _violated(outcome)
 
         phases = [Phase.generate, Phase.shrink] if shrink_runs > 0 else [Phase.generate]
         test = settings(max_examples=examples, deadline=None, database=None, phases=phases,
@@ -145,6 +150,11 @@ def explore(examples: int, *, seed: int | None = None, breakage: Breakage = Brea
             pass
     found.seconds = time.perf_counter() - started  # clock: reporting only
     return found
+
+
+def _violated(outcome: Outcome) -> None:
+    # One raise site: hypothesis tells failures apart by where they are raised.
+    raise AssertionError("; ".join(map(str, outcome.verdict.violations[:3])))
 
 
 def _accumulate(found: Exploration, outcome: Outcome) -> None:

@@ -1,0 +1,135 @@
+"""`lessor simulate`: explore with hypothesis, or replay one plan exactly."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from lessor.simulations.explore import Exploration, Outcome, explore, simulation_portal
+from lessor.simulations.plan import Plan
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--examples", type=int, default=100, help="plans to generate (default 100)")
+    p.add_argument("--seed", type=int, help="hypothesis seed (same seed = same plans)")
+    p.add_argument("--workers", type=int, default=5, help="at most this many workers per plan (default 5)")
+    p.add_argument("--actions", type=int, default=50, help="at most this many runs per plan (default 50)")
+    p.add_argument("--faults", type=int, default=10, help="at most this many faults per plan (default 10)")
+    p.add_argument("--shrink-runs", type=int, default=300, help="plans run while shrinking a failure (default 300)")
+    p.add_argument("--save", metavar="PATH", help="where to save a failing plan (default lessor-plan-SEED.json)")
+    p.add_argument("--replay", metavar="PLAN_JSON", help="run this plan once, exactly, and check it")
+    p.add_argument("--timeline", metavar="SVG", help="with --replay: draw the run's timeline")
+    p.add_argument("--redis-url", metavar="URL", help="server to use (default: a private embedded one, "
+                                                        "which plans may restart)")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of tables")
+
+
+def summary_rows(found: Exploration) -> dict:
+    """The exploration's figures as one flat dict."""
+    per_min = found.examples / found.seconds * 60 if found.seconds else 0.0
+    q = found.quiesce_ms
+    return {
+        "examples": found.examples, "runs_incl_shrinking": found.runs, "seconds": round(found.seconds, 1),
+        "scenarios_per_min": round(per_min, 1), "actions": found.totals.get("runs", 0),
+        "attempts": found.totals.get("attempts", 0), "failovers": found.totals.get("failovers", 0),
+        "resumed_in_grace": found.totals.get("resumed_in_grace", 0),
+        "stale_reports_refused": found.totals.get("stale_reports_refused", 0),
+        "overlap_ms": found.overlap_ms,
+        "quiesce_after_heal_ms_median": statistics.median(q) if q else None,
+        "quiesce_after_heal_ms_max": max(q) if q else None,
+        "violation": found.shrunk is not None, "first_failure_at_example": found.first_failure_at,
+    }
+
+
+def print_summary(console: Console, rows: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title="simulation summary")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in rows.items():
+        text = ("yes" if value else "no") if isinstance(value, bool) else "" if value is None else \
+            f"{value:,}" if isinstance(value, int) else str(value)
+        table.add_row(key.replace("_", " "), text)
+    console.print(table)
+
+
+def report_failure(console: Console, outcome: Outcome, path: str) -> None:
+    console.print(f"[bold red]violation[/bold red] (shrunk to {len(outcome.plan.submits)} runs, "
+                  f"{len(outcome.plan.faults)} faults):")
+    for v in outcome.verdict.violations:
+        console.print(f"  {v}", markup=False)
+    with open(path, "w") as f:
+        f.write(outcome.plan.to_json())
+    console.print(outcome.plan.to_json(), markup=False, highlight=False)
+    console.print(f"saved to {path}; replay it exactly with:\n  lessor simulate --replay {path} --timeline timeline.svg",
+                  markup=False)
+
+
+def run_explore(args: argparse.Namespace) -> int:
+    console = Console(stderr=args.json)
+    with Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[note]}"), console=console, disable=args.json) as progress:
+        task = progress.add_task("sim", total=args.examples, note="")
+
+        def on_example(found: Exploration, outcome: Outcome) -> None:
+            progress.update(task, completed=found.examples,
+                            note="" if outcome.verdict.ok else "violation found: shrinking…")
+
+        found = explore(args.examples, seed=args.seed, url=args.redis_url, shrink_runs=args.shrink_runs,
+                        on_example=on_example, max_workers=max(2, args.workers), max_runs=max(1, args.actions),
+                        max_faults=max(0, args.faults))
+    rows = summary_rows(found)
+    if args.json:
+        print(json.dumps(rows | ({"shrunk_plan": json.loads(found.shrunk.plan.to_json()),
+                                  "violations": [str(v) for v in found.shrunk.verdict.violations]}
+                                 if found.shrunk else {})))
+    else:
+        print_summary(console, rows)
+    if found.shrunk:
+        path = args.save or f"lessor-plan-{args.seed if args.seed is not None else 'random'}.json"
+        report_failure(Console(stderr=True) if args.json else console, found.shrunk, path)
+        return 1
+    return 0
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    console = Console()
+    if not os.path.exists(args.replay):
+        raise ValueError(f"no plan file {args.replay!r}: pass the path `lessor simulate` saved")
+    with open(args.replay) as f:
+        plan = Plan.from_json(f.read())
+    with simulation_portal(args.redis_url) as (run, _):
+        outcome = run(plan)
+    if args.timeline:
+        from lessor.simulations.timeline import write_timeline
+
+        write_timeline(outcome.result, args.timeline)
+    if args.json:
+        print(json.dumps({"stats": outcome.result.stats, "overlap_ms": outcome.verdict.overlap_ms,
+                          "quiesced_ms": outcome.result.quiesced_ms,
+                          "violations": [str(v) for v in outcome.verdict.violations]}))
+    else:
+        console.print(f"replayed {args.replay}: " + ", ".join(f"{k}={v}" for k, v in outcome.result.stats.items()),
+                      markup=False)
+        for v in outcome.verdict.violations:
+            console.print(f"  {v}", style="red", markup=False)
+        console.print("all checkers passed" if outcome.verdict.ok else f"{len(outcome.verdict.violations)} violations",
+                      style="green" if outcome.verdict.ok else "bold red")
+        if args.timeline:
+            console.print(f"timeline written to {args.timeline}", markup=False)
+    return 0 if outcome.verdict.ok else 1
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry of `lessor simulate`."""
+    if args.replay:
+        return run_replay(args)
+    if args.examples < 1:
+        raise ValueError("--examples must be >= 1")
+    return run_explore(args)
