@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-heartbeat bench-eventlog explore clean
+.PHONY: demo test bench bench-heartbeat bench-eventlog bench-schedule bench-simulate explore chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 ## benchmarks (not part of make test; numbers are ratios against the server's own limit)
-bench: bench-eventlog bench-heartbeat
+bench: bench-eventlog bench-heartbeat bench-schedule bench-simulate
 
 bench-eventlog: $(STAMP)
 	$(BIN)/lessor bench eventlog
@@ -30,6 +30,20 @@ bench-heartbeat: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[plot]'
 	$(BIN)/lessor bench heartbeat --plot heartbeat.png
 	$(BIN)/lessor bench heartbeat --no-uvloop
+
+bench-schedule: $(STAMP)
+	$(BIN)/lessor bench schedule
+
+bench-simulate: $(STAMP)
+	$(BIN)/lessor bench simulate --scenarios 100 --actions 50 --workers 5 --faults 10
+
+## a longer exploration than make test runs (several minutes)
+explore: $(STAMP)
+	$(BIN)/lessor simulate --examples 2000 --workers 5 --actions 50 --faults 10
+
+## live chaos: real worker processes, a proxy per worker, SIGSTOP/SIGKILL, a server restart
+chaos: $(STAMP)
+	$(BIN)/lessor chaos --duration 60
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

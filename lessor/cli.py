@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     hb_bench.add_arguments(bsub.add_parser("heartbeat", help="lease renewals/s vs the server's limit"))
     log_bench.add_arguments(bsub.add_parser("eventlog", help="event appends/s vs plain XADD"))
     sched_bench.add_arguments(bsub.add_parser("schedule", help="end-to-end actions/s vs the server's limit"))
+    from lessor.benchmarks import simulate as sim_bench
+
+    sim_bench.add_arguments(bsub.add_parser("simulate", help="simulated scenarios per minute at a fixed size"))
     for b in bsub.choices.values():
         _add_url(b)
     return parser
@@ -314,7 +317,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from lessor.benchmarks import heartbeat as hb_bench
     from lessor.benchmarks import schedule as sched_bench
 
-    return {"heartbeat": hb_bench.main, "eventlog": log_bench.main, "schedule": sched_bench.main}[args.bench](args)
+    from lessor.benchmarks import simulate as sim_bench
+
+    mains = {"heartbeat": hb_bench.main, "eventlog": log_bench.main, "schedule": sched_bench.main,
+             "simulate": sim_bench.main}
+    return mains[args.bench](args)
 
 
 # --- runs, run show, abort --------------------------------------------------------------

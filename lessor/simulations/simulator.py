@@ -38,7 +38,7 @@ SERVER_EPOCH_MS = 1_000_000_000  # the virtual server clock at t = 0
 def liveness_bound_ms(plan: Plan) -> int:
     """How long after heal every run must be finished (guarantee 3, plus the work itself)."""
     c = plan.config
-    per_run = [(s.fail_attempts + 1) * (s.work_ms + c.poll_ms + c.rpc_timeout_ms)
+    per_run = [(s.fail_attempts + 1) * (s.work_ms + 8 * c.poll_ms + c.rpc_timeout_ms)
                + s.fail_attempts * c.backoff_ms * 2 ** s.fail_attempts * 1.5 for s in plan.submits] or [0]
     return int(c.ttl_ms + c.grace_ms + c.reaper_interval_ms + c.heartbeat_ms + max(per_run) + 2 * c.rpc_timeout_ms)
 
@@ -80,6 +80,8 @@ class Simulator:
         self._submit_of: dict[str, int] = {}
         self._lost_replies: dict[int, int] = {}
         self.reaper = Reaper(backend, limit=200)
+        self._done: set[str] = set()
+        self._last_done_check = -10**9
 
     # --- the event queue -----------------------------------------------------------------
 
@@ -203,7 +205,7 @@ class Simulator:
         async def poll() -> None:
             if self.now_ms < self.end_ms:
                 await w.poll()
-                self.at(self.now_ms + cfg.poll_ms, poll, w)
+                self.at(self.now_ms + cfg.poll_ms * 2 ** w.idle_polls, poll, w)
 
         self.at(self.now_ms + cfg.heartbeat_ms, heartbeat, w)
         self.at(self.now_ms, poll, w)
@@ -334,13 +336,18 @@ class Simulator:
                          stats=summarize(entries, self.truth))
 
     async def _all_done(self) -> bool:
-        if len(self.truth.submitted) < len(self.plan.submits):
+        """Every submitted run finished? Asked at most every 50 ms of virtual time, for the runs not yet done."""
+        if len(self.truth.submitted) < len(self.plan.submits) or self.now_ms - self._last_done_check < 50:
             return False
+        self._last_done_check = self.now_ms
+        pending = [r for r in self.truth.submitted if r not in self._done]
         pipe = self.backend.redis.pipeline(transaction=False)
-        for run_id in self.truth.submitted:
-            keys = self.backend.keys_for_run(self.namespace, run_id)
-            pipe.hget(keys.run(f"{self.namespace}/{run_id}"), "phase")
-        return all(phase not in (b"running", None) for phase in await pipe.execute())
+        for run_id in pending:
+            pipe.hget(self.backend.keys_for_run(self.namespace, run_id).run(f"{self.namespace}/{run_id}"), "phase")
+        for run_id, phase in zip(pending, await pipe.execute()):
+            if phase not in (b"running", None):
+                self._done.add(run_id)
+        return len(self._done) == len(self.truth.submitted)
 
 
 def summarize(entries: list[LogEntry], truth: Truth) -> dict[str, int]:

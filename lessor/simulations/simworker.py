@@ -54,6 +54,7 @@ class SimWorker:
         self.paused = False
         self.acquiring = False
         self.heartbeating = False
+        self.idle_polls = 0
 
     # --- time --------------------------------------------------------------------------
 
@@ -107,6 +108,8 @@ class SimWorker:
 
         def on_reply(leases, error) -> None:
             self.acquiring = False
+            # An idle worker polls less often (up to 8x the interval), as a real one backs off.
+            self.idle_polls = 0 if leases else min(self.idle_polls + 1, 3)
             for lease in leases or ():
                 self.start(lease, sent_ms)
 
