@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-ms", type=int, help="default: ttl / 3")
     p.add_argument("--drain-s", type=float, default=10.0, help="time running actions get on shutdown")
     p.add_argument("--otel", choices=["console", "otlp"], help="turn on OpenTelemetry")
+    p.add_argument("--truth-log", metavar="PATH",
+                   help="append one JSON line per attempt: when it really ran (evidence for `lessor chaos`)")
     p.add_argument("--no-uvloop", action="store_true")
 
     p = sub.add_parser("demo", help="the lease story end to end: pause a worker, fail over, refuse its late report")
@@ -113,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim_cli.add_arguments(sub.add_parser(
         "simulate", help="deterministic chaos: hypothesis-generated fault plans on the real server, "
                          "checked from the log; --replay a saved plan"))
+
+    from lessor.simulations.chaos import live as chaos_live
+
+    chaos_live.add_arguments(sub.add_parser(
+        "chaos", help="live chaos: real workers through proxies, SIGSTOP/SIGKILL, a server restart; same checkers"))
 
     p = sub.add_parser("reaper", help="run the reaper: expire leases past deadline + grace, fail over")
     _add_url(p)
@@ -391,6 +398,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return simulate(args)
 
 
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from lessor.simulations.chaos.live import main as chaos
+
+    return chaos(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from lessor.demo import run_demo
 
@@ -401,6 +414,7 @@ COMMANDS = {
     "server": cmd_server, "events": cmd_events, "replay": cmd_replay, "submit": cmd_submit,
     "reaper": cmd_reaper, "bench": cmd_bench, "runs": cmd_runs, "run": cmd_run, "abort": cmd_abort,
     "worker": cmd_worker, "demo": cmd_demo, "simulate": cmd_simulate,
+    "chaos": cmd_chaos,
 }
 
 if __name__ == "__main__":

@@ -108,3 +108,13 @@ def test_replay_command_and_timeline(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "lessor", "simulate", "--replay", str(tmp_path / "nope.json")],
                          cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
     assert bad.returncode == 2 and "no plan file" in bad.stderr
+
+
+def test_live_chaos_runs_real_workers_through_faults_and_passes_the_checkers():
+    env = {k: v for k, v in os.environ.items() if k != "LESSOR_REDIS_URL"}
+    proc = subprocess.run([sys.executable, "-m", "lessor", "chaos", "--duration", "8", "--seed", "2", "--json"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
+    out = json.loads(proc.stdout)
+    assert proc.returncode == 0 and out["violations"] == [], out
+    assert out["runs"] > 10 and out["succeeded"] > 0 and sum(out["faults"].values()) >= 2, out
+    assert out["quiesce_after_heal_s"] is not None

@@ -19,9 +19,10 @@ import logging
 import os
 import re
 import socket
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import anyio
 from anyio.abc import TaskGroup
@@ -42,6 +43,10 @@ from lessor.scheduler.values import ValueError_, pack_value, unpack_value
 from lessor.scheduler.watcher import CompletionWatcher
 
 log = logging.getLogger("lessor.worker")
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)  # clock: evidence timestamps for live chaos, compared with server TIME
 
 
 def default_worker_id() -> str:
@@ -127,7 +132,7 @@ class Worker:
     """Runs tasks from one queue with fenced leases."""
 
     def __init__(self, backend: Backend, registry: Registry, config: WorkerConfig | None = None,
-                 clock: MonotonicClock | None = None) -> None:
+                 clock: MonotonicClock | None = None, on_attempt: Callable[[dict], None] | None = None) -> None:
         self.backend = backend
         self.registry = registry
         self.config = config or WorkerConfig()
@@ -141,6 +146,8 @@ class Worker:
         self._stopping = anyio.Event()
         self._shutting_down: set[str] = set()
         self.counts: dict[str, int] = defaultdict(int)
+        # Evidence for live chaos checkers: when each attempt really ran (wall clock, ms).
+        self.on_attempt = on_attempt
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -214,8 +221,14 @@ class Worker:
                 span.set_attribute("lessor.action", lease.ref)
                 span.set_attribute("lessor.attempt", lease.attempt)
                 span.set_attribute("lessor.token", lease.token)
+                record = {"worker": self.config.worker_id, "ref": lease.ref, "token": lease.token}
+                if self.on_attempt is not None:
+                    self.on_attempt(record | {"event": "start", "at_ms": _wall_ms()})
                 with scope:
                     outcome = await self._run_task(lease)
+                if self.on_attempt is not None:
+                    self.on_attempt(record | {"event": "end", "at_ms": _wall_ms(),
+                                              "ended": held.fenced.value if held.fenced else "completed"})
                 with anyio.CancelScope(shield=True):
                     await self._finish(lease, held, outcome)
         finally:

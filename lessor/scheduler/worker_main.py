@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import signal
 
@@ -44,8 +45,10 @@ async def serve(args: argparse.Namespace, registry: Registry) -> dict:
     config = WorkerConfig(queue=args.queue, namespace=args.namespace, concurrency=args.concurrency,
                           worker_id=args.worker_id or default_worker_id(), lease=lease, drain_s=args.drain_s)
     log = logging.getLogger("lessor.worker")
+    truth = open(args.truth_log, "a", buffering=1) if args.truth_log else None
+    on_attempt = (lambda record: truth.write(json.dumps(record) + "\n")) if truth else None
     async with open_backend(args.redis_url) as backend:
-        worker = Worker(backend, registry, config)
+        worker = Worker(backend, registry, config, on_attempt=on_attempt)
         async with anyio.create_task_group() as tg:
             async def on_signals() -> None:
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
