@@ -169,6 +169,10 @@ def _err(message: str) -> None:
 # --- server -----------------------------------------------------------------------------
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops `lessor server` as Ctrl-C does: the server is stopped too
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     from lessor.server import EmbeddedServer
 
@@ -177,7 +181,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         print(f"lessor server (valkey) ready, appendfsync={args.appendfsync}", flush=True)
         print(f"  export LESSOR_REDIS_URL={server.url}", flush=True)
         print(f"  tcp: {server.tcp_url}   data: {server.workdir}   (Ctrl-C to stop)", flush=True)
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             signal.pause()
         except KeyboardInterrupt:

@@ -45,6 +45,7 @@ def _instruments() -> Instruments:
         lease_expirations=meter.create_counter("lessor.lease.expirations", description="leases reaped"),
         failovers=meter.create_counter("lessor.failovers", description="expired actions requeued"),
         refused_reports=meter.create_counter("lessor.reports.refused", description="stale reports refused"),
+        # Summed over every process: +1 per submit or requeue, -1 per lease granted.
         queue_depth=meter.create_up_down_counter("lessor.queue.depth", description="queued actions"),
         reaper_lag_ms=meter.create_histogram("lessor.reaper.lag", unit="ms",
                                              description="how late past expiry a lease was reaped"),

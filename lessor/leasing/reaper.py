@@ -39,6 +39,7 @@ class PassResult:
     promoted: int = 0
     lag_ms: int = 0
     more: bool = False
+    failovers: int = 0
 
 
 class Reaper:
@@ -56,10 +57,10 @@ class Reaper:
     async def reap_partition(self, partition: int) -> PassResult:
         """One reap.lua call on one partition."""
         keys = self.backend.keys(partition)
-        expired, timed_out, promoted, lag, more = await self.backend.scripts.reap(
+        expired, timed_out, promoted, lag, more, failovers = await self.backend.scripts.reap(
             keys=[keys.prefix], args=[self.limit]
         )
-        return PassResult(int(expired), int(timed_out), int(promoted), int(lag), bool(more))
+        return PassResult(int(expired), int(timed_out), int(promoted), int(lag), bool(more), int(failovers))
 
     async def reap_once(self) -> PassResult:
         """One pass over every partition; returns what it did (and whether work is left)."""
@@ -69,7 +70,7 @@ class Reaper:
                 r = await self.reap_partition(p)
                 total = PassResult(total.expired + r.expired, total.timed_out + r.timed_out,
                                    total.promoted + r.promoted, max(total.lag_ms, r.lag_ms),
-                                   total.more or r.more)
+                                   total.more or r.more, total.failovers + r.failovers)
                 if not r.more:
                     break
         self._record(total)
@@ -79,7 +80,10 @@ class Reaper:
         meters = telemetry.instruments()
         if r.expired:
             meters.lease_expirations.add(r.expired)
+            meters.failovers.add(r.failovers)
             meters.reaper_lag_ms.record(r.lag_ms)
+        if r.failovers or r.promoted:  # back on a queue
+            meters.queue_depth.add(r.failovers + r.promoted)
         t = self._totals
         t["passes"] += 1
         t["expired"] += r.expired

@@ -108,6 +108,8 @@ class Client:
                 timeout_ms=int((timeout_s or 0) * 1000), priority=priority, idempotency_key=idempotency_key,
                 cache_key=cache_key, cached_result=cached)
             span.set_attribute("lessor.run", f"{namespace}/{submitted.run_id}")
+            if submitted.created and cached is None:
+                telemetry.instruments().queue_depth.add(1)
             span.set_attribute("lessor.task", task)
         return RunHandle(self, namespace, submitted.run_id, submitted.created)
 

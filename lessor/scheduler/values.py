@@ -11,7 +11,7 @@ from lessor.errors import LessorError
 MAX_VALUE_BYTES = 64 * 1024
 
 
-class ValueError_(LessorError, ValueError):
+class ValueEncodingError(LessorError, ValueError):
     """A value cannot be packed or unpacked."""
 
 
@@ -20,9 +20,9 @@ def pack_value(value: Any) -> bytes:
     try:
         data = msgpack.packb(value, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise ValueError_(f"inputs/outputs must be msgpack-able (str, int, float, bytes, list, dict): {exc}") from None
+        raise ValueEncodingError(f"inputs/outputs must be msgpack-able (str, int, float, bytes, list, dict): {exc}") from None
     if len(data) > MAX_VALUE_BYTES:
-        raise ValueError_(
+        raise ValueEncodingError(
             f"value is {len(data)} bytes; lessor carries references, not payloads (max "
             f"{MAX_VALUE_BYTES}): write the data to object storage and pass its URI"
         )
@@ -30,19 +30,19 @@ def pack_value(value: Any) -> bytes:
 
 
 def unpack_value(data: bytes | None) -> Any:
-    """The value packed by ``pack_value`` (None for empty), or ValueError_ saying why not."""
+    """The value packed by ``pack_value`` (None for empty), or ValueEncodingError saying why not."""
     if not data:
         return None
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception as exc:
-        raise ValueError_(f"cannot decode value ({len(data)} bytes): {exc}") from None
+        raise ValueEncodingError(f"cannot decode value ({len(data)} bytes): {exc}") from None
 
 
 def show_value(data: bytes | None) -> Any:
     """A printable form of a packed value: the value if it decodes, else ``hex:...``."""
     try:
         value = unpack_value(data)
-    except ValueError_:
+    except ValueEncodingError:
         return "hex:" + (data or b"").hex()
     return value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else repr(value)

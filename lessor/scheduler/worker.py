@@ -39,7 +39,7 @@ from lessor.leasing.keeper import FenceReason, HeldLease, LeaseKeeper
 from lessor.scheduler.api import CacheKey, lookup_cache
 from lessor.scheduler.registry import Registry, TaskContext, UnknownTask, invoke
 from lessor.scheduler.submit import Retries
-from lessor.scheduler.values import ValueError_, pack_value, unpack_value
+from lessor.scheduler.values import ValueEncodingError, pack_value, unpack_value
 from lessor.scheduler.watcher import CompletionWatcher
 
 log = logging.getLogger("lessor.worker")
@@ -183,6 +183,8 @@ class Worker:
             except Exception as exc:  # server unreachable: keep trying, the keeper fences meanwhile
                 log.warning("acquire failed (%s); retrying", exc)
                 leases = []
+            if leases:
+                telemetry.instruments().queue_depth.add(-len(leases))
             for lease in leases:
                 scope = anyio.CancelScope()
                 self._running[lease.ref] = scope
@@ -243,7 +245,7 @@ class Worker:
         try:
             fn = self.registry.get(lease.task)
             inputs = unpack_value(lease.inputs)
-        except (UnknownTask, ValueError_) as exc:
+        except (UnknownTask, ValueEncodingError) as exc:
             return Outcome(error=str(exc) if isinstance(exc, UnknownTask) else f"undecodable inputs: {exc}",
                            retryable=False)
         try:
@@ -254,7 +256,7 @@ class Worker:
             return Outcome(error=f"{type(exc).__name__}: {exc}")
         try:
             return Outcome(result=pack_value(result))
-        except ValueError_ as exc:
+        except ValueEncodingError as exc:
             return Outcome(error=f"task {lease.task} returned an output lessor cannot carry: {exc}", retryable=False)
 
     async def _finish(self, lease: Lease, held: HeldLease, outcome: Outcome | None) -> None:

@@ -151,16 +151,19 @@ class SimWorker:
         lease = attempt.lease
         if not self.keeper.usable(lease.ref):
             return
-        fail = lease.attempt <= self.sim.fail_attempts_of(lease)
-        kind = "fail" if fail else "complete"
+        if lease.attempt <= self.sim.fail_attempts_of(lease):
+            error = f"RuntimeError: attempt {lease.attempt} failed on purpose"
+            await self.report(lease, "fail", lambda: self.client.fail(lease, error))
+        else:
+            await self.report(lease, "complete", lambda: self.client.complete(lease, b"\xa2ok"))
+
+    async def report(self, lease: Lease, kind: str, call) -> None:
+        """Send a fenced write (complete, fail, release); the attempt ends when the answer comes back."""
         report = self.sim.truth_report(self, lease, kind)
 
         async def op():
             try:
-                if fail:
-                    await self.client.fail(lease, f"RuntimeError: attempt {lease.attempt} failed on purpose")
-                else:
-                    await self.client.complete(lease, b"\xa2ok")
+                await call()
                 return Code.OK
             except StaleToken:
                 return Code.STALE
@@ -181,32 +184,13 @@ class SimWorker:
             return
         self.suspend_attempt(attempt, held.fenced.value)
         if held.fenced is FenceReason.ABORTED and not attempt.reporting:
-            attempt.reporting = True
-            self.sim.at(self.sim.now_ms, lambda: self.confirm_abort(attempt), self)
+            attempt.reporting = True  # confirm the abort with a release, as the real worker does
+            lease = attempt.lease
+            self.sim.at(self.sim.now_ms, lambda: self.report(
+                lease, "release", lambda: self.client.release(lease, "aborted: work cancelled")), self)
         elif not attempt.reporting:
             self.keeper.drop(held.lease.ref)
             self.attempts.pop(held.lease.ref, None)
-
-    async def confirm_abort(self, attempt: Attempt) -> None:
-        lease = attempt.lease
-        report = self.sim.truth_report(self, lease, "release")
-
-        async def op():
-            try:
-                await self.client.release(lease, "aborted: work cancelled")
-                return Code.OK
-            except StaleToken:
-                return Code.STALE
-
-        def on_server(code) -> None:
-            report.answer = code.name
-
-        def on_reply(code, error) -> None:
-            report.heard = code is not None
-            self.keeper.drop(lease.ref)
-            self.attempts.pop(lease.ref, None)
-
-        await self.sim.send(self, op, on_reply, on_server, [report])
 
     # --- faults ----------------------------------------------------------------------------
 

@@ -194,7 +194,7 @@ local function lib()
     end
     emit(base)
     if base.type == 'action_requeued' then enqueue(ref, h.ns, h.queue, h.priority) end
-    return true
+    return base.type  -- action_requeued (a failover), action_failed or action_aborted
   end
 
   -- Fencing tokens of this partition. Strictly increasing, never reused,

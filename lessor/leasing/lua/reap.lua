@@ -1,7 +1,8 @@
 --[[ The reaper's pass over one partition, in bounded batches.
   KEYS[1]  partition prefix (string)
   ARGV[1] limit (max items of each kind handled in this call)
-  Returns: {expired, timed_out, promoted, lag_ms, more}
+  Returns: {expired, timed_out, promoted, lag_ms, more, failovers}
+    failovers: expired leases whose action was requeued (the rest failed or were aborted)
     lag_ms: how long past its expiry the latest-reaped lease was (reaper lag)
     more:   1 if a kind hit the limit (call again now)
   Events: lease_expired + (action_requeued | action_failed | action_aborted);
@@ -12,7 +13,7 @@
 --@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
 local limit = tonumber(ARGV[1])
 if not limit or limit < 1 then return redis.error_reply('LESSOR_BAD_ARG reap needs limit >= 1') end
-local expired, timed_out, promoted, lag, more = 0, 0, 0, 0, 0
+local expired, timed_out, promoted, lag, more, failovers = 0, 0, 0, 0, 0, 0
 
 -- The index score is a lower bound of the expiry (renewals do not touch it):
 -- a lease found renewed is re-scored to its real expiry and left alone.
@@ -24,9 +25,13 @@ for _, ref in ipairs(due) do
   local expiry = h[1] == 'running' and tonumber(h[2]) + tonumber(h[3])
   if expiry and expiry >= NOW then
     redis.call('ZADD', LEASES, expiry, ref)
-  elseif expire_lease(ref) then
-    expired = expired + 1
-    lag = math.max(lag, NOW - expiry)
+  else
+    local decision = expire_lease(ref)
+    if decision then
+      expired = expired + 1
+      lag = math.max(lag, NOW - expiry)
+      if decision == 'action_requeued' then failovers = failovers + 1 end
+    end
   end
 end
 
@@ -66,4 +71,4 @@ for _, ref in ipairs(ready) do
     end
   end
 end
-return {expired, timed_out, promoted, lag, more}
+return {expired, timed_out, promoted, lag, more, failovers}
