@@ -38,8 +38,8 @@ _PATCHES: dict[Switch, dict[str, list[tuple[str, str]]]] = {
         "acquire": [("redis.call('ZADD', LEASES, deadline + grace_ms, ref)", "redis.call('ZADD', LEASES, deadline, ref)")],
     },
     Switch.REAPER_DOUBLE_EXPIRES: {"reap": [("  if expiry and expiry >= NOW then", "  if false then")]},
-    Switch.RENEW_IGNORES_ABORT: {"renew": [("h[5] ~= '1' and NOW <= tonumber(h[3])", "NOW <= tonumber(h[3])"),
-                                           ("    elseif h[5] == '1' then", "    elseif false then")]},
+    Switch.RENEW_IGNORES_ABORT: {"renew": [("h[4] ~= '1' and NOW <= tonumber(h[3])", "NOW <= tonumber(h[3])"),
+                                           ("    elseif h[4] == '1' then", "    elseif false then")]},
 }
 
 

@@ -22,11 +22,12 @@ local out = {NOW}
 local function slow_path(ref, token, key, h)
   local L = lib()
   if not h[1] then return 4 end
-  local deadline, grace = tonumber(h[3]), tonumber(h[4])
+  local deadline = tonumber(h[3])
   if h[1] == 'running' and h[2] == token then
+    local grace = tonumber(redis.call('HGET', key, 'grace_ms') or '0')
     if NOW > deadline + grace then
       L.expire_lease(ref)   -- dead on the server clock even if no reaper came yet
-    elseif h[5] == '1' then
+    elseif h[4] == '1' then
       return 2
     else
       local ns, run, action = L.split_ref(ref)
@@ -45,8 +46,8 @@ end
 for i = 3, #ARGV, 2 do
   local ref, token = ARGV[i], ARGV[i + 1]
   local key = akey(ref)
-  local h = redis.call('HMGET', key, 'phase', 'token', 'deadline_ms', 'grace_ms', 'aborting')
-  if h[1] == 'running' and h[2] == token and h[5] ~= '1' and NOW <= tonumber(h[3]) then
+  local h = redis.call('HMGET', key, 'phase', 'token', 'deadline_ms', 'aborting')
+  if h[1] == 'running' and h[2] == token and h[4] ~= '1' and NOW <= tonumber(h[3]) then
     redis.call('HSET', key, 'deadline_ms', new_deadline)
     out[#out + 1] = 0
   else
