@@ -22,9 +22,36 @@ from lessor.core.phases import Phase
 from lessor.errors import LessorError, ServerError
 
 
+NS_HELP = "project/domain the run lives in (default: proj/development)"
+
+
 def _add_url(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redis-url", metavar="URL",
-                   help="server to use (default: $LESSOR_REDIS_URL, else an embedded one)")
+                   help="the shared server (default: $LESSOR_REDIS_URL; start one with `lessor server`)")
+
+
+def shared_url(args: argparse.Namespace) -> str:
+    """The URL of the shared server a client command must use; ServerError if none is given.
+
+    A private embedded server would vanish with the command (and a submitted
+    run with it), so commands that talk to other processes need a real one.
+    """
+    from lessor.leasing.backend import resolve_url
+
+    url = resolve_url(getattr(args, "redis_url", None))
+    if url is None:
+        raise ServerError(
+            f"`lessor {args.command}` needs the shared server: start one with `lessor server` and export "
+            "the LESSOR_REDIS_URL it prints (or pass --redis-url)")
+    return url
+
+
+def split_run(args: argparse.Namespace) -> tuple[str, str]:
+    """(namespace, run id) from ID or a full project/domain/ID as `lessor submit` prints it."""
+    parts = args.run_id.split("/")
+    if len(parts) == 3:
+        return f"{parts[0]}/{parts[1]}", parts[2]
+    return args.namespace, args.run_id
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `lessor server` in one terminal and export the LESSOR_REDIS_URL it prints "
                "to share one server between commands.",
     )
+    from lessor import __version__
+
+    parser.add_argument("--version", action="version", version=f"lessor {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("server", help="run an embedded Valkey server in the foreground, print its URL")
@@ -47,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("events", help="print the event log readably (or as JSON lines)")
     _add_url(p)
     p.add_argument("--run", metavar="ID", help="only this run's events")
-    p.add_argument("--namespace", default="proj/development", help="namespace of --run")
+    p.add_argument("--namespace", default="proj/development", help=NS_HELP)
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     p.add_argument("--json", action="store_true", help="one JSON object per event")
 
@@ -61,30 +91,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_url(p)
     p.add_argument("task")
     p.add_argument("--inputs", default="null", help="inputs as JSON (a URI or a small value)")
-    p.add_argument("--namespace", default="proj/development")
-    p.add_argument("--queue", default="default")
-    p.add_argument("--idempotency-key")
+    p.add_argument("--namespace", default="proj/development", help=NS_HELP)
+    p.add_argument("--queue", default="default", help="queue the root action waits on (default: default)")
+    p.add_argument("--idempotency-key", help="a repeated key returns the first run; nothing is submitted twice")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("runs", help="list runs of a namespace, newest first")
     _add_url(p)
-    p.add_argument("--namespace", default="proj/development")
+    p.add_argument("--namespace", default="proj/development", help=NS_HELP)
     p.add_argument("--phase", choices=[ph.value for ph in Phase])
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--cursor", help="cursor printed by the previous page")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("run", help="one run: `lessor run show ID` prints its execution tree")
-    p.add_argument("verb", choices=["show"])
-    p.add_argument("run_id", metavar="ID")
+    p.add_argument("verb", choices=["show"], help="show: the execution tree")
+    p.add_argument("run_id", metavar="ID", help="run id, or project/domain/id")
     _add_url(p)
-    p.add_argument("--namespace", default="proj/development")
+    p.add_argument("--namespace", default="proj/development", help=NS_HELP)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("abort", help="abort a run: queued actions now, running ones at their next heartbeat")
-    p.add_argument("run_id", metavar="ID")
+    p.add_argument("run_id", metavar="ID", help="run id, or project/domain/id")
     _add_url(p)
-    p.add_argument("--namespace", default="proj/development")
+    p.add_argument("--namespace", default="proj/development", help=NS_HELP)
     p.add_argument("--reason", default="aborted by user")
     p.add_argument("--json", action="store_true")
 
@@ -92,12 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_url(p)
     p.add_argument("--app", required=True, metavar="MODULE:REGISTRY",
                    help="where the tasks are, e.g. myapp.tasks:registry")
-    p.add_argument("--queue", default="default")
-    p.add_argument("--namespace", default="proj/development")
-    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--queue", default="default", help="queue to take work from (default: default)")
+    p.add_argument("--namespace", default="proj/development", help=NS_HELP)
+    p.add_argument("--concurrency", type=int, default=8, help="actions run at once (default 8)")
     p.add_argument("--worker-id", help="default: w-<host>-<pid>")
-    p.add_argument("--ttl-ms", type=int, default=30_000)
-    p.add_argument("--grace-ms", type=int, default=10_000)
+    p.add_argument("--ttl-ms", type=int, default=30_000, help="lease time to live (default 30000)")
+    p.add_argument("--grace-ms", type=int, default=10_000, help="grace after the deadline (default 10000)")
     p.add_argument("--heartbeat-ms", type=int, help="default: ttl / 3")
     p.add_argument("--drain-s", type=float, default=10.0, help="time running actions get on shutdown")
     p.add_argument("--otel", choices=["console", "otlp"], help="turn on OpenTelemetry")
@@ -106,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-uvloop", action="store_true")
 
     p = sub.add_parser("demo", help="the lease story end to end: pause a worker, fail over, refuse its late report")
-    p.add_argument("--children", type=int, default=20)
-    p.add_argument("--workers", type=int, default=3)
+    p.add_argument("--children", type=int, default=20, help="children of the root action (default 20)")
+    p.add_argument("--workers", type=int, default=3, help="worker processes (default 3)")
     p.add_argument("--quiet", action="store_true", help="only the summary")
 
     from lessor.simulations import cli as sim_cli
@@ -123,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reaper", help="run the reaper: expire leases past deadline + grace, fail over")
     _add_url(p)
-    p.add_argument("--interval-ms", type=int, default=200)
+    p.add_argument("--interval-ms", type=int, default=200, help="time between passes (default 200)")
     p.add_argument("--limit", type=int, default=500, help="leases per script call (bounded batches)")
     p.add_argument("--otel", choices=["console", "otlp"], help="turn on OpenTelemetry")
 
@@ -215,12 +245,16 @@ def cmd_events(args: argparse.Namespace) -> int:
     from lessor.scheduler.render import EventPrinter
 
     async def run() -> None:
-        async with open_backend(args.redis_url) as backend:
+        async with open_backend(shared_url(args)) as backend:
             log = EventLog(backend)
             printer = EventPrinter(as_json=args.json)
             if args.run:
                 p = backend.keys_for_run(args.namespace, args.run).partition
-                for e in await log.run_events(args.namespace, args.run):
+                found = await log.run_events(args.namespace, args.run)
+                if not found and not args.follow:
+                    raise ValueError(f"no events of run {args.namespace}/{args.run}: check the id and "
+                                     "--namespace (`lessor runs --namespace ...`)")
+                for e in found:
                     printer.print(p, e)
             else:
                 for entry in await log.read_all():
@@ -248,7 +282,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from lessor.leasing.replay import replay, verify
 
     async def run() -> int:
-        async with open_backend(args.redis_url) as backend:
+        async with open_backend(shared_url(args)) as backend:
             world = await replay(backend)
             diffs = await verify(backend, world) if args.verify else []
         phases = Counter(a.phase.value for a in world.actions.values())
@@ -286,13 +320,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise ValueError(f"--inputs must be JSON ({exc}); e.g. --inputs '{{\"uri\": \"s3://b/k\"}}'") from None
 
     async def run() -> None:
-        async with open_backend(args.redis_url) as backend:
+        async with open_backend(shared_url(args)) as backend:
             s = await submit_run(backend, args.task, inputs=pack_value(inputs), namespace=args.namespace,
                                  queue=args.queue, idempotency_key=args.idempotency_key)
         if args.json:
             print(json.dumps({"namespace": s.namespace, "run": s.run_id, "created": s.created}))
         else:
-            print(f"{'submitted' if s.created else 'already submitted'}: {s.namespace}/{s.run_id}")
+            print(f"{'submitted' if s.created else 'already submitted'}: run {s.run_id} (namespace {s.namespace})")
 
     anyio.run(run)
     return 0
@@ -315,7 +349,7 @@ def cmd_reaper(args: argparse.Namespace) -> int:
     telemetry.setup(args.otel)
 
     async def run() -> None:
-        async with open_backend(args.redis_url) as backend:
+        async with open_backend(shared_url(args)) as backend:
             print(f"reaper on {backend.url}: every {args.interval_ms} ms, {args.limit} per batch", flush=True)
             await Reaper(backend, limit=args.limit, interval_ms=args.interval_ms).run(on_pass=report)
 
@@ -344,12 +378,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from lessor.scheduler.render import print_runs, run_to_json
 
     async def run() -> None:
-        async with open_backend(args.redis_url) as backend:
+        async with open_backend(shared_url(args)) as backend:
             page, cursor = await list_runs(backend, args.namespace, args.phase, args.limit, args.cursor)
         if args.json:
             print(json.dumps({"runs": [run_to_json(r) for r in page], "next_cursor": cursor}))
         else:
-            print_runs(page, cursor)
+            print_runs(page, cursor, args.namespace)
 
     anyio.run(run)
     return 0
@@ -361,9 +395,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lessor.scheduler.render import print_tree, tree_to_json
 
     async def run() -> None:
-        async with open_backend(args.redis_url) as backend:
-            info = await get_run(backend, args.namespace, args.run_id)
-            root = await tree(backend, args.namespace, args.run_id)
+        namespace, run_id = split_run(args)
+        async with open_backend(shared_url(args)) as backend:
+            info = await get_run(backend, namespace, run_id)
+            root = await tree(backend, namespace, run_id)
         if args.json:
             print(json.dumps(tree_to_json(info, root)))
         else:
@@ -378,12 +413,13 @@ def cmd_abort(args: argparse.Namespace) -> int:
     from lessor.scheduler.control import abort_run
 
     async def run() -> None:
-        async with open_backend(args.redis_url) as backend:
-            out = await abort_run(backend, args.namespace, args.run_id, args.reason)
+        namespace, run_id = split_run(args)
+        async with open_backend(shared_url(args)) as backend:
+            out = await abort_run(backend, namespace, run_id, args.reason)
         if args.json:
             print(json.dumps({"aborted_now": out.aborted, "abort_requested": out.requested}))
         else:
-            print(f"abort {args.namespace}/{args.run_id}: {out.aborted} queued actions aborted, "
+            print(f"abort {namespace}/{run_id}: {out.aborted} queued actions aborted, "
                   f"{out.requested} running actions asked to stop")
 
     anyio.run(run)

@@ -71,7 +71,17 @@ def test_abort_and_unknown_run_errors_are_one_clear_line(flushed):
     proc = lessor("abort", "rdoesnotexist", url=flushed)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "lessor: no run proj/development/rdoesnotexist: check the id with `lessor runs`"]
+        "lessor: no run proj/development/rdoesnotexist: check the id and --namespace with "
+        "`lessor runs --namespace proj/development`"]
+    # The full form `lessor submit` prints works too.
+    shown = json.loads(lessor("run", "show", f"proj/development/{run}", "--json", url=flushed, check=True).stdout)
+    assert shown["run"] == run and shown["phase"] == "aborted"
+
+
+def test_client_commands_refuse_to_run_without_the_shared_server():
+    proc = lessor("submit", "square")
+    assert proc.returncode == 3
+    assert "needs the shared server: start one with `lessor server`" in proc.stderr
 
 
 def test_a_server_that_is_down_gives_one_line_not_a_traceback():

@@ -106,7 +106,8 @@ async def test_replay_equals_live_state_after_a_random_workload(vbackend, seed):
 async def test_verify_reports_every_difference(vbackend):
     await random_workload(vbackend, vbackend.vclock, random.Random(7), steps=40)
     a_key = next(iter([k async for k in vbackend.redis.scan_iter(match="lessor:{*}:a:*")]))
-    await vbackend.redis.hset(a_key, mapping={"phase": "succeeded", "attempt": 42})
+    other = b"failed" if await vbackend.redis.hget(a_key, "phase") != b"failed" else b"succeeded"
+    await vbackend.redis.hset(a_key, mapping={"phase": other, "attempt": 42})
     await vbackend.redis.hset("lessor:{p0}:a:proj/development/ghost/a0", "phase", "queued")
     diffs = {(d.key, d.field) for d in await verify(vbackend)}
     assert {(a_key.decode(), "phase"), (a_key.decode(), "attempt"),

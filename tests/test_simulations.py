@@ -116,5 +116,5 @@ def test_live_chaos_runs_real_workers_through_faults_and_passes_the_checkers():
                           cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
     out = json.loads(proc.stdout)
     assert proc.returncode == 0 and out["violations"] == [], out
-    assert out["runs"] > 10 and out["succeeded"] > 0 and sum(out["faults"].values()) >= 2, out
+    assert out["runs"] > 10 and out["runs_succeeded"] > 0 and sum(out["faults"].values()) >= 2, out
     assert out["quiesce_after_heal_s"] is not None

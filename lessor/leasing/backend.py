@@ -80,8 +80,8 @@ async def check_server(redis: aioredis.Redis, url: str) -> None:
         info = await redis.info("server")
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise ServerError(
-            f"cannot reach the server at {url}: {str(exc).rstrip('.')}. Start one with `lessor server`, "
-            "or unset LESSOR_REDIS_URL to use the embedded server"
+            f"cannot reach the server at {url}: {str(exc).rstrip('.')}. Start one with `lessor server` "
+            "and export the LESSOR_REDIS_URL it prints"
         ) from None
     flavour = "valkey" if "valkey_version" in info else "redis"
     version_text = str(info.get("valkey_version") or info.get("redis_version") or "0")

@@ -35,6 +35,7 @@ async def abort_run(backend: Backend, namespace: str, run_id: str, reason: str =
         aborted, requested = await backend.scripts.abort(keys=[keys.prefix], args=[namespace, run_id, reason])
     except ResponseError as exc:
         if "LESSOR_UNKNOWN_RUN" in str(exc):
-            raise UnknownRun(f"no run {namespace}/{run_id}: check the id with `lessor runs`") from None
+            raise UnknownRun(f"no run {namespace}/{run_id}: check the id and --namespace with "
+                             f"`lessor runs --namespace {namespace}`") from None
         raise
     return AbortOutcome(int(aborted), int(requested))

@@ -123,7 +123,8 @@ async def get_run(backend: Backend, namespace: str, run_id: str) -> RunInfo:
     pipe.hgetall(keys.action(action_ref(namespace, run_id, ROOT_ACTION)))
     run_h, root_h = await pipe.execute()
     if not run_h:
-        raise UnknownRun(f"no run {namespace}/{run_id}: check the id with `lessor runs`")
+        raise UnknownRun(f"no run {namespace}/{run_id}: check the id and --namespace with "
+                         f"`lessor runs --namespace {namespace}`")
     return RunInfo(namespace=namespace, run_id=run_id, task=_text(run_h, "task"), queue=_text(run_h, "queue"),
                    phase=Phase(_text(run_h, "phase")), created_ms=int(run_h.get(b"created_ms", b"0")),
                    aborting=run_h.get(b"aborting") == b"1", root=action_info(root_h) if root_h else None)

@@ -114,19 +114,24 @@ def tree_to_json(info, node) -> dict:
     return run_to_json(info) | {"tree": walk(node)}
 
 
-def print_runs(runs, cursor) -> None:
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def print_runs(runs, cursor, namespace: str = "") -> None:
     """A table of runs."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{len(runs)} runs")
-    for column in ("run", "task", "queue", "phase", "created (UTC)", "attempts", "error"):
-        table.add_column(column)
+    table = Table(title=f"{_plural(len(runs), 'run')} in {namespace}" if namespace else _plural(len(runs), "run"))
+    for column in ("run", "task", "queue", "phase", "created (UTC)", "attempts"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("error")
     for r in runs:
         root = r.root
         table.add_row(r.run_id, r.task, r.queue, f"[{_PHASE_STYLE.get(r.phase.value, '')}]{r.phase.value}[/]",
                       clock_text(r.created_ms), str(root.attempt if root else ""),
-                      escape((root.error or "")[:60]) if root else "")
+                      escape(root.error or "") if root else "")
     console = Console()
     console.print(table)
     if cursor:
@@ -143,11 +148,11 @@ def node_label(a, now_ms: int | None = None) -> str:
     if a.worker:
         parts.append(f"on {escape(a.worker)}")
     if a.expirations:
-        parts.append(f"[red]{a.expirations} lease expired[/red]")
+        parts.append(f"[red]lease expired {_plural(a.expirations, 'time').replace('1 time', 'once')}[/red]")
     if a.rejected:
-        parts.append(f"[magenta]{a.rejected} stale reports refused[/magenta]")
+        parts.append(f"[magenta]{_plural(a.rejected, 'stale report')} refused[/magenta]")
     if a.error and a.phase.value != "succeeded":
-        parts.append(f"[red]{escape(a.error[:80])}[/red]")
+        parts.append(f"[red]{escape(a.error)}[/red]")
     return " · ".join(parts)
 
 

@@ -6,7 +6,9 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import signal
+import sys
 
 import anyio
 
@@ -23,11 +25,15 @@ def load_registry(spec: str) -> Registry:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"--app must look like 'module:registry', got {spec!r}")
+    if os.getcwd() not in sys.path:  # as uvicorn and celery do: modules of the current directory
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"--app {spec}: cannot import {module_name!r} ({exc}); is it on PYTHONPATH?") from None
-    registry = getattr(module, attr, None)
+    if not hasattr(module, attr):
+        raise ConfigError(f"--app {spec}: module {module_name} has no attribute {attr!r}")
+    registry = getattr(module, attr)
     if not isinstance(registry, Registry):
         raise ConfigError(f"--app {spec}: {module_name}.{attr} is not a lessor Registry")
     return registry
@@ -47,7 +53,9 @@ async def serve(args: argparse.Namespace, registry: Registry) -> dict:
     log = logging.getLogger("lessor.worker")
     truth = open(args.truth_log, "a", buffering=1) if args.truth_log else None
     on_attempt = (lambda record: truth.write(json.dumps(record) + "\n")) if truth else None
-    async with open_backend(args.redis_url) as backend:
+    from lessor.cli import shared_url
+
+    async with open_backend(shared_url(args)) as backend:
         worker = Worker(backend, registry, config, on_attempt=on_attempt)
         async with anyio.create_task_group() as tg:
             async def on_signals() -> None:

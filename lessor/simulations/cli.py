@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--examples", type=int, default=100, help="plans to generate (default 100)")
     p.add_argument("--seed", type=int, help="hypothesis seed (same seed = same plans)")
     p.add_argument("--workers", type=int, default=5, help="at most this many workers per plan (default 5)")
-    p.add_argument("--actions", type=int, default=50, help="at most this many runs per plan (default 50)")
+    p.add_argument("--actions", type=int, default=50, help="at most this many runs (root actions) per plan (default 50)")
     p.add_argument("--faults", type=int, default=10, help="at most this many faults per plan (default 10)")
     p.add_argument("--shrink-runs", type=int, default=300, help="plans run while shrinking a failure (default 300)")
     p.add_argument("--save", metavar="PATH", help="where to save a failing plan (default lessor-plan-SEED.json)")
@@ -39,10 +39,10 @@ def summary_rows(found: Exploration) -> dict:
         "attempts": found.totals.get("attempts", 0), "failovers": found.totals.get("failovers", 0),
         "resumed_in_grace": found.totals.get("resumed_in_grace", 0),
         "stale_reports_refused": found.totals.get("stale_reports_refused", 0),
-        "overlap_ms": found.overlap_ms,
-        "quiesce_after_heal_ms_median": statistics.median(q) if q else None,
-        "quiesce_after_heal_ms_max": max(q) if q else None,
-        "violation": found.shrunk is not None, "first_failure_at_example": found.first_failure_at,
+        "overlap_ms_beyond_drift_bound": found.overlap_ms,
+        "time_to_quiesce_after_heal_ms_median": statistics.median(q) if q else None,
+        "time_to_quiesce_after_heal_ms_max": max(q) if q else None,
+        "violation": found.shrunk is not None, "first_failure_at_example": found.first_failure_at or "-",
     }
 
 
@@ -132,4 +132,6 @@ def main(args: argparse.Namespace) -> int:
         return run_replay(args)
     if args.examples < 1:
         raise ValueError("--examples must be >= 1")
+    if args.timeline:
+        raise ValueError("--timeline draws one replayed plan: use it with --replay PLAN_JSON")
     return run_explore(args)

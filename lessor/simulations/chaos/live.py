@@ -274,7 +274,8 @@ class Chaos:
         stats = {"runs": len(self.submitted), "events": len(pairs), "attempts": count(ev.ActionLeased),
                  "failovers": sum(1 for _, e in pairs if isinstance(e, ev.ActionRequeued) and e.reason == "lease_expired"),
                  "resumed_in_grace": count(ev.LeaseResumed), "stale_reports_refused": count(ev.ReportRejected),
-                 "succeeded": sum(1 for _, e in pairs if isinstance(e, ev.RunCompleted) and e.phase == "succeeded")}
+                 **{f"runs_{phase}": sum(1 for _, e in pairs if isinstance(e, ev.RunCompleted) and e.phase == phase)
+                    for phase in ("succeeded", "failed", "aborted", "timed_out")}}
         return ChaosReport(self.faults, stats, violations, sum(overlaps.values()), quiesce_s, seconds)
 
 
