@@ -39,7 +39,7 @@ BENCH_LEASE = LeaseConfig(ttl_ms=600_000, grace_ms=60_000)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--leases", type=int, default=10_000, help="leases held in total (default 10000)")
-    p.add_argument("--workers", type=int, default=4, help="concurrent renewing loops (default 4)")
+    p.add_argument("--workers", type=int, default=8, help="concurrent renewing loops (default 8)")
     p.add_argument("--batch", type=int, default=100, help="leases per renewal call (default 100)")
     p.add_argument("--concurrency", type=int, default=64, help="calls in flight for single renewals")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per measured phase (default 5)")
