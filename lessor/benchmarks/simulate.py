@@ -51,10 +51,16 @@ def main(args: argparse.Namespace) -> int:
     violations = events = 0
     with simulation_portal(args.redis_url) as (run, _):
         started = time.perf_counter()  # clock: benchmark timing only
-        for plan in plans:
+        for i, plan in enumerate(plans):
             outcome = run(plan)
             violations += len(outcome.verdict.violations)
             events += outcome.result.stats["events"]
+            if not outcome.verdict.ok:  # a benchmark that finds a bug says so, with the plan to replay
+                path = f"lessor-bench-plan-{args.seed}-{i}.json"
+                with open(path, "w") as f:
+                    f.write(plan.to_json())
+                for v in outcome.verdict.violations:
+                    print(f"violation in scenario {i}: {v} (replay: lessor simulate --replay {path})")
         seconds = time.perf_counter() - started  # clock: benchmark timing only
     out = {"scenarios": args.scenarios, "actions_per_scenario": args.actions, "workers": args.workers,
            "faults_per_scenario": args.faults, "seconds": round(seconds, 1),

@@ -21,10 +21,12 @@ def check(entries, truth: Truth, ttl_ms: int) -> list[Violation]:
     for _, e in entries:
         if isinstance(e, ev.ActionLeased):
             deadline[(f"{e.ns}/{e.run}/{e.action}", e.token)] = e.deadline_ms
-    for r in truth.reports:
-        if r.kind == "renew" and r.answer in ("OK", "RESUMED") and r.server_ms is not None:
-            key = (r.ref, r.token)
-            deadline[key] = max(deadline.get(key, 0), r.server_ms + ttl_ms)
+    # Each accepted renewal sets the deadline to its server time + ttl, in the order
+    # they ran (a server clock that went back can make a later deadline earlier).
+    renewals = [r for r in truth.reports
+                if r.kind == "renew" and r.answer in ("OK", "RESUMED") and r.ran_ms is not None]
+    for r in sorted(renewals, key=lambda r: r.ran_ms):
+        deadline[(r.ref, r.token)] = r.server_ms + ttl_ms
     out = []
     for _, e in entries:
         if isinstance(e, ev.LeaseExpired):
