@@ -178,7 +178,7 @@ class Simulator:
         return report
 
     def truth_execution(self, w: SimWorker, lease: Lease) -> Execution:
-        execution = Execution(w.id, lease.ref, lease.token, self.now_ms)
+        execution = Execution(w.id, lease.ref, lease.token, self.now_ms, start_server_ms=self.server_ms())
         self.truth.executions.append(execution)
         return execution
 
@@ -286,6 +286,7 @@ class Simulator:
 
     def _jump(self, f) -> None:
         self.server_offset_ms += f.delta_ms
+        self.truth.clock_offsets.append((self.now_ms, self.server_offset_ms))
 
     async def _restart(self) -> None:
         await self.restart_server()

@@ -53,10 +53,14 @@ def render_svg(result: SimResult) -> str:
     """The timeline of a simulation as an SVG document."""
     leases = _leases(result)
     refs = sorted(leases, key=lambda r: (min([x["start"] for x in leases[r]], default=0), r))
-    end_ms = max(result.truth.end_ms, 1)
+    # One axis: the server's clock (it judges deadlines); true times are mapped onto it.
+    truth = result.truth
+    server_end = max([truth.server_time(truth.end_ms, SERVER_EPOCH_MS)] + [e.event.ts for e in result.entries])
+    start = min([SERVER_EPOCH_MS] + [e.event.ts for e in result.entries])
+    end_ms = max(server_end - start, 1)
     scale = WIDTH / end_ms
-    x = lambda server_ms: LEFT + (server_ms - SERVER_EPOCH_MS) * scale  # noqa: E731
-    xt = lambda true_ms: LEFT + true_ms * scale  # noqa: E731
+    x = lambda server_ms: LEFT + (server_ms - start) * scale  # noqa: E731
+    xt = lambda true_ms: x(truth.server_time(true_ms, SERVER_EPOCH_MS))  # noqa: E731
     workers = sorted({lease["worker"] for ls in leases.values() for lease in ls}
                      | {x_.worker for x_ in result.truth.executions})
     colour = {w: PALETTE[i % len(PALETTE)] for i, w in enumerate(workers)}
@@ -69,10 +73,11 @@ def render_svg(result: SimResult) -> str:
            'patternTransform="rotate(45)"><line x1="0" y1="0" x2="0" y2="6" stroke="#d62728" '
            'stroke-width="2" opacity="0.5"/></pattern></defs>',
            f'<text x="10" y="18" font-size="13">lessor simulation: seed {result.plan.seed}, '
-           f'{result.plan.workers} workers, {len(result.plan.submits)} runs, {len(faults)} faults</text>']
+           f'{result.plan.workers} workers, {len(result.plan.submits)} runs, {len(faults)} faults '
+           f'(rows: run/action; bar labels: worker and the last digits of its fencing token)</text>']
     for i, f in enumerate(faults):
         y = TOP + 14 * i
-        w = max(2.0, (min(f.at_ms + max(f.duration_ms, 1), result.plan.heal_ms) - f.at_ms) * scale)
+        w = max(2.0, xt(min(f.at_ms + max(f.duration_ms, 1), result.plan.heal_ms)) - xt(f.at_ms))
         who = f"w{f.worker}" if f.kind not in ("clock_jump", "server_restart", "slow_reaper", "reaper_down") else "system"
         out.append(f'<rect x="{xt(f.at_ms):.1f}" y="{y}" width="{w:.1f}" height="10" fill="#999" opacity="0.5"/>'
                    f'<text x="{xt(f.at_ms) + w + 3:.1f}" y="{y + 9}">{escape(f.kind)} {who}</text>')
@@ -83,7 +88,7 @@ def render_svg(result: SimResult) -> str:
         y = top + ROW * row
         out.append(f'<text x="10" y="{y + 13}">{escape(ref.split("/", 2)[2])}</text>')
         for lease in leases[ref]:
-            end = lease["end"] or SERVER_EPOCH_MS + end_ms
+            end = lease["end"] or server_end
             c = colour[lease["worker"]]
             out.append(f'<rect x="{x(lease["start"]):.1f}" y="{y}" width="{max(1.0, (end - lease["start"]) * scale):.1f}" '
                        f'height="14" fill="{c}" opacity="0.8"><title>{escape(lease["worker"])} token {lease["token"]} '
@@ -96,8 +101,8 @@ def render_svg(result: SimResult) -> str:
                            f'fill="url(#grace)"/><text x="{x(end) - 4:.1f}" y="{y + 12}" fill="#d62728" '
                            f'font-size="14" font-weight="bold">×</text>')
         for xe in result.truth.executions:
-            if xe.ref == ref and xe.end_ms is not None:
-                out.append(f'<line x1="{xt(xe.start_ms):.1f}" y1="{y + 18}" x2="{xt(xe.end_ms):.1f}" y2="{y + 18}" '
+            if xe.ref == ref and xe.end_server_ms is not None:
+                out.append(f'<line x1="{x(xe.start_server_ms):.1f}" y1="{y + 18}" x2="{x(xe.end_server_ms):.1f}" y2="{y + 18}" '
                            f'stroke="{colour[xe.worker]}" stroke-width="3"><title>{escape(xe.worker)} computing '
                            f'({escape(xe.ended)})</title></line>')
     for entry in result.entries:
@@ -114,7 +119,7 @@ def render_svg(result: SimResult) -> str:
     legend = " · ".join(f'<tspan fill="{colour[w]}">■ {escape(w)}</tspan>' for w in workers)
     out.append(f'<text x="10" y="{ly}">{legend} · bars: leases · hatched: grace window · '
                f'<tspan fill="#d62728">×</tspan>: reaped · <tspan fill="#e377c2">◆</tspan>: stale report refused · '
-               f'thin lines: really computing · time in ms: {end_ms}</text>')
+               f'thin lines: really computing · x: server clock, {end_ms} ms in all</text>')
     out.append("</svg>")
     return "\n".join(out)
 

@@ -18,6 +18,7 @@ class Execution:
     token: int
     start_ms: int
     end_ms: int | None = None
+    start_server_ms: int | None = None  # the server's clock at start_ms
     end_server_ms: int | None = None  # the server's clock at end_ms (clock jumps included)
     ended: str = ""          # completed | self_fenced | stale | aborted | unknown | crashed | paused
 
@@ -47,3 +48,12 @@ class Truth:
     aborted_at_ms: dict[str, int] = field(default_factory=dict)  # run id -> true ms of the abort
     heal_ms: int = 0
     end_ms: int = 0
+    clock_offsets: list[tuple[int, int]] = field(default_factory=lambda: [(0, 0)])  # (true ms, server offset ms)
+
+    def server_time(self, true_ms: int, epoch_ms: int) -> int:
+        """The server's clock at a true time (clock jumps included)."""
+        offset = 0
+        for at, off in self.clock_offsets:
+            if at <= true_ms:
+                offset = off
+        return epoch_ms + true_ms + offset
