@@ -196,7 +196,12 @@ async def measure(args: argparse.Namespace) -> dict:
 
 def draw(sweep: list[dict], path: str, title: str) -> None:
     """renewals/s and the server limit against batch size."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        from lessor.errors import ConfigError
+
+        raise ConfigError("--plot needs matplotlib: `.venv/bin/pip install -e '.[plot]'` (make bench does)") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -219,6 +224,11 @@ def main(args: argparse.Namespace) -> int:
     """`lessor bench heartbeat`."""
     if args.leases < 1 or args.workers < 1 or args.batch < 1 or args.duration <= 0:
         raise ValueError("--leases, --workers, --batch must be >= 1 and --duration > 0")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401  (fail before measuring, not after)
+        except ImportError:
+            draw([], args.plot, "")
     out = run(measure, args, use_uvloop=not args.no_uvloop)
     if args.plot and out.get("sweep"):
         draw(out["sweep"], args.plot, f"lessor heartbeat renewals ({out['loop']})")
