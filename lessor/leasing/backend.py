@@ -70,7 +70,7 @@ def make_redis(url: str, **kwargs) -> aioredis.Redis:
     lease that expires and fails over.
     """
     retry = Retry(NoBackoff(), 1)
-    return aioredis.from_url(url, decode_responses=False, socket_connect_timeout=5, retry=retry,
+    return aioredis.from_url(url, decode_responses=False, socket_connect_timeout=5, socket_timeout=30, retry=retry,
                              retry_on_error=[RedisConnectionError, ConnectionResetError], **kwargs)
 
 

@@ -100,8 +100,9 @@ class LeaseClient:
     async def renew(self, leases: Iterable[Lease]) -> dict[str, Code]:
         """Renew every given lease: one script call per partition, all concurrently.
 
-        Returns ref -> Code (OK, RESUMED, ABORTED, STALE, UNKNOWN). Raises on
-        transport errors (the caller counts those as failed renewals), and
+        Returns ref -> Code (OK, RESUMED, ABORTED, STALE, UNKNOWN); leases of a
+        partition whose call failed are missing from it (no answer). Raises the
+        error if no partition answered (the caller counts a failed renewal), and
         ValueError if two of the leases are of one action (answers are keyed by
         action; a worker holds at most one lease of an action at a time).
         """
@@ -113,17 +114,19 @@ class LeaseClient:
             seen.add(lease.ref)
             by_partition[lease.partition].append(lease)
         codes: dict[str, Code] = {}
+        errors: list[Exception] = []
 
         async def one(partition: int, group: list[Lease]) -> None:
-            codes.update(await self.renew_partition(partition, group))
+            try:
+                codes.update(await self.renew_partition(partition, group))
+            except Exception as exc:  # this partition's leases get no answer; the others still do
+                errors.append(exc)
 
-        if len(by_partition) == 1:
-            (p, group), = by_partition.items()
-            await one(p, group)
-        elif by_partition:
-            async with anyio.create_task_group() as tg:
-                for p, group in by_partition.items():
-                    tg.start_soon(one, p, group)
+        async with anyio.create_task_group() as tg:
+            for p, group in by_partition.items():
+                tg.start_soon(one, p, group)
+        if errors and not codes:
+            raise errors[0]
         return codes
 
     async def renew_partition(self, partition: int, leases: list[Lease]) -> dict[str, Code]:

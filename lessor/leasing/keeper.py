@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Awaitable, Callable
 
+import logging
+
 import anyio
 
 from lessor import telemetry
@@ -36,6 +38,8 @@ class FenceReason(str, Enum):
     STALE = "stale"               # the server said the token is no longer current
     UNKNOWN = "unknown"           # the server does not know the action
 
+
+log = logging.getLogger("lessor.keeper")
 
 _CODE_TO_REASON = {Code.ABORTED: FenceReason.ABORTED, Code.STALE: FenceReason.STALE,
                    Code.UNKNOWN: FenceReason.UNKNOWN}
@@ -87,9 +91,12 @@ class LeaseKeeper:
         self.held[lease.ref] = held
         return held
 
-    def drop(self, ref: str) -> None:
-        """Stop keeping a lease (its attempt ended: completed, failed, released)."""
-        self.held.pop(ref, None)
+    def drop(self, ref: str, token: int | None = None) -> None:
+        """Stop keeping a lease (its attempt ended). With ``token``: only if that lease is the one held,
+        so an old attempt ending late cannot drop a newer lease of the same action."""
+        held = self.held.get(ref)
+        if held is not None and (token is None or held.lease.token == token):
+            del self.held[ref]
 
     def usable(self, ref: str) -> bool:
         """True while the lease is held and not fenced: only then may the worker report with it."""
@@ -131,9 +138,8 @@ class LeaseKeeper:
             with anyio.move_on_after(self.renew_timeout_ms / 1000):
                 try:
                     codes = await (renew or self.client.renew)([h.lease for h in live])
-                except Exception as exc:
-                    if not _is_transport_error(exc):
-                        raise
+                except Exception as exc:  # any failure is a failed renewal: self-fencing covers it
+                    log.warning("renewal of %d leases failed: %s", len(live), exc)
         self.finish_heartbeat(live, codes, sent_ms)
 
     def begin_heartbeat(self) -> tuple[list[HeldLease], float]:
@@ -196,11 +202,3 @@ class LeaseKeeper:
 
     def statistics(self) -> KeeperStatistics:
         return KeeperStatistics(held=len(self.held), fenced=dict(self._fenced_counts), **self._stats)
-
-
-def _is_transport_error(exc: BaseException) -> bool:
-    """A renewal that failed on the way (connection refused, reset, timed out)."""
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    return isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError))

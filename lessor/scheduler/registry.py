@@ -134,9 +134,9 @@ class TaskContext:
         Child ids follow call order (a0.1, a0.2, ...), so a retried parent
         re-attaches to the children an earlier attempt already submitted.
         """
-        self._children += 1
-        child_id = f"{self.action_id}.{self._children}"
+        child_id = f"{self.action_id}.{self._children + 1}"
         await self._worker.submit_child(self._lease, child_id, task, inputs, **options)
+        self._children += 1  # only once it is submitted: a retried call reuses the same id
         return ChildHandle(self, child_id)
 
     async def call(self, task: str, inputs: Any = None, **options: Any) -> Any:

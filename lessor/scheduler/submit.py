@@ -29,8 +29,9 @@ class Retries:
     backoff_ms: int = 1000
 
     def __post_init__(self) -> None:
-        if min(self.user, self.system, self.backoff_ms) < 0:
-            raise ValueError(f"retry budgets and backoff must be >= 0, got {self}")
+        values = (self.user, self.system, self.backoff_ms)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values) or min(values) < 0:
+            raise ValueError(f"retry budgets and backoff_ms must be integers >= 0, got {self}")
 
 
 @dataclass(frozen=True)

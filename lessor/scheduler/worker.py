@@ -30,7 +30,7 @@ from anyio.abc import TaskGroup
 from lessor import telemetry
 from lessor.core.clock import MonotonicClock, SystemMonotonicClock
 from lessor.core.ids import check_id, check_namespace
-from lessor.errors import LessorError, StaleToken
+from lessor.errors import ActionAborted, LessorError, StaleToken
 from lessor.leasing.backend import Backend
 from lessor.leasing.client import Lease, LeaseClient
 from lessor.leasing.codes import Code, raise_for
@@ -38,7 +38,7 @@ from lessor.leasing.config import LeaseConfig
 from lessor.leasing.keeper import FenceReason, HeldLease, LeaseKeeper
 from lessor.scheduler.api import CacheKey, lookup_cache
 from lessor.scheduler.registry import Registry, TaskContext, UnknownTask, invoke
-from lessor.scheduler.submit import Retries
+from lessor.scheduler.submit import Retries, RunSpec
 from lessor.scheduler.values import ValueEncodingError, pack_value, unpack_value
 from lessor.scheduler.watcher import CompletionWatcher
 
@@ -141,7 +141,9 @@ class Worker:
         self.keeper = LeaseKeeper(self.client, self.clock, on_fence=self._on_fence)
         self.reporter = Reporter(self.client)
         self.watcher: CompletionWatcher | None = None
-        self._running: dict[str, anyio.CancelScope] = {}
+        # ref -> (token, cancel scope) of every attempt still running here, fenced or not:
+        # a fenced attempt that ignores cancellation still occupies a slot.
+        self._running: dict[str, tuple[int, anyio.CancelScope]] = {}
         self._slot_freed = anyio.Event()
         self._stopping = anyio.Event()
         self._shutting_down: set[str] = set()
@@ -186,8 +188,14 @@ class Worker:
             if leases:
                 telemetry.instruments().queue_depth.add(-len(leases))
             for lease in leases:
+                if lease.ref in self._running:
+                    # An earlier attempt of this action is still running here (fenced, not yet
+                    # stopped): give the new lease back at once rather than run it twice.
+                    attempts.start_soon(self._report, self.client.release, lease,
+                                        "an earlier attempt is still stopping on this worker")
+                    continue
                 scope = anyio.CancelScope()
-                self._running[lease.ref] = scope
+                self._running[lease.ref] = (lease.token, scope)
                 self.keeper.hold(lease, scope, sent_ms)
                 attempts.start_soon(self._execute, lease, scope)
             if not leases:
@@ -208,7 +216,7 @@ class Worker:
             while self._running:
                 self._slot_freed = anyio.Event()
                 await self._slot_freed.wait()
-        for ref, scope in list(self._running.items()):
+        for ref, (_, scope) in list(self._running.items()):
             self._shutting_down.add(ref)
             scope.cancel()
 
@@ -226,20 +234,28 @@ class Worker:
                 record = {"worker": self.config.worker_id, "ref": lease.ref, "token": lease.token}
                 if self.on_attempt is not None:
                     self.on_attempt(record | {"event": "start", "at_ms": _wall_ms()})
-                with scope:
-                    outcome = await self._run_task(lease)
+                try:
+                    with scope:
+                        outcome = await self._run_task(lease, held)
+                except anyio.get_cancelled_exc_class():
+                    # Cancelled from outside (the worker itself is being torn down): give the
+                    # lease back so it fails over now, not after ttl + grace.
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                        await self._report(self.client.release, lease, "worker cancelled")
+                    raise
                 if self.on_attempt is not None:
                     self.on_attempt(record | {"event": "end", "at_ms": _wall_ms(),
                                               "ended": held.fenced.value if held.fenced else "completed"})
                 with anyio.CancelScope(shield=True):
                     await self._finish(lease, held, outcome)
         finally:
-            self.keeper.drop(lease.ref)
-            self._running.pop(lease.ref, None)
-            self._shutting_down.discard(lease.ref)
+            self.keeper.drop(lease.ref, lease.token)
+            if self._running.get(lease.ref, (None,))[0] == lease.token:
+                del self._running[lease.ref]
+                self._shutting_down.discard(lease.ref)
             self._slot_freed.set()
 
-    async def _run_task(self, lease: Lease) -> Outcome:
+    async def _run_task(self, lease: Lease, held: HeldLease) -> Outcome | None:
         ctx = TaskContext(*lease.ref.rsplit("/", 2), attempt=lease.attempt, token=lease.token,
                           worker_id=self.config.worker_id, _worker=self, _lease=lease)
         try:
@@ -250,8 +266,11 @@ class Worker:
                            retryable=False)
         try:
             result = await invoke(fn, ctx, inputs)
-        except StaleToken:
-            raise  # a child submission was refused: this attempt no longer owns the action
+        except (StaleToken, ActionAborted) as exc:
+            # A child submission was refused: this attempt no longer owns the action (or
+            # it is being aborted). Stop as the keeper would have: fence, drop the result.
+            self.keeper.fence(held, FenceReason.ABORTED if isinstance(exc, ActionAborted) else FenceReason.STALE)
+            return None
         except Exception as exc:
             return Outcome(error=f"{type(exc).__name__}: {exc}")
         try:
@@ -298,20 +317,21 @@ class Worker:
                            queue: str | None = None, retries: Retries = Retries(), timeout_s: float | None = None,
                            cache: CacheKey | None = None, priority: int = 0) -> bool:
         """Create a child action of ``lease``'s action, fenced by its token. True if created now."""
-        if not self.keeper.usable(lease.ref):
+        namespace = "/".join(lease.ref.split("/", 2)[:2])
+        spec = RunSpec(task, inputs=pack_value(inputs), namespace=namespace, queue=queue or self.config.queue,
+                       retries=retries, timeout_ms=int((timeout_s or 0) * 1000), priority=priority)
+        spec.checked_run_id()  # validates task, queue, numbers
+        check_id("action", child_id)
+        cache_key = cache.key_for(spec.inputs) if cache else ""
+        hit = await lookup_cache(self.backend, namespace, cache_key) if cache_key else None
+        if not self.keeper.usable(lease.ref):  # checked last, right before the write
             raise StaleToken(f"{lease.ref} is fenced: no child submissions with token {lease.token}")
-        check_id("task", task)
-        packed = pack_value(inputs)
-        namespace = lease.ref.split("/", 2)
-        namespace = f"{namespace[0]}/{namespace[1]}"
-        cache_key = cache.key_for(packed) if cache else ""
-        args = [lease.ref, lease.token, self.config.worker_id, child_id, task, packed, queue or self.config.queue,
-                retries.system, retries.user, retries.backoff_ms, priority, int((timeout_s or 0) * 1000), cache_key]
-        if cache_key:
-            hit = await lookup_cache(self.backend, namespace, cache_key)
-            if hit is not None:
-                args.append(hit)
+        r = spec.retries
+        args = [lease.ref, lease.token, self.config.worker_id, child_id, task, spec.inputs, spec.queue,
+                r.system, r.user, r.backoff_ms, spec.priority, spec.timeout_ms, cache_key]
+        if hit is not None:
+            args.append(hit)
         code, created = await self.backend.scripts.submit_child(
             keys=[self.backend.keys(lease.partition).prefix], args=args)
-        raise_for(int(code), lease.ref, lease.token)
+        raise_for(int(code), lease.ref, lease.token, int(created) if int(code) else 0)
         return bool(created)

@@ -8,14 +8,17 @@
   ARGV[5] task  ARGV[6] inputs (bytes)  ARGV[7] queue  ARGV[8] system retries
   ARGV[9] user retries  ARGV[10] backoff_ms  ARGV[11] priority  ARGV[12] timeout_ms
   ARGV[13] cache key (or "")  ARGV[14] cached result (present only on a cache hit)
-  Returns: {code, created (1/0)}: code 0 ok, 3 parent token stale (refused, recorded), 4 unknown parent
+  Returns: {code, x}: code 0 ok (x = created 1/0), 2 the parent is being aborted (nothing created),
+    3 parent token stale (refused, recorded; x = current token), 4 unknown parent
   Events: action_created (+ cache_hit), or report_rejected ]]
 --@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
 local parent_ref, token, worker, child = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ns, run, parent = split_ref(parent_ref)
 local ref = ns .. '/' .. run .. '/' .. child
-local _, code = fence(parent_ref, token, worker, 'submit')
-if code ~= 0 then return {code, 0} end
+local h, code = fence(parent_ref, token, worker, 'submit', 'aborting')
+if code ~= 0 then return {code, tonumber(h.token)} end
+-- A parent being aborted spawns nothing: the abort could not reach a child made after it.
+if h.aborting == '1' then return {2, 0} end
 -- Already submitted by this or an earlier attempt of the parent: nothing to do.
 if redis.call('EXISTS', akey(ref)) == 1 then return {0, 0} end
 local function opt(v) if v == '' then return nil end return v end
