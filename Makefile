@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-heartbeat bench-eventlog bench-schedule bench-simulate explore chaos clean
+.PHONY: demo test bench bench-heartbeat bench-eventlog bench-schedule bench-simulate bench-failover explore chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 ## benchmarks (not part of make test; numbers are ratios against the server's own limit)
-bench: bench-eventlog bench-heartbeat bench-schedule bench-simulate
+bench: bench-eventlog bench-heartbeat bench-schedule bench-simulate bench-failover
 
 bench-eventlog: $(STAMP)
 	$(BIN)/lessor bench eventlog
@@ -33,6 +33,9 @@ bench-heartbeat: $(STAMP)
 
 bench-schedule: $(STAMP)
 	$(BIN)/lessor bench schedule
+
+bench-failover: $(STAMP)
+	$(BIN)/lessor bench failover
 
 bench-simulate: $(STAMP)
 	$(BIN)/lessor bench simulate --scenarios 100 --actions 50 --workers 5 --faults 10

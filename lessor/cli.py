@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lessor.benchmarks import simulate as sim_bench
 
     sim_bench.add_arguments(bsub.add_parser("simulate", help="simulated scenarios per minute at a fixed size"))
+    from lessor.benchmarks import failover as failover_bench
+
+    failover_bench.add_arguments(bsub.add_parser("failover", help="time until a dead worker's actions run elsewhere"))
     for b in bsub.choices.values():
         _add_url(b)
     return parser
@@ -364,8 +367,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from lessor.benchmarks import simulate as sim_bench
 
+    from lessor.benchmarks import failover as failover_bench
+
     mains = {"heartbeat": hb_bench.main, "eventlog": log_bench.main, "schedule": sched_bench.main,
-             "simulate": sim_bench.main}
+             "simulate": sim_bench.main, "failover": failover_bench.main}
     return mains[args.bench](args)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import anyio
 from rich.console import Console
+from rich.markup import escape
 
 from lessor.core import events as ev
 from lessor.leasing.backend import Backend, open_backend
@@ -79,8 +80,8 @@ class Timeline:
 
     def say(self, ts_ms: int, text: str, style: str = "") -> None:
         if not self.quiet:
-            self.console.print(f"[dim]+{(ts_ms - self.start_ms) / 1000:6.2f}s[/dim] {text}", style=style,
-                               highlight=False)
+            self.console.print(f"[dim]+{(ts_ms - self.start_ms) / 1000:6.2f}s[/dim] {escape(text)}", style=style,
+                               highlight=False, soft_wrap=True)
 
 
 def spawn_workers(url: str, n: int, logdir: str) -> list[subprocess.Popen]:
@@ -139,8 +140,10 @@ async def follow_story(backend: Backend, run_id: str, story: Story, timeline: Ti
             story.run_done.set()
 
 
-async def pick_victim(backend: Backend, run_id: str, workers: int) -> tuple[str, list]:
-    """A worker holding running children (but not the root, if possible), once children run."""
+async def pick_victim(backend: Backend, run_id: str, story: Story) -> tuple[str, list]:
+    """A worker holding running children (but not the root, if possible), once all children run."""
+    while sum(story.first_leases.values()) < story.children:  # the timeline has shown the leases
+        await anyio.sleep(0.02)
     while True:
         actions = await run_actions(backend, NAMESPACE, run_id)
         running = [a for a in actions if a.phase.value == "running" and a.action_id != "a0"]
@@ -166,7 +169,7 @@ async def tell_the_story(backend: Backend, procs: list, children: int, console: 
     async with anyio.create_task_group() as tg:
         tg.start_soon(follow_story, backend, run_id, story, timeline, start)
         tg.start_soon(Reaper(backend, interval_ms=100).run)
-        victim, held = await pick_victim(backend, run_id, len(procs))
+        victim, held = await pick_victim(backend, run_id, story)
         story.paused, story.victim_actions = victim, {a.action_id for a in held}
         proc = procs[int(victim.split("-")[1]) - 1]
         proc.send_signal(signal.SIGSTOP)

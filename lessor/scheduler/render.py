@@ -76,7 +76,7 @@ class EventPrinter:
             return
         self.console.print(
             f"[dim]{clock_text(event.ts)} p{partition}[/dim] [cyan]{event.ns}/{event.run}[/cyan] "
-            f"[{_STYLES.get(event.TYPE, 'default')}]{escape(describe(event))}[/]"
+            f"[{_STYLES.get(event.TYPE, 'default')}]{escape(describe(event))}[/]", soft_wrap=True
         )
 
     def flush(self) -> None:
