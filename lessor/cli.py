@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl-ms", type=int, default=30_000, help="lease time to live (default 30000)")
     p.add_argument("--grace-ms", type=int, default=10_000, help="grace after the deadline (default 10000)")
     p.add_argument("--heartbeat-ms", type=int, help="default: ttl / 3")
+    p.add_argument("--margin-ms", type=int,
+                   help="self-fence this long before ttl + grace runs out (default: 10%% of ttl + grace)")
     p.add_argument("--drain-s", type=float, default=10.0, help="time running actions get on shutdown")
     p.add_argument("--otel", choices=["console", "otlp"], help="turn on OpenTelemetry")
     p.add_argument("--truth-log", metavar="PATH",

@@ -47,7 +47,8 @@ def setup_logging() -> None:
 
 
 async def serve(args: argparse.Namespace, registry: Registry) -> dict:
-    lease = LeaseConfig(ttl_ms=args.ttl_ms, grace_ms=args.grace_ms, heartbeat_ms=args.heartbeat_ms)
+    lease = LeaseConfig(ttl_ms=args.ttl_ms, grace_ms=args.grace_ms, heartbeat_ms=args.heartbeat_ms,
+                        margin_ms=args.margin_ms)
     config = WorkerConfig(queue=args.queue, namespace=args.namespace, concurrency=args.concurrency,
                           worker_id=args.worker_id or default_worker_id(), lease=lease, drain_s=args.drain_s)
     log = logging.getLogger("lessor.worker")

@@ -39,6 +39,9 @@ from lessor.simulations.truth import Execution, Truth
 
 NAMESPACE, QUEUE = "chaos/development", "chaos"
 TTL_MS, GRACE_MS = 1500, 1000
+# Real time on a shared 2-core machine: the watchdog may wake late, so the
+# self-fencing margin is wide (the simulator checks the tight case exactly).
+MARGIN_MS = 800
 # Timer and scheduling slack on a loaded 2-core machine.
 TOLERANCE_MS = 150
 # A process resumed by SIGCONT after its lease expired could not stop earlier: it
@@ -106,7 +109,7 @@ class Chaos:
         popen = subprocess.Popen(
             [sys.executable, "-m", "lessor", "worker", "--app", "lessor.simulations.chaos.app:registry",
              "--queue", QUEUE, "--namespace", NAMESPACE, "--worker-id", worker_id, "--concurrency", "6",
-             "--ttl-ms", str(TTL_MS), "--grace-ms", str(GRACE_MS), "--drain-s", "1",
+             "--ttl-ms", str(TTL_MS), "--grace-ms", str(GRACE_MS), "--margin-ms", str(MARGIN_MS), "--drain-s", "1",
              "--redis-url", f"redis://127.0.0.1:{proxy.port}", "--truth-log", truth_path],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         proc = Proc(index, incarnation, popen, proxy, truth_path)
