@@ -84,6 +84,20 @@ class Outcome:
     retryable: bool = True
 
 
+@dataclass(frozen=True)
+class WorkerStatistics:
+    """What a worker has done since it started (the keeper's own figures included)."""
+
+    running: int
+    succeeded: int
+    failed: int
+    released: int
+    aborted: int
+    dropped: int
+    refused: int
+    keeper: object
+
+
 class Reporter:
     """Batches completions: everything pending for a partition goes in one script call."""
 
@@ -307,6 +321,13 @@ class Worker:
             log.error("report for %s failed: %s", lease.ref, exc)
         except Exception as exc:  # server unreachable: the lease will expire and fail over
             log.error("report for %s could not be sent (%s); it will fail over", lease.ref, exc)
+
+    def statistics(self) -> WorkerStatistics:
+        """Counts since start; ``keeper`` holds the heartbeat figures (renewals, fences)."""
+        c = self.counts
+        return WorkerStatistics(running=len(self._running), succeeded=c["succeeded"], failed=c["failed"],
+                                released=c["released"], aborted=c["aborted"], dropped=c["dropped"],
+                                refused=c["refused"], keeper=self.keeper.statistics())
 
     def _on_fence(self, held: HeldLease) -> None:
         log.warning("lease of %s (token %s) fenced: %s", held.lease.ref, held.lease.token, held.fenced.value)

@@ -76,7 +76,7 @@ async def serve(args: argparse.Namespace, registry: Registry) -> dict:
                      lease.ttl_ms, lease.grace_ms)
             await worker.run()
             tg.cancel_scope.cancel()
-        log.info("worker %s stopped: %s", config.worker_id, dict(worker.counts))
+        log.info("worker %s stopped: %s", config.worker_id, worker.statistics())
         return dict(worker.counts)
 
 
