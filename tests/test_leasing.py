@@ -253,3 +253,17 @@ async def test_noscript_after_a_real_restart_is_recovered(tmp_path):
         # Dead pooled connection -> one retry on a fresh one; EVALSHA -> NOSCRIPT -> load -> retry.
         assert await client.renew([lease]) == {lease.ref: Code.OK}
         await backend.redis.aclose()
+
+
+async def test_a_malformed_token_is_refused_before_anything_is_written(vbackend):
+    client, lease = await one_lease(vbackend)
+    before = await log_length(vbackend)
+    keys = [vbackend.keys(lease.partition).prefix]
+    for script, args in [("complete", ["w1", lease.ref, "7x", b""]),
+                         ("fail", [lease.ref, "", "w1", "boom", 1, 0.5]), ("release", [lease.ref, "1.5", "w1", "r"])]:
+        with pytest.raises(Exception, match=f"LESSOR_BAD_ARG {script}: token"):
+            await getattr(vbackend.scripts, script)(keys=keys, args=args)
+    # The renewal hot path answers STALE for something that is not a token (nothing to record).
+    assert (await vbackend.scripts.renew(keys=keys, args=["w1", 1000, lease.ref, "abc"]))[1:] == [Code.STALE]
+    assert await log_length(vbackend) == before
+    assert await verify(vbackend) == []

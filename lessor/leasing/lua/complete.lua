@@ -9,6 +9,12 @@
   script, so only the current owner's output can ever be cached. ]]
 --@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
 local worker = ARGV[1]
+-- Validate before any write: a token that is not an integer would write an undecodable event.
+for i = 2, #ARGV, 3 do
+  if not string.match(ARGV[i + 1] or '', '^%d+$') then
+    return redis.error_reply('LESSOR_BAD_ARG complete: token of ' .. tostring(ARGV[i]) .. ' must be an integer')
+  end
+end
 local out = {}
 for i = 2, #ARGV, 3 do
   local ref, token, result = ARGV[i], ARGV[i + 1], ARGV[i + 2]

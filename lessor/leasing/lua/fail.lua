@@ -8,6 +8,10 @@
   abort was requested; or report_rejected ]]
 --@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
 local ref, token, worker, err = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+-- Validate before any write: a token that is not an integer would write an undecodable event.
+if not string.match(token or '', '^%d+$') then
+  return redis.error_reply('LESSOR_BAD_ARG fail: token must be an integer, got ' .. tostring(token))
+end
 local retryable, jitter = ARGV[5] == '1', tonumber(ARGV[6]) or 0
 local h, code = fence(ref, token, worker, 'fail', 'attempt', 'user_left', 'sys_left', 'backoff_ms', 'queue',
   'priority', 'aborting', 'timeout_ms')

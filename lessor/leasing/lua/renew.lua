@@ -37,6 +37,7 @@ local function slow_path(ref, token, key, h)
       return 1
     end
   end
+  if not string.match(token, '^%d+$') then return 3 end  -- not a token at all: refused, nothing to record
   if redis.call('HSETNX', key, '_rej:' .. token, 1) == 1 then
     L.reject(ref, {token = h[2]}, 'renew', token, worker)
   end

@@ -13,6 +13,10 @@
   Events: action_created (+ cache_hit), or report_rejected ]]
 --@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
 local parent_ref, token, worker, child = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+-- Validate before any write: a token that is not an integer would write an undecodable event.
+if not string.match(token or '', '^%d+$') then
+  return redis.error_reply('LESSOR_BAD_ARG submit_child: token must be an integer, got ' .. tostring(token))
+end
 local ns, run, parent = split_ref(parent_ref)
 local ref = ns .. '/' .. run .. '/' .. child
 local h, code = fence(parent_ref, token, worker, 'submit', 'aborting')
