@@ -201,3 +201,22 @@ async def test_bad_inputs_and_errors_are_recorded_and_never_crash_the_worker(cli
         await client.submit_run("square", {"x": "y" * 100_000})
     with pytest.raises(ValueError, match="namespace must look like"):
         await client.submit_run("square", {"x": 1}, namespace="flat")
+
+
+async def test_list_runs_pages_newest_first_across_partitions(client):
+    from lessor.scheduler.submit import RunSpec, submit_runs
+
+    await submit_runs(client.backend, [RunSpec("square", run_id=f"lr{i:02d}") for i in range(25)])
+    seen, cursor = [], None
+    while True:
+        page, cursor = await client.list_runs(limit=7, cursor=cursor)
+        seen += [(r.created_ms, r.run_id) for r in page]
+        if cursor is None:
+            break
+    assert len(seen) == 25 and len(set(seen)) == 25
+    assert seen == sorted(seen, key=lambda x: (x[0], x[1]), reverse=True)
+    await client.abort("lr03")
+    aborted, _ = await client.list_runs(phase="aborted")
+    assert [r.run_id for r in aborted] == ["lr03"]
+    with pytest.raises(ValueError, match="bad cursor"):
+        await client.list_runs(cursor="nonsense")

@@ -157,32 +157,63 @@ async def tree(backend: Backend, namespace: str, run_id: str) -> ActionNode:
     return nodes[ROOT_ACTION]
 
 
+async def _newest_first(backend: Backend, key: str, before: tuple[int, str] | None, chunk: int):
+    """(created_ms, run id) of one partition's run index, newest first, strictly before ``before``."""
+    max_score = before[0] if before else "+inf"
+    offset = 0
+    while True:
+        rows = await backend.redis.zrevrangebyscore(key, max_score, "-inf", start=offset, num=chunk, withscores=True)
+        for run_id, score in rows:
+            item = (int(score), run_id.decode())
+            if before is None or item < before:
+                yield item
+        if len(rows) < chunk:
+            return
+        offset += chunk
+
+
 async def list_runs(backend: Backend, namespace: str, phase: Phase | str | None = None, limit: int = 50,
                     cursor: str | None = None) -> tuple[list[RunInfo], str | None]:
     """Runs of a namespace, newest first: (page, cursor of the next page or None).
 
-    ``cursor`` is opaque (``created_ms:run_id`` of the last run returned).
+    ``cursor`` is opaque (``created_ms:run_id`` of the last run returned). Each
+    partition's index is read in chunks and merged, so a page costs about
+    ``limit`` reads per partition, not the whole namespace.
     """
     check_namespace(namespace)
     if limit < 1:
         raise ValueError("limit must be >= 1")
     wanted = Phase(phase) if phase else None
-    before = cursor.split(":", 1) if cursor else None
-    max_score = f"({before[0]}" if before else "+inf"
-    found: list[tuple[int, str]] = []
-    for keys in backend.all_keys():
-        rows = await backend.redis.zrevrangebyscore(keys.prefix + "runs:" + namespace, "+inf" if before else max_score,
-                                                    "-inf", withscores=True)
-        for run_id, score in rows:
-            item = (int(score), run_id.decode())
-            if before and item >= (int(before[0]), before[1]):
-                continue
-            found.append(item)
+    before = None
+    if cursor:
+        created, _, run_id = cursor.partition(":")
+        if not created.isdigit() or not run_id:
+            raise ValueError(f"bad cursor {cursor!r}: pass the cursor a previous page returned")
+        before = (int(created), run_id)
+    streams = [_newest_first(backend, keys.prefix + "runs:" + namespace, before, max(limit, 20))
+               for keys in backend.all_keys()]
+    heads: list = []
+    for i, stream in enumerate(streams):
+        item = await anext(stream, None)
+        if item is not None:
+            heapq.heappush(heads, ((-item[0], _Desc(item[1])), i, item))
     page: list[RunInfo] = []
-    for created, run_id in heapq.nlargest(len(found), found):
+    while heads:
+        _, i, (created, run_id) = heapq.heappop(heads)
+        nxt = await anext(streams[i], None)
+        if nxt is not None:
+            heapq.heappush(heads, ((-nxt[0], _Desc(nxt[1])), i, nxt))
         info = await get_run(backend, namespace, run_id)
         if wanted is None or info.phase is wanted:
             page.append(info)
             if len(page) == limit:
-                return page, f"{created}:{run_id}"
+                more = bool(heads)
+                return page, f"{created}:{run_id}" if more else None
     return page, None
+
+
+class _Desc(str):
+    """A string that sorts in reverse (for newest-first ties broken by run id, descending)."""
+
+    def __lt__(self, other: str) -> bool:  # type: ignore[override]
+        return str.__gt__(self, other)
