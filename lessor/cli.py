@@ -54,26 +54,8 @@ def split_run(args: argparse.Namespace) -> tuple[str, str]:
     return args.namespace, args.run_id
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="lessor",
-        description="lessor: fenced leases, heartbeats with grace, a reaper and an "
-                    "event log in Redis Streams, for workflow control planes.",
-        epilog="Run `lessor server` in one terminal and export the LESSOR_REDIS_URL it prints "
-               "to share one server between commands.",
-    )
-    from lessor import __version__
-
-    parser.add_argument("--version", action="version", version=f"lessor {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    p = sub.add_parser("server", help="run an embedded Valkey server in the foreground, print its URL")
-    p.add_argument("--appendfsync", choices=["always", "everysec", "no"], default="everysec",
-                   help="AOF fsync policy (default everysec: at most ~1 s of writes lost on a crash)")
-    p.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (default: a free one)")
-    p.add_argument("--dir", help="data dir to keep (default: a temp dir removed on exit)")
-
+def _add_log_commands(sub) -> None:
+    """events, replay: reading the log."""
     p = sub.add_parser("events", help="print the event log readably (or as JSON lines)")
     _add_url(p)
     p.add_argument("--run", metavar="ID", help="only this run's events")
@@ -87,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare with the live projection; exit 1 printing every difference")
     p.add_argument("--json", action="store_true")
 
+
+
+def _add_run_commands(sub) -> None:
+    """submit, runs, run show, abort: what a control plane does."""
     p = sub.add_parser("submit", help="submit a run (its root action a0 is queued)")
     _add_url(p)
     p.add_argument("task")
@@ -118,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default="aborted by user")
     p.add_argument("--json", action="store_true")
 
+
+
+def _add_process_commands(sub) -> None:
+    """worker, demo, simulate, chaos, reaper: long-running processes."""
     p = sub.add_parser("worker", help="run tasks from a queue (SIGTERM/Ctrl-C: drain, then release)")
     _add_url(p)
     p.add_argument("--app", required=True, metavar="MODULE:REGISTRY",
@@ -159,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=500, help="leases per script call (bounded batches)")
     p.add_argument("--otel", choices=["console", "otlp"], help="turn on OpenTelemetry")
 
+
+
+def _add_bench_commands(sub) -> None:
+    """bench ...: numbers as ratios to the server's own limit."""
     bench = sub.add_parser("bench", help="benchmarks (numbers as ratios to the server's own limit)")
     bsub = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
     from lessor.benchmarks import heartbeat as hb_bench
@@ -176,6 +170,32 @@ def build_parser() -> argparse.ArgumentParser:
     failover_bench.add_arguments(bsub.add_parser("failover", help="time until a dead worker's actions run elsewhere"))
     for b in bsub.choices.values():
         _add_url(b)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="lessor",
+        description="lessor: fenced leases, heartbeats with grace, a reaper and an "
+                    "event log in Redis Streams, for workflow control planes.",
+        epilog="Run `lessor server` in one terminal and export the LESSOR_REDIS_URL it prints "
+               "to share one server between commands.",
+    )
+    from lessor import __version__
+
+    parser.add_argument("--version", action="version", version=f"lessor {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("server", help="run an embedded Valkey server in the foreground, print its URL")
+    p.add_argument("--appendfsync", choices=["always", "everysec", "no"], default="everysec",
+                   help="AOF fsync policy (default everysec: at most ~1 s of writes lost on a crash)")
+    p.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--dir", help="data dir to keep (default: a temp dir removed on exit)")
+
+    _add_log_commands(sub)
+    _add_run_commands(sub)
+    _add_process_commands(sub)
+    _add_bench_commands(sub)
     return parser
 
 
