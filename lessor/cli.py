@@ -70,7 +70,6 @@ def _add_log_commands(sub) -> None:
     p.add_argument("--json", action="store_true")
 
 
-
 def _add_run_commands(sub) -> None:
     """submit, runs, run show, abort: what a control plane does."""
     p = sub.add_parser("submit", help="submit a run (its root action a0 is queued)")
@@ -103,7 +102,6 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--namespace", default="proj/development", help=NS_HELP)
     p.add_argument("--reason", default="aborted by user")
     p.add_argument("--json", action="store_true")
-
 
 
 def _add_process_commands(sub) -> None:
@@ -148,7 +146,6 @@ def _add_process_commands(sub) -> None:
     p.add_argument("--interval-ms", type=int, default=200, help="time between passes (default 200)")
     p.add_argument("--limit", type=int, default=500, help="leases per script call (bounded batches)")
     p.add_argument("--otel", choices=["console", "otlp"], help="turn on OpenTelemetry")
-
 
 
 def _add_bench_commands(sub) -> None:
