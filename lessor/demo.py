@@ -215,7 +215,7 @@ async def verify_everything(backend: Backend, run_id: str, story: Story, console
         (f"run {run_id} succeeded with result {info.result}", info.phase.value == "succeeded"),
         (f"lease expired for {len(story.expired)} actions of the paused worker "
          f"({', '.join(sorted(story.expired))})", bool(story.expired)),
-        (f"every one of them failed over to a healthy worker", story.failed_over >= story.victim_actions),
+        ("every one of them failed over to a healthy worker", story.failed_over >= story.victim_actions),
         (f"{len(story.refused)} late reports from the paused worker refused and recorded "
          f"({', '.join(sorted({r.kind for r in story.refused}))})", bool(story.refused)),
         (f"guarantee 1 (single owner) holds over {len(entries)} events", not violations),

@@ -6,7 +6,7 @@ import dataclasses
 
 import msgpack
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from lessor.core import codec

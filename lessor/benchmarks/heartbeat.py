@@ -194,14 +194,20 @@ async def measure(args: argparse.Namespace) -> dict:
     return out
 
 
-def draw(sweep: list[dict], path: str, title: str) -> None:
-    """renewals/s and the server limit against batch size."""
+def require_matplotlib() -> None:
+    """ConfigError saying how to install matplotlib if it is missing."""
     try:
-        import matplotlib
+        import matplotlib  # noqa: F401
     except ImportError:
         from lessor.errors import ConfigError
 
         raise ConfigError("--plot needs matplotlib: `.venv/bin/pip install -e '.[plot]'` (make bench does)") from None
+
+
+def draw(sweep: list[dict], path: str, title: str) -> None:
+    """renewals/s and the server limit against batch size."""
+    require_matplotlib()
+    import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -225,10 +231,7 @@ def main(args: argparse.Namespace) -> int:
     if args.leases < 1 or args.workers < 1 or args.batch < 1 or args.duration <= 0:
         raise ValueError("--leases, --workers, --batch must be >= 1 and --duration > 0")
     if args.plot:
-        try:
-            import matplotlib  # noqa: F401  (fail before measuring, not after)
-        except ImportError:
-            draw([], args.plot, "")
+        require_matplotlib()  # fail before measuring, not after
     out = run(measure, args, use_uvloop=not args.no_uvloop)
     if args.plot and out.get("sweep"):
         draw(out["sweep"], args.plot, f"lessor heartbeat renewals ({out['loop']})")

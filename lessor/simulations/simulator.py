@@ -80,6 +80,7 @@ class Simulator:
         self._submit_of: dict[str, int] = {}
         self._lost_replies: dict[int, int] = {}
         self.reaper = Reaper(backend, limit=200)
+        self.end_ms = plan.heal_ms + liveness_bound_ms(plan)   # the liveness deadline
         self._done: set[str] = set()
         self._last_done_check = -10**9
 
@@ -307,8 +308,7 @@ class Simulator:
         """Run the plan: safety phase, heal, liveness phase; collect the log and the truth."""
         await self.backend.redis.flushall()
         await self.sync_clock()
-        deadline = self.plan.heal_ms + liveness_bound_ms(self.plan)
-        self.end_ms = deadline
+        deadline = self.end_ms
         for i, s in enumerate(self.plan.submits):
             self.at(s.at_ms, lambda i=i: self._submit(i))
         for a in self.plan.aborts:

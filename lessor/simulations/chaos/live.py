@@ -284,12 +284,12 @@ class Chaos:
 
 async def _tolerant(awaitable):
     """Await, treating a server that is restarting as a pass to retry later."""
+    from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+
     try:
         return await awaitable
-    except Exception as exc:  # redis connection errors while the server restarts
-        if "connect" in type(exc).__name__.lower() or "busy" in str(exc).lower() or "loading" in str(exc).lower():
-            return None
-        raise
+    except (ConnectionError, TimeoutError, BusyLoadingError):  # the server is down or reloading its AOF
+        return None
 
 
 def _minus_pauses(proc: Proc, key: tuple[str, int], start: int, end: int, ended: str) -> list[Execution]:
