@@ -69,3 +69,26 @@ class UnknownAction(LeaseError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else "unknown action"
+
+
+# --- the store ---------------------------------------------------------------
+
+
+class StoreUnavailable(ServerError):
+    """The server did not answer, or answered that it cannot serve now (restart, failover, BUSY,
+    LOADING, READONLY, ...). Transient: the call may or may not have been applied; retry it
+    (every lessor write is safe to repeat with the same token)."""
+
+
+class NotDurable(StoreUnavailable):
+    """The write was applied in memory, but the server could not confirm the durability asked for
+    (``durability="fsync"`` or ``"replicas:N"``) in time. ``reply`` holds the script's answer."""
+
+    def __init__(self, message: str, reply: object = None) -> None:
+        super().__init__(message)
+        self.reply = reply
+
+
+class ServerRefused(LessorError):
+    """The server refused a call for a reason that retrying cannot fix (a bad argument, a missing
+    ACL permission, a script error). The message names what and what to do."""

@@ -6,7 +6,8 @@ when ``opentelemetry-exporter-otlp`` is installed (and says so when it is not);
 ``setup("memory")`` keeps everything in memory (benchmarks and tests read it back).
 
 Metrics (all prefixed ``lessor.``): renewals, renewal.latency (ms), lease.expirations,
-failovers, reports.refused, queue.depth, reaper.lag (ms).
+failovers, reports.refused, reports.unconfirmed, queue.depth, reaper.lag (ms),
+store.outages, store.outage (ms).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class Instruments:
     refused_reports: Any
     queue_depth: Any
     reaper_lag_ms: Any
+    store_outages: Any
+    store_outage_ms: Any
+    unconfirmed_reports: Any
 
 
 def _instruments() -> Instruments:
@@ -49,6 +53,13 @@ def _instruments() -> Instruments:
         queue_depth=meter.create_up_down_counter("lessor.queue.depth", description="queued actions"),
         reaper_lag_ms=meter.create_histogram("lessor.reaper.lag", unit="ms",
                                              description="how late past expiry a lease was reaped"),
+        store_outages=meter.create_counter("lessor.store.outages",
+                                           description="times a process lost its server (one per outage)"),
+        store_outage_ms=meter.create_histogram("lessor.store.outage", unit="ms",
+                                               description="how long the server was unreachable, per outage"),
+        unconfirmed_reports=meter.create_counter(
+            "lessor.reports.unconfirmed",
+            description="reports that got no answer before the lease's self-fence deadline"),
     )
 
 

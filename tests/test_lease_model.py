@@ -106,6 +106,7 @@ class MAction:
     reap_score: int | None = None  # score in the partition's lease index (reap.lua), None = absent
     delayed_until: int | None = None  # in the partition's backoff set, None = absent
     renew_rejected: set[int] = field(default_factory=set)  # renewals are recorded once per token
+    ended: str = ""  # "token:kind" of the write that ended the last attempt: repeating it is a no-op
 
 
 class Model:
@@ -222,8 +223,11 @@ class Model:
         a = self.actions[lease.ref]
         if a.phase == "succeeded" and a.token == lease.token:
             return True  # the same token again: idempotent, nothing recorded
+        if a.ended == f"{lease.token}:complete":
+            return True
         if not self._fence(a, lease, worker, "complete"):
             return False
+        a.ended = f"{lease.token}:complete"
         self._emit(a.ref, "action_succeeded", a.attempt, a.token, worker, result)
         self._terminal(a, "succeeded")
         return True
@@ -231,8 +235,11 @@ class Model:
     def fail(self, worker: str, lease: Lease, retryable: bool, jitter: float) -> int | None:
         """ready_at (0 = failed for good); None = StaleToken."""
         a = self.actions[lease.ref]
+        if a.ended == f"{lease.token}:fail":
+            return 0  # the same failure repeated (a lost reply): already recorded
         if not self._fence(a, lease, worker, "fail"):
             return None
+        a.ended = f"{lease.token}:fail"
         if retryable and a.user_left > 0:
             delay = min(a.backoff_ms * 2.0 ** (a.attempt - 1), 600_000) * (0.5 + jitter)
             ready_at = self.now + math.floor(delay)
@@ -245,8 +252,11 @@ class Model:
 
     def release(self, worker: str, lease: Lease) -> bool:
         a = self.actions[lease.ref]
+        if a.ended == f"{lease.token}:release":
+            return True  # the same release repeated: already done
         if not self._fence(a, lease, worker, "release"):
             return False
+        a.ended = f"{lease.token}:release"
         self._requeue(a, "released")
         return True
 

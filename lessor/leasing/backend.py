@@ -11,16 +11,19 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from lessor.core.ids import DEFAULT_PARTITIONS, KEY_ROOT, Keys, partition_of
-from lessor.errors import ServerError
+from lessor.errors import ServerError, ServerRefused, StoreUnavailable
+from lessor.leasing.durability import Durability
+from lessor.leasing.outage import is_transient
 from lessor.leasing.scripts import ClockMode, Scripts
 
 CONFIG_KEY = f"{KEY_ROOT}:config"
@@ -35,10 +38,54 @@ class Backend:
     url: str
     partitions: int
     clock: ClockMode = ClockMode.SERVER
+    durability: Durability = field(default_factory=Durability)
     scripts: Scripts = field(init=False)
 
     def __post_init__(self) -> None:
         self.scripts = Scripts(self.redis, self.clock)
+        self.durability = Durability.parse(self.durability)
+
+    async def call(self, name: str, keys: list, args: list, *, durable: bool = True) -> Any:
+        """Run lessor script ``name``; with ``durable`` (the default), wait for this backend's durability.
+
+        One round trip either way: the script and its WAIT/WAITAOF go in one
+        pipeline, on one connection. Raises StoreUnavailable for a transient
+        failure (the call may or may not have run: repeat it), NotDurable when
+        it ran but the durability asked for was not confirmed, and
+        ServerRefused for an answer no retry can change (a bad argument, a
+        missing ACL permission).
+        """
+        try:
+            if not durable or not self.durability.waits:
+                return await getattr(self.scripts, name)(keys=keys, args=args)
+            return await self._call_durable(name, keys, args)
+        except ResponseError as exc:
+            if is_transient(exc):
+                raise StoreUnavailable(f"{name}: the server at {self.url} cannot serve now ({exc}); retry") from exc
+            raise ServerRefused(f"the server refused {name}: {exc}") from None
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"{name}: the server at {self.url} is unreachable "
+                                   f"({type(exc).__name__}: {exc}); retry") from exc
+
+    async def _call_durable(self, name: str, keys: list, args: list) -> Any:
+        script = getattr(self.scripts, name)
+        for _ in range(2):  # a second time only after loading a script the server did not have
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.execute_command(*self.durability.wait_command())
+            reply, answer = await pipe.execute(raise_on_error=False)
+            if isinstance(reply, NoScriptError):
+                await self.redis.script_load(script.script)
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            if isinstance(answer, Exception):
+                raise ServerRefused(f"{name} was applied, but the server refused "
+                                    f"{self.durability.wait_command()[0]} ({answer}): durability "
+                                    f"{self.durability} needs Redis >= 7.2 or Valkey >= 7.2 with appendonly yes")
+            self.durability.check(answer, name, reply)
+            return reply
+        raise ServerRefused(f"the server at {self.url} keeps losing script {name} (NOSCRIPT after SCRIPT LOAD)")
 
     def keys(self, partition: int) -> Keys:
         return Keys(partition)
@@ -111,8 +158,14 @@ async def open_backend(
     clock: ClockMode = ClockMode.SERVER,
     appendfsync: str = "everysec",
     max_connections: int | None = None,
+    durability: str | Durability = "memory",
 ) -> AsyncIterator[Backend]:
-    """Yield a Backend on ``url`` (or the embedded server, started and stopped here)."""
+    """Yield a Backend on ``url`` (or the embedded server, started and stopped here).
+
+    ``durability``: when writes count as acknowledged (see leasing/durability.py):
+    ``memory`` (default), ``fsync``, ``replicas:N`` or ``fsync+replicas:N``.
+    """
+    durability = Durability.parse(durability)
     url = resolve_url(url)
     server = None
     if url is None:
@@ -124,7 +177,7 @@ async def open_backend(
     try:
         await check_server(redis, url)
         count = await read_partitions(redis, partitions)
-        yield Backend(redis=redis, url=url, partitions=count, clock=clock)
+        yield Backend(redis=redis, url=url, partitions=count, clock=clock, durability=durability)
     finally:
         await redis.aclose()
         if server is not None:

@@ -20,11 +20,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable
 
+import logging
+
 import anyio
-from redis.exceptions import ResponseError
 
 from lessor.core.ids import check_id, check_namespace, split_action_ref
-from lessor.errors import LessorError
+from lessor.errors import NotDurable
 from lessor.leasing.backend import Backend
 from lessor.leasing.codes import Code, raise_for
 from lessor.leasing.config import LeaseConfig
@@ -50,8 +51,7 @@ class Lease:
         return split_action_ref(self.ref)[2]
 
 
-def _bad_arg(exc: ResponseError) -> LessorError:
-    return LessorError(f"the server refused the call: {exc}")
+log = logging.getLogger("lessor.lease")
 
 
 class LeaseClient:
@@ -83,19 +83,37 @@ class LeaseClient:
         return leases
 
     async def acquire_from(self, partition: int, namespace: str, queue: str, n: int) -> list[Lease]:
-        """Lease up to ``n`` actions of ``queue`` from one partition (one round trip)."""
+        """Lease up to ``n`` actions of ``queue`` from one partition (one round trip).
+
+        Under a durability mode, leases the server could not make durable are
+        not started: they are given back (released) and none is returned, so no
+        work runs on a grant a failover could forget.
+        """
         keys = self.backend.keys(partition)
         args = [namespace, queue, self.worker_id, n, self.config.ttl_ms, self.config.grace_ms]
         try:
-            reply = await self.backend.scripts.acquire(keys=[keys.prefix], args=args)
-        except ResponseError as exc:
-            raise _bad_arg(exc) from None
+            reply = await self.backend.call("acquire", [keys.prefix], args)
+        except NotDurable as exc:
+            await self._give_back(self._parse_leases(partition, exc.reply or []), exc)
+            return []
+        return self._parse_leases(partition, reply)
+
+    def _parse_leases(self, partition: int, reply: list) -> list[Lease]:
         out = []
         for i in range(1, len(reply), LEASE_FIELDS):
             ref, token, attempt, deadline, task, inputs, parent = reply[i:i + LEASE_FIELDS]
             out.append(Lease(ref.decode(), int(token), int(attempt), int(deadline), task.decode(),
                              inputs, parent.decode(), partition))
         return out
+
+    async def _give_back(self, leases: list[Lease], why: Exception) -> None:
+        for lease in leases:
+            try:
+                await self.release(lease, "the grant was not confirmed durable")
+            except Exception as exc:  # best effort: an unreleased grant expires and fails over
+                log.warning("could not give back %s (%s); it will expire and fail over", lease.ref, exc)
+        if leases:
+            log.warning("did not start %d leases: %s", len(leases), why)
 
     async def renew(self, leases: Iterable[Lease]) -> dict[str, Code]:
         """Renew every given lease: one script call per partition, all concurrently.
@@ -134,7 +152,8 @@ class LeaseClient:
         args: list = [self.worker_id, self.config.ttl_ms]
         for lease in leases:
             args += (lease.ref, lease.token)
-        reply = await self.backend.scripts.renew(keys=[self.backend.keys(partition).prefix], args=args)
+        # Renewals are soft state: never waited for (see leasing/durability.py).
+        reply = await self.backend.call("renew", [self.backend.keys(partition).prefix], args, durable=False)
         return {lease.ref: Code(code) for lease, code in zip(leases, reply[1:])}
 
     async def complete(self, lease: Lease, result: bytes = b"") -> None:
@@ -150,10 +169,7 @@ class LeaseClient:
         args: list = [self.worker_id]
         for lease, result in items:
             args += (lease.ref, lease.token, result or b"")
-        try:
-            reply = await self.backend.scripts.complete(keys=[self.backend.keys(partition).prefix], args=args)
-        except ResponseError as exc:
-            raise _bad_arg(exc) from None
+        reply = await self.backend.call("complete", [self.backend.keys(partition).prefix], args)
         return [(int(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
 
     async def fail(self, lease: Lease, error: str, retryable: bool = True) -> int:
@@ -173,11 +189,7 @@ class LeaseClient:
 
     async def _call(self, script: str, lease: Lease, extra: list) -> list:
         keys = [self.backend.keys(lease.partition).prefix]
-        args = [lease.ref, lease.token, self.worker_id, *extra]
-        try:
-            return await getattr(self.backend.scripts, script)(keys=keys, args=args)
-        except ResponseError as exc:
-            raise _bad_arg(exc) from None
+        return await self.backend.call(script, keys, [lease.ref, lease.token, self.worker_id, *extra])
 
 
 __all__ = ["Code", "Lease", "LeaseClient"]

@@ -28,6 +28,7 @@ from lessor import telemetry
 from lessor.core.clock import MonotonicClock, SystemMonotonicClock
 from lessor.leasing.client import Lease, LeaseClient
 from lessor.leasing.codes import Code
+from lessor.leasing.outage import Outage
 
 
 class FenceReason(str, Enum):
@@ -82,6 +83,7 @@ class LeaseKeeper:
         # A renewal that has not answered by the next heartbeat is a failed one.
         self.renew_timeout_ms = renew_timeout_ms or self.config.heartbeat_ms
         self.held: dict[str, HeldLease] = {}
+        self.outage = Outage(f"lease keeper {client.worker_id}", client.backend.url, clock=self.clock, log=log)
         self._stats = dict(renew_calls=0, renew_failures=0, renewed=0, resumed=0)
         self._fenced_counts: dict[str, int] = {}
 
@@ -138,8 +140,9 @@ class LeaseKeeper:
             with anyio.move_on_after(self.renew_timeout_ms / 1000):
                 try:
                     codes = await (renew or self.client.renew)([h.lease for h in live])
+                    self.outage.ok()
                 except Exception as exc:  # any failure is a failed renewal: self-fencing covers it
-                    log.warning("renewal of %d leases failed: %s", len(live), exc)
+                    self.outage.failed(exc)  # one line per outage, not one per heartbeat
         self.finish_heartbeat(live, codes, sent_ms)
 
     def begin_heartbeat(self) -> tuple[list[HeldLease], float]:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from redis.exceptions import ResponseError
-
 from lessor.core.ids import check_id, check_namespace
-from lessor.errors import LessorError
+from lessor.errors import LessorError, ServerRefused
 from lessor.leasing.backend import Backend
 
 
@@ -32,8 +30,8 @@ async def abort_run(backend: Backend, namespace: str, run_id: str, reason: str =
     check_id("run", run_id)
     keys = backend.keys_for_run(namespace, run_id)
     try:
-        aborted, requested = await backend.scripts.abort(keys=[keys.prefix], args=[namespace, run_id, reason])
-    except ResponseError as exc:
+        aborted, requested = await backend.call("abort", [keys.prefix], [namespace, run_id, reason])
+    except ServerRefused as exc:
         if "LESSOR_UNKNOWN_RUN" in str(exc):
             raise UnknownRun(f"no run {namespace}/{run_id}: check the id and --namespace with "
                              f"`lessor runs --namespace {namespace}`") from None

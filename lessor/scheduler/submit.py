@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import anyio
 
 from lessor.core.ids import check_id, check_namespace, new_run_id
+from lessor.errors import NotDurable
 from lessor.leasing.backend import Backend
 
 
@@ -88,7 +89,10 @@ class RunSpec:
 async def submit_runs(backend: Backend, specs: list[RunSpec]) -> list[Submitted]:
     """Submit many runs: one script call per partition touched, all concurrently.
 
-    Returns one Submitted per spec, in order. Raises ValueError naming a bad spec.
+    Returns one Submitted per spec, in order. Raises ValueError naming a bad spec,
+    StoreUnavailable if the server could not be reached (the runs may or may not
+    exist: submit again with the same run ids), and NotDurable if they were
+    created but not confirmed durable (``Backend.durability``).
     """
     run_ids = [spec.checked_run_id() for spec in specs]
     groups: dict[int, list[int]] = {}
@@ -98,7 +102,12 @@ async def submit_runs(backend: Backend, specs: list[RunSpec]) -> list[Submitted]
 
     async def one(partition: int, indexes: list[int]) -> None:
         args = [value for i in indexes for value in specs[i].args(run_ids[i])]
-        reply = await backend.scripts.submit(keys=[backend.keys(partition).prefix], args=args)
+        try:
+            reply = await backend.call("submit", [backend.keys(partition).prefix], args)
+        except NotDurable as exc:
+            ids = ", ".join(f"{specs[i].namespace}/{run_ids[i]}" for i in indexes)
+            raise NotDurable(f"submit of {ids} is unconfirmed: {exc}. Submitting again with the same run "
+                             "id (or idempotency key) is safe", exc.reply) from None
         for n, i in enumerate(indexes):
             results[i] = Submitted(specs[i].namespace, reply[2 * n + 1].decode(), bool(reply[2 * n]))
 

@@ -30,12 +30,14 @@ from anyio.abc import TaskGroup
 from lessor import telemetry
 from lessor.core.clock import MonotonicClock, SystemMonotonicClock
 from lessor.core.ids import check_id, check_namespace
-from lessor.errors import ActionAborted, LessorError, StaleToken
+from lessor.errors import ActionAborted, StaleToken
 from lessor.leasing.backend import Backend
 from lessor.leasing.client import Lease, LeaseClient
-from lessor.leasing.codes import Code, raise_for
+from lessor.leasing.codes import raise_for
 from lessor.leasing.config import LeaseConfig
 from lessor.leasing.keeper import FenceReason, HeldLease, LeaseKeeper
+from lessor.leasing.outage import Outage, is_transient
+from lessor.leasing.reaper import Reaper
 from lessor.scheduler.api import CacheKey, lookup_cache
 from lessor.scheduler.registry import Registry, TaskContext, UnknownTask, invoke
 from lessor.scheduler.submit import Retries, RunSpec
@@ -66,13 +68,17 @@ class WorkerConfig:
     lease: LeaseConfig = field(default_factory=LeaseConfig)
     idle_poll_ms: int = 100
     drain_s: float = 10.0
+    # Every worker reaps (through the partitions' pass throttle, so the fleet costs one
+    # pass per partition per interval): leases expire as long as any worker is alive.
+    reap: bool = True
+    reap_interval_ms: int = 500
 
     def __post_init__(self) -> None:
         check_namespace(self.namespace)
         check_id("queue", self.queue)
         check_id("worker", self.worker_id)
-        if self.concurrency < 1 or self.idle_poll_ms <= 0 or self.drain_s < 0:
-            raise ValueError("concurrency must be >= 1, idle_poll_ms > 0 and drain_s >= 0")
+        if self.concurrency < 1 or self.idle_poll_ms <= 0 or self.drain_s < 0 or self.reap_interval_ms <= 0:
+            raise ValueError("concurrency must be >= 1, idle_poll_ms > 0, drain_s >= 0 and reap_interval_ms > 0")
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,15 @@ class WorkerStatistics:
     aborted: int
     dropped: int
     refused: int
+    unconfirmed: int
+    errors: int
     keeper: object
+    reaper: object = None
+
+    @property
+    def committed(self) -> int:
+        """Reports the server confirmed: succeeded + failed + released + aborted."""
+        return self.succeeded + self.failed + self.released + self.aborted
 
 
 class Reporter:
@@ -106,10 +120,16 @@ class Reporter:
         self._send, self._receive = anyio.create_memory_object_stream[tuple](max_buffer_size=10_000)
 
     async def complete(self, lease: Lease, result: bytes) -> None:
-        """Commit one result (batched with concurrent ones); StaleToken if refused."""
+        """Commit one result (batched with concurrent ones).
+
+        Raises StaleToken if refused, and the call's own error (StoreUnavailable,
+        NotDurable, ...) if the batch got no answer: never a made-up code.
+        """
         done: dict[str, Any] = {"event": anyio.Event()}
         await self._send.send((lease, result, done))
         await done["event"].wait()
+        if done.get("error") is not None:
+            raise done["error"]
         raise_for(done["code"], lease.ref, lease.token, done["current"])
 
     async def run(self) -> None:
@@ -131,10 +151,13 @@ class Reporter:
         async def one(partition: int, items: list[tuple]) -> None:
             try:
                 answers = await self.client.complete_many(partition, [(lease, result) for lease, result, _ in items])
-            except Exception as exc:  # transport: every waiter hears it
-                answers = [(None, exc)] * len(items)
+            except Exception as exc:  # every waiter hears the batch's own error, whatever it is
+                for _, _, done in items:
+                    done["error"] = exc
+                    done["event"].set()
+                return
             for (_, _, done), (code, current) in zip(items, answers):
-                done["code"], done["current"] = (code, current) if code is not None else (Code.UNKNOWN, 0)
+                done["code"], done["current"] = code, current
                 done["event"].set()
 
         async with anyio.create_task_group() as tg:
@@ -154,6 +177,10 @@ class Worker:
         self.client = LeaseClient(backend, self.config.worker_id, self.config.lease)
         self.keeper = LeaseKeeper(self.client, self.clock, on_fence=self._on_fence)
         self.reporter = Reporter(self.client)
+        self.outage = Outage(f"worker {self.config.worker_id}", backend.url, clock=self.clock, log=log)
+        self.reaper = (Reaper(backend, interval_ms=self.config.reap_interval_ms, shared=True,
+                              name=f"worker {self.config.worker_id} reaper", clock=self.clock)
+                       if self.config.reap else None)
         self.watcher: CompletionWatcher | None = None
         # ref -> (token, cancel scope) of every attempt still running here, fenced or not:
         # a fenced attempt that ignores cancellation still occupies a slot.
@@ -177,6 +204,8 @@ class Worker:
             self.watcher = CompletionWatcher(self.backend, service)
             service.start_soon(self.keeper.run)
             service.start_soon(self.reporter.run)
+            if self.reaper is not None:
+                service.start_soon(self.reaper.run)
             async with anyio.create_task_group() as attempts:
                 task_status.started()
                 await self._acquire_loop(attempts)
@@ -194,11 +223,13 @@ class Worker:
             sent_ms = self.clock.now_ms()
             try:
                 leases = await self.client.acquire(self.config.namespace, self.config.queue, free)
-            except LessorError:
-                raise
-            except Exception as exc:  # server unreachable: keep trying, the keeper fences meanwhile
-                log.warning("acquire failed (%s); retrying", exc)
-                leases = []
+                self.outage.ok()
+            except Exception as exc:  # a store fault waits and retries; anything else stops the worker
+                if not is_transient(exc):
+                    raise
+                with anyio.move_on_after(self.outage.failed(exc) / 1000):
+                    await self._stopping.wait()
+                continue
             if leases:
                 telemetry.instruments().queue_depth.add(-len(leases))
             for lease in leases:
@@ -293,41 +324,79 @@ class Worker:
             return Outcome(error=f"task {lease.task} returned an output lessor cannot carry: {exc}", retryable=False)
 
     async def _finish(self, lease: Lease, held: HeldLease, outcome: Outcome | None) -> None:
-        """Report the outcome if the lease is still ours; otherwise release, confirm or drop."""
+        """Report the outcome if the lease is still ours; otherwise release, confirm or drop.
+
+        A count (succeeded, failed, released, aborted) moves only when the server
+        confirmed the report; refused and unconfirmed reports are counted apart.
+        """
         if held.fenced is FenceReason.ABORTED:
-            await self._report(self.client.release, lease, "aborted: work cancelled")
-            self.counts["aborted"] += 1
+            kind, call, args = "aborted", self.client.release, ("aborted: work cancelled",)
         elif held.fenced is not None:
             log.warning("dropped result of %s (token %s): lease %s", lease.ref, lease.token, held.fenced.value)
             self.counts["dropped"] += 1
+            return
         elif lease.ref in self._shutting_down or outcome is None:
-            await self._report(self.client.release, lease, "worker shutting down")
-            self.counts["released"] += 1
+            kind, call, args = "released", self.client.release, ("worker shutting down",)
         elif outcome.error is None:
-            await self._report(self.reporter.complete, lease, outcome.result)
-            self.counts["succeeded"] += 1
+            kind, call, args = "succeeded", self.reporter.complete, (outcome.result,)
         else:
-            await self._report(self.client.fail, lease, outcome.error, outcome.retryable)
-            self.counts["failed"] += 1
+            kind, call, args = "failed", self.client.fail, (outcome.error, outcome.retryable)
+        if await self._report(call, lease, *args) == "committed":
+            self.counts[kind] += 1
 
-    async def _report(self, call, lease: Lease, *args: Any) -> None:
-        try:
-            await call(lease, *args)
-        except StaleToken as exc:
-            telemetry.instruments().refused_reports.add(1)
-            self.counts["refused"] += 1
-            log.warning("report refused: %s", exc)
-        except LessorError as exc:
-            log.error("report for %s failed: %s", lease.ref, exc)
-        except Exception as exc:  # server unreachable: the lease will expire and fail over
-            log.error("report for %s could not be sent (%s); it will fail over", lease.ref, exc)
+    async def _report(self, call, lease: Lease, *args: Any) -> str:
+        """Send one fenced report; returns ``committed``, ``refused``, ``unconfirmed`` or ``error``.
+
+        A report that got no answer (server down or failing over, or not
+        confirmed durable) is sent again with the same token, which every lessor
+        write accepts as a repeat, until the lease's self-fence deadline. Past
+        it the lease may have been reaped and the action handed to another
+        worker, so the report is dropped and counted as unconfirmed.
+        """
+        held = self.keeper.held.get(lease.ref)
+        if held is not None and held.lease.token != lease.token:
+            held = None
+        while True:
+            try:
+                await call(lease, *args)
+                self.outage.ok()
+                return "committed"
+            except StaleToken as exc:
+                telemetry.instruments().refused_reports.add(1)
+                self.counts["refused"] += 1
+                log.warning("report refused: %s", exc)
+                return "refused"
+            except Exception as exc:  # sorted below: transient ones are retried, the rest are errors
+                if not is_transient(exc):
+                    self.counts["errors"] += 1
+                    log.error("report for %s failed: %s", lease.ref, exc)
+                    return "error"
+                delay_ms = self.outage.failed(exc)
+            left_ms = self._self_fence_left_ms(held)
+            if left_ms <= 0:
+                self.counts["unconfirmed"] += 1
+                telemetry.instruments().unconfirmed_reports.add(1)
+                log.error("report for %s (token %s) got no answer before its self-fence deadline; dropped "
+                          "as unconfirmed (the server may or may not have it): %s",
+                          lease.ref, lease.token, self.outage.last_error)
+                return "unconfirmed"
+            await anyio.sleep(min(delay_ms, left_ms) / 1000)
+
+    def _self_fence_left_ms(self, held: HeldLease | None) -> float:
+        """Time left before ``held``'s self-fence deadline (0 if not held: one try only)."""
+        if held is None:
+            return 0.0
+        due = held.last_ok_send_ms + self.config.lease.self_fence_after_ms
+        return due - self.clock.now_ms()
 
     def statistics(self) -> WorkerStatistics:
         """Counts since start; ``keeper`` holds the heartbeat figures (renewals, fences)."""
         c = self.counts
         return WorkerStatistics(running=len(self._running), succeeded=c["succeeded"], failed=c["failed"],
                                 released=c["released"], aborted=c["aborted"], dropped=c["dropped"],
-                                refused=c["refused"], keeper=self.keeper.statistics())
+                                refused=c["refused"], unconfirmed=c["unconfirmed"], errors=c["errors"],
+                                keeper=self.keeper.statistics(),
+                                reaper=self.reaper.statistics() if self.reaper else None)
 
     def _on_fence(self, held: HeldLease) -> None:
         log.warning("lease of %s (token %s) fenced: %s", held.lease.ref, held.lease.token, held.fenced.value)
@@ -352,7 +421,6 @@ class Worker:
                 r.system, r.user, r.backoff_ms, spec.priority, spec.timeout_ms, cache_key]
         if hit is not None:
             args.append(hit)
-        code, created = await self.backend.scripts.submit_child(
-            keys=[self.backend.keys(lease.partition).prefix], args=args)
+        code, created = await self.backend.call("submit_child", [self.backend.keys(lease.partition).prefix], args)
         raise_for(int(code), lease.ref, lease.token, int(created) if int(code) else 0)
         return bool(created)

@@ -34,6 +34,7 @@ local function lib()
   local TIMEOUTS = PREFIX .. 'timeouts'
   local TOKENS = PREFIX .. 'token'
   local SEQ = PREFIX .. 'seq'
+  local EPOCH = PREFIX .. 'epoch'
   local function rkey(ref) return PREFIX .. 'r:' .. ref end
   local function qkey(ns, queue) return PREFIX .. 'q:' .. ns .. ':' .. queue end
   local function nz(v) if v == false or v == nil then return '' end return v end
@@ -197,29 +198,73 @@ local function lib()
     return base.type  -- action_requeued (a failover), action_failed or action_aborted
   end
 
+  -- The server's epoch: its run_id (changes on every restart) and its
+  -- master_replid (changes on every promotion, also when the same process is
+  -- demoted and promoted again without a restart, as Sentinel and Cluster do
+  -- to a partitioned old primary). Either change may come with lost writes:
+  -- an AOF tail that was never fsynced, or a replication lag window.
+  local function server_epoch()
+    local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '?'
+    local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or '?'
+    return run_id .. ':' .. replid
+  end
+
+  -- etcd's Promote(extend): on the first expiry-judging script of a new epoch,
+  -- every live lease of this partition gets at least a full ttl from now before
+  -- anything may expire. A renewal lost in the fsync or replication window
+  -- (renewals are soft state) then cannot let the reaper take over from a
+  -- worker that still believes it owns the lease. Costs one pass over the
+  -- partition's live leases once per epoch; two INFO calls otherwise.
+  -- Returns true if it extended (a new epoch), false if the epoch was known.
+  local function ensure_epoch()
+    local epoch = server_epoch()
+    if redis.call('GET', EPOCH) == epoch then return false end
+    local refs = redis.call('ZRANGE', LEASES, 0, -1)
+    for _, ref in ipairs(refs) do
+      local key = akey(ref)
+      local h = redis.call('HMGET', key, 'phase', 'deadline_ms', 'ttl_ms', 'grace_ms')
+      if h[1] == 'running' then
+        local deadline = math.max(tonumber(h[2]) or 0, NOW + (tonumber(h[3]) or 0))
+        redis.call('HSET', key, 'deadline_ms', S(deadline))
+        redis.call('ZADD', LEASES, deadline + (tonumber(h[4]) or 0), ref)
+      end
+    end
+    redis.call('SET', EPOCH, epoch)
+    return true
+  end
+
   -- Fencing tokens of this partition. Strictly increasing, never reused,
-  -- also across a restart that lost the last writes (appendfsync everysec):
+  -- also across a restart or a failover that lost the last writes:
   --   * floor: at least now_ms * 1024, so a token issued before a crash (at most
   --     1024 per ms) is below any token issued after it while the clock moves on;
-  --   * epoch: when the server's run_id differs from the one stored with the
-  --     counter (a restart), jump by 2^30 as well, for clocks that did not move
-  --     (a virtual clock) or moved back.
+  --   * epoch: when the server's epoch (run_id + master_replid) differs from the
+  --     one stored with the counter, jump by 2^30 as well, for clocks that did not
+  --     move (a virtual clock), moved back, or a failover to a server whose
+  --     counter is behind.
+  -- The remaining bound: a lost window (unsynced AOF tail, replication lag) may
+  -- have issued at most 2^30 (about 1.07e9) tokens in this partition beyond the
+  -- counter that survived, or tokens could repeat; and tokens stay exact
+  -- doubles while now_ms * 1024 + k * 2^30 < 2^53 (until the year 2248 for
+  -- k < 1000 epochs).
   -- Returns next() and save(): tokens are handed out in memory and the counter
   -- is written once per script call (an acquire grants many leases at once).
   local function token_source()
-    local run_id, last = nil, nil
+    local epoch, last = nil, nil
     local function next()
       if last == nil then  -- first token of this call: read the counter and the epoch
-        run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '?'
-        local t = redis.call('HMGET', TOKENS, 'last', 'run_id')
+        epoch = server_epoch()
+        -- A partition's first lease records the epoch it was granted in: a first reap
+        -- then knows the epoch and extends nothing, unless the server changed since.
+        if redis.call('EXISTS', EPOCH) == 0 then ensure_epoch() end
+        local t = redis.call('HMGET', TOKENS, 'last', 'epoch')
         last = tonumber(t[1] or '0')
-        if t[2] ~= run_id then last = last + 1073741824 end
+        if t[2] ~= epoch then last = last + 1073741824 end
       end
       last = math.max(last + 1, NOW * 1024)
       return last
     end
     local function save()
-      if last ~= nil then redis.call('HSET', TOKENS, 'last', S(last), 'run_id', run_id) end
+      if last ~= nil then redis.call('HSET', TOKENS, 'last', S(last), 'epoch', epoch) end
     end
     return next, save
   end
@@ -227,17 +272,20 @@ local function lib()
   -- The guard of every fenced write (complete, fail, release, child submission):
   -- only the current token of a running action may write. Anything else is
   -- refused and recorded as report_rejected; a lease already past deadline +
-  -- grace on the server clock is expired first, so its late report is refused too.
+  -- grace on the server clock is expired first (after ensure_epoch, so not on a
+  -- new epoch), so its late report is refused too.
   -- Returns the action's fields and a code: 0 owner, 3 stale, 4 unknown, and -1
-  -- for a completion repeated with the token that already succeeded (a retried
-  -- call whose reply was lost: nothing to do, nothing to refuse).
+  -- for a write repeated with the token and kind that already ended the attempt
+  -- (a retried call whose reply was lost, or that was not confirmed durable:
+  -- nothing to do, nothing to refuse). The scripts mark that with ended().
   local function fence(ref, token, worker, kind, ...)
     local key = akey(ref)
-    local h = hget(key, 'phase', 'token', 'deadline_ms', 'grace_ms', ...)
+    local h = hget(key, 'phase', 'token', 'deadline_ms', 'grace_ms', '_ended', ...)
     if not h.phase then return h, 4 end
+    if h._ended == token .. ':' .. kind then return h, -1 end
     if kind == 'complete' and h.phase == 'succeeded' and h.token == token then return h, -1 end
     if h.phase == 'running' and h.token == token
-        and NOW > tonumber(h.deadline_ms) + tonumber(h.grace_ms) then
+        and NOW > tonumber(h.deadline_ms) + tonumber(h.grace_ms) and not ensure_epoch() then
       expire_lease(ref)
       h.phase = 'expired'
     end
@@ -246,6 +294,12 @@ local function lib()
       return h, 3
     end
     return h, 0
+  end
+
+  -- Mark the attempt of ``token`` as ended by ``kind`` (complete, fail, release),
+  -- so that the same call repeated is answered as done rather than refused.
+  local function ended(ref, token, kind)
+    redis.call('HSET', akey(ref), '_ended', token .. ':' .. kind)
   end
 
   -- Split an action ref into ns, run, action.
@@ -259,6 +313,6 @@ local function lib()
     redis.call('ZREM', LEASES, ref)
     if timeout_ms ~= '0' then redis.call('ZREM', TIMEOUTS, ref) end
   end
-  lib_ = {STREAM = STREAM, LEASES = LEASES, DELAYED = DELAYED, TIMEOUTS = TIMEOUTS, emit = emit, enqueue = enqueue, reject = reject, expire_lease = expire_lease, token_source = token_source, fence = fence, split_ref = split_ref, end_lease = end_lease, hget = hget, rkey = rkey, qkey = qkey, nz = nz, is_run_event = is_run_event, ON = ON, ACTION_T = ACTION_T, RUN_T = RUN_T, TERMINAL = TERMINAL}
+  lib_ = {ensure_epoch = ensure_epoch, ended = ended, server_epoch = server_epoch, STREAM = STREAM, LEASES = LEASES, DELAYED = DELAYED, TIMEOUTS = TIMEOUTS, emit = emit, enqueue = enqueue, reject = reject, expire_lease = expire_lease, token_source = token_source, fence = fence, split_ref = split_ref, end_lease = end_lease, hget = hget, rkey = rkey, qkey = qkey, nz = nz, is_run_event = is_run_event, ON = ON, ACTION_T = ACTION_T, RUN_T = RUN_T, TERMINAL = TERMINAL}
   return lib_
 end

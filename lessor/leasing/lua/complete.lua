@@ -25,6 +25,7 @@ for i = 2, #ARGV, 3 do
     emit({type = 'action_succeeded', ns = ns, run = run, action = action,
       attempt = tonumber(h.attempt), token = tonumber(token), worker = worker, result = result}, 'running')
     end_lease(ref, h.timeout_ms)
+    ended(ref, token, 'complete')
     if h.cache_key ~= '' then
       redis.call('HSET', PREFIX .. 'cache:' .. ns, h.cache_key, result or '')
     end

@@ -2,7 +2,8 @@
   KEYS[1]  partition prefix (string)
   ARGV[1] action ref  ARGV[2] token  ARGV[3] worker id  ARGV[4] error text
   ARGV[5] retryable (1/0)  ARGV[6] jitter in [0, 1) (drawn by the caller, so simulations are seeded)
-  Returns: {code, current token, ready_at_ms (0 = failed for good)}: codes as complete.lua
+  Returns: {code, current token, ready_at_ms (0 = failed for good, or a repeated call)}: codes as
+  complete.lua; a call repeated with the same token is answered 0 (already recorded)
   Events: action_requeued (backoff: ready at now + backoff_ms * 2^(attempt-1) * (0.5 + jitter),
   capped at 10 min) while user retries remain, else action_failed; action_aborted if an
   abort was requested; or report_rejected ]]
@@ -15,10 +16,12 @@ end
 local retryable, jitter = ARGV[5] == '1', tonumber(ARGV[6]) or 0
 local h, code = fence(ref, token, worker, 'fail', 'attempt', 'user_left', 'sys_left', 'backoff_ms', 'queue',
   'priority', 'aborting', 'timeout_ms')
+if code < 0 then return {0, tonumber(token), 0} end  -- repeated: already recorded
 if code ~= 0 then return {code, tonumber(h.token or '0'), 0} end
 local ns, run, action = split_ref(ref)
 local attempt, user_left = tonumber(h.attempt), tonumber(h.user_left)
 end_lease(ref, h.timeout_ms)
+ended(ref, token, 'fail')
 if h.aborting == '1' then
   -- An abort was asked for: nothing is retried after it (found by the simulator).
   emit({type = 'action_aborted', ns = ns, run = run, action = action,

@@ -1,19 +1,40 @@
 --[[ The reaper's pass over one partition, in bounded batches.
   KEYS[1]  partition prefix (string)
   ARGV[1] limit (max items of each kind handled in this call)
-  Returns: {expired, timed_out, promoted, lag_ms, more, failovers}
+  ARGV[2] pass interval ms (optional, default 0): if another reaper finished a
+          pass of this partition less than this long ago, skip (any number of
+          workers and reapers then cost one pass per partition per interval)
+  Returns: {expired, timed_out, promoted, lag_ms, more, failovers, skipped}
     failovers: expired leases whose action was requeued (the rest failed or were aborted)
     lag_ms: how long past its expiry the latest-reaped lease was (reaper lag)
     more:   1 if a kind hit the limit (call again now)
+    skipped: 1 if the partition was reaped less than an interval ago (nothing done)
   Events: lease_expired + (action_requeued | action_failed | action_aborted);
           action_timed_out or action_requeued (reason timeout)
   Expires leases whose deadline + grace has passed on the server clock. The
   script is atomic, so reapers racing over the same partition never expire a
-  lease twice: the second finds it gone from the index or no longer running. ]]
+  lease twice: the second finds it gone from the index or no longer running.
+  On a new server epoch it first extends every live lease (ensure_epoch).
+  Cost: two INFO calls, a ZRANGEBYSCORE per index, and per due item its hash
+  reads and writes. ]]
+local limit, interval_ms = tonumber(ARGV[1]), tonumber(ARGV[2] or '0')
+if not limit or limit < 1 or not interval_ms or interval_ms < 0 then
+  return redis.error_reply('LESSOR_BAD_ARG reap needs limit >= 1 and interval_ms >= 0')
+end
+-- The partition's pass throttle. No token is needed: the pass is atomic and judged
+-- on server state alone, so a second reaper in the same interval could only repeat
+-- work, never undo it; the throttle only saves that work. A due time further off
+-- than one interval means the server clock went back: it is ignored.
+local due_key = PREFIX .. 'reap_due'
+local due_at = tonumber(redis.call('GET', due_key) or '0')
+if interval_ms > 0 and NOW < due_at and due_at - NOW <= interval_ms then
+  return {0, 0, 0, 0, 0, 0, 1}
+end
 --@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
-local limit = tonumber(ARGV[1])
-if not limit or limit < 1 then return redis.error_reply('LESSOR_BAD_ARG reap needs limit >= 1') end
 local expired, timed_out, promoted, lag, more, failovers = 0, 0, 0, 0, 0, 0
+-- A new server epoch (restart, failover) first gives every live lease a full ttl:
+-- renewals lost with the old epoch's unsynced tail must not expire anyone.
+ensure_epoch()
 
 -- The index score is a lower bound of the expiry (renewals do not touch it):
 -- a lease found renewed is re-scored to its real expiry and left alone.
@@ -71,4 +92,5 @@ for _, ref in ipairs(ready) do
     end
   end
 end
-return {expired, timed_out, promoted, lag, more, failovers}
+if interval_ms > 0 and more == 0 then redis.call('SET', due_key, S(NOW + interval_ms)) end
+return {expired, timed_out, promoted, lag, more, failovers, 0}

@@ -3,7 +3,7 @@
   over now instead of after ttl + grace; an action being aborted becomes aborted.
   KEYS[1]  partition prefix (string)
   ARGV[1] action ref  ARGV[2] token  ARGV[3] worker id  ARGV[4] reason
-  Returns: {code, current token}: codes as complete.lua
+  Returns: {code, current token}: codes as complete.lua (a call repeated with the same token: 0)
   Events: action_requeued (reason "released") or action_aborted; or report_rejected ]]
 --@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
 local ref, token, worker, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -12,9 +12,11 @@ if not string.match(token or '', '^%d+$') then
   return redis.error_reply('LESSOR_BAD_ARG release: token must be an integer, got ' .. tostring(token))
 end
 local h, code = fence(ref, token, worker, 'release', 'aborting', 'sys_left', 'user_left', 'queue', 'priority')
+if code < 0 then return {0, tonumber(token)} end  -- repeated: already released
 if code ~= 0 then return {code, tonumber(h.token or '0')} end
 local ns, run, action = split_ref(ref)
 end_lease(ref)
+ended(ref, token, 'release')
 if h.aborting == '1' then
   emit({type = 'action_aborted', ns = ns, run = run, action = action, reason = 'aborted; worker ' .. worker .. ' cancelled it'})
 else

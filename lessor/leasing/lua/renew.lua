@@ -25,7 +25,11 @@ local function slow_path(ref, token, key, h)
   local deadline = tonumber(h[3])
   if h[1] == 'running' and h[2] == token then
     local grace = tonumber(redis.call('HGET', key, 'grace_ms') or '0')
-    if NOW > deadline + grace then
+    if NOW > deadline + grace and L.ensure_epoch() then
+      -- A new epoch: every live lease was just extended (a renewal of ours may have
+      -- been lost with the old epoch's tail); this one is on time again.
+      return 0
+    elseif NOW > deadline + grace then
       L.expire_lease(ref)   -- dead on the server clock even if no reaper came yet
     elseif h[4] == '1' then
       return 2
