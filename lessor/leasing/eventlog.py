@@ -13,12 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import AsyncIterator, Sequence
 
+import anyio
 from redis.exceptions import ResponseError
 
 from lessor.core.codec import decode, encode
 from lessor.core.events import Event
 from lessor.errors import EventDecodeError, IllegalTransition, LessorError
 from lessor.leasing.backend import Backend
+from lessor.leasing.outage import Outage, is_transient
 
 READ_BATCH = 1000
 
@@ -92,26 +94,54 @@ class EventLog:
             out[p] = rows[0][0].decode() if rows else "0"
         return out
 
-    async def follow(self, from_ids: dict[int, str] | None = None, block_ms: int = 1000) -> AsyncIterator[LogEntry]:
+    async def follow(self, from_ids: dict[int, str] | None = None, block_ms: int = 1000,
+                     outage: Outage | None = None) -> AsyncIterator[LogEntry]:
         """Yield new events of all partitions as they are appended, forever.
 
         ``from_ids`` maps partition -> last seen stream id ("$" = only new ones,
         "0" = from the start); partitions not named start at "$". Pass ids taken
         with ``last_ids()`` to be sure nothing appended after that point is missed.
         Every event is delivered exactly once, in order within its partition.
+
+        With ``outage``, store faults never end the follow: it waits (capped,
+        jittered backoff; one log line per outage) and goes on from the last id
+        it delivered. After a failover that lost writes, events the old
+        primary had appended past that id are gone: a follower that must not
+        miss a state change re-reads the state it waits for (as ``wait()`` does).
         """
-        now = await self.last_ids()
-        last = dict(now)
-        for p, start in (from_ids or {}).items():
-            last[p] = now[p] if start == "$" else start
+        last = await self._start_ids(from_ids, outage)
         streams = {self.backend.keys(p).stream: p for p in last}
         while True:
-            reply = await self.backend.redis.xread({s: last[p] for s, p in streams.items()}, count=READ_BATCH, block=block_ms)
+            try:
+                reply = await self.backend.redis.xread({s: last[p] for s, p in streams.items()},
+                                                       count=READ_BATCH, block=block_ms)
+            except Exception as exc:  # a store fault is waited out when an outage tracker is given
+                if outage is None or not is_transient(exc):
+                    raise
+                await anyio.sleep(outage.failed(exc) / 1000)
+                continue
+            if outage is not None:
+                outage.ok()
             for stream, rows in reply or []:
                 p = streams[stream.decode() if isinstance(stream, bytes) else stream]
                 for row in rows:
                     last[p] = row[0].decode()
                     yield LogEntry(p, _decode_row(row))
+
+
+    async def _start_ids(self, from_ids: dict[int, str] | None, outage: Outage | None) -> dict[int, str]:
+        while True:
+            try:
+                now = await self.last_ids()
+                break
+            except Exception as exc:  # as in follow(): waited out only with an outage tracker
+                if outage is None or not is_transient(exc):
+                    raise
+                await anyio.sleep(outage.failed(exc) / 1000)
+        last = dict(now)
+        for p, start in (from_ids or {}).items():
+            last[p] = now[p] if start == "$" else start
+        return last
 
 
 def _decode_row(row) -> Event:

@@ -50,13 +50,14 @@ async def serve(args: argparse.Namespace, registry: Registry) -> dict:
     lease = LeaseConfig(ttl_ms=args.ttl_ms, grace_ms=args.grace_ms, heartbeat_ms=args.heartbeat_ms,
                         margin_ms=args.margin_ms)
     config = WorkerConfig(queue=args.queue, namespace=args.namespace, concurrency=args.concurrency,
-                          worker_id=args.worker_id or default_worker_id(), lease=lease, drain_s=args.drain_s)
+                          worker_id=args.worker_id or default_worker_id(), lease=lease, drain_s=args.drain_s,
+                          reap=not args.no_reap)
     log = logging.getLogger("lessor.worker")
     truth = open(args.truth_log, "a", buffering=1) if args.truth_log else None
     on_attempt = (lambda record: truth.write(json.dumps(record) + "\n")) if truth else None
     from lessor.cli import shared_url
 
-    async with open_backend(shared_url(args)) as backend:
+    async with open_backend(shared_url(args), durability=args.durability) as backend:
         worker = Worker(backend, registry, config, on_attempt=on_attempt)
         async with anyio.create_task_group() as tg:
             async def on_signals() -> None:
@@ -71,9 +72,9 @@ async def serve(args: argparse.Namespace, registry: Registry) -> dict:
                         worker.stop()
 
             tg.start_soon(on_signals)
-            log.info("worker %s on %s: queue %s/%s, concurrency %d, ttl %d ms + grace %d ms",
+            log.info("worker %s on %s: queue %s/%s, concurrency %d, ttl %d ms + grace %d ms, durability %s%s",
                      config.worker_id, backend.url, config.namespace, config.queue, config.concurrency,
-                     lease.ttl_ms, lease.grace_ms)
+                     lease.ttl_ms, lease.grace_ms, backend.durability, "" if config.reap else ", not reaping")
             await worker.run()
             tg.cancel_scope.cancel()
         log.info("worker %s stopped: %s", config.worker_id, worker.statistics())
