@@ -28,11 +28,11 @@ bench-eventlog: $(STAMP)
 
 bench-heartbeat: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[plot]'
-	$(BIN)/lessor bench heartbeat --plot heartbeat.png
+	$(BIN)/lessor bench heartbeat --plot heartbeat.png --durability fsync
 	$(BIN)/lessor bench heartbeat --no-uvloop
 
 bench-schedule: $(STAMP)
-	$(BIN)/lessor bench schedule
+	$(BIN)/lessor bench schedule --durability memory,fsync,memory,fsync
 
 bench-failover: $(STAMP)
 	$(BIN)/lessor bench failover

@@ -47,6 +47,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", metavar="PNG", help="also sweep batch sizes and draw renewals/s vs batch")
     p.add_argument("--otel", action="store_true",
                    help="also measure the batched phase with OpenTelemetry metrics on (in-memory SDK)")
+    p.add_argument("--durability", metavar="MODE",
+                   help="also measure batched renewals that each wait for MODE (fsync, replicas:N), as a "
+                        "ratio to the same renewals in memory: the cost lessor avoids by keeping on-time "
+                        "renewals soft state")
     p.add_argument("--json", action="store_true", help="one JSON object instead of tables")
 
 
@@ -74,7 +78,8 @@ def batches_of(leases: list[Lease], size: int) -> list[list[Lease]]:
 
 
 async def closed_loop(client: LeaseClient, batches: list[list[Lease]], workers: int,
-                      duration_s: float, pace_calls_per_s: float | None = None, meters=None) -> dict:
+                      duration_s: float, pace_calls_per_s: float | None = None, meters=None,
+                      renew=None) -> dict:
     """Renew ``batches`` round-robin from ``workers`` loops for ``duration_s``; latencies per call."""
     import time
 
@@ -92,7 +97,7 @@ async def closed_loop(client: LeaseClient, batches: list[list[Lease]], workers: 
             batch = mine[i % len(mine)]
             i += 1
             t0 = time.perf_counter()  # clock: benchmark timing only
-            codes = await client.renew_partition(batch[0].partition, batch)
+            codes = await (renew or client.renew_partition)(batch[0].partition, batch)
             latencies.append(time.perf_counter() - t0)  # clock: benchmark timing only
             ok = sum(1 for c in codes.values() if c is Code.OK)
             renewed += ok
@@ -129,6 +134,37 @@ async def batched_with_server_limit(backend: Backend, client: LeaseClient, lease
     result["ratio_to_server_limit"] = result["renewals_per_s"] / max(result["server_limit_per_s"], 1e-9)
     result["batch"] = batch
     return result
+
+
+async def durable_renewals(backend: Backend, client: LeaseClient, leases: list[Lease],
+                           args: argparse.Namespace) -> dict:
+    """Batched renewals with and without a durability wait per call, interleaved in one run.
+
+    lessor never waits on renewals (soft state, covered by the lease extension
+    on every new epoch); this measures what waiting would cost.
+    """
+    from lessor.leasing.durability import Durability
+
+    durable = Backend(redis=backend.redis, url=backend.url, partitions=backend.partitions,
+                      durability=Durability.parse(args.durability))
+
+    async def renew_durably(partition: int, batch: list[Lease]) -> dict:
+        call_args: list = [client.worker_id, client.config.ttl_ms]
+        for lease in batch:
+            call_args += (lease.ref, lease.token)
+        reply = await durable.call("renew", [backend.keys(partition).prefix], call_args, durable=True)
+        return {lease.ref: Code(code) for lease, code in zip(batch, reply[1:])}
+
+    batches = batches_of(leases, args.batch)
+    rounds = {"memory": [], "durable": []}
+    for _ in range(2):  # interleaved, so both see the same machine load
+        rounds["memory"].append(await closed_loop(client, batches, args.workers, args.duration / 2))
+        rounds["durable"].append(await closed_loop(client, batches, args.workers, args.duration / 2,
+                                                   renew=renew_durably))
+    rate = {k: sum(r["renewals_per_s"] for r in v) / len(v) for k, v in rounds.items()}
+    return {"durability": str(durable.durability), "memory_per_s": rate["memory"],
+            "durable_per_s": rate["durable"], "ratio_to_memory": rate["durable"] / max(rate["memory"], 1e-9),
+            "durable_p99_ms": max(r["p99_ms"] for r in rounds["durable"])}
 
 
 async def pipelined_single_limit(backend: Backend, leases: list[Lease], duration_s: float,
@@ -185,6 +221,8 @@ async def measure(args: argparse.Namespace) -> dict:
             out["batched_otel"] = await batched_with_server_limit(backend, client, leases, args.batch,
                                                                   args.workers, args.duration, meters=meters)
             out["otel_overhead_ratio"] = out["batched_otel"]["renewals_per_s"] / out["batched"]["renewals_per_s"]
+        if args.durability:
+            out["durable"] = await durable_renewals(backend, client, leases, args)
         if args.plot:
             out["sweep"] = [
                 await batched_with_server_limit(backend, client, leases, b, args.workers,
@@ -257,6 +295,11 @@ def main(args: argparse.Namespace) -> int:
         [("mode", "mode"), ("rate", "renewals/s"), ("limit", "server limit/s"), ("ratio", "× limit"),
          ("p50", "p50 ms"), ("p99", "p99 ms"), ("p999", "p99.9 ms"), ("cpu", "server µs/lease")],
     )
+    if args.durability:
+        d = out["durable"]
+        print(f"renewals waiting for {d['durability']} each: {d['durable_per_s']:,.0f}/s vs {d['memory_per_s']:,.0f}/s "
+              f"in memory, ×{d['ratio_to_memory']:.2f} (p99 {d['durable_p99_ms']:.1f} ms); lessor keeps on-time "
+              "renewals soft state, so heartbeats pay none of this")
     if args.plot:
         print(f"plot written to {args.plot}")
     return 0
