@@ -100,20 +100,28 @@ async def submit_runs(backend: Backend, specs: list[RunSpec]) -> list[Submitted]
         groups.setdefault(backend.keys_for_run(spec.namespace, run_id).partition, []).append(i)
     results: list[Submitted | None] = [None] * len(specs)
 
+    errors: list[Exception] = []
+
     async def one(partition: int, indexes: list[int]) -> None:
         args = [value for i in indexes for value in specs[i].args(run_ids[i])]
         try:
             reply = await backend.call("submit", [backend.keys(partition).prefix], args)
         except NotDurable as exc:
             ids = ", ".join(f"{specs[i].namespace}/{run_ids[i]}" for i in indexes)
-            raise NotDurable(f"submit of {ids} is unconfirmed: {exc}. Submitting again with the same run "
-                             "id (or idempotency key) is safe", exc.reply) from None
+            errors.append(NotDurable(f"submit of {ids} is unconfirmed: {exc}. Submitting again with the same "
+                                     "run id (or idempotency key) is safe", exc.reply))
+            return
+        except Exception as exc:  # kept, so the caller gets the error itself, not an ExceptionGroup
+            errors.append(exc)
+            return
         for n, i in enumerate(indexes):
             results[i] = Submitted(specs[i].namespace, reply[2 * n + 1].decode(), bool(reply[2 * n]))
 
     async with anyio.create_task_group() as tg:
         for partition, indexes in groups.items():
             tg.start_soon(one, partition, indexes)
+    if errors:
+        raise errors[0]
     return results
 
 
