@@ -158,9 +158,14 @@ class Client:
 
 
 @contextlib.asynccontextmanager
-async def connect(url: str | None = None, *, partitions: int | None = None) -> AsyncIterator[Client]:
-    """A Client on ``url`` ($LESSOR_REDIS_URL, else an embedded server for the block's life)."""
-    async with open_backend(url, partitions=partitions) as backend:
+async def connect(url: str | None = None, *, partitions: int | None = None,
+                  durability: str = "memory") -> AsyncIterator[Client]:
+    """A Client on ``url`` ($LESSOR_REDIS_URL, else an embedded server for the block's life).
+
+    ``durability``: when its writes count as acknowledged: ``memory`` (default),
+    ``fsync``, ``replicas:N`` or ``fsync+replicas:N`` (docs/store-faults.md).
+    """
+    async with open_backend(url, partitions=partitions, durability=durability) as backend:
         async with anyio.create_task_group() as tg:
             yield Client(backend, tg)
             tg.cancel_scope.cancel()
