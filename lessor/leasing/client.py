@@ -25,6 +25,7 @@ import logging
 import anyio
 
 from lessor.core.ids import check_id, check_namespace, split_action_ref
+from lessor.core.limits import check_int, check_text
 from lessor.errors import NotDurable
 from lessor.leasing.backend import Backend
 from lessor.leasing.codes import Code, raise_for
@@ -73,6 +74,7 @@ class LeaseClient:
         """
         check_namespace(namespace)
         check_id("queue", queue)
+        check_int("n", n, 1, 10_000)
         leases: list[Lease] = []
         for _ in range(self.backend.partitions):
             p = self._next_partition
@@ -174,12 +176,14 @@ class LeaseClient:
 
     async def fail(self, lease: Lease, error: str, retryable: bool = True) -> int:
         """Record a failed attempt; returns when it is ready to retry (server ms, 0 = failed for good)."""
+        check_text("error", error)
         reply = await self._call("fail", lease, [error, int(retryable), self._rng.random()])
         raise_for(int(reply[0]), lease.ref, lease.token, int(reply[1]))
         return int(reply[2])
 
     async def release(self, lease: Lease, reason: str = "worker shutting down") -> None:
         """Give the lease back now (requeued without spending budget, or aborted if aborting)."""
+        check_text("reason", reason)
         code, current = await self._fenced("release", lease, [reason])
         raise_for(code, lease.ref, lease.token, current)
 

@@ -21,6 +21,7 @@ import anyio
 from lessor import telemetry
 from lessor.core.events import Event
 from lessor.core.ids import ROOT_ACTION
+from lessor.core.limits import seconds_to_ms
 from lessor.core.phases import Phase
 from lessor.leasing.backend import Backend, open_backend
 from lessor.leasing.eventlog import EventLog
@@ -97,7 +98,8 @@ class Client:
         ``inputs`` is a reference (a URI) or a small msgpack-able value. With
         ``cache`` and a stored result for the same key, the run completes at
         once with cache_hit. A repeated ``idempotency_key`` returns the first
-        run and submits nothing. Raises ValueError naming a bad argument.
+        run and submits nothing. Raises ValueError naming a bad argument
+        (checked before anything is written: lessor/core/limits.py).
         """
         packed = pack_value(inputs)
         cache_key = cache.key_for(packed) if cache else None
@@ -105,7 +107,7 @@ class Client:
             cached = await lookup_cache(self.backend, namespace, cache_key) if cache_key else None
             submitted = await submit_run(
                 self.backend, task, inputs=packed, namespace=namespace, queue=queue, retries=retries,
-                timeout_ms=int((timeout_s or 0) * 1000), priority=priority, idempotency_key=idempotency_key,
+                timeout_ms=seconds_to_ms("timeout_s", timeout_s), priority=priority, idempotency_key=idempotency_key,
                 cache_key=cache_key, cached_result=cached)
             span.set_attribute("lessor.run", f"{namespace}/{submitted.run_id}")
             if submitted.created and cached is None:

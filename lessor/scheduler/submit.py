@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import anyio
 
 from lessor.core.ids import check_id, check_namespace, new_run_id
+from lessor.core.limits import MAX_BACKOFF_MS, MAX_DURATION_S, MAX_RETRIES, check_int, check_text
 from lessor.errors import NotDurable
 from lessor.leasing.backend import Backend
 
@@ -30,9 +31,9 @@ class Retries:
     backoff_ms: int = 1000
 
     def __post_init__(self) -> None:
-        values = (self.user, self.system, self.backoff_ms)
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values) or min(values) < 0:
-            raise ValueError(f"retry budgets and backoff_ms must be integers >= 0, got {self}")
+        check_int("Retries.user", self.user, 0, MAX_RETRIES)
+        check_int("Retries.system", self.system, 0, MAX_RETRIES)
+        check_int("Retries.backoff_ms", self.backoff_ms, 0, MAX_BACKOFF_MS)
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,18 @@ class RunSpec:
         check_namespace(self.namespace)
         check_id("task", self.task)
         check_id("queue", self.queue)
-        if not isinstance(self.timeout_ms, int) or not isinstance(self.priority, int):
-            raise ValueError("timeout_ms and priority must be integers")
-        if self.timeout_ms < 0 or not -1000 <= self.priority <= 1000:
-            raise ValueError("timeout_ms must be >= 0 and priority within -1000..1000")
+        check_int("timeout_ms", self.timeout_ms, 0, MAX_DURATION_S * 1000)
+        check_int("priority", self.priority, -1000, 1000)
+        if not isinstance(self.retries, Retries):
+            raise ValueError(f"retries must be lessor.Retries, got {type(self.retries).__name__}")
+        for name in ("inputs", "cached_result"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bytes):
+                raise ValueError(f"{name} must be packed bytes (lessor.pack_value), got {type(value).__name__}")
+        if self.idempotency_key is not None:
+            check_text("idempotency_key", self.idempotency_key, 256)
+        if self.cache_key is not None:
+            check_text("cache_key", self.cache_key, 256)
         run_id = self.run_id or (idempotent_run_id(self.namespace, self.idempotency_key)
                                  if self.idempotency_key else new_run_id())
         return check_id("run", run_id)

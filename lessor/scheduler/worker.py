@@ -30,6 +30,7 @@ from anyio.abc import TaskGroup
 from lessor import telemetry
 from lessor.core.clock import MonotonicClock, SystemMonotonicClock
 from lessor.core.ids import check_id, check_namespace
+from lessor.core.limits import clip_text, seconds_to_ms
 from lessor.errors import ActionAborted, StaleToken
 from lessor.leasing.backend import Backend
 from lessor.leasing.client import Lease, LeaseClient
@@ -340,7 +341,7 @@ class Worker:
         elif outcome.error is None:
             kind, call, args = "succeeded", self.reporter.complete, (outcome.result,)
         else:
-            kind, call, args = "failed", self.client.fail, (outcome.error, outcome.retryable)
+            kind, call, args = "failed", self.client.fail, (clip_text(outcome.error), outcome.retryable)
         if await self._report(call, lease, *args) == "committed":
             self.counts[kind] += 1
 
@@ -409,7 +410,7 @@ class Worker:
         """Create a child action of ``lease``'s action, fenced by its token. True if created now."""
         namespace = "/".join(lease.ref.split("/", 2)[:2])
         spec = RunSpec(task, inputs=pack_value(inputs), namespace=namespace, queue=queue or self.config.queue,
-                       retries=retries, timeout_ms=int((timeout_s or 0) * 1000), priority=priority)
+                       retries=retries, timeout_ms=seconds_to_ms("timeout_s", timeout_s), priority=priority)
         spec.checked_run_id()  # validates task, queue, numbers
         check_id("action", child_id)
         cache_key = cache.key_for(spec.inputs) if cache else ""

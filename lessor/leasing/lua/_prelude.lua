@@ -302,6 +302,65 @@ local function lib()
     redis.call('HSET', akey(ref), '_ended', token .. ':' .. kind)
   end
 
+  -- The boundary, again in Lua (lessor/core/limits.py is the Python side): a
+  -- foreign client may call a script directly, and one bad value written would
+  -- poison the log for every reader. Each returns an error text, or nil if fine.
+  -- Scripts check every argument with these before their first write.
+  local SAFE_INT = 9007199254740991
+  local function bad_int(name, v, lo, hi)
+    local n = tonumber(v)
+    if not v or not string.match(v, '^%-?%d+$') or not n or n < lo or n > hi then
+      return name .. ' must be an integer within ' .. S(lo) .. '..' .. S(hi) .. ', got ' .. string.sub(tostring(v), 1, 40)
+    end
+  end
+  local function bad_id(name, v)
+    if not v or #v > 63 or not string.match(v, '^[%w][%w_%.%-]*$') then
+      return name .. ' must be 1-63 letters, digits, _ . -, got ' .. string.sub(tostring(v), 1, 80)
+    end
+  end
+  -- A fencing token: digits only, and exact as a double (tokens are written into events).
+  local function bad_token(t)
+    if not t or #t > 16 or not string.match(t, '^%d+$') or tonumber(t) > SAFE_INT then
+      return 'token must be an integer within 0..' .. S(SAFE_INT) .. ', got ' .. string.sub(tostring(t), 1, 40)
+    end
+  end
+  local function bad_ns(v)
+    local p, d = string.match(v or '', '^([^/]+)/([^/]+)$')
+    if not p or bad_id('project', p) or bad_id('domain', d) then
+      return 'namespace must look like project/domain, got ' .. string.sub(tostring(v), 1, 80)
+    end
+  end
+  -- Texts end up as msgpack strings that readers decode as UTF-8: check it (ASCII fast path).
+  local function bad_utf8(name, v)
+    if not string.find(v, '[\128-\255]') then return nil end
+    local i, n = 1, #v
+    while i <= n do
+      local c = string.byte(v, i)
+      local extra = (c < 0x80 and 0) or (c >= 0xC2 and c <= 0xDF and 1) or (c >= 0xE0 and c <= 0xEF and 2)
+        or (c >= 0xF0 and c <= 0xF4 and 3) or nil
+      if not extra or i + extra > n then return name .. ' must be valid UTF-8' end
+      for k = 1, extra do
+        local b = string.byte(v, i + k)
+        if b < 0x80 or b > 0xBF then return name .. ' must be valid UTF-8' end
+      end
+      i = i + extra + 1
+    end
+  end
+  local function bad_text(name, v, max)
+    if not v or #v > max then return name .. ' must be at most ' .. max .. ' bytes' end
+    return bad_utf8(name, v)
+  end
+  local function bad_bytes(name, v, max)   -- opaque values (inputs, results): only bounded
+    if not v or #v > max then return name .. ' must be at most ' .. max .. ' bytes' end
+  end
+  -- The first error of a list of checks, as a LESSOR_BAD_ARG error reply (nil if none).
+  local function refuse(script, ...)
+    for i = 1, select('#', ...) do
+      local why = select(i, ...)
+      if why then return redis.error_reply('LESSOR_BAD_ARG ' .. script .. ': ' .. why) end
+    end
+  end
+
   -- Split an action ref into ns, run, action.
   local function split_ref(ref)
     return string.match(ref, '^([^/]+/[^/]+)/([^/]+)/([^/]+)$')
@@ -313,6 +372,6 @@ local function lib()
     redis.call('ZREM', LEASES, ref)
     if timeout_ms ~= '0' then redis.call('ZREM', TIMEOUTS, ref) end
   end
-  lib_ = {ensure_epoch = ensure_epoch, ended = ended, server_epoch = server_epoch, STREAM = STREAM, LEASES = LEASES, DELAYED = DELAYED, TIMEOUTS = TIMEOUTS, emit = emit, enqueue = enqueue, reject = reject, expire_lease = expire_lease, token_source = token_source, fence = fence, split_ref = split_ref, end_lease = end_lease, hget = hget, rkey = rkey, qkey = qkey, nz = nz, is_run_event = is_run_event, ON = ON, ACTION_T = ACTION_T, RUN_T = RUN_T, TERMINAL = TERMINAL}
+  lib_ = {bad_token = bad_token, bad_int = bad_int, bad_id = bad_id, bad_ns = bad_ns, bad_text = bad_text, bad_bytes = bad_bytes, refuse = refuse, SAFE_INT = SAFE_INT, ensure_epoch = ensure_epoch, ended = ended, server_epoch = server_epoch, STREAM = STREAM, LEASES = LEASES, DELAYED = DELAYED, TIMEOUTS = TIMEOUTS, emit = emit, enqueue = enqueue, reject = reject, expire_lease = expire_lease, token_source = token_source, fence = fence, split_ref = split_ref, end_lease = end_lease, hget = hget, rkey = rkey, qkey = qkey, nz = nz, is_run_event = is_run_event, ON = ON, ACTION_T = ACTION_T, RUN_T = RUN_T, TERMINAL = TERMINAL}
   return lib_
 end

@@ -8,6 +8,8 @@
   Events: abort_requested (run, and each running action), action_aborted (queued actions) ]]
 --@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
 local ns, run, reason = ARGV[1], ARGV[2], ARGV[3]
+local err = refuse('abort', bad_ns(ns), bad_id('run', run), bad_text('reason', reason, 4096))
+if err then return err end
 local run_ref = ns .. '/' .. run
 local phase = redis.call('HGET', rkey(run_ref), 'phase')
 if not phase then return redis.error_reply('LESSOR_UNKNOWN_RUN ' .. run_ref) end

@@ -9,8 +9,11 @@
   grace) goes into the reap index. ]]
 local ns, queue, worker = ARGV[1], ARGV[2], ARGV[3]
 local n, ttl_ms, grace_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-if not n or n < 1 or not ttl_ms or ttl_ms <= 0 or not grace_ms or grace_ms < 0 then
-  return redis.error_reply('LESSOR_BAD_ARG acquire needs n >= 1, ttl_ms > 0, grace_ms >= 0')
+if not n or n < 1 or n > 10000 or not ttl_ms or ttl_ms <= 0 or ttl_ms > 86400000 or not grace_ms
+    or grace_ms < 0 or grace_ms > 86400000 or n % 1 ~= 0 or ttl_ms % 1 ~= 0 or grace_ms % 1 ~= 0
+    or not string.match(worker or '', '^[%w][%w_%.%-]*$') or #worker > 63 then
+  return redis.error_reply('LESSOR_BAD_ARG acquire needs 1 <= n <= 10000, 0 < ttl_ms <= 1 day, '
+    .. '0 <= grace_ms <= 1 day (integers) and a valid worker id')
 end
 local out = {NOW}
 local popped = redis.call('ZPOPMIN', PREFIX .. 'q:' .. ns .. ':' .. queue, n)

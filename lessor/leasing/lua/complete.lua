@@ -9,9 +9,13 @@
   script, so only the current owner's output can ever be cached. ]]
 --@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
 local worker = ARGV[1]
+local bad = refuse('complete', bad_id('worker', worker), (#ARGV - 1) % 3 ~= 0 and 'triples of ref, token, result')
+if bad then return bad end
 -- Validate before any write: a token that is not an integer would write an undecodable event.
 for i = 2, #ARGV, 3 do
-  if not string.match(ARGV[i + 1] or '', '^%d+$') then
+  local bad_result = bad_bytes('result', ARGV[i + 2] or '', 65536)
+  if bad_result then return redis.error_reply('LESSOR_BAD_ARG complete: ' .. bad_result) end
+  if bad_token(ARGV[i + 1]) then
     return redis.error_reply('LESSOR_BAD_ARG complete: token of ' .. tostring(ARGV[i]) .. ' must be an integer')
   end
 end

@@ -10,10 +10,14 @@
 --@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
 local ref, token, worker, err = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 -- Validate before any write: a token that is not an integer would write an undecodable event.
-if not string.match(token or '', '^%d+$') then
+if bad_token(token) then
   return redis.error_reply('LESSOR_BAD_ARG fail: token must be an integer, got ' .. tostring(token))
 end
-local retryable, jitter = ARGV[5] == '1', tonumber(ARGV[6]) or 0
+local bad_jitter = not tonumber(ARGV[6]) or tonumber(ARGV[6]) < 0 or tonumber(ARGV[6]) >= 1
+local refused = refuse('fail', bad_id('worker', worker), bad_text('error', err, 8192), bad_int('retryable', ARGV[5], 0, 1),
+  bad_jitter and ('jitter must be a number in [0, 1), got ' .. tostring(ARGV[6])))
+if refused then return refused end
+local retryable, jitter = ARGV[5] == '1', tonumber(ARGV[6])
 local h, code = fence(ref, token, worker, 'fail', 'attempt', 'user_left', 'sys_left', 'backoff_ms', 'queue',
   'priority', 'aborting', 'timeout_ms')
 if code < 0 then return {0, tonumber(token), 0} end  -- repeated: already recorded

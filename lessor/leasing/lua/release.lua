@@ -8,9 +8,11 @@
 --@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
 local ref, token, worker, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 -- Validate before any write: a token that is not an integer would write an undecodable event.
-if not string.match(token or '', '^%d+$') then
+if bad_token(token) then
   return redis.error_reply('LESSOR_BAD_ARG release: token must be an integer, got ' .. tostring(token))
 end
+local err = refuse('release', bad_id('worker', worker), bad_text('reason', reason, 8192))
+if err then return err end
 local h, code = fence(ref, token, worker, 'release', 'aborting', 'sys_left', 'user_left', 'queue', 'priority')
 if code < 0 then return {0, tonumber(token)} end  -- repeated: already released
 if code ~= 0 then return {code, tonumber(h.token or '0')} end

@@ -14,7 +14,13 @@
   touched: its score (deadline + grace at grant time) is a lower bound of the
   expiry, and the reaper re-scores a lease it finds renewed (reap.lua). ]]
 local worker, ttl_ms = ARGV[1], tonumber(ARGV[2])
-if not ttl_ms or ttl_ms <= 0 then return redis.error_reply('LESSOR_BAD_ARG renew needs ttl_ms > 0') end
+if not ttl_ms or ttl_ms <= 0 or ttl_ms > 86400000 or ttl_ms % 1 ~= 0 then
+  return redis.error_reply('LESSOR_BAD_ARG renew needs an integer 0 < ttl_ms <= 1 day')
+end
+-- The worker id goes into the events a late or stale renewal writes: one check per call.
+if #worker > 63 or not string.match(worker, '^[%w][%w_%.%-]*$') then
+  return redis.error_reply('LESSOR_BAD_ARG renew: worker must be 1-63 letters, digits, _ . -')
+end
 local new_deadline = NOW + ttl_ms
 local out = {NOW}
 
@@ -41,7 +47,7 @@ local function slow_path(ref, token, key, h)
       return 1
     end
   end
-  if not string.match(token, '^%d+$') then return 3 end  -- not a token at all: refused, nothing to record
+  if L.bad_token(token) then return 3 end  -- not a token at all: refused, nothing to record
   if redis.call('HSETNX', key, '_rej:' .. token, 1) == 1 then
     L.reject(ref, {token = h[2]}, 'renew', token, worker)
   end

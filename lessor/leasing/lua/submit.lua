@@ -10,6 +10,19 @@
   Events: run_created, action_created, (cache_hit, run_completed) ]]
 --@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
 local function opt(v) if v == '' then return nil end return v end
+-- Every run's arguments are checked before the first write (lessor/core/limits.py has the same bounds).
+if #ARGV == 0 or #ARGV % 14 ~= 0 then
+  return redis.error_reply('LESSOR_BAD_ARG submit: 14 values per run, got ' .. #ARGV)
+end
+for i = 1, #ARGV, 14 do
+  local err = refuse('submit', bad_ns(ARGV[i]), bad_id('run', ARGV[i + 1]), bad_id('task', ARGV[i + 2]),
+    bad_id('queue', ARGV[i + 3]), bad_bytes('inputs', ARGV[i + 4], 65536), bad_text('idempotency key', ARGV[i + 5], 256),
+    bad_int('system retries', ARGV[i + 6], 0, 1000), bad_int('user retries', ARGV[i + 7], 0, 1000),
+    bad_int('backoff_ms', ARGV[i + 8], 0, 86400000), bad_int('priority', ARGV[i + 9], -1000, 1000),
+    bad_int('timeout_ms', ARGV[i + 10], 0, 31622400000), bad_text('cache key', ARGV[i + 11], 256),
+    bad_int('cache hit', ARGV[i + 12], 0, 1), bad_bytes('cached result', ARGV[i + 13], 65536))
+  if err then return err end
+end
 local out = {}
 for i = 1, #ARGV, 14 do
   local ns, run, task, queue = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]

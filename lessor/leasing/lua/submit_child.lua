@@ -14,10 +14,17 @@
 --@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
 local parent_ref, token, worker, child = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 -- Validate before any write: a token that is not an integer would write an undecodable event.
-if not string.match(token or '', '^%d+$') then
+if bad_token(token) then
   return redis.error_reply('LESSOR_BAD_ARG submit_child: token must be an integer, got ' .. tostring(token))
 end
 local ns, run, parent = split_ref(parent_ref)
+local err = refuse('submit_child', (not ns) and ('parent ref must be project/domain/run/action, got ' .. tostring(parent_ref)),
+  bad_id('worker', worker), bad_id('child action', child), bad_id('task', ARGV[5]), bad_bytes('inputs', ARGV[6], 65536),
+  bad_id('queue', ARGV[7]), bad_int('system retries', ARGV[8], 0, 1000), bad_int('user retries', ARGV[9], 0, 1000),
+  bad_int('backoff_ms', ARGV[10], 0, 86400000), bad_int('priority', ARGV[11], -1000, 1000),
+  bad_int('timeout_ms', ARGV[12], 0, 31622400000), bad_text('cache key', ARGV[13] or '', 256),
+  ARGV[14] and bad_bytes('cached result', ARGV[14], 65536))
+if err then return err end
 local ref = ns .. '/' .. run .. '/' .. child
 local h, code = fence(parent_ref, token, worker, 'submit', 'aborting')
 if code ~= 0 then return {code, tonumber(h.token)} end
