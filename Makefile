@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-heartbeat bench-eventlog bench-schedule bench-simulate bench-failover explore chaos clean
+.PHONY: demo test fuzz bench bench-heartbeat bench-eventlog bench-schedule bench-simulate bench-failover explore chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ bench-failover: $(STAMP)
 
 bench-simulate: $(STAMP)
 	$(BIN)/lessor bench simulate --scenarios 100 --actions 50 --workers 5 --faults 10
+
+## the boundary fuzz with 10,000 examples per test (make test runs 60)
+fuzz: $(STAMP)
+	LESSOR_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_boundary_fuzz.py
 
 ## a longer exploration than make test runs (several minutes)
 explore: $(STAMP)
