@@ -92,3 +92,7 @@ class NotDurable(StoreUnavailable):
 class ServerRefused(LessorError):
     """The server refused a call for a reason that retrying cannot fix (a bad argument, a missing
     ACL permission, a script error). The message names what and what to do."""
+
+
+class IdempotencyConflict(LessorError, ValueError):
+    """An idempotency key (or run id) was reused for a different request; nothing was submitted."""

@@ -131,3 +131,16 @@ async def test_a_raw_submit_with_a_poisonous_number_writes_nothing(backend):
     with pytest.raises(LessorError, match="LESSOR_BAD_ARG submit: timeout_ms must be an integer"):
         await backend.call("submit", [backend.keys(0).prefix], args)
     assert await EventLog(backend).read_all() == []
+
+
+async def test_an_idempotency_key_reused_for_another_request_is_a_conflict(backend):
+    from lessor.errors import IdempotencyConflict
+
+    client = Client(backend, None)
+    first = await client.submit_run("t", {"x": 1}, idempotency_key="order-42")
+    again = await client.submit_run("t", {"x": 1}, idempotency_key="order-42")
+    assert again.run_id == first.run_id and not again.created          # the same request: a repeat
+    for task, inputs in (("t", {"x": 2}), ("other", {"x": 1})):
+        with pytest.raises(IdempotencyConflict, match=f"order-42.*already names run proj/development/{first.run_id}"):
+            await client.submit_run(task, inputs, idempotency_key="order-42")
+    assert len(await EventLog(backend).read_all()) == 2                 # run_created + action_created, once

@@ -160,8 +160,10 @@ async def test_a_cache_hit_skips_execution(client, workers, tmp_path):
 
 async def test_idempotent_submit_returns_the_first_run(client):
     first = await client.submit_run("square", {"x": 3}, idempotency_key="order-42")
-    again = await client.submit_run("square", {"x": 999}, idempotency_key="order-42")
+    again = await client.submit_run("square", {"x": 3}, idempotency_key="order-42")
     assert first.created and not again.created and again.run_id == first.run_id
+    with pytest.raises(lessor.IdempotencyConflict):  # the same key for another request is an error
+        await client.submit_run("square", {"x": 999}, idempotency_key="order-42")
     assert len(await log_events(client, ev.RunCreated)) == 1
     page, cursor = await client.list_runs()
     assert [r.run_id for r in page] == [first.run_id] and cursor is None

@@ -14,7 +14,7 @@ import anyio
 
 from lessor.core.ids import check_id, check_namespace, new_run_id
 from lessor.core.limits import MAX_BACKOFF_MS, MAX_DURATION_S, MAX_RETRIES, check_int, check_text
-from lessor.errors import NotDurable
+from lessor.errors import IdempotencyConflict, NotDurable
 from lessor.leasing.backend import Backend
 
 
@@ -124,7 +124,16 @@ async def submit_runs(backend: Backend, specs: list[RunSpec]) -> list[Submitted]
             errors.append(exc)
             return
         for n, i in enumerate(indexes):
-            results[i] = Submitted(specs[i].namespace, reply[2 * n + 1].decode(), bool(reply[2 * n]))
+            code, run_id = int(reply[2 * n]), reply[2 * n + 1].decode()
+            if code == 2:
+                spec = specs[i]
+                what = f"idempotency key {spec.idempotency_key!r}" if spec.idempotency_key else f"run id {run_id!r}"
+                errors.append(IdempotencyConflict(
+                    f"{what} already names run {spec.namespace}/{run_id}, submitted with another task or other "
+                    f"inputs than this {spec.task!r} request: nothing was submitted. Use a new key for a new "
+                    f"request, or `lessor run show {spec.namespace}/{run_id}` to see the existing run"))
+                continue
+            results[i] = Submitted(specs[i].namespace, run_id, bool(code))
 
     async with anyio.create_task_group() as tg:
         for partition, indexes in groups.items():

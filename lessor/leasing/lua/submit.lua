@@ -6,7 +6,8 @@
     ns, run id, task, queue, inputs (bytes, may be ""), idempotency key (or ""),
     system retries, user retries, backoff_ms, priority, timeout_ms (0 = none),
     cache key (or ""), cache hit (1/0), cached result (bytes; "" unless a hit)
-  Returns: per run {1 created | 0 already existed, run id}, flattened
+  Returns: per run {1 created | 0 already existed (the same request) | 2 conflict: the run id
+    exists with another task or other inputs, run id}, flattened
   Events: run_created, action_created, (cache_hit, run_completed) ]]
 --@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
 local function opt(v) if v == '' then return nil end return v end
@@ -27,8 +28,15 @@ local out = {}
 for i = 1, #ARGV, 14 do
   local ns, run, task, queue = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local run_ref = ns .. '/' .. run
-  if redis.call('EXISTS', rkey(run_ref)) == 1 then
-    out[#out + 1], out[#out + 2] = 0, run
+  local existing = redis.call('HMGET', rkey(run_ref), 'phase', 'task', 'inputs')
+  if existing[1] then
+    -- The same run id again: the same request is a repeat (0); another task or other
+    -- inputs under the same id (an idempotency key reused) is a conflict (2).
+    if existing[2] ~= task or (existing[3] or '') ~= ARGV[i + 4] then
+      out[#out + 1], out[#out + 2] = 2, run
+    else
+      out[#out + 1], out[#out + 2] = 0, run
+    end
   else
     local inputs, priority, cache_key = opt(ARGV[i + 4]), ARGV[i + 9], opt(ARGV[i + 11])
     emit({type = 'run_created', ns = ns, run = run, task = task, queue = queue,
