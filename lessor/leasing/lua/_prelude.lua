@@ -238,14 +238,18 @@ local function lib()
   --   * floor: at least now_ms * 1024, so a token issued before a crash (at most
   --     1024 per ms) is below any token issued after it while the clock moves on;
   --   * epoch: when the server's epoch (run_id + master_replid) differs from the
-  --     one stored with the counter, jump by 2^30 as well, for clocks that did not
-  --     move (a virtual clock), moved back, or a failover to a server whose
-  --     counter is behind.
-  -- The remaining bound: a lost window (unsynced AOF tail, replication lag) may
-  -- have issued at most 2^30 (about 1.07e9) tokens in this partition beyond the
-  -- counter that survived, or tokens could repeat; and tokens stay exact
-  -- doubles while now_ms * 1024 + k * 2^30 < 2^53 (until the year 2248 for
-  -- k < 1000 epochs).
+  --     one stored with the counter, the counter jumps to max(counter, floor) +
+  --     2^24 * (1 + h), h = 16 bits of sha1(epoch). The jump covers clocks that
+  --     did not move (a virtual clock) or moved back, and a failover to a server
+  --     whose counter is behind. h differs per epoch, so two histories that
+  --     diverged from the same surviving counter (a lost window that made its
+  --     own epoch jump, then a rollback and another new epoch) jump to ranges
+  --     2^24 apart instead of the same one.
+  -- The remaining bound: tokens repeat only if a lost window (an unsynced AOF
+  -- tail, a replication lag) issued more than 2^24 (16.7 million) tokens in one
+  -- partition, or if two diverged histories' epochs share h (1 in 65,536).
+  -- Tokens stay exact doubles while below 2^53: each epoch moves the counter
+  -- at most 2^40 ahead of the clock floor, which catches up in about 12 days.
   -- Returns next() and save(): tokens are handed out in memory and the counter
   -- is written once per script call (an acquire grants many leases at once).
   local function token_source()
@@ -258,7 +262,10 @@ local function lib()
         if redis.call('EXISTS', EPOCH) == 0 then ensure_epoch() end
         local t = redis.call('HMGET', TOKENS, 'last', 'epoch')
         last = tonumber(t[1] or '0')
-        if t[2] ~= epoch then last = last + 1073741824 end
+        if t[2] ~= epoch then
+          local h = tonumber(string.sub(redis.sha1hex(epoch), 1, 4), 16)
+          last = math.max(last, NOW * 1024) + 16777216 * (1 + h)
+        end
       end
       last = math.max(last + 1, NOW * 1024)
       return last
@@ -282,8 +289,13 @@ local function lib()
     local key = akey(ref)
     local h = hget(key, 'phase', 'token', 'deadline_ms', 'grace_ms', '_ended', ...)
     if not h.phase then return h, 4 end
-    if h._ended == token .. ':' .. kind then return h, -1 end
-    if kind == 'complete' and h.phase == 'succeeded' and h.token == token then return h, -1 end
+    if h._ended == token .. ':' .. kind or (kind == 'complete' and h.phase == 'succeeded' and h.token == token) then
+      -- A repeat writes too: WAIT/WAITAOF cover the writes of their own connection up to
+      -- its last one, and the first try may have gone out on another connection. This
+      -- write comes after it in the replication stream, so waiting for it covers both.
+      redis.call('HINCRBY', key, '_repeats', 1)
+      return h, -1
+    end
     if h.phase == 'running' and h.token == token
         and NOW > tonumber(h.deadline_ms) + tonumber(h.grace_ms) and not ensure_epoch() then
       expire_lease(ref)
