@@ -57,10 +57,12 @@ async def test_server_refuses_malformed_event_bytes_and_writes_nothing(backend):
     assert await snapshot(backend) == before
 
 
-async def test_stream_entries_that_are_not_events_raise_the_named_error(backend):
+async def test_stream_entries_that_are_not_events_raise_the_named_error_in_strict_mode(backend):
     await backend.redis.xadd(backend.keys(0).stream, {"x": b"1"})
     with pytest.raises(EventDecodeError, match="not written by lessor"):
-        await EventLog(backend).read(0)
+        await EventLog(backend, strict=True).read(0)
+    log = EventLog(backend)
+    assert await log.read(0) == [] and "not written by lessor" in log.bad[0].why
 
 
 async def random_workload(backend, vclock, rng: random.Random, steps: int = 120) -> None:
@@ -152,3 +154,29 @@ async def test_restart_with_appendfsync_always_loses_no_acknowledged_event():
         assert {e.run for e in after} == set(acked)
         assert await verify(backend) == []
         await backend.redis.aclose()
+
+
+async def test_readers_skip_and_report_an_entry_that_does_not_decode(backend):
+    """Bad history (an older buggy version, a foreign client) never stops a reader."""
+    from lessor.errors import EventDecodeError
+    from lessor.leasing.eventlog import EventLog
+    from lessor.leasing.replay import replay, verify
+    from lessor.scheduler.submit import submit_run
+
+    await submit_run(backend, "t", namespace="proj/development", run_id="r1")
+    partition = backend.keys_for_run("proj/development", "r1").partition
+    stream = backend.keys(partition).stream
+    bad_id = (await backend.redis.xadd(stream, {"e": b"\xc1 not msgpack"})).decode()
+    await backend.redis.xadd(stream, {"other": b"x"})
+    await submit_run(backend, "t", namespace="proj/development", run_id="r1b")
+
+    log = EventLog(backend)
+    entries = await log.read_all()
+    assert {e.event.run for e in entries} == {"r1", "r1b"}          # everything else still reads
+    assert [b.entry_id for b in log.bad][0] == bad_id and len(log.bad) == 2
+    world = await replay(backend)
+    assert "proj/development/r1/a0" in world.actions and len(world.bad_entries) == 2
+    diffs = await verify(backend)
+    assert [d.field for d in diffs] == [f"entry {b.entry_id}" for b in log.bad]   # listed, not hidden
+    with pytest.raises(EventDecodeError):
+        await EventLog(backend, strict=True).read_all()

@@ -231,6 +231,7 @@ class World:
         self.runs: dict[str, RunState] = {}
         self.actions: dict[str, ActionState] = {}
         self.events = 0
+        self.bad_entries: list = []   # log entries a reader could not decode (skipped, reported)
 
     def apply(self, event: ev.Event) -> None:
         """Fold one event in (IllegalTransition if the log breaks the table)."""

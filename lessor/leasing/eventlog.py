@@ -10,6 +10,7 @@ Lua script, and the scripts live in leasing.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import AsyncIterator, Sequence
 
@@ -23,6 +24,19 @@ from lessor.leasing.backend import Backend
 from lessor.leasing.outage import Outage, is_transient
 
 READ_BATCH = 1000
+log = logging.getLogger("lessor.eventlog")
+
+
+@dataclass(frozen=True)
+class BadEntry:
+    """A stream entry that does not decode (an older buggy version, a foreign client): skipped, kept here."""
+
+    partition: int
+    entry_id: str
+    why: str
+
+    def __str__(self) -> str:
+        return f"partition {self.partition} entry {self.entry_id}: {self.why}"
 
 
 @dataclass(frozen=True)
@@ -34,10 +48,29 @@ class LogEntry:
 
 
 class EventLog:
-    """Read and append the per-partition streams of one backend."""
+    """Read and append the per-partition streams of one backend.
 
-    def __init__(self, backend: Backend) -> None:
+    Readers survive bad history: an entry that does not decode is logged once
+    (stream, id, why), kept in ``bad``, and skipped, so one poisoned entry
+    cannot stop ``events``, ``replay``, a follower or a watcher. With
+    ``strict=True`` it raises EventDecodeError instead.
+    """
+
+    def __init__(self, backend: Backend, *, strict: bool = False) -> None:
         self.backend = backend
+        self.strict = strict
+        self.bad: list[BadEntry] = []
+
+    def _decode(self, partition: int, row) -> Event | None:
+        try:
+            return _decode_row(row)
+        except EventDecodeError as exc:
+            if self.strict:
+                raise
+            bad = BadEntry(partition, row[0].decode(), str(exc))
+            self.bad.append(bad)
+            log.warning("skipped an undecodable event log entry: %s", bad)
+            return None
 
     async def append(self, events: Sequence[Event]) -> list[str]:
         """Append events of one run atomically (all or none); returns stream ids.
@@ -61,7 +94,7 @@ class EventLog:
         """Events of one partition between two stream ids (inclusive)."""
         stream = self.backend.keys(partition).stream
         rows = await self.backend.redis.xrange(stream, start, end, count=count)
-        return [_decode_row(row) for row in rows]
+        return [e for e in (self._decode(partition, row) for row in rows) if e is not None]
 
     async def scan(self, partition: int) -> AsyncIterator[Event]:
         """Every event of one partition in order, read in batches."""
@@ -69,7 +102,9 @@ class EventLog:
         while True:
             rows = await self.backend.redis.xrange(self.backend.keys(partition).stream, start, "+", count=READ_BATCH)
             for row in rows:
-                yield _decode_row(row)
+                event = self._decode(partition, row)
+                if event is not None:
+                    yield event
             if len(rows) < READ_BATCH:
                 return
             start = "(" + rows[-1][0].decode()
@@ -126,7 +161,9 @@ class EventLog:
                 p = streams[stream.decode() if isinstance(stream, bytes) else stream]
                 for row in rows:
                     last[p] = row[0].decode()
-                    yield LogEntry(p, _decode_row(row))
+                    event = self._decode(p, row)
+                    if event is not None:
+                        yield LogEntry(p, event)
 
 
     async def _start_ids(self, from_ids: dict[int, str] | None, outage: Outage | None) -> dict[int, str]:

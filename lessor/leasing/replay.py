@@ -34,12 +34,17 @@ class Difference:
 
 
 async def replay(backend: Backend) -> World:
-    """Fold every event of every partition (IllegalTransition if the log breaks the table)."""
+    """Fold every event of every partition (IllegalTransition if the log breaks the table).
+
+    Entries that do not decode are skipped and listed in ``world.bad_entries``
+    (``verify`` reports each as a difference).
+    """
     world = World()
     log = EventLog(backend)
     for p in range(backend.partitions):
         async for event in log.scan(p):
             world.apply(event)
+    world.bad_entries = list(log.bad)
     return world
 
 
@@ -68,7 +73,8 @@ def _compare(key: str, expected: dict, live: dict) -> list[Difference]:
 async def verify(backend: Backend, world: World | None = None) -> list[Difference]:
     """Every difference between the fold of the log and the live projection (empty = equal)."""
     world = world or await replay(backend)
-    diffs: list[Difference] = []
+    diffs: list[Difference] = [Difference(backend.keys(b.partition).stream, f"entry {b.entry_id}", "decodes", b.why)
+                               for b in world.bad_entries]
     expected_keys = set()
     for ref, state in world.actions.items():
         key = backend.keys_for_ref(ref).action(ref)
