@@ -142,8 +142,13 @@ local function lib()
     if nxt == nil then
       error('lessor bug: illegal transition ' .. tostring(cur) .. ' --' .. ev.type .. '--> ? for ' .. key)
     end
-    local id = redis.call('XADD', STREAM, '*', 'e', cmsgpack.pack(ev))
-    local fields = ON[ev.type](key, ev)
+    -- Everything that can fail is resolved before the first write: a missing handler
+    -- must not leave an event in the stream without its state change.
+    local handler = ON[ev.type]
+    if handler == nil then error('lessor bug: no projection handler for ' .. ev.type) end
+    local packed = cmsgpack.pack(ev)
+    local id = redis.call('XADD', STREAM, '*', 'e', packed)
+    local fields = handler(key, ev)
     fields[#fields + 1], fields[#fields + 2] = 'phase', nxt
     redis.call('HSET', key, unpack(fields))
     if ev.action == 'a0' and TERMINAL[nxt] and ev.type ~= 'report_rejected' then
