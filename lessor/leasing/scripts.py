@@ -46,7 +46,7 @@ _VIRTUAL_CLOCK = f"""local function now_ms()
 end"""
 
 
-_LIB_NAMES = ("bad_token", "bad_int", "bad_id", "bad_ns", "bad_text", "bad_bytes", "refuse", "SAFE_INT", "ensure_epoch", "ended", "emit", "enqueue", "reject", "expire_lease", "token_source", "fence", "split_ref",
+_LIB_NAMES = ("abort_actions", "bad_token", "bad_int", "bad_id", "bad_ns", "bad_text", "bad_bytes", "refuse", "SAFE_INT", "ensure_epoch", "ended", "emit", "enqueue", "reject", "expire_lease", "token_source", "fence", "split_ref",
               "end_lease", "hget", "rkey", "qkey", "TERMINAL", "is_run_event", "ON", "ACTION_T", "RUN_T",
               "STREAM", "LEASES", "DELAYED", "TIMEOUTS")
 # Scripts that need more than the renewal hot path say so with a --@@USES_LIB@@ line,

@@ -132,6 +132,8 @@ local function lib()
     return nxt, key, cur
   end
 
+  local abort_actions, abort_descendants  -- defined after emit (they emit, and emit calls them)
+
   -- Append the event and update its projection. Returns the stream id.
   -- ``cur``: the subject's current phase if the caller just read it (optional).
   local function emit(ev, cur)
@@ -151,10 +153,54 @@ local function lib()
     local fields = handler(key, ev)
     fields[#fields + 1], fields[#fields + 2] = 'phase', nxt
     redis.call('HSET', key, unpack(fields))
-    if ev.action == 'a0' and TERMINAL[nxt] and ev.type ~= 'report_rejected' then
-      emit({type = 'run_completed', ns = ev.ns, run = ev.run, phase = nxt}, 'running')
+    if TERMINAL[nxt] and not TERMINAL[cur] and ev.action ~= nil and ev.action ~= '' then
+      if ev.action == 'a0' then
+        emit({type = 'run_completed', ns = ev.ns, run = ev.run, phase = nxt}, 'running')
+      end
+      -- Structured concurrency: an action that ends takes its live descendants with it
+      -- (the root: every action of the run), so no child outlives its parent's deadline.
+      abort_descendants(ev.ns, ev.run, ev.action, nxt)
     end
     return id
+  end
+
+  -- Abort live actions of a run: the given refs (action ids), or all of the run's.
+  -- Queued ones become aborted now; running ones are marked and hear it from their
+  -- next renewal. Returns {aborted now, abort requested}.
+  abort_actions = function(ns, run, actions, reason)
+    local run_ref = ns .. '/' .. run
+    if actions == nil then
+      actions = redis.call('SMEMBERS', PREFIX .. 'ra:' .. run_ref)
+      table.insert(actions, 1, 'a0')
+    end
+    local now_aborted, requested = 0, 0
+    for _, action in ipairs(actions) do
+      local ref = run_ref .. '/' .. action
+      local h = redis.call('HMGET', akey(ref), 'phase', 'aborting', 'queue')
+      if h[1] == 'queued' then
+        redis.call('ZREM', qkey(ns, h[3]), ref)
+        redis.call('ZREM', DELAYED, ref)
+        emit({type = 'action_aborted', ns = ns, run = run, action = action, reason = reason})
+        now_aborted = now_aborted + 1
+      elseif h[1] == 'running' and h[2] ~= '1' then
+        emit({type = 'abort_requested', ns = ns, run = run, action = action, reason = reason})
+        requested = requested + 1
+      end
+    end
+    return {now_aborted, requested}
+  end
+
+  -- The live descendants of an action that just ended (children are kept per parent).
+  abort_descendants = function(ns, run, action, phase)
+    local children
+    if action == 'a0' then
+      children = redis.call('SMEMBERS', PREFIX .. 'ra:' .. ns .. '/' .. run)
+    else
+      children = redis.call('SMEMBERS', PREFIX .. 'ch:' .. ns .. '/' .. run .. '/' .. action)
+    end
+    if #children > 0 then
+      abort_actions(ns, run, children, 'parent ' .. action .. ' ended (' .. phase .. ') before this action')
+    end
   end
 
   -- Put a queued action on its queue (priority first, then FIFO).
@@ -389,6 +435,6 @@ local function lib()
     redis.call('ZREM', LEASES, ref)
     if timeout_ms ~= '0' then redis.call('ZREM', TIMEOUTS, ref) end
   end
-  lib_ = {bad_token = bad_token, bad_int = bad_int, bad_id = bad_id, bad_ns = bad_ns, bad_text = bad_text, bad_bytes = bad_bytes, refuse = refuse, SAFE_INT = SAFE_INT, ensure_epoch = ensure_epoch, ended = ended, server_epoch = server_epoch, STREAM = STREAM, LEASES = LEASES, DELAYED = DELAYED, TIMEOUTS = TIMEOUTS, emit = emit, enqueue = enqueue, reject = reject, expire_lease = expire_lease, token_source = token_source, fence = fence, split_ref = split_ref, end_lease = end_lease, hget = hget, rkey = rkey, qkey = qkey, nz = nz, is_run_event = is_run_event, ON = ON, ACTION_T = ACTION_T, RUN_T = RUN_T, TERMINAL = TERMINAL}
+  lib_ = {abort_actions = abort_actions, bad_token = bad_token, bad_int = bad_int, bad_id = bad_id, bad_ns = bad_ns, bad_text = bad_text, bad_bytes = bad_bytes, refuse = refuse, SAFE_INT = SAFE_INT, ensure_epoch = ensure_epoch, ended = ended, server_epoch = server_epoch, STREAM = STREAM, LEASES = LEASES, DELAYED = DELAYED, TIMEOUTS = TIMEOUTS, emit = emit, enqueue = enqueue, reject = reject, expire_lease = expire_lease, token_source = token_source, fence = fence, split_ref = split_ref, end_lease = end_lease, hget = hget, rkey = rkey, qkey = qkey, nz = nz, is_run_event = is_run_event, ON = ON, ACTION_T = ACTION_T, RUN_T = RUN_T, TERMINAL = TERMINAL}
   return lib_
 end

@@ -38,6 +38,7 @@ emit({type = 'action_created', ns = ns, run = run, action = child, task = ARGV[5
   sys_retries = tonumber(ARGV[8]), user_retries = tonumber(ARGV[9]), backoff_ms = tonumber(ARGV[10]),
   priority = tonumber(ARGV[11]), timeout_ms = tonumber(ARGV[12]), cache_key = opt(ARGV[13])})
 redis.call('SADD', PREFIX .. 'ra:' .. ns .. '/' .. run, child)
+redis.call('SADD', PREFIX .. 'ch:' .. parent_ref, child)   -- so a parent that ends can abort it
 if ARGV[14] ~= nil then
   emit({type = 'cache_hit', ns = ns, run = run, action = child, cache_key = ARGV[13], result = ARGV[14]})
 else
