@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from typing import Any
@@ -28,6 +29,14 @@ NS_HELP = "project/domain the run lives in (default: proj/development)"
 def _add_url(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redis-url", metavar="URL",
                    help="the shared server (default: $LESSOR_REDIS_URL; start one with `lessor server`)")
+
+
+def _add_durability(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--durability", default=os.environ.get("LESSOR_DURABILITY", "memory"),
+                   metavar="MODE",
+                   help="when a write counts as acknowledged: memory (default), fsync (WAITAOF: on the "
+                        "server's disk), replicas:N (WAIT: on N replicas) or fsync+replicas:N "
+                        "(default: $LESSOR_DURABILITY or memory)")
 
 
 def shared_url(args: argparse.Namespace) -> str:
@@ -79,6 +88,7 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--namespace", default="proj/development", help=NS_HELP)
     p.add_argument("--queue", default="default", help="queue the root action waits on (default: default)")
     p.add_argument("--idempotency-key", help="a repeated key returns the first run; nothing is submitted twice")
+    _add_durability(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("runs", help="list runs of a namespace, newest first")
@@ -120,6 +130,10 @@ def _add_process_commands(sub) -> None:
     p.add_argument("--margin-ms", type=int,
                    help="self-fence this long before ttl + grace runs out (default: 10%% of ttl + grace)")
     p.add_argument("--drain-s", type=float, default=10.0, help="time running actions get on shutdown")
+    _add_durability(p)
+    p.add_argument("--no-reap", action="store_true",
+                   help="do not reap (by default every worker reaps, one pass per partition per interval "
+                        "across the fleet, so leases expire while any worker lives)")
     p.add_argument("--otel", choices=["console", "otlp"], help="turn on OpenTelemetry")
     p.add_argument("--truth-log", metavar="PATH",
                    help="append one JSON line per attempt: when it really ran (evidence for `lessor chaos`)")
@@ -145,6 +159,7 @@ def _add_process_commands(sub) -> None:
     _add_url(p)
     p.add_argument("--interval-ms", type=int, default=200, help="time between passes (default 200)")
     p.add_argument("--limit", type=int, default=500, help="leases per script call (bounded batches)")
+    _add_durability(p)
     p.add_argument("--otel", choices=["console", "otlp"], help="turn on OpenTelemetry")
 
 
@@ -188,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="AOF fsync policy (default everysec: at most ~1 s of writes lost on a crash)")
     p.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (default: a free one)")
     p.add_argument("--dir", help="data dir to keep (default: a temp dir removed on exit)")
+    p.add_argument("--on-crash", choices=["restart", "exit"], default="restart",
+                   help="when valkey-server dies by itself: restart it on the same dir, port and socket (it "
+                        "reloads its AOF; clients reconnect to the same URL), or exit non-zero at once "
+                        "(default restart)")
+    p.add_argument("--max-crashes", type=int, default=5, metavar="N",
+                   help="with --on-crash restart: exit non-zero at the N-th crash within 60 s (default 5)")
 
     _add_log_commands(sub)
     _add_run_commands(sub)
@@ -226,16 +247,28 @@ def _interrupt(signum, frame) -> None:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from lessor.server import EmbeddedServer
+    """Run the server in the foreground and watch it: it never sits up silently with a dead child.
 
-    server = EmbeddedServer(appendfsync=args.appendfsync, port=args.port, workdir=args.dir)
+    A child that dies by itself is restarted on the same dir, port and socket (or, with
+    --on-crash exit, ends the command with exit code 3), one stderr line each; SIGTERM or
+    Ctrl-C stops the child and exits 0. The child has its own process group, so a
+    terminal's Ctrl-C reaches only this process and is never mistaken for a crash.
+    """
+    from lessor.server import EmbeddedServer, supervise
+
+    if args.max_crashes < 1:
+        raise ValueError(f"--max-crashes must be at least 1, got {args.max_crashes}")
+    server = EmbeddedServer(appendfsync=args.appendfsync, port=args.port, workdir=args.dir,
+                            own_process_group=True)
     with server:
-        print(f"lessor server (valkey) ready, appendfsync={args.appendfsync}", flush=True)
+        print(f"lessor server (valkey) ready, appendfsync={args.appendfsync}, on crash: {args.on_crash}",
+              flush=True)
         print(f"  export LESSOR_REDIS_URL={server.url}", flush=True)
-        print(f"  tcp: {server.tcp_url}   data: {server.workdir}   (Ctrl-C to stop)", flush=True)
+        print(f"  tcp: {server.tcp_url}   data: {server.workdir}   log: {server.log_path}   (Ctrl-C to stop)",
+              flush=True)
         signal.signal(signal.SIGTERM, _interrupt)
         try:
-            signal.pause()
+            supervise(server, on_crash=args.on_crash, max_crashes=args.max_crashes)
         except KeyboardInterrupt:
             pass
     return 0
@@ -342,7 +375,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise ValueError(f"--inputs must be JSON ({exc}); e.g. --inputs '{{\"uri\": \"s3://b/k\"}}'") from None
 
     async def run() -> None:
-        async with open_backend(shared_url(args)) as backend:
+        async with open_backend(shared_url(args), durability=args.durability) as backend:
             s = await submit_run(backend, args.task, inputs=pack_value(inputs), namespace=args.namespace,
                                  queue=args.queue, idempotency_key=args.idempotency_key)
         if args.json:
@@ -371,9 +404,10 @@ def cmd_reaper(args: argparse.Namespace) -> int:
     telemetry.setup(args.otel)
 
     async def run() -> None:
-        async with open_backend(shared_url(args)) as backend:
-            print(f"reaper on {backend.url}: every {args.interval_ms} ms, {args.limit} per batch", flush=True)
-            await Reaper(backend, limit=args.limit, interval_ms=args.interval_ms).run(on_pass=report)
+        async with open_backend(shared_url(args), durability=args.durability) as backend:
+            print(f"reaper on {backend.url}: every {args.interval_ms} ms, {args.limit} per batch, "
+                  f"durability {backend.durability}", flush=True)
+            await Reaper(backend, limit=args.limit, interval_ms=args.interval_ms, shared=True).run(on_pass=report)
 
     anyio.run(run)
     return 0

@@ -1,13 +1,16 @@
-"""Test fixtures: one real server for the session (embedded, or $LESSOR_REDIS_URL).
+"""Test fixtures: one real server for the session (embedded, or $LESSOR_TEST_REDIS_URL).
 
 No fakes, no mocks: every test talks to a real Valkey/Redis and runs the real
-Lua. Before each test the database is flushed (so with LESSOR_REDIS_URL, point
-it at a server whose data you do not need).
+Lua. Before each test the database is flushed (so with LESSOR_TEST_REDIS_URL,
+point it at a server whose data you do not need). The suite reads only
+LESSOR_TEST_REDIS_URL and removes LESSOR_REDIS_URL from its environment: a user's
+everyday server is never used, let alone flushed.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import redis
@@ -18,11 +21,27 @@ from lessor.server import EmbeddedServer
 
 PARTITIONS = 4
 
+# `from tests.servers import ...` (and tests.conftest, tests.app) must work under `.venv/bin/pytest`
+# too, not only `python -m pytest`, which puts the current directory on sys.path.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def pytest_configure(config):
+    # Never inherit the user's LESSOR_REDIS_URL. Every lessor entry point (lessor.connect(),
+    # open_backend(), each `lessor` command and the subprocesses tests start) falls back to it,
+    # so a test that means "a private embedded server" would otherwise write to, and the
+    # `flushed` fixture FLUSHALL, the user's real server. The suite's server is named by
+    # LESSOR_TEST_REDIS_URL only (see server_url); tests pass URLs explicitly.
+    os.environ.pop("LESSOR_REDIS_URL", None)
+
 
 @pytest.fixture(scope="session")
 def server_url():
-    """URL of the session's server; the embedded one is stopped at the end."""
-    url = os.environ.get("LESSOR_REDIS_URL")
+    """URL of the session's server: $LESSOR_TEST_REDIS_URL (flushed before each test), else an
+    embedded one, stopped at the end. $LESSOR_REDIS_URL is never read (see pytest_configure)."""
+    url = os.environ.get("LESSOR_TEST_REDIS_URL")
     if url:
         yield url
         return

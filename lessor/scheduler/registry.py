@@ -14,6 +14,18 @@
 A task receives its inputs as keyword arguments (a dict), positional ones (a
 list), one argument (anything else) or none. Its return value is the output.
 
+Where a task runs (``executor``):
+- ``async`` (an ``async def``): in the worker's event loop; cancelled at its next await.
+- ``process`` (the default for a plain ``def``): in a child process of a pool
+  sized to the worker's concurrency. When its lease is fenced, aborted or timed
+  out, or the worker shuts down, that process is killed (and replaced), so a
+  sync task can always be stopped (guarantee 2). Its function must be importable
+  (module level) and its inputs and output picklable; it gets a ``SyncContext``
+  (ids, attempt, token, output prefix) and cannot spawn children.
+- ``thread`` (opt in: ``@registry.task(executor="thread")``): in a thread. A thread
+  cannot be killed: when its lease is lost its result is dropped, but the code
+  runs on to its end. Use it only for short tasks that must share memory.
+
 Fencing your own side effects: ``ctx.token`` is the attempt's fencing token. It
 strictly increases across attempts of an action, so an external write can be
 made conditional on it and a stale attempt can never overwrite a newer one:
@@ -32,8 +44,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import anyio
+import anyio.to_process
 
-from lessor.errors import LessorError
+from lessor.errors import ConfigError, LessorError
 
 if TYPE_CHECKING:
     from lessor.scheduler.worker import Worker
@@ -52,19 +65,39 @@ class ChildFailed(LessorError):
     """A child action ended in a phase other than succeeded."""
 
 
+EXECUTORS = ("async", "process", "thread")
+
+
 class Registry:
-    """Tasks by name."""
+    """Tasks by name, each with the executor it runs in."""
 
     def __init__(self) -> None:
         self.tasks: dict[str, TaskFn] = {}
+        self.executors: dict[str, str] = {}
 
-    def task(self, fn: TaskFn | None = None, *, name: str | None = None):
-        """Register ``fn`` under ``name`` (default: its ``__name__``). Usable as a decorator."""
+    def task(self, fn: TaskFn | None = None, *, name: str | None = None, executor: str | None = None):
+        """Register ``fn`` under ``name`` (default: its ``__name__``). Usable as a decorator.
+
+        ``executor``: ``async`` for an ``async def`` (the default there); for a plain
+        ``def``, ``process`` (the default: killable) or ``thread`` (cannot be stopped).
+        Raises ConfigError for a mismatch.
+        """
         def register(f: TaskFn) -> TaskFn:
+            is_async = inspect.iscoroutinefunction(f)
+            chosen = executor or ("async" if is_async else "process")
+            if chosen not in EXECUTORS or (chosen == "async") != is_async:
+                raise ConfigError(f"task {name or f.__name__}: executor {chosen!r} does not fit a "
+                                  f"{'coroutine' if is_async else 'plain'} function; use "
+                                  f"{'async' if is_async else 'process (default) or thread'}")
             self.tasks[name or f.__name__] = f
+            self.executors[name or f.__name__] = chosen
             return f
 
         return register(fn) if fn is not None else register
+
+    def executor(self, name: str) -> str:
+        """How task ``name`` runs: async, process or thread."""
+        return self.executors.get(name, "async")
 
     def get(self, name: str) -> TaskFn:
         """The task called ``name``; UnknownTask naming the known ones otherwise."""
@@ -76,8 +109,33 @@ class Registry:
                               "start a worker with the right --app") from None
 
 
-async def invoke(fn: TaskFn, ctx: "TaskContext", inputs: Any) -> Any:
-    """Call a task with its inputs spread as its signature expects (sync tasks run in a thread)."""
+@dataclass(frozen=True)
+class SyncContext:
+    """What a sync (process) task knows about its attempt: picklable, no children."""
+
+    namespace: str
+    run_id: str
+    action_id: str
+    attempt: int
+    token: int
+    worker_id: str
+
+    @property
+    def output_prefix(self) -> str:
+        return f"{self.namespace}/{self.run_id}/{self.action_id}/attempt-{self.attempt}"
+
+
+def _call_in_process(fn: TaskFn, ctx: SyncContext, args: tuple, kwargs: dict) -> Any:
+    return fn(ctx, *args, **kwargs)
+
+
+async def invoke(fn: TaskFn, ctx: "TaskContext", inputs: Any, executor: str = "async",
+                 limiter: anyio.CapacityLimiter | None = None) -> Any:
+    """Call a task with its inputs spread as its signature expects, in its executor.
+
+    ``process``: a pooled child process, killed if this call is cancelled
+    (``limiter`` bounds the pool). ``thread``: a thread (not killable).
+    """
     if isinstance(inputs, dict):
         args, kwargs = (), inputs
     elif isinstance(inputs, list):
@@ -88,7 +146,11 @@ async def invoke(fn: TaskFn, ctx: "TaskContext", inputs: Any) -> Any:
         args, kwargs = (inputs,), {}
     if inspect.iscoroutinefunction(fn):
         return await fn(ctx, *args, **kwargs)
-    return await anyio.to_thread.run_sync(lambda: fn(ctx, *args, **kwargs))
+    if executor == "thread":
+        return await anyio.to_thread.run_sync(lambda: fn(ctx, *args, **kwargs))
+    sync_ctx = SyncContext(ctx.namespace, ctx.run_id, ctx.action_id, ctx.attempt, ctx.token, ctx.worker_id)
+    return await anyio.to_process.run_sync(_call_in_process, fn, sync_ctx, args, kwargs,
+                                           cancellable=True, limiter=limiter)
 
 
 @dataclass

@@ -190,6 +190,8 @@ class Worker:
         self._stopping = anyio.Event()
         self._shutting_down: set[str] = set()
         self.counts: dict[str, int] = defaultdict(int)
+        # Sync tasks run in killable child processes, at most one per slot.
+        self._processes = anyio.CapacityLimiter(self.config.concurrency)
         # Evidence for live chaos checkers: when each attempt really ran (wall clock, ms).
         self.on_attempt = on_attempt
 
@@ -311,7 +313,7 @@ class Worker:
             return Outcome(error=str(exc) if isinstance(exc, UnknownTask) else f"undecodable inputs: {exc}",
                            retryable=False)
         try:
-            result = await invoke(fn, ctx, inputs)
+            result = await invoke(fn, ctx, inputs, self.registry.executor(lease.task), self._processes)
         except (StaleToken, ActionAborted) as exc:
             # A child submission was refused: this attempt no longer owns the action (or
             # it is being aborted). Stop as the keeper would have: fence, drop the result.

@@ -1,0 +1,121 @@
+"""Every task can be stopped: a plain ``def`` task runs in a killable child process.
+
+Before: sync tasks ran in threads; a timed-out or aborted one kept its slot and
+its computation, and could commit a stale result after a new owner started.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import anyio
+import pytest
+
+from lessor.errors import ConfigError
+from lessor.leasing.config import LeaseConfig
+from lessor.scheduler.control import abort_run
+from lessor.scheduler.query import get_action
+from lessor.scheduler.registry import Registry
+from lessor.scheduler.submit import Retries, submit_run
+from lessor.scheduler.values import pack_value
+from lessor.scheduler.worker import Worker, WorkerConfig
+
+pytestmark = pytest.mark.anyio
+NS, QUEUE = "proj/development", "sync"
+
+
+def spin(ctx, path: str) -> str:
+    """A sync task that never yields: it writes its pid, then burns CPU forever."""
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    while True:
+        time.sleep(0.01)
+
+
+def add(ctx, a: int, b: int) -> dict:
+    return {"sum": a + b, "token": ctx.token, "pid": os.getpid()}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def registry() -> Registry:
+    r = Registry()
+    r.task(spin)
+    r.task(add)
+    return r
+
+
+async def until(predicate, timeout_s: float = 30.0) -> None:
+    with anyio.fail_after(timeout_s):
+        while not await predicate():
+            await anyio.sleep(0.05)
+
+
+def test_executors_are_checked_when_a_task_is_registered():
+    r = Registry()
+    r.task(add)
+    assert r.executor("add") == "process"
+    r.task(add, name="add_t", executor="thread")
+    assert r.executor("add_t") == "thread"
+    with pytest.raises(ConfigError, match="does not fit a plain function"):
+        r.task(add, name="x", executor="async")
+
+
+@pytest.mark.parametrize("stop", ["abort", "timeout"])
+async def test_an_aborted_or_timed_out_sync_task_has_its_process_killed_and_its_slot_freed(backend, tmp_path, stop):
+    path = str(tmp_path / "pid")
+    worker = Worker(backend, registry(), WorkerConfig(queue=QUEUE, namespace=NS, concurrency=1, worker_id="w1",
+                                                      lease=LeaseConfig(ttl_ms=1500, grace_ms=500),
+                                                      reap_interval_ms=100))
+    run = await submit_run(backend, "spin", namespace=NS, queue=QUEUE, inputs=pack_value({"path": path}),
+                           timeout_ms=1500 if stop == "timeout" else 0, retries=Retries(user=0))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        await until(lambda: _exists(path))
+        pid = int(open(path).read())
+        if stop == "abort":
+            await abort_run(backend, NS, run.run_id, "stop the spinning task")
+        await until(lambda: _gone(pid))                          # the process was killed
+        await until(lambda: _free(worker))                      # and the slot is free again
+        done = await get_action(backend, NS, run.run_id, "a0")
+        second = await submit_run(backend, "add", namespace=NS, queue=QUEUE, inputs=pack_value({"a": 2, "b": 3}))
+        await until(lambda: _succeeded(backend, second.run_id))  # the worker goes on working
+        worker.stop()
+    assert done.phase.value == ("aborted" if stop == "abort" else "timed_out")
+
+
+async def _exists(path: str) -> bool:
+    return os.path.exists(path) and os.path.getsize(path) > 0
+
+
+async def _gone(pid: int) -> bool:
+    return not alive(pid)
+
+
+async def _free(worker: Worker) -> bool:
+    return worker.statistics().running == 0
+
+
+async def _succeeded(backend, run_id: str) -> bool:
+    return (await get_action(backend, NS, run_id, "a0")).phase.value == "succeeded"
+
+
+async def test_a_sync_task_runs_in_another_process_with_its_context(backend):
+    worker = Worker(backend, registry(), WorkerConfig(queue=QUEUE, namespace=NS, concurrency=2, worker_id="w1"))
+    run = await submit_run(backend, "add", namespace=NS, queue=QUEUE, inputs=pack_value({"a": 2, "b": 3}))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        await until(lambda: _succeeded(backend, run.run_id))
+        worker.stop()
+    info = await get_action(backend, NS, run.run_id, "a0")
+    from lessor.scheduler.values import unpack_value
+
+    out = unpack_value(info.result) if isinstance(info.result, bytes) else info.result
+    assert out["sum"] == 5 and out["pid"] != os.getpid() and out["token"] > 0
