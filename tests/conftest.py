@@ -43,10 +43,31 @@ def server_url():
     embedded one, stopped at the end. $LESSOR_REDIS_URL is never read (see pytest_configure)."""
     url = os.environ.get("LESSOR_TEST_REDIS_URL")
     if url:
+        refuse_foreign_data(url)
         yield url
         return
     with EmbeddedServer() as server:
         yield server.url
+
+
+TEST_MARK = "lessor-test:owned"
+
+
+def refuse_foreign_data(url: str) -> None:
+    """Stop the session before any FLUSHALL if the server holds data this suite did not create.
+
+    The suite marks a server it flushed (TEST_MARK, kept across its own flushes
+    by the `flushed` fixture); a server with other keys and no mark may be
+    someone's real data, and is left alone.
+    """
+    client = redis.Redis.from_url(url)
+    try:
+        if client.dbsize() and not client.exists(TEST_MARK):
+            pytest.exit(f"LESSOR_TEST_REDIS_URL={url} holds {client.dbsize()} keys this test suite did not "
+                        f"create; refusing to FLUSHALL it. Point it at an empty server (or run "
+                        f"`SET {TEST_MARK} 1` there to hand it to the suite)", returncode=3)
+    finally:
+        client.close()
 
 
 @pytest.fixture
@@ -59,6 +80,7 @@ def flushed(server_url):
     """The server, emptied before the test."""
     client = redis.Redis.from_url(server_url)
     client.flushall()
+    client.set(TEST_MARK, 1)  # this server is the suite's now (refuse_foreign_data)
     client.close()
     return server_url
 

@@ -23,8 +23,9 @@ Where a task runs (``executor``):
   (module level) and its inputs and output picklable; it gets a ``SyncContext``
   (ids, attempt, token, output prefix) and cannot spawn children.
 - ``thread`` (opt in: ``@registry.task(executor="thread")``): in a thread. A thread
-  cannot be killed: when its lease is lost its result is dropped, but the code
-  runs on to its end. Use it only for short tasks that must share memory.
+  cannot be killed: when its lease is lost (or the worker shuts down) its slot is
+  freed and its result dropped, but the code runs on to its end, unaccounted for.
+  Use it only for short tasks that must share memory.
 
 Fencing your own side effects: ``ctx.token`` is the attempt's fencing token. It
 strictly increases across attempts of an action, so an external write can be
@@ -147,7 +148,9 @@ async def invoke(fn: TaskFn, ctx: "TaskContext", inputs: Any, executor: str = "a
     if inspect.iscoroutinefunction(fn):
         return await fn(ctx, *args, **kwargs)
     if executor == "thread":
-        return await anyio.to_thread.run_sync(lambda: fn(ctx, *args, **kwargs))
+        # Abandoned on cancel: the worker (and its shutdown) never waits on a thread it
+        # cannot stop; the thread's result is dropped. See the module docstring.
+        return await anyio.to_thread.run_sync(lambda: fn(ctx, *args, **kwargs), abandon_on_cancel=True)
     sync_ctx = SyncContext(ctx.namespace, ctx.run_id, ctx.action_id, ctx.attempt, ctx.token, ctx.worker_id)
     return await anyio.to_process.run_sync(_call_in_process, fn, sync_ctx, args, kwargs,
                                            cancellable=True, limiter=limiter)
