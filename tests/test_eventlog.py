@@ -110,10 +110,10 @@ async def test_verify_reports_every_difference(vbackend):
     a_key = next(iter([k async for k in vbackend.redis.scan_iter(match="lessor:{*}:a:*")]))
     other = b"failed" if await vbackend.redis.hget(a_key, "phase") != b"failed" else b"succeeded"
     await vbackend.redis.hset(a_key, mapping={"phase": other, "attempt": 42})
-    await vbackend.redis.hset("lessor:{p0}:a:proj/development/ghost/a0", "phase", "queued")
+    await vbackend.redis.hset(vbackend.keys(0).action("proj/development/ghost/a0"), "phase", "queued")
     diffs = {(d.key, d.field) for d in await verify(vbackend)}
     assert {(a_key.decode(), "phase"), (a_key.decode(), "attempt"),
-            ("lessor:{p0}:a:proj/development/ghost/a0", "<key>")} <= diffs
+            (vbackend.keys(0).action("proj/development/ghost/a0"), "<key>")} <= diffs
 
 
 async def test_follow_delivers_every_event_exactly_once_in_order(backend):

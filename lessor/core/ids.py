@@ -4,11 +4,17 @@
 - action ids live inside a run (``a0`` is the root); attempts count from 1.
 - an action's ref is ``project/domain/run/action``; a run's ref ``project/domain/run``.
 - the partition of a run is a stable hash of its ref; every key of a partition
-  shares one hash tag ``{pN}`` so each script touches one Redis Cluster slot.
+  shares one hash tag so each script touches one Redis Cluster slot. The tags
+  are chosen so that the P partitions' slots are evenly spaced over the 16384
+  slots (``spread_tags``): a cluster's primaries then hold equal shares of the
+  partitions (a cluster splits its slots into contiguous ranges). Data written
+  before placement existed keeps its ``{pN}`` tags (``legacy``).
 """
 
 from __future__ import annotations
 
+import binascii
+import functools
 import re
 import secrets
 import zlib
@@ -68,16 +74,48 @@ def partition_of(namespace: str, run_id: str, partitions: int) -> int:
     return zlib.crc32(run_ref(namespace, run_id).encode()) % partitions
 
 
+CLUSTER_SLOTS = 16384
+PLACEMENTS = ("spread", "legacy")
+
+
+def slot_of(tag: str) -> int:
+    """The Redis Cluster slot of a hash tag: CRC16 (XMODEM) of it, mod 16384."""
+    return binascii.crc_hqx(tag.encode(), 0) % CLUSTER_SLOTS
+
+
+@functools.lru_cache(maxsize=64)
+def spread_tags(partitions: int) -> tuple[str, ...]:
+    """One hash tag per partition, partition i's slot inside the i-th of P equal slot ranges.
+
+    Found by trying ``p<i>.<k>`` for k = 0, 1, ... (about P tries each): the
+    tags are a pure function of P, so every process derives the same ones.
+    """
+    tags = []
+    for i in range(partitions):
+        low, high = i * CLUSTER_SLOTS // partitions, (i + 1) * CLUSTER_SLOTS // partitions
+        k = 0
+        while not low <= slot_of(f"p{i}.{k}") < high:
+            k += 1
+        tags.append(f"p{i}.{k}")
+    return tuple(tags)
+
+
+def partition_tag(partition: int, partitions: int, placement: str = "spread") -> str:
+    """The hash tag of one partition under a placement (``spread``, or ``legacy`` = ``pN``)."""
+    return spread_tags(partitions)[partition] if placement == "spread" else f"p{partition}"
+
+
 @dataclass(frozen=True)
 class Keys:
-    """Key names of one partition. All share the hash tag ``{pN}``."""
+    """Key names of one partition. All share the partition's hash tag (one cluster slot)."""
 
     partition: int
     root: str = KEY_ROOT
+    tag: str = ""
 
     @property
     def prefix(self) -> str:
-        return f"{self.root}:{{p{self.partition}}}:"
+        return f"{self.root}:{{{self.tag or 'p' + str(self.partition)}}}:"
 
     @property
     def stream(self) -> str:

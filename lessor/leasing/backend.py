@@ -20,13 +20,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from lessor.core.ids import DEFAULT_PARTITIONS, KEY_ROOT, Keys, partition_of
+from lessor.core.ids import DEFAULT_PARTITIONS, KEY_ROOT, Keys, partition_of, partition_tag
 from lessor.errors import ServerError, ServerRefused, StoreUnavailable
 from lessor.leasing.durability import Durability
 from lessor.leasing.outage import is_transient
 from lessor.leasing.scripts import ClockMode, Scripts
+from lessor.leasing.urls import is_cluster, make_client, redact
 
 CONFIG_KEY = f"{KEY_ROOT}:config"
+# A cluster's default: at least 8 partitions per primary for up to 6 primaries, so data and
+# load can spread as the cluster grows (pick P >= 8 x the primaries you may ever run).
+CLUSTER_PARTITIONS = 48
 MIN_VERSIONS = {"redis": (7, 0), "valkey": (7, 2)}
 
 
@@ -39,11 +43,14 @@ class Backend:
     partitions: int
     clock: ClockMode = ClockMode.SERVER
     durability: Durability = field(default_factory=Durability)
+    placement: str = "spread"
     scripts: Scripts = field(init=False)
 
     def __post_init__(self) -> None:
         self.scripts = Scripts(self.redis, self.clock)
         self.durability = Durability.parse(self.durability)
+        self._node_clients: dict[str, aioredis.Redis] = {}
+        self.url = redact(self.url)  # what every message shows: never a password
 
     async def call(self, name: str, keys: list, args: list, *, durable: bool = True) -> Any:
         """Run lessor script ``name``; with ``durable`` (the default), wait for this backend's durability.
@@ -69,13 +76,14 @@ class Backend:
 
     async def _call_durable(self, name: str, keys: list, args: list) -> Any:
         script = getattr(self.scripts, name)
+        client = self.client_for(keys[0])
         for _ in range(2):  # a second time only after loading a script the server did not have
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = client.pipeline(transaction=False)
             pipe.evalsha(script.sha, len(keys), *keys, *args)
             pipe.execute_command(*self.durability.wait_command())
             reply, answer = await pipe.execute(raise_on_error=False)
             if isinstance(reply, NoScriptError):
-                await self.redis.script_load(script.script)
+                await client.script_load(script.script)
                 continue
             if isinstance(reply, Exception):
                 raise reply
@@ -88,17 +96,39 @@ class Backend:
         raise ServerRefused(f"the server at {self.url} keeps losing script {name} (NOSCRIPT after SCRIPT LOAD)")
 
     def keys(self, partition: int) -> Keys:
-        return Keys(partition)
+        return Keys(partition, tag=partition_tag(partition, self.partitions, self.placement))
 
     def keys_for_run(self, namespace: str, run_id: str) -> Keys:
-        return Keys(partition_of(namespace, run_id, self.partitions))
+        return self.keys(partition_of(namespace, run_id, self.partitions))
 
     def keys_for_ref(self, ref: str) -> Keys:
         ns_project, ns_domain, run_id = ref.split("/")[:3]
         return self.keys_for_run(f"{ns_project}/{ns_domain}", run_id)
 
     def all_keys(self) -> list[Keys]:
-        return [Keys(p) for p in range(self.partitions)]
+        return [self.keys(p) for p in range(self.partitions)]
+
+    @property
+    def cluster(self) -> bool:
+        """True on a Redis / Valkey Cluster (one client per primary behind one object)."""
+        return is_cluster(self.redis)
+
+    def client_for(self, key: str) -> aioredis.Redis:
+        """A plain client on the node serving ``key`` (the backend's own client when not a cluster).
+
+        WAIT and WAITAOF have no key, so on a cluster they must go down the very
+        connection of the node that took the write.
+        """
+        if not self.cluster:
+            return self.redis
+        node = self.redis.get_node_from_key(key)
+        client = self._node_clients.get(node.name)
+        if client is None:
+            client = aioredis.Redis(host=node.host, port=node.port, username=self.redis.connection_kwargs.get(
+                "username"), password=self.redis.connection_kwargs.get("password"), decode_responses=False,
+                socket_connect_timeout=5, socket_timeout=30)
+            self._node_clients[node.name] = client
+        return client
 
 
 def resolve_url(url: str | None) -> str | None:
@@ -107,29 +137,30 @@ def resolve_url(url: str | None) -> str | None:
 
 
 def make_redis(url: str, **kwargs) -> aioredis.Redis:
-    """A redis-py asyncio client for ``url`` (bytes replies, sane timeouts).
-
-    A command that fails on a broken connection is retried once on a fresh one:
-    after a server restart every pooled connection is dead, and the first use of
-    each must not surface as an error. A retried script may have run already
-    (lost reply); every lessor script is safe to repeat: renewals and completions
-    are idempotent for the same token, and a duplicated acquire only leaves a
-    lease that expires and fails over.
-    """
-    retry = Retry(NoBackoff(), 1)
-    return aioredis.from_url(url, decode_responses=False, socket_connect_timeout=5, socket_timeout=30, retry=retry,
-                             retry_on_error=[RedisConnectionError, ConnectionResetError], **kwargs)
+    """A redis-py asyncio client for any lessor URL (see leasing/urls.py)."""
+    return make_client(url, **kwargs)
 
 
 async def check_server(redis: aioredis.Redis, url: str) -> None:
     """Raise ServerError with one clear line if the server is unreachable or too old."""
+    url = redact(url)
     try:
-        info = await redis.info("server")
+        if is_cluster(redis):
+            await redis.initialize()
+            info = await redis.execute_command("INFO", "server", target_nodes=redis.get_default_node())
+        else:
+            info = await redis.info("server")
+        if not is_cluster(redis) and (await redis.info("cluster")).get("cluster_enabled") == 1:
+            raise ServerError(f"{url} is a Redis Cluster node: use redis+cluster://host:port[,host:port] "
+                              "so every partition reaches the node that serves it")
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise ServerError(
-            f"cannot reach the server at {url}: {str(exc).rstrip('.')}. Start one with `lessor server` "
+            f"cannot reach the server at {url}: {redact(str(exc)).rstrip('.')}. Start one with `lessor server` "
             "and export the LESSOR_REDIS_URL it prints"
         ) from None
+    except ResponseError as exc:
+        raise ServerError(f"the server at {url} refused INFO ({exc}): lessor needs +info (see the README's "
+                          "minimal ACL)") from None
     flavour = "valkey" if "valkey_version" in info else "redis"
     version_text = str(info.get("valkey_version") or info.get("redis_version") or "0")
     version = tuple(int(x) for x in version_text.split(".")[:2])
@@ -138,16 +169,30 @@ async def check_server(redis: aioredis.Redis, url: str) -> None:
         raise ServerError(f"{flavour} {version_text} at {url} is too old: lessor needs {flavour} >= {need}")
 
 
-async def read_partitions(redis: aioredis.Redis, wanted: int | None) -> int:
-    """The partition count stored on the server, storing ``wanted`` (or the default) if none is."""
-    await redis.hsetnx(CONFIG_KEY, "partitions", wanted or DEFAULT_PARTITIONS)
-    stored = int(await redis.hget(CONFIG_KEY, "partitions"))
+async def read_layout(redis: aioredis.Redis, wanted: int | None) -> tuple[int, str]:
+    """(partition count, placement) stored on the server; stores ``wanted`` (or the default) if none is.
+
+    Reads first: on a read-only replica an existing layout is read without any write.
+    Data from before placement existed reads as ``legacy`` (``{pN}`` tags).
+    """
+    stored, placement = await redis.hmget(CONFIG_KEY, "partitions", "placement")
+    if stored is None:
+        default = CLUSTER_PARTITIONS if is_cluster(redis) else DEFAULT_PARTITIONS
+        await redis.hsetnx(CONFIG_KEY, "partitions", wanted or default)
+        await redis.hsetnx(CONFIG_KEY, "placement", "spread")
+        stored, placement = await redis.hmget(CONFIG_KEY, "partitions", "placement")
+    stored = int(stored)
     if wanted is not None and wanted != stored:
         raise ServerError(
             f"this server's lessor data uses {stored} partitions, not {wanted}: drop the "
             "--partitions option (or use a fresh server)"
         )
-    return stored
+    return stored, (placement or b"legacy").decode()
+
+
+async def read_partitions(redis: aioredis.Redis, wanted: int | None) -> int:
+    """The partition count stored on the server (see ``read_layout``)."""
+    return (await read_layout(redis, wanted))[0]
 
 
 @contextlib.asynccontextmanager
@@ -176,8 +221,9 @@ async def open_backend(
     redis = make_redis(url, max_connections=max_connections)
     try:
         await check_server(redis, url)
-        count = await read_partitions(redis, partitions)
-        yield Backend(redis=redis, url=url, partitions=count, clock=clock, durability=durability)
+        count, placement = await read_layout(redis, partitions)
+        yield Backend(redis=redis, url=url, partitions=count, clock=clock, durability=durability,
+                      placement=placement)
     finally:
         await redis.aclose()
         if server is not None:
