@@ -43,7 +43,8 @@ async def wait_until(predicate, timeout_s: float = 30.0) -> None:
             await anyio.sleep(0.05)
 
 
-async def run_through_outage(lease: LeaseConfig, outage_s: float) -> tuple[Worker, list, list]:
+async def run_through_outage(lease: LeaseConfig, outage_s: float, report_timeout_s: float = 60.0
+                             ) -> tuple[Worker, list, list]:
     """One action; the server is killed while it runs and restarted ``outage_s`` after it returned."""
     runs: list = []
     returned, gate = anyio.Event(), anyio.Event()
@@ -51,7 +52,8 @@ async def run_through_outage(lease: LeaseConfig, outage_s: float) -> tuple[Worke
         backend = await make_backend(server.url)
         try:
             worker = Worker(backend, gated_registry(runs, returned, gate),
-                            WorkerConfig(queue=QUEUE, namespace=NS, worker_id="w1", lease=lease, reap_interval_ms=100))
+                            WorkerConfig(queue=QUEUE, namespace=NS, worker_id="w1", lease=lease, reap_interval_ms=100,
+                                         report_timeout_s=report_timeout_s))
             run = await submit_run(backend, "gated", namespace=NS, queue=QUEUE)
 
             async def done() -> bool:
@@ -87,10 +89,20 @@ async def test_a_completion_that_meets_a_restart_is_retried_with_its_token_not_r
     assert worker.outage.outages >= 1 and worker.outage.longest_ms > 0
 
 
-async def test_past_the_self_fence_deadline_a_report_is_counted_unconfirmed_and_the_action_fails_over():
-    worker, runs, entries = await run_through_outage(LeaseConfig(ttl_ms=600, grace_ms=300), outage_s=2.0)
+async def test_an_outage_longer_than_the_lease_still_commits_the_finished_work():
+    """The worker stops renewing (self-fenced) during the outage, but its completion is retried: the
+    server comes back on a new epoch, which gives every live lease its ttl back, so it commits."""
+    worker, runs, entries = await run_through_outage(LeaseConfig(ttl_ms=1500, grace_ms=500), outage_s=3.0)
+    stats = worker.statistics()
+    assert worker.keeper.statistics().fenced.get("self_fenced") == 1   # the outage outlasted the lease
+    assert len(runs) == 1 and stats.succeeded == 1 and stats.unconfirmed == 0
+    assert not any(isinstance(e.event, ev.LeaseExpired) for e in entries)
+
+
+async def test_past_the_report_timeout_a_report_is_counted_unconfirmed_and_the_action_runs_again():
+    worker, runs, entries = await run_through_outage(LeaseConfig(ttl_ms=600, grace_ms=300), outage_s=2.0,
+                                                     report_timeout_s=0.5)
     stats = worker.statistics()
     assert stats.unconfirmed == 1                           # not "succeeded", not "no such action"
     assert len(runs) == 2 and runs[0] < runs[1]             # it ran again, under a newer token
     assert stats.succeeded == 1
-    assert any(isinstance(e.event, ev.LeaseExpired) for e in entries)

@@ -9,6 +9,7 @@ every later client, so processes can never disagree about where a run lives.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
@@ -169,6 +170,26 @@ async def check_server(redis: aioredis.Redis, url: str) -> None:
         raise ServerError(f"{flavour} {version_text} at {url} is too old: lessor needs {flavour} >= {need}")
 
 
+async def warn_durability_limits(redis: aioredis.Redis, durability: Durability, url: str) -> None:
+    """Log what the server's persistence settings make of ``fsync`` durability (nothing otherwise)."""
+    if not durability.fsync or is_cluster(redis):
+        return
+    try:
+        policy = (await redis.config_get("appendfsync")).get(b"appendfsync", b"").decode()
+        flavour = "valkey" if "valkey_version" in await redis.info("server") else "redis"
+    except ResponseError:  # no +config permission: nothing to say
+        return
+    log = logging.getLogger("lessor.backend")
+    if policy == "no":
+        log.warning("%s has appendfsync no: it never confirms an fsync, so every write will raise "
+                    "NotDurable under durability %s; set appendfsync everysec or always", redact(url), durability)
+    elif policy == "everysec" and flavour == "valkey":
+        # Measured on Valkey 8.1: WAITAOF answers before the fsync under everysec (Redis >= 8.0 fixed it).
+        log.warning("%s is Valkey with appendfsync everysec: it confirms WAITAOF before the fsync, so "
+                    "durability %s holds against a server crash but not a machine crash; use appendfsync "
+                    "always for that", redact(url), durability)
+
+
 async def read_layout(redis: aioredis.Redis, wanted: int | None) -> tuple[int, str]:
     """(partition count, placement) stored on the server; stores ``wanted`` (or the default) if none is.
 
@@ -221,6 +242,7 @@ async def open_backend(
     redis = make_redis(url, max_connections=max_connections)
     try:
         await check_server(redis, url)
+        await warn_durability_limits(redis, durability, url)
         count, placement = await read_layout(redis, partitions)
         yield Backend(redis=redis, url=url, partitions=count, clock=clock, durability=durability,
                       placement=placement)

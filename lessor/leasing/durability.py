@@ -37,10 +37,10 @@ class Durability:
 
     fsync: bool = False
     replicas: int = 0
-    timeout_ms: int = 1000
+    timeout_ms: int = 5000
 
     @classmethod
-    def parse(cls, text: "str | Durability | None", timeout_ms: int = 1000) -> "Durability":
+    def parse(cls, text: "str | Durability | None", timeout_ms: int = 5000) -> "Durability":
         """Parse ``memory``, ``fsync``, ``replicas:N`` or ``fsync+replicas:N`` (ConfigError otherwise)."""
         if isinstance(text, Durability):
             return text

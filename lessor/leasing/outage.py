@@ -42,6 +42,8 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, ResponseError):
         return str(exc).split(" ", 1)[0].upper() in TRANSIENT_REPLIES
+    if isinstance(exc, RuntimeError) and "handler is closed" in str(exc):
+        return True  # uvloop's word for a transport the peer closed under us (a server killed mid-call)
     return False
 
 

@@ -73,13 +73,21 @@ class WorkerConfig:
     # pass per partition per interval): leases expire as long as any worker is alive.
     reap: bool = True
     reap_interval_ms: int = 500
+    # How long a report (complete, fail, release) that gets no answer is sent again with the
+    # same token. Not only until the self-fence deadline: the token makes a late report
+    # harmless (refused if the lease was reaped meanwhile), and a server that comes back from
+    # a restart or failover gives every live lease a full ttl first (ensure_epoch), so finished
+    # work whose report outlived the outage commits instead of running a second time.
+    report_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         check_namespace(self.namespace)
         check_id("queue", self.queue)
         check_id("worker", self.worker_id)
-        if self.concurrency < 1 or self.idle_poll_ms <= 0 or self.drain_s < 0 or self.reap_interval_ms <= 0:
-            raise ValueError("concurrency must be >= 1, idle_poll_ms > 0, drain_s >= 0 and reap_interval_ms > 0")
+        if (self.concurrency < 1 or self.idle_poll_ms <= 0 or self.drain_s < 0 or self.reap_interval_ms <= 0
+                or self.report_timeout_s < 0):
+            raise ValueError("concurrency must be >= 1, idle_poll_ms > 0, drain_s >= 0, reap_interval_ms > 0 "
+                             "and report_timeout_s >= 0")
 
 
 @dataclass(frozen=True)
@@ -352,13 +360,13 @@ class Worker:
 
         A report that got no answer (server down or failing over, or not
         confirmed durable) is sent again with the same token, which every lessor
-        write accepts as a repeat, until the lease's self-fence deadline. Past
-        it the lease may have been reaped and the action handed to another
-        worker, so the report is dropped and counted as unconfirmed.
+        write accepts as a repeat, for up to ``report_timeout_s``, also past the
+        lease's self-fence deadline: if the lease was reaped meanwhile the token
+        gets the report refused, and if the server came back from an outage with
+        the lease (a new epoch extends every live lease) it commits, and the
+        work does not run again. Past the timeout it is counted as unconfirmed.
         """
-        held = self.keeper.held.get(lease.ref)
-        if held is not None and held.lease.token != lease.token:
-            held = None
+        give_up_ms = self.clock.now_ms() + self.config.report_timeout_s * 1000
         while True:
             try:
                 await call(lease, *args)
@@ -375,22 +383,17 @@ class Worker:
                     log.error("report for %s failed: %s", lease.ref, exc)
                     return "error"
                 delay_ms = self.outage.failed(exc)
-            left_ms = self._self_fence_left_ms(held)
+            left_ms = give_up_ms - self.clock.now_ms()
             if left_ms <= 0:
                 self.counts["unconfirmed"] += 1
                 telemetry.instruments().unconfirmed_reports.add(1)
-                log.error("report for %s (token %s) got no answer before its self-fence deadline; dropped "
-                          "as unconfirmed (the server may or may not have it): %s",
-                          lease.ref, lease.token, self.outage.last_error)
+                log.error("report for %s (token %s) got no answer within %g s; dropped as unconfirmed "
+                          "(the server may or may not have it): %s",
+                          lease.ref, lease.token, self.config.report_timeout_s, self.outage.last_error)
                 return "unconfirmed"
-            await anyio.sleep(min(delay_ms, left_ms) / 1000)
-
-    def _self_fence_left_ms(self, held: HeldLease | None) -> float:
-        """Time left before ``held``'s self-fence deadline (0 if not held: one try only)."""
-        if held is None:
-            return 0.0
-        due = held.last_ok_send_ms + self.config.lease.self_fence_after_ms
-        return due - self.clock.now_ms()
+            # At most half a second between tries: a report that lands soon after the server is
+            # back finds its lease extended (a new epoch), one that lands late may find it reaped.
+            await anyio.sleep(min(delay_ms, left_ms, 500) / 1000)
 
     def statistics(self) -> WorkerStatistics:
         """Counts since start; ``keeper`` holds the heartbeat figures (renewals, fences)."""
@@ -424,6 +427,15 @@ class Worker:
                 r.system, r.user, r.backoff_ms, spec.priority, spec.timeout_ms, cache_key]
         if hit is not None:
             args.append(hit)
-        code, created = await self.backend.call("submit_child", [self.backend.keys(lease.partition).prefix], args)
+        while True:  # a submission that got no answer is sent again: the child id makes it idempotent
+            try:
+                code, created = await self.backend.call("submit_child", [self.backend.keys(lease.partition).prefix],
+                                                        args)
+                self.outage.ok()
+                break
+            except Exception as exc:  # transient ones are retried while the lease is ours; the rest raise
+                if not is_transient(exc) or not self.keeper.usable(lease.ref):
+                    raise
+                await anyio.sleep(self.outage.failed(exc) / 1000)
         raise_for(int(code), lease.ref, lease.token, int(created) if int(code) else 0)
         return bool(created)

@@ -286,21 +286,22 @@ local function lib()
 
   -- Fencing tokens of this partition. Strictly increasing, never reused,
   -- also across a restart or a failover that lost the last writes:
-  --   * floor: at least now_ms * 1024, so a token issued before a crash (at most
-  --     1024 per ms) is below any token issued after it while the clock moves on;
+  --   * floor: every token is at least now_ms * 1024, so a token issued before a
+  --     crash (at most 1024 per ms) is below any issued after it;
   --   * epoch: when the server's epoch (run_id + master_replid) differs from the
-  --     one stored with the counter, the counter jumps to max(counter, floor) +
-  --     2^24 * (1 + h), h = 16 bits of sha1(epoch). The jump covers clocks that
-  --     did not move (a virtual clock) or moved back, and a failover to a server
-  --     whose counter is behind. h differs per epoch, so two histories that
-  --     diverged from the same surviving counter (a lost window that made its
-  --     own epoch jump, then a rollback and another new epoch) jump to ranges
-  --     2^24 apart instead of the same one.
-  -- The remaining bound: tokens repeat only if a lost window (an unsynced AOF
-  -- tail, a replication lag) issued more than 2^24 (16.7 million) tokens in one
-  -- partition, or if two diverged histories' epochs share h (1 in 65,536).
-  -- Tokens stay exact doubles while below 2^53: each epoch moves the counter
-  -- at most 2^40 ahead of the clock floor, which catches up in about 12 days.
+  --     one stored with the counter, the counter jumps by 2^30 plus 1024 per ms
+  --     elapsed since the counter was last written (``at``), and to at least
+  --     now_ms * 1024 + 2^30. The fixed part covers a lost window without a jump
+  --     of its own (the usual failover: whatever the new primary's clock says)
+  --     and clocks that did not move or moved back; the elapsed part orders two
+  --     histories that each jumped from the same surviving counter (a lost window
+  --     that made its own jump, then a rollback and another new epoch) by the
+  --     time of their jumps.
+  -- The remaining bound: tokens repeat or go back only if a lost window issued
+  -- more than 2^30 tokens in one partition, or if it made its own epoch jump and
+  -- the next jump comes less than (its tokens / 1024) ms later on the new
+  -- primary's clock. Each epoch moves the counter at most 2^30 past the clock
+  -- floor: millions of epochs before tokens leave the exact range of a double.
   -- Returns next() and save(): tokens are handed out in memory and the counter
   -- is written once per script call (an acquire grants many leases at once).
   local function token_source()
@@ -311,18 +312,18 @@ local function lib()
         -- A partition's first lease records the epoch it was granted in: a first reap
         -- then knows the epoch and extends nothing, unless the server changed since.
         if redis.call('EXISTS', EPOCH) == 0 then ensure_epoch() end
-        local t = redis.call('HMGET', TOKENS, 'last', 'epoch')
+        local t = redis.call('HMGET', TOKENS, 'last', 'epoch', 'at')
         last = tonumber(t[1] or '0')
         if t[2] ~= epoch then
-          local h = tonumber(string.sub(redis.sha1hex(epoch), 1, 4), 16)
-          last = math.max(last, NOW * 1024) + 16777216 * (1 + h)
+          local elapsed = math.max(0, NOW - (tonumber(t[3] or '') or NOW))
+          last = math.max(last + 1073741824 + elapsed * 1024, NOW * 1024 + 1073741824)
         end
       end
       last = math.max(last + 1, NOW * 1024)
       return last
     end
     local function save()
-      if last ~= nil then redis.call('HSET', TOKENS, 'last', S(last), 'epoch', epoch) end
+      if last ~= nil then redis.call('HSET', TOKENS, 'last', S(last), 'epoch', epoch, 'at', S(NOW)) end
     end
     return next, save
   end

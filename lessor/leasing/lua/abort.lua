@@ -19,4 +19,7 @@ if not phase then return redis.error_reply('LESSOR_UNKNOWN_RUN ' .. run_ref) end
 if not TERMINAL[phase] and redis.call('HGET', rkey(run_ref), 'aborting') ~= '1' then
   emit({type = 'abort_requested', ns = ns, run = run, action = '', reason = reason})
 end
-return abort_actions(ns, run, nil, reason)
+local counts = abort_actions(ns, run, nil, reason)
+-- A repeat that changed nothing still writes, so a durability wait covers the first try.
+redis.call('HINCRBY', rkey(run_ref), '_repeats', 1)
+return counts

@@ -35,6 +35,8 @@ for i = 1, #ARGV, 14 do
     if existing[2] ~= task or (existing[3] or '') ~= ARGV[i + 4] then
       out[#out + 1], out[#out + 2] = 2, run
     else
+      -- A repeat writes too, so a durability wait on this connection covers the first try.
+      redis.call('HINCRBY', rkey(run_ref), '_repeats', 1)
       out[#out + 1], out[#out + 2] = 0, run
     end
   else

@@ -31,7 +31,10 @@ if code ~= 0 then return {code, tonumber(h.token)} end
 -- A parent being aborted spawns nothing: the abort could not reach a child made after it.
 if h.aborting == '1' then return {2, 0} end
 -- Already submitted by this or an earlier attempt of the parent: nothing to do.
-if redis.call('EXISTS', akey(ref)) == 1 then return {0, 0} end
+if redis.call('EXISTS', akey(ref)) == 1 then
+  redis.call('HINCRBY', akey(ref), '_repeats', 1)  -- a repeat writes: a durability wait covers the first try
+  return {0, 0}
+end
 local function opt(v) if v == '' then return nil end return v end
 emit({type = 'action_created', ns = ns, run = run, action = child, task = ARGV[5], queue = ARGV[7],
   inputs = opt(ARGV[6]), parent = parent, parent_token = tonumber(token),

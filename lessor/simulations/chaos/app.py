@@ -1,10 +1,11 @@
-"""The tasks live chaos runs: they sleep for a while (real time) and return."""
+"""The tasks live chaos runs: they sleep for a while (real time) and return, or await children."""
 
 from __future__ import annotations
 
 import anyio
 
 from lessor.scheduler.registry import Registry
+from lessor.scheduler.submit import Retries
 
 registry = Registry()
 
@@ -13,3 +14,14 @@ registry = Registry()
 async def chaos_task(ctx, seconds: float) -> dict:
     await anyio.sleep(seconds)
     return {"slept": seconds, "attempt": ctx.attempt}
+
+
+@registry.task
+async def chaos_parent(ctx, children: list[float]) -> dict:
+    """Submits one ``chaos_task`` child per entry (that many seconds each) and awaits them all.
+
+    A retried attempt re-attaches to the children an earlier attempt submitted
+    (child ids follow call order), so a failover never runs a finished child again.
+    """
+    handles = [await ctx.submit("chaos_task", {"seconds": s}, retries=Retries(system=5)) for s in children]
+    return {"children": [await h.result() for h in handles], "attempt": ctx.attempt}

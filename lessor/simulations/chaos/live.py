@@ -3,9 +3,14 @@
 One private server (AOF, appendfsync always), a reaper, N `lessor worker`
 processes each talking through its own ChaosProxy, a submitter, and a fault
 injector: cut and heal a worker's connection, add latency, SIGSTOP/SIGCONT,
-SIGKILL (and respawn), and one server restart from AOF. After ``duration``
-seconds of faults everything is healed, the runs must finish, and the same
-checkers judge the event log against the workers' own records of what they ran.
+SIGKILL (and respawn), and one server restart from AOF. The jobs are sleeping
+tasks and, about one in six, parents that await children (which a failed-over
+parent re-attaches to). After ``duration`` seconds of faults everything is
+healed, the runs must finish, and the same checkers judge the event log against
+the workers' own records of what they ran.
+
+``--scenario store-restart`` is another run (store.py): the store itself dies
+under real workers and a real reaper, and comes back from its AOF.
 
 Bounded in time; it ends only the processes it started.
 """
@@ -87,12 +92,14 @@ class ChaosReport:
 class Chaos:
     """Drives one live chaos run."""
 
-    def __init__(self, duration_s: float, workers: int, seed: int | None, say=print) -> None:
+    def __init__(self, duration_s: float, workers: int, seed: int | None, say=print,
+                 durability: str = "memory", appendfsync: str = "always") -> None:
         self.duration_s, self.n_workers = duration_s, workers
+        self.durability = durability
         self.rng = random.Random(seed)
         self.say = say
         self.dir = tempfile.mkdtemp(prefix="lessor-chaos-")
-        self.server = EmbeddedServer(appendfsync="always", workdir=os.path.join(self.dir, "server"))
+        self.server = EmbeddedServer(appendfsync=appendfsync, workdir=os.path.join(self.dir, "server"))
         self.procs: list[Proc] = []
         self.all_procs: list[Proc] = []
         self.faults: dict[str, int] = {}
@@ -110,7 +117,8 @@ class Chaos:
             [sys.executable, "-m", "lessor", "worker", "--app", "lessor.simulations.chaos.app:registry",
              "--queue", QUEUE, "--namespace", NAMESPACE, "--worker-id", worker_id, "--concurrency", "6",
              "--ttl-ms", str(TTL_MS), "--grace-ms", str(GRACE_MS), "--margin-ms", str(MARGIN_MS), "--drain-s", "1",
-             "--redis-url", f"redis://127.0.0.1:{proxy.port}", "--truth-log", truth_path],
+             "--redis-url", f"redis://127.0.0.1:{proxy.port}", "--truth-log", truth_path,
+             "--durability", self.durability],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         proc = Proc(index, incarnation, popen, proxy, truth_path)
         self.all_procs.append(proc)
@@ -125,9 +133,14 @@ class Chaos:
         i = 0
         while not self.stop_faults.is_set():
             run_id = f"k{i:05d}"
+            if self.rng.random() < 0.15:  # a parent awaiting 1-3 children
+                task, inputs = "chaos_parent", {"children": [round(self.rng.uniform(0.1, 2.0), 2)
+                                                             for _ in range(self.rng.randint(1, 3))]}
+            else:
+                task, inputs = "chaos_task", {"seconds": round(self.rng.uniform(0.1, 3.0), 2)}
             done = await _tolerant(submit_runs(backend, [RunSpec(
-                "chaos_task", inputs=pack_value({"seconds": round(self.rng.uniform(0.1, 3.0), 2)}),
-                namespace=NAMESPACE, queue=QUEUE, run_id=run_id, retries=Retries(system=5))]))
+                task, inputs=pack_value(inputs), namespace=NAMESPACE, queue=QUEUE, run_id=run_id,
+                retries=Retries(system=5))]))
             if done is not None:  # acknowledged: it must finish
                 self.submitted.append(run_id)
             if self.rng.random() < 0.05:
@@ -192,7 +205,7 @@ class Chaos:
         started = time.monotonic()  # clock: chaos pacing
         self.server.start()
         try:
-            async with open_backend(self.server.url) as backend:
+            async with open_backend(self.server.url, durability=self.durability) as backend:
                 self.procs = [await self.spawn(i, 0) for i in range(self.n_workers)]
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self.reaper, backend)
@@ -286,9 +299,11 @@ async def _tolerant(awaitable):
     """Await, treating a server that is restarting as a pass to retry later."""
     from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
+    from lessor.errors import StoreUnavailable
+
     try:
         return await awaitable
-    except (ConnectionError, TimeoutError, BusyLoadingError):  # the server is down or reloading its AOF
+    except (ConnectionError, TimeoutError, BusyLoadingError, StoreUnavailable):  # down, reloading, not durable
         return None
 
 
@@ -336,9 +351,25 @@ def _runaway(pairs, truth: Truth) -> list[Violation]:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of faults (default 60)")
+    p.add_argument("--scenario", choices=["mix", "store-restart"], default="mix",
+                   help="mix (default): worker faults, a server restart, for --duration seconds; store-restart: "
+                        "--jobs jobs under a real reaper and workers while the server is killed, kept down "
+                        "--outage-s seconds and restarted from its AOF; reports run twice / lost / left running")
+    p.add_argument("--duration", type=float, default=60.0, help="mix: seconds of faults (default 60)")
     p.add_argument("--workers", type=int, default=3, help="worker processes (default 3)")
     p.add_argument("--seed", type=int, help="seed of the fault schedule")
+    p.add_argument("--durability", default=os.environ.get("LESSOR_DURABILITY", "memory"), metavar="MODE",
+                   help="durability of every process: memory (default), fsync, replicas:N, fsync+replicas:N")
+    p.add_argument("--crash", choices=["process", "power"], default="process",
+                   help="store-restart: process = kill -9 of the server only (the page cache keeps what it "
+                        "wrote); power = kill -9 and drop the AOF bytes no fsync covered, as a machine crash "
+                        "would (builds a small LD_PRELOAD shim with cc)")
+    p.add_argument("--appendfsync", choices=["everysec", "always", "no"],
+                   help="the server's fsync policy (default: everysec for store-restart, always for mix)")
+    p.add_argument("--jobs", type=int, default=30, help="store-restart: runs submitted (default 30)")
+    p.add_argument("--job-s", type=float, default=2.0, help="store-restart: seconds each job works (default 2)")
+    p.add_argument("--outage-s", type=float, default=3.0,
+                   help="store-restart: seconds the server stays down after the kill (default 3)")
     p.add_argument("--json", action="store_true")
 
 
@@ -348,10 +379,19 @@ def main(args) -> int:
 
     from rich.console import Console
 
+    from lessor.leasing.durability import Durability
+
+    Durability.parse(args.durability)  # ConfigError before anything starts
+    if getattr(args, "scenario", "mix") == "store-restart":
+        from lessor.simulations.chaos import store
+
+        args.appendfsync = args.appendfsync or "everysec"
+        return store.main(args)
     if args.duration <= 0 or args.workers < 2:
         raise ValueError("--duration must be > 0 and --workers >= 2")
     console = Console(stderr=args.json)
-    chaos = Chaos(args.duration, args.workers, args.seed, say=lambda text: console.print(text, markup=False))
+    chaos = Chaos(args.duration, args.workers, args.seed, say=lambda text: console.print(text, markup=False),
+                  durability=str(Durability.parse(args.durability)), appendfsync=args.appendfsync or "always")
     report = anyio.run(chaos.run)
     out = {"seconds": round(report.seconds, 1), "faults": report.faults, **report.stats,
            "overlap_ms": report.overlap_ms,
