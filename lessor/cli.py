@@ -209,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default restart)")
     p.add_argument("--max-crashes", type=int, default=5, metavar="N",
                    help="with --on-crash restart: exit non-zero at the N-th crash within 60 s (default 5)")
+    p.add_argument("--cluster", type=int, metavar="PRIMARIES",
+                   help="start a local Redis-compatible Cluster of this many primaries (>= 3) instead, and print "
+                        "its redis+cluster:// URL")
+    p.add_argument("--replicas", type=int, default=0, metavar="N", help="with --cluster: replicas per primary")
 
     _add_log_commands(sub)
     _add_run_commands(sub)
@@ -256,6 +260,8 @@ def cmd_server(args: argparse.Namespace) -> int:
     """
     from lessor.server import EmbeddedServer, supervise
 
+    if args.cluster is not None:
+        return _serve_cluster(args)
     if args.max_crashes < 1:
         raise ValueError(f"--max-crashes must be at least 1, got {args.max_crashes}")
     server = EmbeddedServer(appendfsync=args.appendfsync, port=args.port, workdir=args.dir,
@@ -269,6 +275,25 @@ def cmd_server(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, _interrupt)
         try:
             supervise(server, on_crash=args.on_crash, max_crashes=args.max_crashes)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _serve_cluster(args: argparse.Namespace) -> int:
+    """`lessor server --cluster N [--replicas R]`: a local cluster in the foreground until Ctrl-C/SIGTERM."""
+    from lessor.cluster import LocalCluster
+
+    cluster = LocalCluster(primaries=args.cluster, replicas=args.replicas, appendfsync=args.appendfsync,
+                           workdir=args.dir)
+    with cluster:
+        print(f"lessor server: a local cluster of {args.cluster} primaries x {1 + args.replicas} nodes ready "
+              f"(appendfsync={args.appendfsync})", flush=True)
+        print(f"  export LESSOR_REDIS_URL={cluster.url}", flush=True)
+        print(f"  data: {cluster.workdir}   (Ctrl-C to stop)", flush=True)
+        signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            signal.pause()
         except KeyboardInterrupt:
             pass
     return 0

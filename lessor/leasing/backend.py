@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ClusterError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from lessor.core.ids import DEFAULT_PARTITIONS, KEY_ROOT, Keys, partition_of, partition_tag
@@ -73,6 +73,11 @@ class Backend:
             raise ServerRefused(f"the server refused {name}: {exc}") from None
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreUnavailable(f"{name}: the server at {self.url} is unreachable "
+                                   f"({type(exc).__name__}: {exc}); retry") from exc
+        except (ClusterError, AttributeError) as exc:  # a cluster failing over (see outage.is_transient)
+            if not is_transient(exc):
+                raise
+            raise StoreUnavailable(f"{name}: the cluster at {self.url} cannot serve now "
                                    f"({type(exc).__name__}: {exc}); retry") from exc
 
     async def _call_durable(self, name: str, keys: list, args: list) -> Any:

@@ -10,6 +10,7 @@ Lua script, and the scripts live in leasing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import AsyncIterator, Sequence
@@ -145,26 +146,53 @@ class EventLog:
         miss a state change re-reads the state it waits for (as ``wait()`` does).
         """
         last = await self._start_ids(from_ids, outage)
-        streams = {self.backend.keys(p).stream: p for p in last}
-        while True:
-            try:
-                reply = await self.backend.redis.xread({s: last[p] for s, p in streams.items()},
-                                                       count=READ_BATCH, block=block_ms)
-            except Exception as exc:  # a store fault is waited out when an outage tracker is given
-                if outage is None or not is_transient(exc):
-                    raise
-                await anyio.sleep(outage.failed(exc) / 1000)
-                continue
-            if outage is not None:
-                outage.ok()
-            for stream, rows in reply or []:
-                p = streams[stream.decode() if isinstance(stream, bytes) else stream]
-                for row in rows:
-                    last[p] = row[0].decode()
-                    event = self._decode(p, row)
-                    if event is not None:
-                        yield LogEntry(p, event)
+        # One XREAD for all partitions when they share a server; on a cluster each partition is
+        # its own slot, and one XREAD may not span slots: then one XREAD per partition, in flight
+        # together, merged here (order kept within each partition).
+        groups = [[p] for p in last] if self.backend.cluster else [list(last)]
+        pending: dict[asyncio.Task, list[int]] = {}
+        failing: set[int] = set()   # groups whose last read failed: the outage ends when none is left
+        try:
+            while True:
+                for i, group in enumerate(groups):
+                    if group not in pending.values():
+                        pending[asyncio.ensure_future(self._xread(group, last, block_ms))] = group
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                failure = None
+                for task in done:
+                    group = pending.pop(task)
+                    try:
+                        reply = task.result()
+                    except Exception as exc:  # a store fault is waited out when an outage tracker is given
+                        if outage is None or not is_transient(exc):
+                            raise
+                        failure = exc
+                        failing.add(group[0])
+                        continue
+                    failing.discard(group[0])
+                    for entry in self._rows(reply, last):
+                        yield entry
+                if failure is not None:
+                    await anyio.sleep(outage.failed(failure) / 1000)
+                elif outage is not None and not failing:
+                    outage.ok()
+        finally:
+            for task in pending:
+                task.cancel()
 
+    async def _xread(self, partitions: list[int], last: dict[int, str], block_ms: int):
+        streams = {self.backend.keys(p).stream: last[p] for p in partitions}
+        return await self.backend.redis.xread(streams, count=READ_BATCH, block=block_ms)
+
+    def _rows(self, reply, last: dict[int, str]):
+        by_stream = {self.backend.keys(p).stream: p for p in last}
+        for stream, rows in reply or []:
+            p = by_stream[stream.decode() if isinstance(stream, bytes) else stream]
+            for row in rows:
+                last[p] = row[0].decode()
+                event = self._decode(p, row)
+                if event is not None:
+                    yield LogEntry(p, event)
 
     async def _start_ids(self, from_ids: dict[int, str] | None, outage: Outage | None) -> dict[int, str]:
         while True:

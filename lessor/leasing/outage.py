@@ -16,11 +16,13 @@ use the same three pieces:
 from __future__ import annotations
 
 import logging
+import os
 import random
 from dataclasses import dataclass
 
+from redis.exceptions import AskError, ClusterDownError, ClusterError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import MovedError, ReadOnlyError, ResponseError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from lessor import telemetry
@@ -36,15 +38,27 @@ TRANSIENT_REPLIES = ("BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "C
 
 def is_transient(exc: BaseException) -> bool:
     """True if retrying the same call later may succeed (connection lost, server busy or failing over)."""
-    if isinstance(exc, (StoreUnavailable, RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)):
-        return True
+    if isinstance(exc, (StoreUnavailable, RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError,
+                        ClusterError, ClusterDownError, TryAgainError, MovedError, AskError, ReadOnlyError)):
+        return True  # redis-py's own classes for a cluster failing over or moving slots
     if isinstance(exc, OSError):  # socket errors below redis-py (ECONNRESET, EPIPE)
         return True
     if isinstance(exc, ResponseError):
         return str(exc).split(" ", 1)[0].upper() in TRANSIENT_REPLIES
     if isinstance(exc, RuntimeError) and "handler is closed" in str(exc):
         return True  # uvloop's word for a transport the peer closed under us (a server killed mid-call)
+    if isinstance(exc, AttributeError) and _raised_inside_redis_py(exc):
+        return True  # redis-py's asyncio cluster client writing to a connection a dead node closed
     return False
+
+
+def _raised_inside_redis_py(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    return last is not None and f"{os.sep}redis{os.sep}" in last
 
 
 @dataclass

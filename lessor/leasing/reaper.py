@@ -84,6 +84,8 @@ class Reaper:
         self.max_batches = max_batches
         self.shared = shared
         self.outage = Outage(name, backend.url, clock=clock, log=log)
+        self.durability_outage = Outage(f"{name} (durability {backend.durability})", backend.url, clock=clock,
+                                        log=log)
         self._totals = dict(passes=0, expired=0, timed_out=0, promoted=0, max_lag_ms=0, last_lag_ms=0,
                             failed_calls=0)
         self._last_error: Exception | None = None
@@ -94,9 +96,11 @@ class Reaper:
         args = [self.limit, self.interval_ms if self.shared else 0]
         try:
             reply = await self.backend.call("reap", [keys.prefix], args)
-        except NotDurable as exc:  # it ran: count what it did, say it may not last
-            log.warning("%s", exc)
+        except NotDurable as exc:  # it ran: count what it did; say once (per episode) it may not last
+            self.durability_outage.failed(exc)
             reply = exc.reply
+        else:
+            self.durability_outage.ok()
         expired, timed_out, promoted, lag, more, failovers = (int(x) for x in reply[:6])
         return PassResult(expired, timed_out, promoted, lag, bool(more), failovers)
 
