@@ -155,6 +155,11 @@ def _add_process_commands(sub) -> None:
     chaos_live.add_arguments(sub.add_parser(
         "chaos", help="live chaos: real workers through proxies, SIGSTOP/SIGKILL, a server restart; same checkers"))
 
+    p = sub.add_parser("doctor", help="check a server before use: version, persistence, ACL, cluster, clocks")
+    _add_url(p)
+    _add_durability(p)
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("reaper", help="run the reaper: expire leases past deadline + grace, fail over")
     _add_url(p)
     p.add_argument("--interval-ms", type=int, default=200, help="time between passes (default 200)")
@@ -438,6 +443,27 @@ def cmd_reaper(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """`lessor doctor`: read-only checks of the shared server; exit 1 if any fails."""
+    from lessor.doctor import as_dicts, run_checks
+
+    checks = anyio.run(run_checks, shared_url(args), args.durability)
+    if args.json:
+        print(json.dumps(as_dicts(checks), indent=1))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="lessor doctor")
+        for col in ("check", "status", "finding"):
+            table.add_column(col, overflow="fold")
+        colour = {"ok": "green", "warn": "yellow", "fail": "bold red"}
+        for c in checks:
+            table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/]", c.detail)
+        Console().print(table)
+    return 1 if any(c.status == "fail" for c in checks) else 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from lessor.benchmarks import eventlog as log_bench
     from lessor.benchmarks import heartbeat as hb_bench
@@ -535,7 +561,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "server": cmd_server, "events": cmd_events, "replay": cmd_replay, "submit": cmd_submit,
-    "reaper": cmd_reaper, "bench": cmd_bench, "runs": cmd_runs, "run": cmd_run, "abort": cmd_abort,
+    "reaper": cmd_reaper, "doctor": cmd_doctor, "bench": cmd_bench, "runs": cmd_runs, "run": cmd_run, "abort": cmd_abort,
     "worker": cmd_worker, "demo": cmd_demo, "simulate": cmd_simulate,
     "chaos": cmd_chaos,
 }

@@ -180,7 +180,9 @@ async def warn_durability_limits(redis: aioredis.Redis, durability: Durability, 
     if not durability.fsync or is_cluster(redis):
         return
     try:
-        policy = (await redis.config_get("appendfsync")).get(b"appendfsync", b"").decode()
+        reply = await redis.config_get("appendfsync")
+        policy = reply.get("appendfsync") or reply.get(b"appendfsync") or b""
+        policy = policy.decode() if isinstance(policy, bytes) else policy
         flavour = "valkey" if "valkey_version" in await redis.info("server") else "redis"
     except ResponseError:  # no +config permission: nothing to say
         return
