@@ -28,7 +28,8 @@ BUSY_PLAN = Plan(
 )
 
 
-# A completion delayed in the network past the lease's expiry: it arrives stale and is refused.
+# A completion delayed in the network past the lease's expiry. The worker sends it again with the
+# same token once the delay ends, which commits it; its renewal that arrives late is refused.
 LATE_PACKET_PLAN = Plan(seed=3, workers=2, heal_ms=5000, submits=(Submit(0, 2000),),
                         faults=(Fault("delay", 1950, worker=0, duration_ms=500, delay_ms=2500),))
 

@@ -3,29 +3,45 @@
 Nothing in production can reach these: no setting, flag or environment variable
 turns them on. A switch is applied only by code that builds a simulation with
 it (``broken_backend`` patches the Lua source of a private Scripts object of one
-Backend; ``UnfencedKeeper`` replaces the keeper of simulated workers). Each patch
-asserts its target text exists, so a change to the scripts cannot silently turn
-a switch into a no-op.
+Backend; ``UnfencedKeeper`` replaces the keeper of simulated workers,
+``DyingReaper`` the simulated reapers, ``gives_up_on_reports`` the simulated
+workers' report policy, ``NoWaitBackend`` the backend). Each patch asserts its
+target text exists, so a change to the scripts cannot silently turn a switch
+into a no-op.
+
+The store-fault switches bring back four bugs lessor had (and one it could have):
+REPORT_GIVES_UP, REAPER_DIES, NO_EPOCH_EXTENSION, TOKEN_EPOCH_RUN_ID_ONLY, and
+SKIP_DURABILITY_WAIT.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Callable
 
 from lessor.leasing.backend import Backend
+from lessor.leasing.durability import Durability
 from lessor.leasing.keeper import HeldLease, LeaseKeeper
+from lessor.leasing.outage import is_transient
+from lessor.leasing.reaper import PassResult, Reaper
 from lessor.leasing.scripts import SCRIPT_NAMES, Scripts, script_source
 
 
 class Switch(str, enum.Enum):
-    """The five ways of breaking lessor on purpose."""
+    """The ways of breaking lessor on purpose."""
 
     SKIP_TOKEN_CHECK = "skip_token_check"            # fenced writes accept any token of a running action
     SKIP_SELF_FENCING = "skip_self_fencing"          # workers never stop work on their own
     REAPER_IGNORES_GRACE = "reaper_ignores_grace"    # leases expire at the deadline
     REAPER_DOUBLE_EXPIRES = "reaper_double_expires"  # a due index entry expires whatever lease is there now
     RENEW_IGNORES_ABORT = "renew_ignores_abort"      # renewals answer OK for aborted actions
+    # Store faults (bugs lessor had before it survived its store):
+    REPORT_GIVES_UP = "report_gives_up"              # a report is dropped on its first transport error
+    REAPER_DIES = "reaper_dies"                      # a reaper stops for good on its first store error
+    NO_EPOCH_EXTENSION = "no_epoch_extension"        # a new epoch extends no live lease
+    TOKEN_EPOCH_RUN_ID_ONLY = "token_epoch_run_id_only"  # tokens jump on a new run_id only (not a promotion)
+    SKIP_DURABILITY_WAIT = "skip_durability_wait"    # durability fsync claimed, no WAITAOF sent
 
 
 # script -> [(text, replacement)] per switch
@@ -40,6 +56,14 @@ _PATCHES: dict[Switch, dict[str, list[tuple[str, str]]]] = {
     Switch.REAPER_DOUBLE_EXPIRES: {"reap": [("  if expiry and expiry >= NOW then", "  if false then")]},
     Switch.RENEW_IGNORES_ABORT: {"renew": [("h[4] ~= '1' and NOW <= tonumber(h[3])", "NOW <= tonumber(h[3])"),
                                            ("    elseif h[4] == '1' then", "    elseif false then")]},
+    # The new epoch is still recorded (and reported as new), but no live lease gets its ttl back.
+    Switch.NO_EPOCH_EXTENSION: {"*": [("    local refs = redis.call('ZRANGE', LEASES, 0, -1)\n",
+                                       "    local refs = {}\n")]},
+    # The epoch stored with the token counter is the run_id alone: a promotion without a
+    # restart (same run_id, new master_replid) then does not make tokens jump.
+    Switch.TOKEN_EPOCH_RUN_ID_ONLY: {"*": [(
+        "        epoch = server_epoch()\n",
+        "        epoch = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '?'\n")]},
 }
 
 
@@ -56,15 +80,50 @@ class _PatchedScripts(Scripts):
                         assert old in source, f"switch {switch.value}: {name}.lua no longer contains {old!r}"
                     source = source.replace(old, new)
             self._scripts[name] = redis.register_script(source)
-        if "*" in patches:
-            assert any(old in script_source("complete", clock) for old, _ in patches["*"]), switch
+        for old, _ in patches.get("*", ()):
+            assert old in script_source("complete", clock), f"switch {switch.value}: the prelude lost {old!r}"
 
 
-def broken_backend(backend: Backend, switch: Switch) -> Backend:
+def copy_backend(backend: Backend, cls: type[Backend] = Backend, durability: str | Durability | None = None) -> Backend:
+    """``backend`` again (same connection, partitions, placement, clock), as ``cls``, with this durability."""
+    same = {f.name: getattr(backend, f.name) for f in fields(backend) if f.init}
+    return cls(**same | {"durability": backend.durability if durability is None else durability})
+
+
+def broken_backend(backend: Backend, switch: Switch, durability: str | Durability | None = None) -> Backend:
     """A copy of ``backend`` whose scripts carry ``switch`` (Lua switches only)."""
-    broken = Backend(redis=backend.redis, url=backend.url, partitions=backend.partitions, clock=backend.clock)
+    broken = copy_backend(backend, durability=durability)
     broken.scripts = _PatchedScripts(backend.redis, backend.clock, switch)
     return broken
+
+
+class NoWaitBackend(Backend):
+    """SKIP_DURABILITY_WAIT: claims its durability mode but never sends the WAITAOF."""
+
+    async def _call_durable(self, name: str, keys: list, args: list):
+        return await getattr(self.scripts, name)(keys=keys, args=args)
+
+
+class DyingReaper(Reaper):
+    """REAPER_DIES: the reaper before the fix, whose process died on its first store error.
+
+    Its first pass in which a partition call failed is its last: later passes do nothing.
+    """
+
+    dead = False
+
+    async def reap_once(self) -> PassResult:
+        if self.dead:
+            return PassResult()
+        result = await super().reap_once()
+        if result.failed:
+            self.dead = True
+        return result
+
+
+def gives_up_on_reports(error: BaseException, left_ms: float) -> str:
+    """REPORT_GIVES_UP: the report policy before the fix: a transport error is final."""
+    return "error" if not is_transient(error) else "dropped"
 
 
 class UnfencedKeeper(LeaseKeeper):
@@ -84,7 +143,18 @@ class Breakage:
     def keeper_cls(self) -> type[LeaseKeeper]:
         return UnfencedKeeper if self.switch is Switch.SKIP_SELF_FENCING else LeaseKeeper
 
-    def backend(self, backend: Backend) -> Backend:
-        if self.switch in (None, Switch.SKIP_SELF_FENCING):
-            return backend
-        return broken_backend(backend, self.switch)
+    def reaper_cls(self) -> type[Reaper]:
+        return DyingReaper if self.switch is Switch.REAPER_DIES else Reaper
+
+    def report_policy(self) -> Callable[[BaseException, float], str] | None:
+        """The simulated workers' report policy (None: the real one, see simworker.report_decision)."""
+        return gives_up_on_reports if self.switch is Switch.REPORT_GIVES_UP else None
+
+    def backend(self, backend: Backend, durability: str | Durability | None = None) -> Backend:
+        """The backend a simulation runs on: ``backend``'s connection with this durability mode
+        (default: ``backend``'s own), and this switch's scripts or class."""
+        if self.switch is Switch.SKIP_DURABILITY_WAIT:
+            return copy_backend(backend, NoWaitBackend, durability)
+        if self.switch in _PATCHES:
+            return broken_backend(backend, self.switch, durability)
+        return copy_backend(backend, durability=durability)

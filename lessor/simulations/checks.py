@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lessor.core import events as ev
 from lessor.leasing.backend import Backend
 from lessor.leasing.replay import verify
 from lessor.simulations.checkers import (
-    Violation, abort_respected, expiry_respected, liveness, no_overlap, no_runaway, refusals_recorded,
-    single_owner,
+    Violation, abort_respected, durable_acks_survive, expiry_respected, liveness, no_overlap, no_runaway,
+    refusals_recorded, reports_persist, single_owner, tokens_unique,
 )
 from lessor.simulations.simulator import SimResult
+from lessor.simulations.truth import Truth
 
 
 @dataclass(frozen=True)
@@ -25,19 +27,34 @@ class Verdict:
         return not self.violations
 
 
+def rolled_back(pairs, truth: Truth) -> tuple[frozenset[str], frozenset[tuple[str, int]]]:
+    """What a crash or failover made the server forget: runs whose submit, and (ref, token)
+    grants a worker heard, are missing from the final log because their step was rolled back."""
+    created = {e.run for _, e in pairs if isinstance(e, ev.RunCreated)}
+    leased = {(f"{e.ns}/{e.run}/{e.action}", e.token) for _, e in pairs if isinstance(e, ev.ActionLeased)}
+    runs = frozenset(run for run, step in truth.submit_steps.items() if run not in created and truth.lost(step))
+    grants = frozenset((g.ref, g.token) for g in truth.grants
+                       if (g.ref, g.token) not in leased and truth.lost(g.ran_step))
+    return runs, grants
+
+
 async def check_all(result: SimResult, backend: Backend) -> Verdict:
     """Every checker; replay --verify last (it reads the live projection)."""
     pairs = [(e.partition, e.event) for e in result.entries]
-    plan = result.plan
+    plan, truth = result.plan, result.truth
     within = not plan.drift_exceeds_bound()
+    lost_runs, lost_grants = rolled_back(pairs, truth)
     violations = (
         single_owner.check(pairs)
-        + refusals_recorded.check(pairs, result.truth)
-        + no_overlap.check(result.truth, within)
-        + no_runaway.check(pairs, result.truth, within, not plan.server_clock_goes_back())
-        + expiry_respected.check(pairs, result.truth, plan.config.ttl_ms)
-        + abort_respected.check(pairs, result.truth)
-        + liveness.check(pairs, result.truth.submitted, result.quiesced_ms, result.liveness_deadline_ms)
+        + tokens_unique.check(truth)
+        + refusals_recorded.check(pairs, truth)
+        + no_overlap.check(truth, within, lost_grants)
+        + no_runaway.check(pairs, truth, within, not plan.server_clock_goes_back())
+        + expiry_respected.check(pairs, truth, plan.config.ttl_ms)
+        + abort_respected.check(pairs, truth)
+        + reports_persist.check(truth, plan.config.report_timeout_ms)
+        + durable_acks_survive.check(pairs, truth)
+        + liveness.check(pairs, truth.submitted, result.quiesced_ms, result.liveness_deadline_ms, lost_runs)
     )
     violations += [Violation("replay_verify", d.key, str(d)) for d in await verify(backend)]
-    return Verdict(violations, sum(no_overlap.overlap_ms(result.truth).values()))
+    return Verdict(violations, sum(no_overlap.overlap_ms(truth, lost_grants).values()))

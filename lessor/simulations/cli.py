@@ -10,8 +10,9 @@ import statistics
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from lessor.simulations.breakage import Breakage
 from lessor.simulations.explore import Exploration, Outcome, explore, simulation_portal
-from lessor.simulations.plan import Plan
+from lessor.simulations.plan import DURABILITY_MODES, Plan
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,6 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=5, help="at most this many workers per plan (default 5)")
     p.add_argument("--actions", type=int, default=50, help="at most this many runs (root actions) per plan (default 50)")
     p.add_argument("--faults", type=int, default=10, help="at most this many faults per plan (default 10)")
+    p.add_argument("--store-faults", action="store_true",
+                   help="the store fails too: crashes that lose the unsynced AOF tail, failovers to a lagging "
+                        "replica, reaper crashes, store errors; each plan draws its durability (memory or fsync)")
+    p.add_argument("--durability", choices=DURABILITY_MODES,
+                   help="every plan uses this durability mode (default memory; with --store-faults drawn per plan)")
     p.add_argument("--shrink-runs", type=int, default=300, help="plans run while shrinking a failure (default 300)")
     p.add_argument("--save", metavar="PATH", help="where to save a failing plan (default lessor-plan-SEED.json)")
     p.add_argument("--replay", metavar="PLAN_JSON", help="run this plan once, exactly, and check it")
@@ -39,6 +45,10 @@ def summary_rows(found: Exploration) -> dict:
         "attempts": found.totals.get("attempts", 0), "failovers": found.totals.get("failovers", 0),
         "resumed_in_grace": found.totals.get("resumed_in_grace", 0),
         "stale_reports_refused": found.totals.get("stale_reports_refused", 0),
+        "store_data_losses": found.totals.get("data_losses", 0),
+        "reports_retried": found.totals.get("report_retries", 0),
+        "reports_unconfirmed": found.totals.get("unconfirmed_reports", 0),
+        "store_errors_injected": found.totals.get("store_errors", 0),
         "overlap_ms_beyond_drift_bound": found.overlap_ms,
         "time_to_quiesce_after_heal_ms_median": statistics.median(q) if q else None,
         "time_to_quiesce_after_heal_ms_max": max(q) if q else None,
@@ -59,7 +69,7 @@ def print_summary(console: Console, rows: dict) -> None:
     console.print(table)
 
 
-def report_failure(console: Console, outcome: Outcome, path: str) -> None:
+def report_failure(console: Console, outcome: Outcome, path: str, replay_command: str = "lessor simulate") -> None:
     console.print(f"[bold red]violation[/bold red] (shrunk to {len(outcome.plan.submits)} runs, "
                   f"{len(outcome.plan.faults)} faults):")
     for v in outcome.verdict.violations:
@@ -67,11 +77,12 @@ def report_failure(console: Console, outcome: Outcome, path: str) -> None:
     with open(path, "w") as f:
         f.write(outcome.plan.to_json())
     console.print(outcome.plan.to_json(), markup=False, highlight=False)
-    console.print(f"saved to {path}; replay it exactly with:\n  lessor simulate --replay {path} --timeline timeline.svg",
-                  markup=False)
+    console.print(f"saved to {path}; replay it exactly with:\n  {replay_command} --replay {path} "
+                  "--timeline timeline.svg", markup=False)
 
 
-def run_explore(args: argparse.Namespace) -> int:
+def run_explore(args: argparse.Namespace, breakage: Breakage = Breakage(),
+                replay_command: str = "lessor simulate") -> int:
     console = Console(stderr=args.json)
     with Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[note]}"), console=console, disable=args.json) as progress:
@@ -82,8 +93,9 @@ def run_explore(args: argparse.Namespace) -> int:
                             note="" if outcome.verdict.ok else "violation found: shrinking…")
 
         found = explore(args.examples, seed=args.seed, url=args.redis_url, shrink_runs=args.shrink_runs,
-                        on_example=on_example, max_workers=max(2, args.workers), max_runs=max(1, args.actions),
-                        max_faults=max(0, args.faults))
+                        breakage=breakage, on_example=on_example, max_workers=max(2, args.workers),
+                        max_runs=max(1, args.actions), max_faults=max(0, args.faults),
+                        store_faults=getattr(args, "store_faults", False), durability=getattr(args, "durability", None))
     rows = summary_rows(found)
     if args.json:
         print(json.dumps(rows | ({"shrunk_plan": json.loads(found.shrunk.plan.to_json()),
@@ -93,19 +105,19 @@ def run_explore(args: argparse.Namespace) -> int:
         print_summary(console, rows)
     if found.shrunk:
         path = args.save or f"lessor-plan-{args.seed if args.seed is not None else 'random'}.json"
-        report_failure(Console(stderr=True) if args.json else console, found.shrunk, path)
+        report_failure(Console(stderr=True) if args.json else console, found.shrunk, path, replay_command)
         return 1
     return 0
 
 
-def run_replay(args: argparse.Namespace) -> int:
+def run_replay(args: argparse.Namespace, breakage: Breakage = Breakage()) -> int:
     console = Console()
     if not os.path.exists(args.replay):
         raise ValueError(f"no plan file {args.replay!r}: pass the path `lessor simulate` saved")
     with open(args.replay) as f:
         plan = Plan.from_json(f.read())
     with simulation_portal(args.redis_url) as (run, _):
-        outcome = run(plan)
+        outcome = run(plan, breakage)
     if args.timeline:
         from lessor.simulations.timeline import write_timeline
 

@@ -7,6 +7,9 @@ the minimal one, which is what we report, save and offer to replay.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -21,6 +24,7 @@ from lessor.leasing.scripts import ClockMode
 from lessor.server import EmbeddedServer
 from lessor.simulations.breakage import Breakage
 from lessor.simulations.checks import Verdict, check_all
+from lessor.simulations.network import InjectedErrors, flaky_client
 from lessor.simulations.plan import Plan
 from lessor.simulations.simulator import SimResult, Simulator
 from lessor.simulations.strategies import plans
@@ -52,11 +56,22 @@ class Exploration:
 
 
 class SimServer:
-    """A private embedded server (appendfsync always) that simulations may restart."""
+    """A private embedded server that simulations may restart, crash and fail over.
+
+    appendfsync always, so the AOF file holds every write the moment it is
+    answered, and what a crash keeps is decided by the simulator's disk model
+    (simulator.DiskModel), not by the machine's timing. No automatic AOF
+    rewrite: the incr file only grows between the rewrites a simulation asks for.
+    """
 
     def __init__(self, url: str | None = None) -> None:
-        self.server = None if url else EmbeddedServer(appendfsync="always")
+        self.server = None if url else EmbeddedServer(
+            appendfsync="always", extra_args=("--auto-aof-rewrite-percentage", "0"))
         self.url = url
+        self._incr_path: str | None = None
+        # Bound, never listening: a REPLICAOF to this port is refused, so it never syncs.
+        self._dead_port = socket.socket()
+        self._dead_port.bind(("127.0.0.1", 0))
 
     def __enter__(self) -> "SimServer":
         if self.server is not None:
@@ -66,13 +81,44 @@ class SimServer:
     def __exit__(self, *exc) -> None:
         if self.server is not None:
             self.server.stop()
+        self._dead_port.close()
 
     @property
     def can_restart(self) -> bool:
         return self.server is not None
 
+    @property
+    def unused_port(self) -> int:
+        return self._dead_port.getsockname()[1]
+
     async def restart(self) -> None:
         await anyio.to_thread.run_sync(self.server.restart)
+
+    async def crash_to(self, aof_size: int) -> None:
+        """SIGKILL; cut the incr AOF back to ``aof_size`` bytes (the unsynced tail is lost); start."""
+        def crash() -> None:
+            self.server.crash()
+            with open(self.aof_path(), "r+b") as f:
+                f.truncate(aof_size)
+            self.server.start()
+        await anyio.to_thread.run_sync(crash)
+
+    def aof_path(self) -> str:
+        """The incr file of the multi-part AOF (Valkey/Redis >= 7): the manifest's last ``type i``."""
+        if self._incr_path is None:
+            folder = os.path.join(self.server.workdir, "appendonlydir")
+            manifest = next(f for f in os.listdir(folder) if f.endswith(".manifest"))
+            with open(os.path.join(folder, manifest)) as f:
+                incr = [line.split()[1] for line in f if line.split()[-2:] == ["type", "i"]]
+            self._incr_path = os.path.join(folder, incr[-1])
+        return self._incr_path
+
+    def refresh_aof(self) -> None:
+        """After an AOF rewrite: the incr file is a new one."""
+        self._incr_path = None
+
+    def aof_size(self) -> int:
+        return os.path.getsize(self.aof_path())
 
 
 async def open_sim_backend(url: str) -> Backend:
@@ -82,24 +128,53 @@ async def open_sim_backend(url: str) -> Backend:
     return Backend(redis=redis, url=url, partitions=SIM_PARTITIONS, clock=ClockMode.VIRTUAL)
 
 
-async def simulate(backend: Backend, plan: Plan, breakage: Breakage = Breakage(),
+@dataclass
+class SimConnections:
+    """The connections simulations run on: the backend, and the reapers' flaky one (store_errors)."""
+
+    backend: Backend
+    reapers: Backend
+    injected: InjectedErrors
+
+    async def aclose(self) -> None:
+        await self.backend.redis.aclose()
+        await self.reapers.redis.aclose()
+
+
+async def open_sim_connections(url: str) -> SimConnections:
+    """The simulation backend, and a copy of it on a flaky client of its own for the reapers."""
+    backend = await open_sim_backend(url)
+    injected = InjectedErrors()
+    reapers = dataclasses.replace(backend, redis=flaky_client(url, injected))
+    return SimConnections(backend, reapers, injected)
+
+
+async def simulate(conns: SimConnections | Backend, plan: Plan, breakage: Breakage = Breakage(),
                    server: SimServer | None = None) -> Outcome:
-    """Run one plan and check it."""
-    sim_backend = breakage.backend(backend)
-    restart = server.restart if server is not None and server.can_restart else None
-    result = await Simulator(sim_backend, plan, keeper_cls=breakage.keeper_cls(), restart_server=restart).run()
-    return Outcome(plan, result, await check_all(result, backend))
+    """Run one plan and check it (on a bare Backend: no store_errors injection)."""
+    if isinstance(conns, Backend):
+        conns = SimConnections(conns, conns, InjectedErrors())
+    durability = plan.config.durability
+    sim_backend = breakage.backend(conns.backend, durability)
+    reapers = breakage.backend(conns.reapers, durability)
+    store = server if server is not None and server.can_restart else None
+    conns.injected.on = False
+    result = await Simulator(sim_backend, plan, keeper_cls=breakage.keeper_cls(), store=store,
+                             reaper_backend=reapers, injected=conns.injected, reaper_cls=breakage.reaper_cls(),
+                             report_policy=breakage.report_policy()).run()
+    conns.injected.on = False
+    return Outcome(plan, result, await check_all(result, conns.backend))
 
 
 @contextlib.contextmanager
 def simulation_portal(url: str | None = None) -> Iterator[tuple[Callable, SimServer]]:
     """A blocking portal with a sim server and backend: yields run(plan, breakage) -> Outcome."""
     with SimServer(url) as server, start_blocking_portal() as portal:
-        backend = portal.call(open_sim_backend, server.url)
+        conns = portal.call(open_sim_connections, server.url)
         try:
-            yield (lambda plan, breakage=Breakage(): portal.call(simulate, backend, plan, breakage, server)), server
+            yield (lambda plan, breakage=Breakage(): portal.call(simulate, conns, plan, breakage, server)), server
         finally:
-            portal.call(backend.redis.aclose)
+            portal.call(conns.aclose)
 
 
 def explore(examples: int, *, seed: int | None = None, breakage: Breakage = Breakage(), url: str | None = None,
@@ -115,6 +190,8 @@ def explore(examples: int, *, seed: int | None = None, breakage: Breakage = Brea
     started = time.perf_counter()  # clock: reporting only
     with simulation_portal(url) as (run, server):
         strategy.setdefault("server_restarts", server.can_restart)
+        if not server.can_restart:
+            strategy["server_restarts"] = False  # crashes, restarts, failovers need a server of our own
         generating = [True]
 
         failed: dict[Plan, Outcome] = {}

@@ -1,8 +1,42 @@
-"""The simulated network and fault schedule: what happens to each message of a worker."""
+"""The simulated network and fault schedule: what happens to each message of a worker.
+
+Also the store errors injected under the reapers: a redis client whose
+connections fail, as a dropped connection does, while a ``store_errors`` fault
+is in force, so the whole real stack above it (redis-py's retry, Backend.call's
+StoreUnavailable, the Reaper) meets them.
+"""
 
 from __future__ import annotations
 
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from lessor.leasing.backend import make_redis
 from lessor.simulations.plan import Fault, Plan
+
+
+class InjectedErrors:
+    """A switch the simulator flips at each step: on = every call on a flaky client fails."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.failed_calls = 0
+
+
+def flaky_client(url: str, injected: InjectedErrors) -> aioredis.Redis:
+    """A client for ``url`` whose every send fails with a connection error while ``injected.on``."""
+    client = make_redis(url)
+    base = client.connection_pool.connection_class
+
+    class FlakyConnection(base):  # type: ignore[misc, valid-type]
+        async def send_packed_command(self, command, check_health: bool = True) -> None:
+            if injected.on:
+                injected.failed_calls += 1
+                raise RedisConnectionError("simulated store error: connection reset by peer")
+            await super().send_packed_command(command, check_health)
+
+    client.connection_pool.connection_class = FlakyConnection
+    return client
 
 
 class FaultSchedule:
@@ -29,6 +63,9 @@ class FaultSchedule:
 
     def reaper_down(self, t: int) -> bool:
         return bool(self._active("reaper_down", None, t))
+
+    def store_errors(self, t: int) -> bool:
+        return bool(self._active("store_errors", None, t))
 
     def reaper_factor(self, t: int) -> float:
         return max((f.factor for f in self._active("slow_reaper", None, t)), default=1.0)

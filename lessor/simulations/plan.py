@@ -21,7 +21,22 @@ FAULT_KINDS = (
     "server_restart",  # server: killed and restarted from its AOF (script cache lost)
     "slow_reaper",     # reaper: its interval is multiplied by `factor` for duration_ms
     "reaper_down",     # reaper: no passes for duration_ms
+    # Store faults (``strategies.plans(store_faults=True)``, ``lessor simulate --store-faults``):
+    "server_crash",    # server: SIGKILL, restarted from its AOF cut back to a seeded point after the
+                       # last modelled fsync (the unsynced tail is lost; new run_id)
+    "failover",        # server: a lagging replica is promoted: the data rolls back to what it was
+                       # lag_ms earlier, new master_replid, same run_id (demote-then-re-promote)
+    "reaper_crash",    # reaper: the reaper process dies; a new one starts after duration_ms
+    "store_errors",    # reapers: for duration_ms every call of the reaper and of the workers'
+                       # reaper passes fails with a connection error
 )
+
+# Faults of the system as a whole: their ``worker`` field means nothing.
+SYSTEM_FAULT_KINDS = frozenset({"clock_jump", "server_restart", "slow_reaper", "reaper_down", "server_crash",
+                                "failover", "reaper_crash", "store_errors"})
+# Faults that lose acknowledged writes (a rollback of the server's data).
+DATA_LOSS_KINDS = frozenset({"server_crash", "failover"})
+DURABILITY_MODES = ("memory", "fsync")
 
 
 @dataclass(frozen=True)
@@ -37,11 +52,12 @@ class Fault:
     delta_ms: int = 0
     rate: float = 1.0
     factor: float = 1.0
+    lag_ms: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {self.kind!r}; known: {', '.join(FAULT_KINDS)}")
-        if self.at_ms < 0 or self.duration_ms < 0:
+        if self.at_ms < 0 or self.duration_ms < 0 or self.lag_ms < 0:
             raise ValueError(f"fault times must be >= 0: {self}")
 
 
@@ -78,6 +94,17 @@ class Config:
     backoff_ms: int = 100
     drift_bound: float = 0.05      # |rate - 1| up to this is "bounded drift" (guarantee 2 holds)
     rpc_timeout_ms: int = 300      # a worker gives up on a reply after this (its heartbeat interval)
+    worker_reap_ms: int = 500      # each worker's reaper pass interval (shared throttle), as Worker(reap=True)
+    report_timeout_ms: int = 2000  # an unanswered report is sent again for this long (WorkerConfig.report_timeout_s
+                                   # is 60 s for a 30 s ttl: the same ratio)
+    durability: str = "memory"     # the backend's durability mode: memory or fsync (leasing/durability.py)
+
+    def __post_init__(self) -> None:
+        if self.durability not in DURABILITY_MODES:
+            raise ValueError(f"durability must be one of {', '.join(DURABILITY_MODES)}, got {self.durability!r}")
+        if self.worker_reap_ms <= 0 or self.report_timeout_ms < 0:
+            raise ValueError(f"worker_reap_ms must be > 0 and report_timeout_ms >= 0, got {self.worker_reap_ms} "
+                             f"and {self.report_timeout_ms}")
 
 
 @dataclass(frozen=True)
@@ -96,8 +123,7 @@ class Plan:
         if self.workers < 1:
             raise ValueError("a plan needs at least one worker")
         for fault in self.faults:
-            if fault.kind not in ("clock_jump", "server_restart", "slow_reaper", "reaper_down") \
-                    and not 0 <= fault.worker < self.workers:
+            if fault.kind not in SYSTEM_FAULT_KINDS and not 0 <= fault.worker < self.workers:
                 raise ValueError(f"fault names worker {fault.worker}, the plan has {self.workers}")
         for abort in self.aborts:
             if not 0 <= abort.run < len(self.submits):
@@ -123,6 +149,10 @@ class Plan:
             )
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise ValueError(f"not a lessor simulation plan: {exc}") from None
+
+    def loses_data(self) -> bool:
+        """True if a fault may roll back acknowledged writes (server_crash, failover)."""
+        return any(f.kind in DATA_LOSS_KINDS and f.at_ms < self.heal_ms for f in self.faults)
 
     def server_clock_goes_back(self) -> bool:
         """True if a clock jump moves the server's clock backwards (server times then stop being ordered)."""

@@ -9,6 +9,13 @@ log, byte for byte. A 30 s lease expires in microseconds of real time.
 
 Two phases: safety (faults on, until ``plan.heal_ms``), then liveness (faults
 healed; every run must finish within ``liveness_bound_ms``).
+
+Store faults: the server may crash and come back from an AOF cut back to a
+point after the last modelled fsync (``DiskModel``), or be replaced by a
+lagging replica (its data rolled back ``lag_ms``, a new replication id); the
+reapers' connections may fail (``InjectedErrors``). The truth records which
+steps each data loss rolled back, so checkers can tell a write the system lost
+on purpose (memory durability, a failover) from one it promised to keep.
 """
 
 from __future__ import annotations
@@ -16,21 +23,24 @@ from __future__ import annotations
 import heapq
 import random
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
+
+import anyio
 
 from lessor.core import events as ev
+from lessor.errors import LessorError
 from lessor.leasing.backend import Backend
 from lessor.leasing.client import Lease
 from lessor.leasing.eventlog import EventLog, LogEntry
 from lessor.leasing.keeper import LeaseKeeper
 from lessor.leasing.reaper import Reaper
 from lessor.leasing.scripts import VIRTUAL_CLOCK_KEY
-from lessor.scheduler.control import abort_run
+from lessor.scheduler.control import UnknownRun, abort_run
 from lessor.scheduler.submit import Retries, RunSpec, submit_runs
-from lessor.simulations.network import FaultSchedule
-from lessor.simulations.plan import Plan
-from lessor.simulations.simworker import SimWorker
-from lessor.simulations.truth import Execution, Report, Truth
+from lessor.simulations.network import FaultSchedule, InjectedErrors
+from lessor.simulations.plan import Fault, Plan
+from lessor.simulations.simworker import ReportPolicy, SimWorker, report_decision
+from lessor.simulations.truth import DataLoss, Execution, Grant, Report, ReportChain, Truth
 
 SERVER_EPOCH_MS = 1_000_000_000  # the virtual server clock at t = 0
 
@@ -41,6 +51,57 @@ def liveness_bound_ms(plan: Plan) -> int:
     per_run = [(s.fail_attempts + 1) * (s.work_ms + 8 * c.poll_ms + c.rpc_timeout_ms)
                + s.fail_attempts * c.backoff_ms * 2 ** s.fail_attempts * 1.5 for s in plan.submits] or [0]
     return int(c.ttl_ms + c.grace_ms + c.reaper_interval_ms + c.heartbeat_ms + max(per_run) + 2 * c.rpc_timeout_ms)
+
+
+class Store(Protocol):
+    """What the simulator may do to the server process (explore.SimServer)."""
+
+    can_restart: bool
+    unused_port: int            # nothing listens there: REPLICAOF to it never syncs
+
+    async def restart(self) -> None: ...                  # SIGKILL, start again from the whole AOF
+    async def crash_to(self, aof_size: int) -> None: ...  # SIGKILL, cut the incr AOF to this size, start
+    def aof_size(self) -> int: ...                        # the incr AOF file's size now
+    def refresh_aof(self) -> None: ...                    # after a rewrite: find the new incr file
+
+
+class DiskModel:
+    """What the server's AOF holds on disk, as modelled (appendfsync everysec, by virtual time).
+
+    The real file is written in full (the sim server runs appendfsync always); the
+    model decides how much of it a crash keeps. Its size is recorded after every
+    simulator step; a sync point is the end of a step all of whose writes are on
+    disk: every 1000 ms of virtual time (everysec), and the step in which the
+    server answered a WAITAOF with numlocal >= 1 (observed on the reply itself,
+    whatever lessor's code makes of it). A crash cuts the file at the end of a
+    seeded random step between the last sync point and now: always at a command
+    boundary, so the restarted server loads it whole.
+    """
+
+    SYNC_EVERY_MS = 1000
+
+    def __init__(self, size_of: Callable[[], int]) -> None:
+        self.size_of = size_of
+        self.sync_step = 0
+        self.sizes: list[tuple[int, int, int]] = []   # (step, incr AOF size after it, true ms), since the sync point
+
+    def record(self, step: int, now_ms: int) -> None:
+        self.sizes.append((step, self.size_of(), now_ms))
+
+    def synced(self, step: int) -> None:
+        """Everything up to the end of ``step`` is on disk."""
+        if step > self.sync_step:
+            self.sync_step = step
+            self.sizes = [x for x in self.sizes if x[0] >= step]
+
+    def cut(self, rng: random.Random) -> tuple[int, int, int]:
+        """A crash: the (step, size, ms) the file is cut back to: the end of a step since the sync point."""
+        return rng.choice([x for x in self.sizes if x[0] >= self.sync_step])
+
+    def restarted(self, step: int) -> None:
+        """The server came back from what is on disk: all of it is synced now."""
+        self.sizes = []
+        self.sync_step = step
 
 
 @dataclass
@@ -63,23 +124,37 @@ class Simulator:
     queue = "sim"
 
     def __init__(self, backend: Backend, plan: Plan, *, keeper_cls: type[LeaseKeeper] = LeaseKeeper,
-                 restart_server: Callable[[], Awaitable[None]] | None = None) -> None:
+                 restart_server: Callable[[], Awaitable[None]] | None = None, store: Store | None = None,
+                 reaper_backend: Backend | None = None, injected: InjectedErrors | None = None,
+                 reaper_cls: type[Reaper] = Reaper, report_policy: ReportPolicy | None = None) -> None:
+        """``backend`` carries the plan's durability; ``reaper_backend`` is what every reaper
+        (the dedicated one, each worker's passes) talks through: the same server, over
+        connections that fail while ``injected.on`` (store_errors faults)."""
         self.backend, self.plan = backend, plan
         self.keeper_cls = keeper_cls
-        self.restart_server = restart_server
+        self.store = store if store is not None and store.can_restart else None
+        self.restart_server = restart_server or (self.store.restart if self.store else None)
+        self.reaper_backend = reaper_backend or backend
+        self.injected = injected or InjectedErrors()
+        self._failed_before = self.injected.failed_calls
+        self.reaper_cls = reaper_cls
+        self.report_policy = report_policy or report_decision
         self.rng = random.Random(plan.seed)
         self.faults = FaultSchedule(plan)
-        self.truth = Truth(heal_ms=plan.heal_ms)
+        self.truth = Truth(heal_ms=plan.heal_ms, durability=plan.config.durability, epoch_ms=SERVER_EPOCH_MS)
         self.now_ms = 0
+        self.step_no = 0
+        self.disk: DiskModel | None = None
+        self._snapshots: dict[int, list[tuple[bytes, int, bytes]]] = {}
+        self._snapshot_steps: dict[int, tuple[int, int]] = {}
         self.server_offset_ms = 0
         self._clock_set: int | None = None
         self._queue: list = []
         self._seq = 0
         self.workers: list[SimWorker] = []
-        self.granted_worker: dict[int, str] = {}
         self._submit_of: dict[str, int] = {}
         self._lost_replies: dict[int, int] = {}
-        self.reaper = Reaper(backend, limit=200)
+        self.reaper: Reaper | None = self.new_reaper()
         self.end_ms = plan.heal_ms + liveness_bound_ms(plan)   # the liveness deadline
         self._done: set[str] = set()
         self._last_done_check = -10**9
@@ -100,9 +175,16 @@ class Simulator:
             self._clock_set = self.server_ms()
             await self.backend.redis.set(VIRTUAL_CLOCK_KEY, self._clock_set)
 
+    def new_reaper(self, **kwargs) -> Reaper:
+        """A reaper process (the real Reaper class, or the switch's) on the reapers' connections."""
+        return self.reaper_cls(self.reaper_backend, limit=200, **kwargs)
+
     def _advance(self, t_ms: int) -> None:
         delta = t_ms - self.now_ms
+        self.injected.on = self.faults.store_errors(t_ms)
         if delta > 0:
+            if self.disk is not None and t_ms // DiskModel.SYNC_EVERY_MS > self.now_ms // DiskModel.SYNC_EVERY_MS:
+                self.disk.synced(self.step_no - 1)  # everysec: what was written before this step is on disk
             self.now_ms = t_ms
             for w in self.workers:
                 if w.alive:
@@ -115,6 +197,7 @@ class Simulator:
         if not self._queue:
             return False
         t, _, fn, worker = heapq.heappop(self._queue)
+        self.step_no += 1
         self._advance(t)
         if worker is not None:
             if not worker.alive:
@@ -125,7 +208,15 @@ class Simulator:
         result = fn()
         if hasattr(result, "__await__"):
             await result
+        if self.disk is not None:
+            self.disk.record(self.step_no, self.now_ms)
         return True
+
+    def observe_waitaof(self, response: Any, **options: Any) -> Any:
+        """Response callback for WAITAOF: the server said this step's writes are on its disk."""
+        if self.disk is not None and isinstance(response, (list, tuple)) and response and int(response[0]) >= 1:
+            self.disk.synced(self.step_no)
+        return response
 
     # --- the network ------------------------------------------------------------------------
 
@@ -153,17 +244,20 @@ class Simulator:
             if self.faults.partitioned(w.index, self.now_ms):
                 return
             await self.sync_clock()
-            result = await op()
+            try:
+                result, error = await op(), None
+            except LessorError as exc:  # the store's own answer (StoreUnavailable, NotDurable, ...): sent back
+                result, error = None, exc
             for report in reports or ():
-                report.server_ms, report.ran_ms = self.server_ms(), self.now_ms
-            if on_server is not None:
+                report.server_ms, report.ran_ms, report.ran_step = self.server_ms(), self.now_ms, self.step_no
+            if on_server is not None and error is None:
                 on_server(result)
             if self._lost_replies.get(w.index, 0) > 0:
                 self._lost_replies[w.index] -= 1
                 return
             back = self.faults.delay_ms(w.index, self.now_ms)
             if not self.faults.partitioned(w.index, self.now_ms + back):
-                self.at(self.now_ms + back, lambda: reply(result, None), w)
+                self.at(self.now_ms + back, lambda: reply(result, error), w)
 
         delay = self.faults.delay_ms(w.index, sent)
         if delay:
@@ -177,6 +271,14 @@ class Simulator:
         report = Report(w.id, lease.ref, lease.token, kind, self.now_ms)
         self.truth.reports.append(report)
         return report
+
+    def truth_chain(self, w: SimWorker, lease: Lease, kind: str) -> ReportChain:
+        chain = ReportChain(w.id, lease.ref, lease.token, kind, self.now_ms)
+        self.truth.chains.append(chain)
+        return chain
+
+    def truth_grant(self, w: SimWorker, lease: Lease, ran_step: int, ran_ms: int) -> None:
+        self.truth.grants.append(Grant(w.id, lease.ref, lease.token, lease.partition, self.now_ms, ran_step, ran_ms))
 
     def truth_execution(self, w: SimWorker, lease: Lease) -> Execution:
         execution = Execution(w.id, lease.ref, lease.token, self.now_ms, start_server_ms=self.server_ms())
@@ -208,8 +310,14 @@ class Simulator:
                 await w.poll()
                 self.at(self.now_ms + cfg.poll_ms * 2 ** w.idle_polls, poll, w)
 
+        async def reap() -> None:
+            if self.now_ms < self.end_ms:
+                await w.reap()
+                self.at(self.now_ms + int(cfg.worker_reap_ms / max(w.clock.rate, 1e-3)), reap, w)
+
         self.at(self.now_ms + cfg.heartbeat_ms, heartbeat, w)
         self.at(self.now_ms, poll, w)
+        self.at(self.now_ms + cfg.worker_reap_ms, reap, w)
 
     def _new_worker(self, index: int, incarnation: int) -> SimWorker:
         w = SimWorker(self, index, incarnation, self.keeper_cls)
@@ -229,24 +337,31 @@ class Simulator:
             "task", namespace=self.namespace, queue=self.queue, run_id=run_id,
             retries=Retries(user=s.user_retries, system=s.system_retries, backoff_ms=self.plan.config.backoff_ms))])
         self.truth.submitted.append(run_id)
+        self.truth.submit_steps[run_id] = self.step_no
 
     async def _abort(self, run: int) -> None:
         run_id = f"s{run}"
         if run_id in self._submit_of:
             await self.sync_clock()
+            try:
+                outcome = await abort_run(self.backend, self.namespace, run_id,
+                                          "aborted by the simulated control plane")
+            except UnknownRun:  # its submit was rolled back (a crash or failover lost it)
+                return
             self.truth.aborted_at_ms.setdefault(run_id, self.now_ms)
-            await abort_run(self.backend, self.namespace, run_id, "aborted by the simulated control plane")
+            self.truth.abort_calls.append((run_id, self.now_ms, self.step_no, outcome.aborted + outcome.requested > 0))
 
     async def _reap(self) -> None:
         cfg = self.plan.config
-        if not self.faults.reaper_down(self.now_ms):
+        if self.reaper is not None and not self.faults.reaper_down(self.now_ms):
             await self.sync_clock()
             await self.reaper.reap_once()
         if self.now_ms < self.end_ms:
             self.at(self.now_ms + int(cfg.reaper_interval_ms * self.faults.reaper_factor(self.now_ms)), self._reap)
 
     def _schedule_faults(self) -> None:
-        for f in self.plan.faults:
+        snapshots = []
+        for i, f in enumerate(self.plan.faults):
             if f.at_ms >= self.plan.heal_ms:
                 continue
             if f.kind == "pause":
@@ -259,7 +374,25 @@ class Simulator:
                 self.at(f.at_ms, lambda f=f: self._jump(f))
             elif f.kind == "server_restart" and self.restart_server is not None:
                 self.at(f.at_ms, self._restart)
+            elif f.kind == "server_crash" and self.store is not None:
+                self.at(f.at_ms, lambda i=i: self._server_crash(i))
+            elif f.kind == "failover" and self.store is not None:
+                self.at(f.at_ms, lambda i=i: self._failover(i))
+                snapshots.append((i, self._snapshot_ms(f)))
+            elif f.kind == "reaper_crash":
+                self.at(f.at_ms, lambda f=f: self._reaper_crash(f))
+        # After the faults: a snapshot due at the same time as a crash is taken after it.
+        for i, at_ms in snapshots:
+            if at_ms < self.plan.faults[i].at_ms:
+                self.at(at_ms, lambda i=i: self._snapshot(i))
         self.at(self.plan.heal_ms, self._heal)
+
+    def _snapshot_ms(self, f: Fault) -> int:
+        """When the promoted replica's data is from: lag_ms before, but never before the server
+        last restarted or lost data (a replica resyncs with the primary it follows)."""
+        resets = [g.at_ms for g in self.plan.faults if g.kind in ("server_restart", "server_crash", "failover")
+                  and g.at_ms < f.at_ms and g is not f and g.at_ms < self.plan.heal_ms]
+        return max([f.at_ms - f.lag_ms, 0] + resets)
 
     def _pause(self, f) -> None:
         w = self.workers[f.worker]
@@ -291,11 +424,71 @@ class Simulator:
 
     async def _restart(self) -> None:
         await self.restart_server()
+        if self.disk is not None:
+            self.disk.restarted(self.step_no)
         self._clock_set = None
         await self.sync_clock()
 
+    async def _server_crash(self, index: int) -> None:
+        """SIGKILL; the AOF is cut back to a seeded point after the last sync; restart from it."""
+        rng = random.Random(f"{self.plan.seed}:crash:{index}")
+        step, size, step_ms = self.disk.cut(rng)
+        await self.store.crash_to(size)
+        self.disk.restarted(self.step_no)
+        self._lost(DataLoss("server_crash", self.now_ms, self.step_no, step, step_ms))
+        self._clock_set = None
+        await self.sync_clock()
+
+    async def _snapshot(self, index: int) -> None:
+        """What a lagging replica holds: every key (DUMP, PTTL), taken now."""
+        redis = self.backend.redis
+        keys = sorted([k async for k in redis.scan_iter(count=1000)])
+        pipe = redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.pttl(key)
+            pipe.dump(key)
+        replies = await pipe.execute()
+        self._snapshots[index] = [(k, replies[2 * j], replies[2 * j + 1]) for j, k in enumerate(keys)
+                                  if replies[2 * j + 1] is not None]
+        self._snapshot_steps[index] = (self.step_no, self.now_ms)
+
+    async def _failover(self, index: int) -> None:
+        """A replica lagging lag_ms is promoted: same process (same run_id), its data rolled back to
+        the snapshot, a new master_replid (REPLICAOF a dead port, then NO ONE: what a demoted and
+        re-promoted node goes through), an empty script cache (scripts are not replicated)."""
+        redis = self.backend.redis
+        snapshot = self._snapshots.pop(index, None)
+        if snapshot is not None:
+            await redis.flushall()
+            pipe = redis.pipeline(transaction=False)
+            for key, pttl, dumped in snapshot:
+                pipe.restore(key, max(pttl, 0), dumped)
+            await pipe.execute()
+            step, at_ms = self._snapshot_steps.pop(index)
+            self._lost(DataLoss("failover", self.now_ms, self.step_no, step, at_ms))
+        await redis.script_flush()
+        await redis.execute_command("REPLICAOF", "127.0.0.1", str(self.store.unused_port))
+        await redis.execute_command("REPLICAOF", "NO", "ONE")
+        if self.disk is not None:
+            self.disk.restarted(self.step_no)  # the new primary's disk holds what it has
+        self._clock_set = None
+        await self.sync_clock()
+
+    def _lost(self, loss: DataLoss) -> None:
+        self.truth.data_loss.append(loss)
+        self._done.clear()  # a finished run may be running again
+
+    def _reaper_crash(self, f: Fault) -> None:
+        self.reaper = None
+        self.at(min(f.at_ms + max(f.duration_ms, 1), self.plan.heal_ms), self._reaper_back)
+
+    def _reaper_back(self) -> None:
+        if self.reaper is None:
+            self.reaper = self.new_reaper()
+
     def _heal(self) -> None:
         self._lost_replies.clear()
+        self._reaper_back()
         for w in list(self.workers):
             if w.alive and w.paused:
                 w.resume()
@@ -306,8 +499,35 @@ class Simulator:
 
     async def run(self) -> SimResult:
         """Run the plan: safety phase, heal, liveness phase; collect the log and the truth."""
-        await self.backend.redis.flushall()
+        await self._setup()
+        try:
+            return await self._run()
+        finally:
+            for client in {id(b.redis): b.redis for b in (self.backend, self.reaper_backend)}.values():
+                client.response_callbacks.pop("WAITAOF", None)
+
+    async def _setup(self) -> None:
+        """An empty database; with crashes or restarts in the plan, a fresh AOF too (small to reload)."""
+        redis = self.backend.redis
+        await redis.flushall()
+        kinds = {f.kind for f in self.plan.faults if f.at_ms < self.plan.heal_ms}
+        if self.store is not None and kinds & {"server_crash", "server_restart"}:
+            await redis.bgrewriteaof()
+            while True:  # a fork of an empty database: a few ms
+                info = await redis.info("persistence")
+                if not info.get("aof_rewrite_in_progress") and not info.get("aof_rewrite_scheduled"):
+                    break
+                await anyio.sleep(0.005)
+            self.store.refresh_aof()
+            if "server_crash" in kinds:
+                self.disk = DiskModel(self.store.aof_size)
+        for client in {id(b.redis): b.redis for b in (self.backend, self.reaper_backend)}.values():
+            client.set_response_callback("WAITAOF", self.observe_waitaof)
         await self.sync_clock()
+        if self.disk is not None:
+            self.disk.record(0, 0)
+
+    async def _run(self) -> SimResult:
         deadline = self.end_ms
         for i, s in enumerate(self.plan.submits):
             self.at(s.at_ms, lambda i=i: self._submit(i))
@@ -333,8 +553,8 @@ class Simulator:
         raw = []
         for p in range(self.backend.partitions):
             raw += [(p, fields[b"e"]) for _, fields in await self.backend.redis.xrange(self.backend.keys(p).stream)]
-        return SimResult(self.plan, entries, raw, self.truth, quiesced, deadline,
-                         stats=summarize(entries, self.truth))
+        stats = summarize(entries, self.truth) | {"store_errors": self.injected.failed_calls - self._failed_before}
+        return SimResult(self.plan, entries, raw, self.truth, quiesced, deadline, stats=stats)
 
     async def _all_done(self) -> bool:
         """Every submitted run finished? Asked at most every 50 ms of virtual time, for the runs not yet done."""
@@ -346,7 +566,8 @@ class Simulator:
         for run_id in pending:
             pipe.hget(self.backend.keys_for_run(self.namespace, run_id).run(f"{self.namespace}/{run_id}"), "phase")
         for run_id, phase in zip(pending, await pipe.execute()):
-            if phase not in (b"running", None):
+            # A run whose submit a crash or failover rolled back is gone: nothing to wait for.
+            if phase not in (b"running", None) or (phase is None and self.truth.lost(self.truth.submit_steps[run_id])):
                 self._done.add(run_id)
         return len(self._done) == len(self.truth.submitted)
 
@@ -361,4 +582,7 @@ def summarize(entries: list[LogEntry], truth: Truth) -> dict[str, int]:
         "lease_expired": count(ev.LeaseExpired), "resumed_in_grace": count(ev.LeaseResumed),
         "stale_reports_refused": count(ev.ReportRejected),
         "succeeded": sum(1 for e in entries if isinstance(e.event, ev.RunCompleted) and e.event.phase == "succeeded"),
+        "data_losses": len(truth.data_loss),
+        "report_retries": sum(max(0, c.tries - 1) for c in truth.chains),
+        "unconfirmed_reports": sum(1 for c in truth.chains if c.outcome == "unconfirmed"),
     }

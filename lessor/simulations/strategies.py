@@ -6,15 +6,23 @@ durations, smaller numbers, so a failure ends as a small plan a person can read.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import strategies as st
 
-from lessor.simulations.plan import Abort, Config, Fault, Plan, Submit
+from lessor.simulations.plan import DURABILITY_MODES, Abort, Config, Fault, Plan, Submit
 
 # Weighted by repetition: the faults that move ownership come up most. The
 # order matters for shrinking too: hypothesis shrinks toward the first kind.
 WORKER_FAULTS = ("partition", "partition", "partition", "pause", "pause", "delay", "delay", "crash", "crash",
                  "lost_reply", "drift")
 SYSTEM_FAULTS = ("clock_jump", "clock_jump", "slow_reaper", "reaper_down")
+# The store fails (``store_faults=True``). Restarts stay in: a token bug that only shows
+# once the counter is ahead of its time floor needs an earlier epoch jump.
+STORE_FAULTS = ("server_crash", "server_crash", "failover", "failover", "failover", "store_errors", "store_errors",
+                "reaper_crash", "server_restart")
+# Of those, the ones that need a server of our own (restarted, cut back, failed over).
+SERVER_FAULTS = frozenset({"server_crash", "failover", "server_restart"})
 
 
 def submits(max_runs: int, horizon_ms: int) -> st.SearchStrategy:
@@ -53,22 +61,39 @@ def fault(draw, workers: int, horizon_ms: int, config: Config, kinds: tuple[str,
         return Fault(kind, at, worker=worker, rate=round(draw(st.floats(1 - bound, 1 + bound)), 3))
     if kind == "clock_jump":
         return Fault(kind, at, delta_ms=draw(st.integers(-500, 3000)))
-    return Fault(kind, at)  # server_restart
+    if kind in ("reaper_crash", "store_errors"):
+        return Fault(kind, at, duration_ms=draw(long_ms))
+    if kind == "failover":
+        # The replica's lag: up to two lease windows (renewals, grants and reports lost).
+        return Fault(kind, at, lag_ms=draw(st.integers(0, 2 * window)))
+    return Fault(kind, at)  # server_restart, server_crash
 
 
 @st.composite
 def plans(draw, *, max_workers: int = 5, max_runs: int = 50, max_faults: int = 10, horizon_ms: int = 8000,
           server_restarts: bool = False, drift_within_bound: bool = True, config: Config | None = None,
-          fault_kinds: tuple[str, ...] | None = None) -> Plan:
+          fault_kinds: tuple[str, ...] | None = None, store_faults: bool = False,
+          durability: str | None = None) -> Plan:
     """A plan: 2..max_workers workers, 1..max_runs runs, 0..max_faults faults, a few aborts.
 
     ``fault_kinds`` narrows the faults drawn (default: all, weighted), e.g. to
-    aim an exploration at one mechanism.
+    aim an exploration at one mechanism. ``store_faults`` adds the store's own
+    failures (crash with a lost AOF tail, failover with lag, reaper crashes,
+    store errors) and draws the durability mode (memory or fsync) per plan,
+    unless ``durability`` (or ``config``) fixes it. Faults that need a server of
+    our own are left out unless ``server_restarts``.
     """
+    if durability is not None:
+        config = replace(config or Config(), durability=durability)
+    elif store_faults and config is None:
+        config = Config(durability=draw(st.sampled_from(DURABILITY_MODES)))
     config = config or Config()
     workers = draw(st.integers(2, max_workers))
     runs = draw(submits(max_runs, horizon_ms))
-    kinds = fault_kinds or WORKER_FAULTS + SYSTEM_FAULTS + (("server_restart",) if server_restarts else ())
+    kinds = fault_kinds or WORKER_FAULTS + SYSTEM_FAULTS + (STORE_FAULTS if store_faults else ()) \
+        + (("server_restart",) if server_restarts and not store_faults else ())
+    if not server_restarts:
+        kinds = tuple(k for k in kinds if k not in SERVER_FAULTS) or ("partition",)
     faults = draw(st.lists(fault(workers, horizon_ms, config, kinds, drift_within_bound), max_size=max_faults))
     aborts = draw(st.lists(st.builds(Abort, at_ms=st.integers(0, horizon_ms), run=st.integers(0, len(runs) - 1)),
                            max_size=2))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from html import escape
 
 from lessor.core import events as ev
+from lessor.simulations.plan import SYSTEM_FAULT_KINDS
 from lessor.simulations.simulator import SERVER_EPOCH_MS, SimResult
 
 PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#9c755f", "#bab0ab"]
@@ -78,7 +79,7 @@ def render_svg(result: SimResult) -> str:
     for i, f in enumerate(faults):
         y = TOP + 14 * i
         w = max(2.0, xt(min(f.at_ms + max(f.duration_ms, 1), result.plan.heal_ms)) - xt(f.at_ms))
-        who = f"w{f.worker}" if f.kind not in ("clock_jump", "server_restart", "slow_reaper", "reaper_down") else "system"
+        who = f"w{f.worker}" if f.kind not in SYSTEM_FAULT_KINDS else "system"
         out.append(f'<rect x="{xt(f.at_ms):.1f}" y="{y}" width="{w:.1f}" height="10" fill="#999" opacity="0.5"/>'
                    f'<text x="{xt(f.at_ms) + w + 3:.1f}" y="{y + 9}">{escape(f.kind)} {who}</text>')
     heal = xt(result.plan.heal_ms)

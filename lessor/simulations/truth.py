@@ -36,6 +36,65 @@ class Report:
     ran_ms: int | None = None      # true time when it ran
     answer: str = ""               # OK, RESUMED, ABORTED, STALE, UNKNOWN (what the server said)
     heard: bool = False            # did the worker get the answer
+    ran_step: int | None = None    # the simulator step in which it ran (orders writes; finds lost ones)
+
+    @property
+    def heard_committed(self) -> bool:
+        """The worker heard the server accept it (for complete, fail, release: the attempt ended)."""
+        return self.heard and self.answer == "OK"
+
+
+@dataclass
+class Grant:
+    """A lease grant a worker heard (the acquire's reply reached it)."""
+
+    worker: str
+    ref: str
+    token: int
+    partition: int
+    heard_ms: int                  # true time the worker heard it
+    ran_step: int                  # the simulator step in which the acquire ran
+    ran_ms: int                    # true time the acquire ran
+
+
+@dataclass
+class ReportChain:
+    """One report (complete, fail, release) of an attempt, over all its tries with the same token.
+
+    ``outcome``: committed (an OK heard), refused (STALE or UNKNOWN heard), unconfirmed
+    (no answer within the report timeout), error (an answer no retry can change),
+    crashed (the worker died first), pending (still trying when the simulation ended),
+    or whatever else a broken policy calls giving up. The times on the worker's clock
+    let a checker judge a give-up against the self-fence deadline and the timeout.
+    """
+
+    worker: str
+    ref: str
+    token: int
+    kind: str
+    started_ms: int
+    tries: int = 0
+    outcome: str = "pending"
+    ended_ms: int | None = None
+    started_worker_ms: float = 0.0            # the worker's clock at the first try
+    ended_worker_ms: float | None = None      # the worker's clock when it gave up
+    fence_deadline_worker_ms: float | None = None  # the lease's self-fence deadline then (None: not held)
+
+
+@dataclass
+class DataLoss:
+    """A fault that rolled the server's data back: writes that ran in steps
+    ``after_step < step < at_step`` are gone (the cut is after ``after_step``)."""
+
+    kind: str          # server_crash | failover
+    at_ms: int         # true time of the fault
+    at_step: int
+    after_step: int
+    after_ms: int      # true time of the last step that survived
+
+    def lost(self, step: int | None) -> bool:
+        """Did a write that ran in ``step`` get lost here?"""
+        return step is not None and self.after_step < step < self.at_step
 
 
 @dataclass
@@ -49,6 +108,27 @@ class Truth:
     heal_ms: int = 0
     end_ms: int = 0
     clock_offsets: list[tuple[int, int]] = field(default_factory=lambda: [(0, 0)])  # (true ms, server offset ms)
+    grants: list[Grant] = field(default_factory=list)
+    chains: list[ReportChain] = field(default_factory=list)
+    data_loss: list[DataLoss] = field(default_factory=list)
+    durability: str = "memory"
+    epoch_ms: int = 0            # the server clock at true time 0
+    submit_steps: dict[str, int] = field(default_factory=dict)   # run id -> step its submit ran (acknowledged)
+    abort_calls: list[tuple[str, int, int, bool]] = field(default_factory=list)  # (run, true ms, step, asked anything)
+
+    def lost(self, step: int | None) -> DataLoss | None:
+        """The data loss that rolled back a write made in ``step`` (None: it survived, or never ran)."""
+        return next((d for d in self.data_loss if d.lost(step)), None)
+
+    def failover_after(self, step: int | None) -> bool:
+        """True if a failover happened after ``step`` (it may roll back even fsync-acknowledged writes)."""
+        return step is not None and any(d.kind == "failover" and d.at_step > step for d in self.data_loss)
+
+    def min_server_time_from(self, true_ms: int, epoch_ms: int) -> int:
+        """The lowest reading of the server's clock at ``true_ms`` or later (clock jumps back included)."""
+        times = [self.server_time(true_ms, epoch_ms)]
+        times += [epoch_ms + at + off for at, off in self.clock_offsets if at > true_ms]
+        return min(times)
 
     def server_time(self, true_ms: int, epoch_ms: int) -> int:
         """The server's clock at a true time (clock jumps included)."""

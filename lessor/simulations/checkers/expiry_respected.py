@@ -2,6 +2,12 @@
 
 Evidence: the lease grant (its deadline) and every renewal the server accepted
 (ground truth: the server time it ran), against each lease_expired event.
+
+A renewal that a crash or failover rolled back still counts (guarantee 6: the
+first expiry-judging script of the new epoch gives every live lease a full
+ttl from then, so the deadline the worker heard is kept). Only when the
+server's clock went back after the renewal does the promise shrink, to a ttl
+from the lowest the clock read after the loss.
 """
 
 from __future__ import annotations
@@ -25,8 +31,12 @@ def check(entries, truth: Truth, ttl_ms: int) -> list[Violation]:
     # they ran (a server clock that went back can make a later deadline earlier).
     renewals = [r for r in truth.reports
                 if r.kind == "renew" and r.answer in ("OK", "RESUMED") and r.ran_ms is not None]
-    for r in sorted(renewals, key=lambda r: r.ran_ms):
-        deadline[(r.ref, r.token)] = r.server_ms + ttl_ms
+    for r in sorted(renewals, key=lambda r: (r.ran_ms, r.ran_step or 0)):
+        renewed_ms = r.server_ms
+        loss = truth.lost(r.ran_step)
+        if loss is not None:
+            renewed_ms = min(renewed_ms, truth.min_server_time_from(loss.at_ms, truth.epoch_ms))
+        deadline[(r.ref, r.token)] = renewed_ms + ttl_ms
     out = []
     for _, e in entries:
         if isinstance(e, ev.LeaseExpired):

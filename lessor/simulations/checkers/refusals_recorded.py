@@ -3,6 +3,8 @@
 Evidence: the ground truth of what each worker sent and what the server
 answered, against the report_rejected events of the log. Renewals are recorded
 once per token; every other refused write (complete, fail, release) each time.
+A refusal made in a step that a crash or failover rolled back is gone with its
+record, so it is not counted.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def check(entries, truth: Truth) -> list[Violation]:
             logged[(e.run, e.action, e.token, e.kind, e.worker)] += 1
     refused = Counter()
     for r in truth.reports:
-        if r.answer == "STALE":
+        if r.answer == "STALE" and not truth.lost(r.ran_step):
             _, _, run, action = r.ref.split("/")
             refused[(run, action, r.token, r.kind, r.worker)] += 1
     out = []
