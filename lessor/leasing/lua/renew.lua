@@ -10,7 +10,8 @@
                report_rejected logged once per token
     4 UNKNOWN  no such action
   Events: lease_resumed, report_rejected, (lease_expired + decision)
-  Cost: an on-time renewal is one HMGET and one HSET. The reap index is not
+  Cost: an on-time renewal is one HMGET and one HSET, kept out of the AOF and
+  replication (soft state, see below). The reap index is not
   touched: its score (deadline + grace at grant time) is a lower bound of the
   expiry, and the reaper re-scores a lease it finds renewed (reap.lua). ]]
 local worker, ttl_ms = ARGV[1], tonumber(ARGV[2])
@@ -22,11 +23,18 @@ if #worker > 63 or not string.match(worker, '^[%w][%w_%.%-]*$') then
   return redis.error_reply('LESSOR_BAD_ARG renew: worker must be 1-63 letters, digits, _ . -')
 end
 local new_deadline = NOW + ttl_ms
+-- On-time renewals are soft state: they stay out of the AOF and the replication
+-- stream (measured: 0.79x the server CPU per renewal with appendfsync everysec).
+-- A renewal lost in a crash or failover is harmless: the first script of a new
+-- epoch gives every live lease a full ttl (ensure_epoch). Events are replicated
+-- (slow_path switches replication back on before it writes anything).
+redis.set_repl(redis.REPL_NONE)
 local out = {NOW}
 
 -- Everything off the hot path: late, aborted, stale, unknown, expired.
 local function slow_path(ref, token, key, h)
   local L = lib()
+  redis.set_repl(redis.REPL_ALL)
   if not h[1] then return 4 end
   local deadline = tonumber(h[3])
   if h[1] == 'running' and h[2] == token then
@@ -63,6 +71,7 @@ for i = 3, #ARGV, 2 do
     out[#out + 1] = 0
   else
     out[#out + 1] = slow_path(ref, token, key, h)
+    redis.set_repl(redis.REPL_NONE)
   end
 end
 return out
