@@ -9,7 +9,7 @@ the raw ARGV again (a foreign client may call them directly).
   survives Lua's doubles and msgpack exactly: |x| <= 2^53 - 1;
 - durations given in seconds: finite, >= 0, at most ``MAX_DURATION_S``
   (a year), converted to whole milliseconds;
-- texts (error messages, reasons): ``str``, at most ``MAX_TEXT`` characters.
+- texts (error messages, reasons): ``str``, at most ``MAX_TEXT`` bytes as UTF-8.
 """
 
 from __future__ import annotations
@@ -43,15 +43,19 @@ def seconds_to_ms(name: str, seconds: object, *, allow_none: bool = True) -> int
     return int(round(seconds * 1000))
 
 
-def check_text(name: str, value: object, max_len: int = MAX_TEXT) -> str:
-    """Return ``value`` if it is a str of at most ``max_len`` characters."""
+def check_text(name: str, value: object, max_bytes: int = MAX_TEXT) -> str:
+    """Return ``value`` if it is a str of at most ``max_bytes`` bytes as UTF-8 (what the scripts count)."""
     if not isinstance(value, str):
         raise ValueError(f"{name} must be a string, got {type(value).__name__}")
-    if len(value) > max_len:
-        raise ValueError(f"{name} is {len(value)} characters; at most {max_len}")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise ValueError(f"{name} is {size} bytes as UTF-8; at most {max_bytes}")
     return value
 
 
-def clip_text(value: str, max_len: int = MAX_TEXT) -> str:
-    """``value`` cut to ``max_len`` characters (for texts lessor writes itself, like a task's error)."""
-    return value if len(value) <= max_len else value[: max_len - 12] + " …(clipped)"
+def clip_text(value: str, max_bytes: int = MAX_TEXT) -> str:
+    """``value`` cut to ``max_bytes`` bytes of UTF-8 (for texts lessor writes itself, like a task's error)."""
+    data = value.encode("utf-8", "replace")
+    if len(data) <= max_bytes:
+        return value
+    return data[: max_bytes - 16].decode("utf-8", "ignore") + " …(clipped)"

@@ -14,11 +14,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
+import anyio
 import redis.asyncio as aioredis
+from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ClusterError, NoScriptError, ResponseError
+from redis.exceptions import AskError, ClusterError, MovedError, NoScriptError, RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from lessor.core.ids import DEFAULT_PARTITIONS, KEY_ROOT, Keys, partition_of, partition_tag
@@ -51,6 +53,7 @@ class Backend:
         self.scripts = Scripts(self.redis, self.clock)
         self.durability = Durability.parse(self.durability)
         self._node_clients: dict[str, aioredis.Redis] = {}
+        self._refreshing: anyio.Lock | None = None
         self.url = redact(self.url)  # what every message shows: never a password
 
     async def call(self, name: str, keys: list, args: list, *, durable: bool = True) -> Any:
@@ -74,7 +77,7 @@ class Backend:
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreUnavailable(f"{name}: the server at {self.url} is unreachable "
                                    f"({type(exc).__name__}: {exc}); retry") from exc
-        except (ClusterError, AttributeError) as exc:  # a cluster failing over (see outage.is_transient)
+        except (ClusterError, RedisClusterException, AttributeError, RuntimeError) as exc:  # see is_transient
             if not is_transient(exc):
                 raise
             raise StoreUnavailable(f"{name}: the cluster at {self.url} cannot serve now "
@@ -83,11 +86,19 @@ class Backend:
     async def _call_durable(self, name: str, keys: list, args: list) -> Any:
         script = getattr(self.scripts, name)
         client = self.client_for(keys[0])
-        for _ in range(2):  # a second time only after loading a script the server did not have
+        for _ in range(3):  # again only after loading a missing script or learning where a slot moved
             pipe = client.pipeline(transaction=False)
             pipe.evalsha(script.sha, len(keys), *keys, *args)
             pipe.execute_command(*self.durability.wait_command())
-            reply, answer = await pipe.execute(raise_on_error=False)
+            try:
+                reply, answer = await pipe.execute(raise_on_error=False)
+            except (RedisConnectionError, OSError):
+                await self._forget_node(keys[0])
+                raise
+            if isinstance(reply, (MovedError, AskError)) and self.cluster:
+                await self._forget_node(keys[0])  # the slot moved (failover, migration): learn where
+                client = self.client_for(keys[0])
+                continue
             if isinstance(reply, NoScriptError):
                 await client.script_load(script.script)
                 continue
@@ -119,6 +130,28 @@ class Backend:
         """True on a Redis / Valkey Cluster (one client per primary behind one object)."""
         return is_cluster(self.redis)
 
+    async def _forget_node(self, key: str) -> None:
+        """On a cluster: drop the per-node client serving ``key`` and refresh the slot map (once at a time)."""
+        if not self.cluster:
+            return
+        client = self._node_clients.pop(self.redis.get_node_from_key(key).name, None)
+        if client is not None:
+            await client.aclose()
+        if self._refreshing is None:
+            self._refreshing = anyio.Lock()
+        if self._refreshing.locked():  # another call is refreshing it right now: that will do
+            return
+        async with self._refreshing:
+            await self.redis.nodes_manager.initialize()
+
+    async def aclose(self) -> None:
+        """Close the client and any per-node clients (cluster durability waits)."""
+        clients = list(self._node_clients.values())
+        self._node_clients.clear()
+        for client in clients:
+            await client.aclose()
+        await self.redis.aclose()
+
     def client_for(self, key: str) -> aioredis.Redis:
         """A plain client on the node serving ``key`` (the backend's own client when not a cluster).
 
@@ -130,9 +163,13 @@ class Backend:
         node = self.redis.get_node_from_key(key)
         client = self._node_clients.get(node.name)
         if client is None:
-            client = aioredis.Redis(host=node.host, port=node.port, username=self.redis.connection_kwargs.get(
-                "username"), password=self.redis.connection_kwargs.get("password"), decode_responses=False,
-                socket_connect_timeout=5, socket_timeout=30)
+            kwargs = {k: v for k, v in self.redis.connection_kwargs.items()
+                      if k in ("username", "password", "ssl", "ssl_ca_certs", "ssl_ca_data", "ssl_cert_reqs",
+                               "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")}
+            if self.redis.connection_kwargs.get("connection_class") is SSLConnection:
+                kwargs["ssl"] = True  # rediss+cluster: the durability wait goes over TLS too
+            client = aioredis.Redis(host=node.host, port=node.port, decode_responses=False,
+                                    socket_connect_timeout=5, socket_timeout=30, **kwargs)
             self._node_clients[node.name] = client
         return client
 
@@ -247,13 +284,18 @@ async def open_backend(
         server = EmbeddedServer(appendfsync=appendfsync).start()
         url = server.url
     redis = make_redis(url, max_connections=max_connections)
+    backend = None
     try:
         await check_server(redis, url)
         await warn_durability_limits(redis, durability, url)
         count, placement = await read_layout(redis, partitions)
-        yield Backend(redis=redis, url=url, partitions=count, clock=clock, durability=durability,
-                      placement=placement)
+        backend = Backend(redis=redis, url=url, partitions=count, clock=clock, durability=durability,
+                          placement=placement)
+        yield backend
     finally:
-        await redis.aclose()
+        if backend is not None:
+            await backend.aclose()
+        else:
+            await redis.aclose()
         if server is not None:
             server.stop()

@@ -26,7 +26,7 @@ import anyio
 
 from lessor.core.ids import check_id, check_namespace, split_action_ref
 from lessor.core.limits import check_int, check_text
-from lessor.errors import NotDurable
+from lessor.errors import NotDurable, StoreUnavailable
 from lessor.leasing.backend import Backend
 from lessor.leasing.codes import Code, raise_for
 from lessor.leasing.config import LeaseConfig
@@ -76,20 +76,27 @@ class LeaseClient:
         check_id("queue", queue)
         check_int("n", n, 1, 10_000)
         leases: list[Lease] = []
+        errors: list[Exception] = []
         for _ in range(self.backend.partitions):
             p = self._next_partition
             self._next_partition = (p + 1) % self.backend.partitions
-            leases.extend(await self.acquire_from(p, namespace, queue, n - len(leases)))
+            try:
+                leases.extend(await self.acquire_from(p, namespace, queue, n - len(leases)))
+            except StoreUnavailable as exc:  # one node down: keep what the others granted
+                errors.append(exc)
+                continue
             if len(leases) >= n:
                 break
+        if errors and not leases:
+            raise errors[0]
         return leases
 
     async def acquire_from(self, partition: int, namespace: str, queue: str, n: int) -> list[Lease]:
         """Lease up to ``n`` actions of ``queue`` from one partition (one round trip).
 
         Under a durability mode, leases the server could not make durable are
-        not started: they are given back (released) and none is returned, so no
-        work runs on a grant a failover could forget.
+        not started: they are given back (released) and NotDurable is raised, so
+        no work runs on a grant a failover could forget, and the caller backs off.
         """
         keys = self.backend.keys(partition)
         args = [namespace, queue, self.worker_id, n, self.config.ttl_ms, self.config.grace_ms]
@@ -97,7 +104,7 @@ class LeaseClient:
             reply = await self.backend.call("acquire", [keys.prefix], args)
         except NotDurable as exc:
             await self._give_back(self._parse_leases(partition, exc.reply or []), exc)
-            return []
+            raise  # the caller backs off, instead of leasing and giving back in a tight loop
         return self._parse_leases(partition, reply)
 
     def _parse_leases(self, partition: int, reply: list) -> list[Lease]:

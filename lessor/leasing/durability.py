@@ -52,7 +52,7 @@ class Durability:
             raise ConfigError(f"durability {text!r}: N must be >= 1 replica")
         if timeout_ms <= 0:
             raise ConfigError(f"durability timeout must be > 0 ms, got {timeout_ms}")
-        return cls(fsync=text.startswith("fsync") if text else False, replicas=replicas, timeout_ms=timeout_ms)
+        return cls(fsync=m.group(1).startswith("fsync"), replicas=replicas, timeout_ms=timeout_ms)
 
     @property
     def waits(self) -> bool:

@@ -179,6 +179,9 @@ class EventLog:
         finally:
             for task in pending:
                 task.cancel()
+            if pending:  # wait for the cancelled reads, so no connection is left mid-command
+                with anyio.CancelScope(shield=True):
+                    await asyncio.gather(*pending, return_exceptions=True)
 
     async def _xread(self, partitions: list[int], last: dict[int, str], block_ms: int):
         streams = {self.backend.keys(p).stream: last[p] for p in partitions}

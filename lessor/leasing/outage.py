@@ -20,7 +20,8 @@ import os
 import random
 from dataclasses import dataclass
 
-from redis.exceptions import AskError, ClusterDownError, ClusterError
+from redis.exceptions import AskError, AuthenticationError, AuthorizationError, ClusterDownError, ClusterError
+from redis.exceptions import RedisClusterException, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MovedError, ReadOnlyError, ResponseError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -33,12 +34,18 @@ from lessor.errors import StoreUnavailable
 # moment ago, a primary loading its AOF, a script running too long, a cluster
 # slot migrating or failing over.
 TRANSIENT_REPLIES = ("BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS",
-                     "UNBLOCKED", "ASK", "MOVED")
+                     "UNBLOCKED", "ASK", "MOVED", "OOM", "MISCONF")
 
 
 def is_transient(exc: BaseException) -> bool:
     """True if retrying the same call later may succeed (connection lost, server busy or failing over)."""
-    if isinstance(exc, (StoreUnavailable, RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError,
+    if isinstance(exc, (AuthenticationError, AuthorizationError)):
+        return False  # a wrong password or a missing permission does not heal by waiting
+    if isinstance(exc, RedisClusterException) and "cannot be connected" in str(exc):
+        return True  # no startup node answered: the whole cluster is unreachable for now
+    if isinstance(exc, ResponseError) and "used memory > 'maxmemory'" in str(exc):
+        return True  # Valkey's OOM answer carries no OOM prefix
+    if isinstance(exc, (StoreUnavailable, SlotNotCoveredError, RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError,
                         ClusterError, ClusterDownError, TryAgainError, MovedError, AskError, ReadOnlyError)):
         return True  # redis-py's own classes for a cluster failing over or moving slots
     if isinstance(exc, OSError):  # socket errors below redis-py (ECONNRESET, EPIPE)

@@ -109,7 +109,9 @@ class Reaper:
         for _ in range(self.max_batches):
             try:
                 r = await self.reap_partition(partition)
-            except LessorError as exc:
+            except Exception as exc:  # store faults (typed or raw from redis-py) skip this partition
+                if not isinstance(exc, LessorError) and not is_transient(exc):
+                    raise
                 self._last_error = exc
                 if not is_transient(exc):
                     log.error("reap of partition %d failed: %s", partition, exc)

@@ -99,6 +99,8 @@ async def submit_runs(backend: Backend, specs: list[RunSpec]) -> list[Submitted]
     """Submit many runs: one script call per partition touched, all concurrently.
 
     Returns one Submitted per spec, in order. Raises ValueError naming a bad spec,
+    IdempotencyConflict for a reused key (any error raised after the calls carries
+    ``.submitted``: the Submitted of every run that was created, None for the rest),
     StoreUnavailable if the server could not be reached (the runs may or may not
     exist: submit again with the same run ids), and NotDurable if they were
     created but not confirmed durable (``Backend.durability``).
@@ -139,6 +141,8 @@ async def submit_runs(backend: Backend, specs: list[RunSpec]) -> list[Submitted]
         for partition, indexes in groups.items():
             tg.start_soon(one, partition, indexes)
     if errors:
+        # The other runs of the batch were created: the error carries them (None where not).
+        errors[0].submitted = results
         raise errors[0]
     return results
 

@@ -31,7 +31,7 @@ from lessor import telemetry
 from lessor.core.clock import MonotonicClock, SystemMonotonicClock
 from lessor.core.ids import check_id, check_namespace
 from lessor.core.limits import clip_text, seconds_to_ms
-from lessor.errors import ActionAborted, StaleToken
+from lessor.errors import ActionAborted, StaleToken, StoreUnavailable
 from lessor.leasing.backend import Backend
 from lessor.leasing.client import Lease, LeaseClient
 from lessor.leasing.codes import raise_for
@@ -142,15 +142,23 @@ class Reporter:
         raise_for(done["code"], lease.ref, lease.token, done["current"])
 
     async def run(self) -> None:
-        async with self._receive:
-            async for first in self._receive:
-                batch = [first]
-                while True:
-                    try:
-                        batch.append(self._receive.receive_nowait())
-                    except anyio.WouldBlock:
-                        break
-                await self._flush(batch)
+        try:
+            async with self._receive:
+                async for first in self._receive:
+                    batch = [first]
+                    while True:
+                        try:
+                            batch.append(self._receive.receive_nowait())
+                        except anyio.WouldBlock:
+                            break
+                    await self._flush(batch)
+        finally:  # stopped: every completion still waiting hears so, none hangs
+            while True:
+                try:
+                    _, _, done = self._receive.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                    break
+                _stopped(done)
 
     async def _flush(self, batch: list[tuple]) -> None:
         by_partition: dict[int, list[tuple]] = defaultdict(list)
@@ -165,6 +173,10 @@ class Reporter:
                     done["error"] = exc
                     done["event"].set()
                 return
+            except BaseException:  # cancelled mid-call: the waiters must not hang on it
+                for _, _, done in items:
+                    _stopped(done)
+                raise
             for (_, _, done), (code, current) in zip(items, answers):
                 done["code"], done["current"] = code, current
                 done["event"].set()
@@ -172,6 +184,12 @@ class Reporter:
         async with anyio.create_task_group() as tg:
             for partition, items in by_partition.items():
                 tg.start_soon(one, partition, items)
+
+
+def _stopped(done: dict) -> None:
+    if not done["event"].is_set():
+        done["error"] = StoreUnavailable("the worker's reporter stopped before this completion was sent")
+        done["event"].set()
 
 
 class Worker:
@@ -302,7 +320,10 @@ class Worker:
                 if self.on_attempt is not None:
                     self.on_attempt(record | {"event": "end", "at_ms": _wall_ms(),
                                               "ended": held.fenced.value if held.fenced else "completed"})
-                with anyio.CancelScope(shield=True):
+                # Shielded so a report is not cut in half, but bounded: a worker being
+                # torn down never waits longer than the report timeout on it.
+                with anyio.CancelScope(shield=True) as shield:
+                    shield.deadline = anyio.current_time() + self.config.report_timeout_s + 5
                     await self._finish(lease, held, outcome)
         finally:
             self.keeper.drop(lease.ref, lease.token)
