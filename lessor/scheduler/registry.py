@@ -110,9 +110,9 @@ class Registry:
                               "start a worker with the right --app") from None
 
 
-@dataclass(frozen=True)
+@dataclass
 class SyncContext:
-    """What a sync (process) task knows about its attempt: picklable, no children."""
+    """What an attempt knows about itself; all a sync (process) task gets: picklable, no children."""
 
     namespace: str
     run_id: str
@@ -123,6 +123,10 @@ class SyncContext:
 
     @property
     def output_prefix(self) -> str:
+        """Where this attempt writes its outputs: scoped by run, action and attempt.
+
+        Outputs become the action's result only through the fenced commit.
+        """
         return f"{self.namespace}/{self.run_id}/{self.action_id}/attempt-{self.attempt}"
 
 
@@ -172,26 +176,12 @@ class ChildHandle:
 
 
 @dataclass
-class TaskContext:
-    """What a running attempt knows about itself, and how it spawns children."""
+class TaskContext(SyncContext):
+    """What a running async attempt knows about itself, and how it spawns children."""
 
-    namespace: str
-    run_id: str
-    action_id: str
-    attempt: int
-    token: int
-    worker_id: str
     _worker: "Worker" = field(repr=False)
     _lease: Any = field(repr=False)
     _children: int = 0
-
-    @property
-    def output_prefix(self) -> str:
-        """Where this attempt writes its outputs: scoped by run, action and attempt.
-
-        Outputs become the action's result only through the fenced commit.
-        """
-        return f"{self.namespace}/{self.run_id}/{self.action_id}/attempt-{self.attempt}"
 
     async def submit(self, task: str, inputs: Any = None, **options: Any) -> ChildHandle:
         """Submit a child action (fenced by this attempt's token) without waiting for it.
