@@ -243,8 +243,14 @@ async def read_layout(redis: aioredis.Redis, wanted: int | None) -> tuple[int, s
     stored, placement = await redis.hmget(CONFIG_KEY, "partitions", "placement")
     if stored is None:
         default = CLUSTER_PARTITIONS if is_cluster(redis) else DEFAULT_PARTITIONS
-        await redis.hsetnx(CONFIG_KEY, "partitions", wanted or default)
-        await redis.hsetnx(CONFIG_KEY, "placement", "spread")
+        try:
+            await redis.hsetnx(CONFIG_KEY, "partitions", wanted or default)
+            await redis.hsetnx(CONFIG_KEY, "placement", "spread")
+        except ResponseError as exc:
+            if "read only" in str(exc).lower():
+                raise ServerError("this server is a read-only replica and holds no lessor data yet: point "
+                                  "writers (submit, worker, reaper) at the primary") from None
+            raise
         stored, placement = await redis.hmget(CONFIG_KEY, "partitions", "placement")
     stored = int(stored)
     if wanted is not None and wanted != stored:

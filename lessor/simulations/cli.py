@@ -140,6 +140,13 @@ def run_replay(args: argparse.Namespace, breakage: Breakage = Breakage()) -> int
 
 def main(args: argparse.Namespace) -> int:
     """Entry of `lessor simulate`."""
+    if args.redis_url and "+cluster://" in args.redis_url:
+        from lessor.errors import ConfigError
+
+        # The virtual clock is one key; every script reads it, and on a cluster a script may
+        # only touch its own partition's slot. Simulations need one server.
+        raise ConfigError("lessor simulate runs on one server (its virtual clock is a single key no "
+                          "partition's script could read on a cluster): drop --redis-url, or give a redis:// URL")
     if args.replay:
         return run_replay(args)
     if args.examples < 1:
