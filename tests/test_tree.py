@@ -96,3 +96,17 @@ async def test_a_parent_that_ends_aborts_its_queued_and_running_children(vbacken
     assert aborted | requested == {"a0.1", "a0.2"} and running_child.action in requested
     assert await client.renew([running_child]) == {running_child.ref: 2}
     assert await verify(vbackend) == []
+
+
+@pytest.mark.parametrize("asked_ms, expected_ms", [(0, 1500), (600, 600), (9000, 1500)])
+async def test_a_child_timeout_never_reaches_past_its_parents_deadline(vbackend, asked_ms, expected_ms):
+    await submit_run(vbackend, "t", namespace=NS, run_id="r1", queue=QUEUE, timeout_ms=2000)
+    client = LeaseClient(vbackend, "w1", CFG)
+    (root,) = await client.acquire(NS, QUEUE, 1)
+    await vbackend.vclock.advance(500)            # the parent has 1500 ms left
+    await vbackend.call("submit_child", [vbackend.keys(root.partition).prefix],
+                        [root.ref, root.token, "w1", "a0.1", "t", b"", QUEUE, 3, 0, 1000, 0, asked_ms, ""])
+    created = [e.event for e in await EventLog(vbackend).read_all()
+               if isinstance(e.event, ev.ActionCreated) and e.event.action == "a0.1"]
+    assert created[0].timeout_ms == expected_ms
+    assert await verify(vbackend) == []

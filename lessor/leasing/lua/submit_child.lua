@@ -6,7 +6,8 @@
   KEYS[1]  partition prefix (string)
   ARGV[1] parent ref  ARGV[2] parent token  ARGV[3] worker id  ARGV[4] child action id
   ARGV[5] task  ARGV[6] inputs (bytes)  ARGV[7] queue  ARGV[8] system retries
-  ARGV[9] user retries  ARGV[10] backoff_ms  ARGV[11] priority  ARGV[12] timeout_ms
+  ARGV[9] user retries  ARGV[10] backoff_ms  ARGV[11] priority  ARGV[12] timeout_ms (0 = none; capped
+  at what the parent's attempt has left of its own timeout)
   ARGV[13] cache key (or "")  ARGV[14] cached result (present only on a cache hit)
   Returns: {code, x}: code 0 ok (x = created 1/0), 2 the parent is being aborted (nothing created),
     3 parent token stale (refused, recorded; x = current token), 4 unknown parent
@@ -36,10 +37,18 @@ if redis.call('EXISTS', akey(ref)) == 1 then
   return {0, 0}
 end
 local function opt(v) if v == '' then return nil end return v end
+-- A child never outlives its parent's deadline: its own timeout is capped at the time the
+-- parent's attempt has left (and when the parent ends, its live children are aborted).
+local timeout_ms = tonumber(ARGV[12])
+local parent_deadline = tonumber(redis.call('ZSCORE', TIMEOUTS, parent_ref) or '0')
+if parent_deadline > 0 then
+  local left = math.max(1, parent_deadline - NOW)
+  if timeout_ms == 0 or timeout_ms > left then timeout_ms = left end
+end
 emit({type = 'action_created', ns = ns, run = run, action = child, task = ARGV[5], queue = ARGV[7],
   inputs = opt(ARGV[6]), parent = parent, parent_token = tonumber(token),
   sys_retries = tonumber(ARGV[8]), user_retries = tonumber(ARGV[9]), backoff_ms = tonumber(ARGV[10]),
-  priority = tonumber(ARGV[11]), timeout_ms = tonumber(ARGV[12]), cache_key = opt(ARGV[13])})
+  priority = tonumber(ARGV[11]), timeout_ms = timeout_ms, cache_key = opt(ARGV[13])})
 redis.call('SADD', PREFIX .. 'ra:' .. ns .. '/' .. run, child)
 redis.call('SADD', PREFIX .. 'ch:' .. parent_ref, child)   -- so a parent that ends can abort it
 if ARGV[14] ~= nil then
