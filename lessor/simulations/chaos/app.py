@@ -1,6 +1,12 @@
-"""The tasks live chaos runs: they sleep for a while (real time) and return, or await children."""
+"""The tasks live chaos runs: they sleep for a while (real time) and return, or await children.
+
+``chaos_sync`` is a plain ``def``: it runs in a killable child process, so the
+checkers see whether a sync task also stops when its lease is lost.
+"""
 
 from __future__ import annotations
+
+import time
 
 import anyio
 
@@ -14,6 +20,13 @@ registry = Registry()
 async def chaos_task(ctx, seconds: float) -> dict:
     await anyio.sleep(seconds)
     return {"slept": seconds, "attempt": ctx.attempt}
+
+
+@registry.task
+def chaos_sync(ctx, seconds: float) -> dict:
+    """Blocks its process for ``seconds`` (no await: only killing the process stops it)."""
+    time.sleep(seconds)
+    return {"slept": seconds, "attempt": ctx.attempt, "sync": True}
 
 
 @registry.task

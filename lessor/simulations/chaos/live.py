@@ -136,6 +136,8 @@ class Chaos:
             if self.rng.random() < 0.15:  # a parent awaiting 1-3 children
                 task, inputs = "chaos_parent", {"children": [round(self.rng.uniform(0.1, 2.0), 2)
                                                              for _ in range(self.rng.randint(1, 3))]}
+            elif self.rng.random() < 0.3:  # a plain def task, in a killable process
+                task, inputs = "chaos_sync", {"seconds": round(self.rng.uniform(0.1, 3.0), 2)}
             else:
                 task, inputs = "chaos_task", {"seconds": round(self.rng.uniform(0.1, 3.0), 2)}
             done = await _tolerant(submit_runs(backend, [RunSpec(
