@@ -434,7 +434,7 @@ def cmd_reaper(args: argparse.Namespace) -> int:
     telemetry.setup(args.otel)
 
     async def run() -> None:
-        async with open_backend(shared_url(args), durability=args.durability) as backend:
+        async with open_backend(shared_url(args), durability=args.durability, wait_for_server=True) as backend:
             print(f"reaper on {backend.url}: every {args.interval_ms} ms, {args.limit} per batch, "
                   f"durability {backend.durability}", flush=True)
             await Reaper(backend, limit=args.limit, interval_ms=args.interval_ms, shared=True).run(on_pass=report)

@@ -26,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from lessor.core.ids import DEFAULT_PARTITIONS, KEY_ROOT, Keys, partition_of, partition_tag
 from lessor.errors import ServerError, ServerRefused, StoreUnavailable
 from lessor.leasing.durability import Durability
-from lessor.leasing.outage import is_transient
+from lessor.leasing.outage import Outage, is_transient
 from lessor.leasing.scripts import ClockMode, Scripts
 from lessor.leasing.urls import is_cluster, make_client, redact
 
@@ -275,11 +275,15 @@ async def open_backend(
     appendfsync: str = "everysec",
     max_connections: int | None = None,
     durability: str | Durability = "memory",
+    wait_for_server: bool = False,
 ) -> AsyncIterator[Backend]:
     """Yield a Backend on ``url`` (or the embedded server, started and stopped here).
 
     ``durability``: when writes count as acknowledged (see leasing/durability.py):
     ``memory`` (default), ``fsync``, ``replicas:N`` or ``fsync+replicas:N``.
+    ``wait_for_server``: a server that cannot be reached yet is waited for (capped
+    backoff, one log line) instead of raising: long-running processes (worker,
+    reaper) then start before their server does, as they outlive it later.
     """
     durability = Durability.parse(durability)
     url = resolve_url(url)
@@ -292,7 +296,16 @@ async def open_backend(
     redis = make_redis(url, max_connections=max_connections)
     backend = None
     try:
-        await check_server(redis, url)
+        outage = Outage("startup", url)
+        while True:
+            try:
+                await check_server(redis, url)
+                outage.ok()
+                break
+            except ServerError as exc:
+                if not (wait_for_server and str(exc).startswith("cannot reach")):
+                    raise
+                await anyio.sleep(outage.failed(exc) / 1000)
         await warn_durability_limits(redis, durability, url)
         count, placement = await read_layout(redis, partitions)
         backend = Backend(redis=redis, url=url, partitions=count, clock=clock, durability=durability,

@@ -57,7 +57,7 @@ async def serve(args: argparse.Namespace, registry: Registry) -> dict:
     on_attempt = (lambda record: truth.write(json.dumps(record) + "\n")) if truth else None
     from lessor.cli import shared_url
 
-    async with open_backend(shared_url(args), durability=args.durability) as backend:
+    async with open_backend(shared_url(args), durability=args.durability, wait_for_server=True) as backend:
         worker = Worker(backend, registry, config, on_attempt=on_attempt)
         async with anyio.create_task_group() as tg:
             async def on_signals() -> None:
