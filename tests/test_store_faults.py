@@ -492,6 +492,13 @@ async def test_c_workers_and_the_reaper_live_through_a_5_s_outage_and_log_it_onc
             server.start()                                       # same socket and port, AOF reloaded
             async with open_backend(server.url) as backend:
                 await until(lambda: all_succeeded(backend, runs), "every run to succeed after the outage")
+
+            def recovered(name: str) -> bool:  # every component that logged a loss logged its recovery
+                text = (tmp_path / f"{name}.log").read_text(errors="replace")
+                return set(_LOST.findall(text)) <= {c for c, _ in _BACK.findall(text)}
+
+            # A component in backoff notices the server is back at its next try (up to ~2 s later).
+            wait_for(lambda: all(recovered(n) for n in procs), "every component to log its recovery")
             alive = {name: p.poll() for name, p in procs.items()}
         finally:
             for p in procs.values():
