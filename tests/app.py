@@ -62,3 +62,15 @@ async def boom(ctx) -> None:
 @registry.task
 async def unpackable(ctx) -> object:
     return object()
+
+
+@registry.task
+def spin_forever(ctx, path: str) -> None:
+    """A plain def task (a pool process) that writes its pid and never returns."""
+    import os
+    import time
+
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    while True:
+        time.sleep(0.01)

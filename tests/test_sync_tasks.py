@@ -38,11 +38,12 @@ def add(ctx, a: int, b: int) -> dict:
 
 
 def alive(pid: int) -> bool:
+    """Running (not gone, and not a zombie: an exited process whose paused parent has not reaped it)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    return True
 
 
 def registry() -> Registry:
@@ -119,3 +120,44 @@ async def test_a_sync_task_runs_in_another_process_with_its_context(backend):
 
     out = unpack_value(info.result) if isinstance(info.result, bytes) else info.result
     assert out["sum"] == 5 and out["pid"] != os.getpid() and out["token"] > 0
+
+
+def test_a_paused_worker_s_sync_task_stops_itself_at_the_self_fence_deadline(flushed, tmp_path):
+    """SIGSTOP the worker: it cannot kill its task's process, so the process ends itself when the
+    lease could be reaped (guarantee 2 for sync code, even for a paused worker)."""
+    import signal
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "pid")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "lessor", "worker", "--app", "tests.app:registry", "--queue", QUEUE,
+         "--worker-id", "w-paused", "--ttl-ms", "1000", "--grace-ms", "500", "--redis-url", flushed],
+        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import redis as sync_redis
+
+        from lessor.leasing.backend import open_backend
+
+        async def submit() -> None:
+            async with open_backend(flushed) as backend:
+                await submit_run(backend, "spin_forever", namespace=NS, queue=QUEUE,
+                                 inputs=pack_value({"path": path}))
+
+        anyio.run(submit)
+        deadline = time.monotonic() + 60
+        while not (os.path.exists(path) and os.path.getsize(path)):
+            assert time.monotonic() < deadline, "the sync task never started"
+            time.sleep(0.05)
+        pid = int(open(path).read())
+        worker.send_signal(signal.SIGSTOP)                 # the worker is paused, its task is not
+        while alive(pid):
+            assert time.monotonic() < deadline, "the sync task ran on past its self-fence deadline"
+            time.sleep(0.05)
+        assert worker.poll() is None                       # the worker itself is only paused
+        sync_redis.Redis.from_url(flushed).ping()
+    finally:
+        worker.send_signal(signal.SIGCONT)
+        worker.terminate()
+        worker.wait(timeout=30)

@@ -41,6 +41,9 @@ then publish it with a compare-and-swap on a manifest that records the token).
 from __future__ import annotations
 
 import inspect
+import os
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
@@ -130,12 +133,40 @@ class SyncContext:
         return f"{self.namespace}/{self.run_id}/{self.action_id}/attempt-{self.attempt}"
 
 
-def _call_in_process(fn: TaskFn, ctx: SyncContext, args: tuple, kwargs: dict) -> Any:
-    return fn(ctx, *args, **kwargs)
+def _call_in_process(fn: TaskFn, ctx: SyncContext, args: tuple, kwargs: dict, fence_file: str | None) -> Any:
+    """Runs in the pool process. With ``fence_file``: a watchdog thread ends this process at the
+    self-fence deadline the worker keeps writing there (CLOCK_MONOTONIC, shared by all processes),
+    so the task stops even if the worker itself is paused (SIGSTOP, a long GC) and cannot kill it."""
+    stop = threading.Event()
+    if fence_file:
+        threading.Thread(target=_fence_watchdog, args=(fence_file, stop), daemon=True).start()
+    try:
+        return fn(ctx, *args, **kwargs)
+    finally:
+        stop.set()
+
+
+def _fence_watchdog(path: str, stop: threading.Event) -> None:
+    while not stop.wait(0.05):
+        try:
+            with open(path) as f:
+                deadline_ms = float(f.read() or "inf")
+        except (OSError, ValueError):
+            continue
+        if time.monotonic() * 1000 > deadline_ms:  # clock: the same monotonic clock the worker fences by
+            os._exit(75)  # the lease may be reaped now: stop computing at once
+
+
+def publish_fence(path: str, deadline_ms: float) -> None:
+    """Write a self-fence deadline (monotonic ms) for a process task's watchdog, atomically."""
+    partial = path + ".tmp"
+    with open(partial, "w") as f:
+        f.write(repr(deadline_ms))
+    os.replace(partial, path)
 
 
 async def invoke(fn: TaskFn, ctx: "TaskContext", inputs: Any, executor: str = "async",
-                 limiter: anyio.CapacityLimiter | None = None) -> Any:
+                 limiter: anyio.CapacityLimiter | None = None, fence_file: str | None = None) -> Any:
     """Call a task with its inputs spread as its signature expects, in its executor.
 
     ``process``: a pooled child process, killed if this call is cancelled
@@ -156,7 +187,7 @@ async def invoke(fn: TaskFn, ctx: "TaskContext", inputs: Any, executor: str = "a
         # cannot stop; the thread's result is dropped. See the module docstring.
         return await anyio.to_thread.run_sync(lambda: fn(ctx, *args, **kwargs), abandon_on_cancel=True)
     sync_ctx = SyncContext(ctx.namespace, ctx.run_id, ctx.action_id, ctx.attempt, ctx.token, ctx.worker_id)
-    return await anyio.to_process.run_sync(_call_in_process, fn, sync_ctx, args, kwargs,
+    return await anyio.to_process.run_sync(_call_in_process, fn, sync_ctx, args, kwargs, fence_file,
                                            cancellable=True, limiter=limiter)
 
 

@@ -15,10 +15,12 @@ at once instead of after ttl + grace.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import socket
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -40,7 +42,7 @@ from lessor.leasing.keeper import FenceReason, HeldLease, LeaseKeeper
 from lessor.leasing.outage import Outage, is_transient
 from lessor.leasing.reaper import Reaper
 from lessor.scheduler.api import CacheKey, lookup_cache
-from lessor.scheduler.registry import Registry, TaskContext, UnknownTask, invoke
+from lessor.scheduler.registry import Registry, TaskContext, UnknownTask, invoke, publish_fence
 from lessor.scheduler.submit import Retries, RunSpec
 from lessor.scheduler.values import ValueEncodingError, pack_value, unpack_value
 from lessor.scheduler.watcher import CompletionWatcher
@@ -218,6 +220,7 @@ class Worker:
         self.counts: dict[str, int] = defaultdict(int)
         # Sync tasks run in killable child processes, at most one per slot.
         self._processes = anyio.CapacityLimiter(self.config.concurrency)
+        self._fence_dir: str | None = None
         # Evidence for live chaos checkers: when each attempt really ran (wall clock, ms).
         self.on_attempt = on_attempt
 
@@ -342,18 +345,55 @@ class Worker:
             return Outcome(error=str(exc) if isinstance(exc, UnknownTask) else f"undecodable inputs: {exc}",
                            retryable=False)
         try:
-            result = await invoke(fn, ctx, inputs, self.registry.executor(lease.task), self._processes)
+            executor = self.registry.executor(lease.task)
+            if executor == "process":
+                result = await self._invoke_fenced_process(fn, ctx, inputs, held)
+            else:
+                result = await invoke(fn, ctx, inputs, executor, self._processes)
         except (StaleToken, ActionAborted) as exc:
             # A child submission was refused: this attempt no longer owns the action (or
             # it is being aborted). Stop as the keeper would have: fence, drop the result.
             self.keeper.fence(held, FenceReason.ABORTED if isinstance(exc, ActionAborted) else FenceReason.STALE)
             return None
         except Exception as exc:
+            self.keeper.check_self_fence()
+            if held.fenced is not None:  # the process ended itself at the self-fence deadline
+                return None
             return Outcome(error=f"{type(exc).__name__}: {exc}")
         try:
             return Outcome(result=pack_value(result))
         except ValueEncodingError as exc:
             return Outcome(error=f"task {lease.task} returned an output lessor cannot carry: {exc}", retryable=False)
+
+    async def _invoke_fenced_process(self, fn, ctx: TaskContext, inputs: Any, held: HeldLease) -> Any:
+        """A sync task in a pool process, with its self-fence deadline published for the process's watchdog.
+
+        The worker re-publishes the deadline every half heartbeat while it runs; a paused worker
+        publishes nothing, so the process stops itself when the lease could be reaped.
+        """
+        if not isinstance(self.clock, SystemMonotonicClock):  # a simulated clock: no shared time to publish
+            return await invoke(fn, ctx, inputs, "process", self._processes)
+        if self._fence_dir is None:
+            self._fence_dir = tempfile.mkdtemp(prefix="lessor-fence-")
+        path = os.path.join(self._fence_dir, f"{held.lease.token}")
+        after_ms = self.config.lease.self_fence_after_ms
+
+        async def publish() -> None:
+            while True:
+                publish_fence(path, held.last_ok_send_ms + after_ms if held.fenced is None else 0)
+                await anyio.sleep(self.config.lease.heartbeat_ms / 2000)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                publish_fence(path, held.last_ok_send_ms + after_ms)
+                tg.start_soon(publish)
+                try:
+                    return await invoke(fn, ctx, inputs, "process", self._processes, fence_file=path)
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     async def _finish(self, lease: Lease, held: HeldLease, outcome: Outcome | None) -> None:
         """Report the outcome if the lease is still ours; otherwise release, confirm or drop.
