@@ -210,6 +210,12 @@ class Worker:
         self.reaper = (Reaper(backend, interval_ms=self.config.reap_interval_ms, shared=True,
                               name=f"worker {self.config.worker_id} reaper", clock=self.clock)
                        if self.config.reap else None)
+        # One view of the server per worker process: the keeper, the reaper, acquiring and
+        # reporting share it, so an outage is one line when lost and one when back, whichever
+        # of them notices (an idle keeper renews nothing and would never see the recovery).
+        self.keeper.outage = self.outage
+        if self.reaper is not None:
+            self.reaper.outage = self.outage
         self.watcher: CompletionWatcher | None = None
         # ref -> (token, cancel scope) of every attempt still running here, fenced or not:
         # a fenced attempt that ignores cancellation still occupies a slot.
