@@ -35,7 +35,7 @@ def unpack_value(data: bytes | None) -> Any:
         return None
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except Exception as exc:
+    except Exception as exc:  # msgpack raises many types for bad bytes: all become the one named error
         raise ValueEncodingError(f"cannot decode value ({len(data)} bytes): {exc}") from None
 
 

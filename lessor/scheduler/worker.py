@@ -361,7 +361,7 @@ class Worker:
             # it is being aborted). Stop as the keeper would have: fence, drop the result.
             self.keeper.fence(held, FenceReason.ABORTED if isinstance(exc, ActionAborted) else FenceReason.STALE)
             return None
-        except Exception as exc:
+        except Exception as exc:  # the task's own error: recorded as a failed attempt, never a success
             self.keeper.check_self_fence()
             if held.fenced is not None:  # the process ended itself at the self-fence deadline
                 return None
