@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from lessor.core import codec
 from lessor.core import events as ev
-from lessor.core.fold import World, apply_action, apply_run, fold, handled_event_types
-from lessor.core.phases import ACTION_TRANSITIONS, RUN_TRANSITIONS, TERMINAL, Phase
+from lessor.core.events import ACTION_TRANSITIONS, RUN_TRANSITIONS
+from lessor.core.fold import World, apply_action, apply_run, fold
+from lessor.core.phases import TERMINAL, Phase
 from lessor.errors import EventDecodeError, IllegalTransition, UnknownEventType, UnknownSchemaVersion
 
 NS, RUN = "proj/development", "r1"
@@ -29,7 +30,7 @@ def _strategy_for(cls: type[ev.Event]) -> st.SearchStrategy:
     for f in dataclasses.fields(cls):
         if f.name in ("id", "extra"):
             continue
-        hint = codec._field_types(cls)[f.name][0]
+        hint = codec.field_types(cls)[f.name][0]
         base = kinds[hint[0]]
         if f.name == "phase":
             base = st.sampled_from(sorted(TERMINAL))
@@ -40,8 +41,13 @@ def _strategy_for(cls: type[ev.Event]) -> st.SearchStrategy:
 any_event = st.one_of(*[_strategy_for(c) for c in ev.EVENT_TYPES.values()])
 
 
-def test_every_event_type_has_a_handler():
-    assert handled_event_types() == set(ev.EVENT_TYPES)
+def test_every_event_type_moves_something_and_is_projected_where_it_moves():
+    for cls in ev.EVENT_TYPES.values():
+        assert cls.MOVES or cls.RUN_MOVES, f"{cls.TYPE} declares no transition"
+        # An event that creates its subject must say how (Create), and only such an event may.
+        for moves, project in ((cls.MOVES, cls.PROJECT), (cls.RUN_MOVES, cls.RUN_PROJECT)):
+            creates = None in moves
+            assert creates == any(type(e).__name__ == "Create" for e in project), cls.TYPE
 
 
 def test_transition_table_targets_are_phases_and_terminals_only_reject():

@@ -64,8 +64,8 @@ def decode(data: bytes, event_id: str = "") -> Event:
 
 def _build(cls: type[Event], body: dict, event_id: str) -> Event:
     kwargs: dict[str, Any] = {}
-    extra = {k: v for k, v in body.items() if k not in _HEADER and k not in _field_types(cls)}
-    for name, (kinds, required) in _field_types(cls).items():
+    extra = {k: v for k, v in body.items() if k not in _HEADER and k not in field_types(cls)}
+    for name, (kinds, required) in field_types(cls).items():
         if name not in body or body[name] is None:
             if required:
                 raise EventDecodeError(f"{cls.TYPE} event {event_id or '?'} is missing field {name!r}")
@@ -94,7 +94,7 @@ def _coerce(cls: type[Event], name: str, value: Any, kinds: tuple[type, ...], ev
 
 
 @functools.cache
-def _field_types(cls: type[Event]) -> dict[str, tuple[tuple[type, ...], bool]]:
+def field_types(cls: type[Event]) -> dict[str, tuple[tuple[type, ...], bool]]:
     """name -> (accepted python types, required) for each encoded field of ``cls``."""
     hints = typing.get_type_hints(cls)
     out = {}
@@ -107,3 +107,4 @@ def _field_types(cls: type[Event]) -> dict[str, tuple[tuple[type, ...], bool]]:
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         out[f.name] = (kinds, required)
     return out
+

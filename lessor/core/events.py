@@ -9,6 +9,18 @@ scheduler): the control plane stores references, not payloads.
 Fields with no default are required; the codec refuses an event missing one.
 Fields the decoder does not know are kept in ``extra`` (forward compatibility
 within one schema version).
+
+Each class is the one definition of its event type. Besides its fields it says
+
+* ``MOVES``: the phase transitions it makes on its action (phase before ->
+  phase after; ``None`` = the action does not exist yet), and ``RUN_MOVES`` on
+  its run; the transition tables below are derived from these;
+* ``PROJECT`` / ``RUN_PROJECT``: what it does to the projection
+  (``core/effects.py``), read by the Python fold and generated into the Lua
+  ``emit`` handlers.
+
+Adding an event type is adding a class here (and to ``EVENT_TYPES``) plus its
+tests; CONTRIBUTING.md has the checklist.
 """
 
 from __future__ import annotations
@@ -16,7 +28,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
+from lessor.core.effects import Const, Copy, Create, Effect, FirstOf, Incr, Soft, Text
+from lessor.core.phases import FROM_PAYLOAD, Phase
+
 SCHEMA_VERSION = 1
+
+_Q, _R = Phase.QUEUED, Phase.RUNNING
+Moves = Mapping[Phase | None, Phase | str]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,6 +42,10 @@ class Event:
     """Base of all events. ``id`` is the stream entry id (set when read from the log)."""
 
     TYPE: ClassVar[str] = ""
+    MOVES: ClassVar[Moves] = {}                 # on its action
+    RUN_MOVES: ClassVar[Moves] = {}             # on its run
+    PROJECT: ClassVar[tuple[Effect, ...]] = ()
+    RUN_PROJECT: ClassVar[tuple[Effect, ...]] = ()
     ns: str
     run: str
     ts: int = 0
@@ -34,6 +56,8 @@ class Event:
 @dataclass(frozen=True, kw_only=True)
 class RunCreated(Event):
     TYPE: ClassVar[str] = "run_created"
+    RUN_MOVES = {None: _R}
+    RUN_PROJECT = (Create(),)
     task: str
     queue: str
     inputs: bytes | None = None
@@ -43,6 +67,7 @@ class RunCreated(Event):
 @dataclass(frozen=True, kw_only=True)
 class RunCompleted(Event):
     TYPE: ClassVar[str] = "run_completed"
+    RUN_MOVES = {_R: FROM_PAYLOAD}   # to the terminal phase it carries
     phase: str
 
 
@@ -65,6 +90,8 @@ class LeaseEvent(ActionEvent):
 @dataclass(frozen=True, kw_only=True)
 class ActionCreated(ActionEvent):
     TYPE: ClassVar[str] = "action_created"
+    MOVES = {None: _Q}
+    PROJECT = (Create(renamed=(("sys_left", "sys_retries"), ("user_left", "user_retries"))),)
     task: str
     queue: str
     inputs: bytes | None = None
@@ -81,6 +108,9 @@ class ActionCreated(ActionEvent):
 @dataclass(frozen=True, kw_only=True)
 class ActionLeased(LeaseEvent):
     TYPE: ClassVar[str] = "action_leased"
+    MOVES = {_Q: _R}
+    PROJECT = (Copy("attempt"), Copy("token"), Copy("worker"), Copy("ttl_ms"), Copy("grace_ms"),
+               Const("ready_at_ms", 0), Soft("deadline_ms"))
     ttl_ms: int
     grace_ms: int
     deadline_ms: int
@@ -89,6 +119,8 @@ class ActionLeased(LeaseEvent):
 @dataclass(frozen=True, kw_only=True)
 class LeaseResumed(LeaseEvent):
     TYPE: ClassVar[str] = "lease_resumed"
+    MOVES = {_R: _R}
+    PROJECT = (Soft("deadline_ms"),)
     late_ms: int
     deadline_ms: int
 
@@ -96,6 +128,10 @@ class LeaseResumed(LeaseEvent):
 @dataclass(frozen=True, kw_only=True)
 class LeaseExpired(LeaseEvent):
     TYPE: ClassVar[str] = "lease_expired"
+    # Records the reap; the same script then appends the decision
+    # (action_requeued, action_failed or action_aborted).
+    MOVES = {_R: _R}
+    PROJECT = (Incr("expirations"),)
     deadline_ms: int
     grace_ms: int
 
@@ -103,6 +139,9 @@ class LeaseExpired(LeaseEvent):
 @dataclass(frozen=True, kw_only=True)
 class ActionRequeued(ActionEvent):
     TYPE: ClassVar[str] = "action_requeued"
+    MOVES = {_R: _Q}
+    PROJECT = (Const("worker", ""), Copy("sys_left"), Copy("user_left"), Copy("ready_at_ms"),
+               FirstOf("error", ("error",)))
     reason: str
     ready_at_ms: int = 0
     sys_left: int = 0
@@ -113,12 +152,16 @@ class ActionRequeued(ActionEvent):
 @dataclass(frozen=True, kw_only=True)
 class ActionSucceeded(LeaseEvent):
     TYPE: ClassVar[str] = "action_succeeded"
+    MOVES = {_R: Phase.SUCCEEDED}
+    PROJECT = (Copy("result"),)
     result: bytes | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class ActionFailed(ActionEvent):
     TYPE: ClassVar[str] = "action_failed"
+    MOVES = {_R: Phase.FAILED}
+    PROJECT = (FirstOf("error", ("error", "reason")),)
     reason: str
     error: str | None = None
     attempt: int = 0
@@ -129,24 +172,34 @@ class ActionFailed(ActionEvent):
 @dataclass(frozen=True, kw_only=True)
 class ActionTimedOut(LeaseEvent):
     TYPE: ClassVar[str] = "action_timed_out"
+    MOVES = {_R: Phase.TIMED_OUT}
+    PROJECT = (Text("error", "attempt {attempt} timed out after {timeout_ms} ms"),)
     timeout_ms: int
 
 
 @dataclass(frozen=True, kw_only=True)
 class AbortRequested(ActionEvent):
     TYPE: ClassVar[str] = "abort_requested"
+    # With action "" it is about the run itself (lessor abort), else about one action.
+    MOVES = {_Q: _Q, _R: _R}
+    RUN_MOVES = {_R: _R}
+    PROJECT = RUN_PROJECT = (Const("aborting", True),)
     reason: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
 class ActionAborted(ActionEvent):
     TYPE: ClassVar[str] = "action_aborted"
+    MOVES = {_Q: Phase.ABORTED, _R: Phase.ABORTED}
+    PROJECT = (Const("aborting", True), FirstOf("error", ("reason",)))
     reason: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
 class CacheHit(ActionEvent):
     TYPE: ClassVar[str] = "cache_hit"
+    MOVES = {_Q: Phase.SUCCEEDED}
+    PROJECT = (Copy("result"),)
     cache_key: str
     result: bytes | None = None
 
@@ -156,6 +209,9 @@ class ReportRejected(ActionEvent):
     """A write carrying a token that is not current was refused (never applied)."""
 
     TYPE: ClassVar[str] = "report_rejected"
+    # A refused report never changes state, in any phase: it is recorded evidence.
+    MOVES = {phase: phase for phase in Phase}
+    PROJECT = (Incr("rejected"),)
     kind: str
     token: int
     worker: str
@@ -170,3 +226,15 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ActionAborted, CacheHit, ReportRejected,
     )
 }
+
+
+def _table(moves_of: str) -> dict[tuple[Phase | None, str], Phase | str]:
+    return {(before, cls.TYPE): after for cls in EVENT_TYPES.values()
+            for before, after in getattr(cls, moves_of).items()}
+
+
+#: (phase before, event type) -> phase after, for actions. ``None`` = does not exist yet.
+ACTION_TRANSITIONS: dict[tuple[Phase | None, str], Phase] = _table("MOVES")  # type: ignore[assignment]
+
+#: (phase before, event type) -> phase after, for runs (FROM_PAYLOAD: the phase the event carries).
+RUN_TRANSITIONS: dict[tuple[Phase | None, str], Phase | str] = _table("RUN_MOVES")

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, replace
-from functools import singledispatch
 from typing import Iterable
 
 from lessor.core import events as ev
-from lessor.core.phases import ACTION_TRANSITIONS, FROM_PAYLOAD, RUN_TRANSITIONS, TERMINAL, Phase
+from lessor.core.effects import Const, Copy, Create, FirstOf, Incr, Soft, Text, template_fields
+from lessor.core.events import ACTION_TRANSITIONS, RUN_TRANSITIONS
+from lessor.core.phases import FROM_PAYLOAD, TERMINAL, Phase
 from lessor.errors import IllegalTransition
 
 
@@ -103,111 +104,52 @@ def apply_run(state: RunState | None, event: ev.Event) -> RunState:
     return replace(new, phase=target, updated_ms=event.ts)
 
 
-# --- one handler per event type --------------------------------------------------
+# --- the projection effects of each event (core/effects.py), applied -------------------
 
 
-@singledispatch
+def _present(value: object) -> bool:
+    return value is not None and value != ""
+
+
+def _effects(state, event: ev.Event, effects, cls):
+    """Apply an event's declared effects to ``state`` (or create it)."""
+    changes: dict[str, object] = {}
+    for effect in effects:
+        match effect:
+            case Create(renamed=renamed):
+                names = {f.name for f in dataclasses.fields(cls)} - {"phase", "updated_ms", "created_ms"}
+                sources = dict(renamed)
+                kwargs = {name: getattr(event, sources.get(name, name)) for name in names
+                          if hasattr(event, sources.get(name, name))}
+                state = cls(**kwargs, phase=Phase.QUEUED, created_ms=event.ts)
+            case Copy():
+                changes[effect.field] = getattr(event, effect.source)
+            case Const(field=name, value=value):
+                changes[name] = value
+            case Incr(field=name):
+                changes[name] = getattr(state, name) + 1
+            case FirstOf(field=name, srcs=srcs):
+                for src in srcs:
+                    if _present(getattr(event, src)):
+                        changes[name] = getattr(event, src)
+                        break
+            case Text(field=name, template=template):
+                changes[name] = template.format(**{k: getattr(event, k) for k in template_fields(template)})
+            case Soft():
+                pass  # server-only lease timing: not part of the fold (see the module docstring)
+            case _:
+                raise TypeError(f"{event.TYPE}: no fold rule for effect {effect!r}")
+    if state is None:
+        raise IllegalTransition(_subject(event), None, event.TYPE)
+    return replace(state, **changes) if changes else state
+
+
 def _on_action(event: ev.Event, state: ActionState | None) -> ActionState:
-    raise TypeError(f"no action handler for {type(event).__name__}")
+    return _effects(state, event, type(event).PROJECT, ActionState)
 
 
-@_on_action.register
-def _(e: ev.ActionCreated, s: None) -> ActionState:
-    return ActionState(
-        ns=e.ns, run=e.run, action=e.action, task=e.task, queue=e.queue, phase=Phase.QUEUED,
-        inputs=e.inputs, parent=e.parent, parent_token=e.parent_token, sys_left=e.sys_retries,
-        user_left=e.user_retries, backoff_ms=e.backoff_ms, priority=e.priority,
-        timeout_ms=e.timeout_ms, cache_key=e.cache_key, created_ms=e.ts,
-    )
-
-
-@_on_action.register
-def _(e: ev.ActionLeased, s: ActionState) -> ActionState:
-    return replace(s, attempt=e.attempt, token=e.token, worker=e.worker, ttl_ms=e.ttl_ms,
-                   grace_ms=e.grace_ms, ready_at_ms=0)
-
-
-@_on_action.register
-def _(e: ev.LeaseResumed, s: ActionState) -> ActionState:
-    return s
-
-
-@_on_action.register
-def _(e: ev.LeaseExpired, s: ActionState) -> ActionState:
-    return replace(s, expirations=s.expirations + 1)
-
-
-@_on_action.register
-def _(e: ev.ActionRequeued, s: ActionState) -> ActionState:
-    return replace(s, worker="", sys_left=e.sys_left, user_left=e.user_left,
-                   ready_at_ms=e.ready_at_ms, error=e.error if e.error is not None else s.error)
-
-
-@_on_action.register
-def _(e: ev.ActionSucceeded, s: ActionState) -> ActionState:
-    return replace(s, result=e.result)
-
-
-@_on_action.register
-def _(e: ev.ActionFailed, s: ActionState) -> ActionState:
-    return replace(s, error=e.error if e.error is not None else e.reason)
-
-
-@_on_action.register
-def _(e: ev.ActionTimedOut, s: ActionState) -> ActionState:
-    return replace(s, error=f"attempt {e.attempt} timed out after {e.timeout_ms} ms")
-
-
-@_on_action.register
-def _(e: ev.AbortRequested, s: ActionState) -> ActionState:
-    return replace(s, aborting=True)
-
-
-@_on_action.register
-def _(e: ev.ActionAborted, s: ActionState) -> ActionState:
-    return replace(s, aborting=True, error=e.reason or s.error)
-
-
-@_on_action.register
-def _(e: ev.CacheHit, s: ActionState) -> ActionState:
-    return replace(s, result=e.result)
-
-
-@_on_action.register
-def _(e: ev.ReportRejected, s: ActionState) -> ActionState:
-    return replace(s, rejected=s.rejected + 1)
-
-
-@singledispatch
 def _on_run(event: ev.Event, state: RunState | None) -> RunState:
-    raise TypeError(f"no run handler for {type(event).__name__}")
-
-
-@_on_run.register
-def _(e: ev.RunCreated, s: None) -> RunState:
-    return RunState(ns=e.ns, run=e.run, task=e.task, queue=e.queue, phase=Phase.RUNNING,
-                    inputs=e.inputs, idempotency_key=e.idempotency_key, created_ms=e.ts)
-
-
-@_on_run.register
-def _(e: ev.RunCompleted, s: RunState) -> RunState:
-    return s
-
-
-@_on_run.register
-def _(e: ev.AbortRequested, s: RunState) -> RunState:
-    return replace(s, aborting=True)
-
-
-def handled_event_types() -> set[str]:
-    """Event types that have a handler (a test checks this covers every type)."""
-    types_ = set()
-    for cls in ev.EVENT_TYPES.values():
-        if _on_action.dispatch(cls) is not _on_action.dispatch(object):
-            types_.add(cls.TYPE)
-        if _on_run.dispatch(cls) is not _on_run.dispatch(object):
-            types_.add(cls.TYPE)
-    return types_
+    return _effects(state, event, type(event).RUN_PROJECT, RunState)
 
 
 # --- the whole log ------------------------------------------------------------------

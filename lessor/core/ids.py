@@ -20,6 +20,8 @@ import secrets
 import zlib
 from dataclasses import dataclass
 
+from lessor.core.keyspace import KEY_FAMILIES, PARTITION_KEYS
+
 ROOT_ACTION = "a0"
 DEFAULT_PARTITIONS = 4
 KEY_ROOT = "lessor"
@@ -119,23 +121,39 @@ class Keys:
 
     @property
     def stream(self) -> str:
-        return self.prefix + "events"
+        return self.prefix + _SUFFIX["STREAM"]
 
     @property
     def leases(self) -> str:
         """ZSET: action ref -> expiry (deadline + grace, server ms)."""
-        return self.prefix + "leases"
+        return self.prefix + _SUFFIX["LEASES"]
 
     @property
     def delayed(self) -> str:
         """ZSET: action ref -> time it becomes ready (backoff), server ms."""
-        return self.prefix + "delayed"
+        return self.prefix + _SUFFIX["DELAYED"]
 
     def action(self, ref: str) -> str:
-        return self.prefix + "a:" + ref
+        return self.prefix + _SUFFIX["akey"] + ref
 
     def run(self, ref: str) -> str:
-        return self.prefix + "r:" + ref
+        return self.prefix + _SUFFIX["rkey"] + ref
 
     def queue(self, namespace: str, queue: str) -> str:
-        return self.prefix + f"q:{namespace}:{queue}"
+        return self.prefix + _SUFFIX["qkey"] + f"{namespace}:{queue}"
+
+    def runs(self, namespace: str) -> str:
+        """ZSET: a namespace's run ids by creation time."""
+        return self.prefix + _SUFFIX["runs_key"] + namespace
+
+    def run_actions(self, run_ref_: str) -> str:
+        """SET: the non-root action ids of a run."""
+        return self.prefix + _SUFFIX["run_actions_key"] + run_ref_
+
+    def cache(self, namespace: str) -> str:
+        """HASH: a namespace's result cache."""
+        return self.prefix + _SUFFIX["cache_hash"] + namespace
+
+
+# Key suffixes by Lua name, from the one key schema.
+_SUFFIX = {k.lua: k.suffix for k in (*PARTITION_KEYS, *KEY_FAMILIES)}

@@ -15,6 +15,17 @@ class Code(IntEnum):
     ABORTED = 2
     STALE = 3
     UNKNOWN = 4
+    #: Inside the scripts only (fence): the same write repeated with the token that
+    #: already ended the attempt. Answered to the caller as OK.
+    REPEATED = -1
+
+
+class SubmitCode(IntEnum):
+    """What submit.lua answered for one run."""
+
+    EXISTED = 0    # the same request again: the existing run is returned
+    CREATED = 1
+    CONFLICT = 2   # the run id exists with another task or other inputs
 
 
 def raise_for(code: int, ref: str, token: int, current_token: int = 0) -> None:
@@ -35,4 +46,4 @@ def raise_for(code: int, ref: str, token: int, current_token: int = 0) -> None:
     raise LeaseNotHeld(f"{ref}: lease not held (code {code})")
 
 
-__all__ = ["Code", "raise_for", "LeaseError"]
+__all__ = ["Code", "SubmitCode", "raise_for", "LeaseError"]

@@ -87,7 +87,7 @@ async def verify(backend: Backend, world: World | None = None) -> list[Differenc
         diffs += _compare(key, run_projection(state) | {"phase": state.phase.value},
                           await backend.redis.hgetall(key))
     for keys in backend.all_keys():
-        for pattern in (keys.prefix + "a:*", keys.prefix + "r:*"):
+        for pattern in (keys.action("*"), keys.run("*")):
             async for raw in backend.redis.scan_iter(match=pattern, count=1000):
                 name = raw.decode()
                 if name not in expected_keys:

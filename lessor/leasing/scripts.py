@@ -1,9 +1,10 @@
 """Loading the Lua scripts: one ``.lua`` file each, plus a generated prelude.
 
 At load time each script is prefixed with ``lua/_prelude.lua``, into which we
-generate (a) the transition tables of ``core/phases.py``, so the server checks
-exactly the table the Python fold uses, and (b) the clock: the server's
-``TIME`` in production, or a virtual clock read from a key for simulations.
+generate (``leasing/luagen.py``) everything defined in Python: the transition
+tables, each event's fields and projection handler, the key schema, the reply
+codes; and the clock: the server's ``TIME`` in production, or a virtual clock
+read from a key for simulations.
 
 Scripts go through redis-py's Script objects: EVALSHA first, and on NOSCRIPT
 (a restarted server, a SCRIPT FLUSH) they load the source and retry, which is
@@ -20,7 +21,8 @@ from importlib import resources
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from lessor.core.phases import ACTION_TRANSITIONS, RUN_TRANSITIONS, TERMINAL
+from lessor.core.keyspace import HOT, KEY_FAMILIES, PARTITION_KEYS
+from lessor.leasing import luagen
 
 SCRIPT_NAMES = (
     "append_events", "submit", "submit_child", "acquire", "renew", "complete", "fail", "release",
@@ -46,44 +48,74 @@ _VIRTUAL_CLOCK = f"""local function now_ms()
 end"""
 
 
-_LIB_NAMES = ("abort_actions", "bad_token", "bad_int", "bad_id", "bad_ns", "bad_text", "bad_bytes", "refuse", "SAFE_INT", "ensure_epoch", "ended", "emit", "enqueue", "reject", "expire_lease", "token_source", "fence", "split_ref",
-              "end_lease", "hget", "rkey", "qkey", "TERMINAL", "is_run_event", "ON", "ACTION_T", "RUN_T",
-              "STREAM", "LEASES", "DELAYED", "TIMEOUTS")
+#: What the prelude's library exports to the scripts (the one list: the Lua table
+#: and each script's local bindings are both generated from it).
+_LIB_NAMES = (
+    # writing events and state
+    "emit", "enqueue", "reject", "ended", "end_lease", "abort_actions", "token_source",
+    # the lease rules, once each
+    "fence", "check_token", "lease_dead", "lease_expiry", "expire_lease", "ensure_epoch", "server_epoch",
+    # the boundary
+    "refuse", "bad_token", "bad_int", "bad_id", "bad_ns", "bad_text", "bad_bytes", "SAFE_INT",
+    # reading
+    "hget", "split_ref", "nz", "is_run_event",
+    # generated: keys, tables, handlers
+    *(k.lua for k in PARTITION_KEYS if k.lua not in HOT), *(f.lua for f in KEY_FAMILIES if f.lua not in HOT),
+    "ON", "ON_RUN", "EVF", "ACTION_T", "RUN_T", "TERMINAL", "FROM_PAYLOAD", "NO_PHASE",
+)
+_LIB_EXPORTS = "lib_ = {" + ", ".join(f"{n} = {n}" for n in _LIB_NAMES) + "}"
 # Scripts that need more than the renewal hot path say so with a --@@USES_LIB@@ line,
 # replaced by this binding of the prelude's lazily built library.
 _LIB_IMPORT = ("local L = lib()\nlocal " + ", ".join(_LIB_NAMES) + " =\n  "
                + ", ".join(f"L.{n}" for n in _LIB_NAMES))
 
 
-def _lua_table(name: str, table: dict) -> str:
-    rows = []
-    for (phase, etype), target in sorted(table.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
-        rows.append(f'  ["{phase or "-"}|{etype}"] = "{target}",')
-    return f"local {name} = {{\n" + "\n".join(rows) + "\n}"
-
-
-def generated_prelude(clock: ClockMode) -> tuple[str, str]:
-    """The Lua generated from Python: (transition tables + terminal set, clock function)."""
-    terminal = ", ".join(f"{p} = true" for p in sorted(TERMINAL))
-    tables = "\n".join([
-        _lua_table("ACTION_T", ACTION_TRANSITIONS),
-        _lua_table("RUN_T", RUN_TRANSITIONS),
-        f"local TERMINAL = {{ {terminal} }}",
-    ])
-    return tables, _SERVER_CLOCK if clock is ClockMode.SERVER else _VIRTUAL_CLOCK
+def _indent(text: str) -> str:
+    return text.replace("\n", "\n  ")
 
 
 @functools.cache
-def script_source(name: str, clock: ClockMode = ClockMode.SERVER) -> str:
-    """The full Lua source of script ``name`` as sent to the server."""
+def script_source(name: str, clock: ClockMode = ClockMode.SERVER, trace: bool = False) -> str:
+    """The full Lua source of script ``name`` as sent to the server.
+
+    ``trace`` (tests only) records every key each Redis call names in the list
+    ``lessor:test:touched`` as ``<script> <key>``, to check each script's
+    ``Touches:`` header against what it really does.
+    """
     lua = resources.files("lessor.leasing") / "lua"
     prelude = (lua / "_prelude.lua").read_text()
-    tables, clock_fn = generated_prelude(clock)
-    prelude = prelude.replace("--@@GENERATED_CLOCK@@", clock_fn)
-    prelude = prelude.replace("--@@GENERATED_TABLES@@", tables.replace("\n", "\n  "))
+    for marker, text in (("--@@GENERATED_CLOCK@@", _SERVER_CLOCK if clock is ClockMode.SERVER else _VIRTUAL_CLOCK),
+                         ("--@@GENERATED_HOT@@", luagen.hot_block()),
+                         ("--@@GENERATED_TABLES@@", _indent(luagen.lib_block())),
+                         ("--@@GENERATED_HANDLERS@@", _indent(luagen.handlers_block())),
+                         ("--@@LIB_EXPORTS@@", _LIB_EXPORTS)):
+        assert prelude.count(marker) == 1, f"_prelude.lua must hold {marker} once"
+        prelude = prelude.replace(marker, text)
     body = (lua / f"{name}.lua").read_text()
     body = re.sub(r"^--@@USES_LIB@@.*$", _LIB_IMPORT, body, count=1, flags=re.M)
-    return prelude + "\n-- ======== " + name + ".lua ========\n" + body
+    source = prelude + "\n-- ======== " + name + ".lua ========\n" + body
+    if trace:
+        source = _TRACER.replace("@NAME@", name) + source.replace("redis.call(", "traced_call(")
+    return source
+
+
+# Records the key of every call (its first argument) before making it (tests only).
+_TRACER = """local real_call = redis.call
+local function traced_call(cmd, key, ...)
+  local c = string.upper(cmd)
+  if key ~= nil and c ~= 'INFO' and c ~= 'TIME' then real_call('RPUSH', 'lessor:test:touched', '@NAME@ ' .. key) end
+  return real_call(cmd, key, ...)
+end
+"""
+
+
+def touches(name: str) -> set[str]:
+    """The keys (Lua names of core/keyspace.py) that script ``name`` declares on its ``Touches:`` line."""
+    text = (resources.files("lessor.leasing") / "lua" / f"{name}.lua").read_text()
+    found = re.search(r"^\s*Touches:(.*(?:\n\s{4,}\S.*)*)", text, re.M)
+    if not found:
+        raise ValueError(f"{name}.lua has no Touches: line in its header")
+    return set(re.findall(r"[A-Za-z_]+", found.group(1)))
 
 
 class Scripts:

@@ -53,7 +53,7 @@ async def lookup_cache(backend: Backend, namespace: str, key: str) -> bytes | No
     """The cached output for ``key`` in ``namespace`` (one pipelined round trip), or None."""
     pipe = backend.redis.pipeline(transaction=False)
     for keys in backend.all_keys():
-        pipe.hget(keys.prefix + "cache:" + namespace, key)
+        pipe.hget(keys.cache(namespace), key)
     for hit in await pipe.execute():
         if hit is not None:
             return hit

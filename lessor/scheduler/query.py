@@ -135,7 +135,7 @@ async def run_actions(backend: Backend, namespace: str, run_id: str) -> list[Act
     await get_run(backend, namespace, run_id)
     keys = backend.keys_for_run(namespace, run_id)
     # The run's action set holds its children; the root a0 is implied.
-    children = await backend.redis.smembers(keys.prefix + "ra:" + run_ref(namespace, run_id))
+    children = await backend.redis.smembers(keys.run_actions(run_ref(namespace, run_id)))
     ids = [ROOT_ACTION] + sorted(a.decode() for a in children)
     pipe = backend.redis.pipeline(transaction=False)
     for action_id in ids:
@@ -190,7 +190,7 @@ async def list_runs(backend: Backend, namespace: str, phase: Phase | str | None 
         if not created.isdigit() or not run_id:
             raise ValueError(f"bad cursor {cursor!r}: pass the cursor a previous page returned")
         before = (int(created), run_id)
-    streams = [_newest_first(backend, keys.prefix + "runs:" + namespace, before, max(limit, 20))
+    streams = [_newest_first(backend, keys.runs(namespace), before, max(limit, 20))
                for keys in backend.all_keys()]
     heads: list = []
     for i, stream in enumerate(streams):

@@ -46,14 +46,14 @@ class Switch(str, enum.Enum):
 
 # script -> [(text, replacement)] per switch
 _PATCHES: dict[Switch, dict[str, list[tuple[str, str]]]] = {
-    Switch.SKIP_TOKEN_CHECK: {"*": [("    if h.phase ~= 'running' or h.token ~= token then\n      reject(",
+    Switch.SKIP_TOKEN_CHECK: {"*": [("    if not check_token(h, token) then\n      reject(",
                                       "    if h.phase ~= 'running' then\n      reject(")]},
-    Switch.REAPER_IGNORES_GRACE: {
-        "reap": [("local expiry = h[1] == 'running' and tonumber(h[2]) + tonumber(h[3])",
-                  "local expiry = h[1] == 'running' and tonumber(h[2])")],
-        "acquire": [("redis.call('ZADD', LEASES, deadline + grace_ms, ref)", "redis.call('ZADD', LEASES, deadline, ref)")],
-    },
-    Switch.REAPER_DOUBLE_EXPIRES: {"reap": [("  if expiry and expiry >= NOW then", "  if false then")]},
+    # The grace rule is written once (lease_expiry in the prelude): dropping grace there
+    # makes the reaper (and every fenced write) expire leases at their deadline.
+    Switch.REAPER_IGNORES_GRACE: {"*": [(
+        "local function lease_expiry(h) return tonumber(h.deadline_ms) + tonumber(h.grace_ms) end",
+        "local function lease_expiry(h) return tonumber(h.deadline_ms) end")]},
+    Switch.REAPER_DOUBLE_EXPIRES: {"reap": [("  if expiry and not lease_dead(h) then", "  if false then")]},
     Switch.RENEW_IGNORES_ABORT: {"renew": [("h[4] ~= '1' and NOW <= tonumber(h[3])", "NOW <= tonumber(h[3])"),
                                            ("    elseif h[4] == '1' then", "    elseif false then")]},
     # The new epoch is still recorded (and reported as new), but no live lease gets its ttl back.

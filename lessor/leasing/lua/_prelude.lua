@@ -9,9 +9,17 @@
   script validates first and writes last. emit() re-checks the transition
   table as a backstop; a failure there is a bug, reported loudly.
 
-  Generated at load time from Python (see leasing/scripts.py):
-    ACTION_T, RUN_T, TERMINAL   the transition tables of core/phases.py
-    now_ms()                    the clock: server TIME, or a virtual clock ]]
+  Generated at load time from Python (leasing/luagen.py, spliced in by
+  leasing/scripts.py), so nothing below is a hand copy of a Python definition:
+    now_ms()                    the clock: server TIME, or a virtual clock
+    OK, STALE, ... CREATED      reply codes (leasing/codes.py)
+    akey, STREAM, LEASES, ...   the key schema (core/keyspace.py)
+    ACTION_T, RUN_T, TERMINAL   the transition tables (MOVES of core/events.py)
+    EVF, ON, ON_RUN             each event's fields and projection handler
+                                (PROJECT of core/events.py, core/effects.py)
+    TEXT, FROM_PAYLOAD, NO_PHASE
+  Where the rules live, once each: lease_dead() (the grace rule), check_token() (the
+  token check), expire_lease(), fence(). ]]
 local PREFIX = KEYS[1]
 
 --@@GENERATED_CLOCK@@
@@ -19,7 +27,7 @@ local PREFIX = KEYS[1]
 local NOW = now_ms()
 
 local function S(n) return string.format('%.0f', n) end   -- exact integer text (tostring rounds to 14 digits)
-local function akey(ref) return PREFIX .. 'a:' .. ref end
+--@@GENERATED_HOT@@
 
 -- Everything but the renewal hot path lives in lib(), built on first use: a
 -- script's prelude runs on every call, and building these closures and tables
@@ -28,22 +36,10 @@ local lib_ = nil
 local function lib()
   if lib_ then return lib_ end
   --@@GENERATED_TABLES@@
-  local STREAM = PREFIX .. 'events'
-  local LEASES = PREFIX .. 'leases'
-  local DELAYED = PREFIX .. 'delayed'
-  local TIMEOUTS = PREFIX .. 'timeouts'
-  local TOKENS = PREFIX .. 'token'
-  local SEQ = PREFIX .. 'seq'
-  local EPOCH = PREFIX .. 'epoch'
-  local function rkey(ref) return PREFIX .. 'r:' .. ref end
-  local function qkey(ns, queue) return PREFIX .. 'q:' .. ns .. ':' .. queue end
   local function nz(v) if v == false or v == nil then return '' end return v end
 
   -- Read hash fields into a table keyed by name. A missing field reads as its
-  -- default ('0' for numbers, '' for text), except phase: missing = no such key.
-  local TEXT = {ns = true, run = true, action = true, task = true, queue = true, inputs = true,
-    parent = true, cache_key = true, worker = true, result = true, error = true, idempotency_key = true,
-    run_id = true}
+  -- default ('0' for numbers, '' for text fields, TEXT), except phase: missing = no such key.
   local function hget(key, ...)
     local names = {...}
     local vals = redis.call('HMGET', key, unpack(names))
@@ -63,90 +59,91 @@ local function lib()
       or (ev.type == 'abort_requested' and (ev.action == nil or ev.action == ''))
   end
 
-  -- Projection updates, one per event type (the mirror of core/fold.py): each
-  -- returns the hash fields to set; emit() writes them with the phase in one HSET.
-  local ON = {}
-  -- Fields at their default ('' or 0) are not stored: readers treat a missing
-  -- field as its default (hget below, query.py, replay.verify), and a 28-field
-  -- HSET costs more than the rest of a submit.
+  -- Projection updates, one per event type, generated from the effects each
+  -- event declares (core/events.py PROJECT): each returns the hash fields to set
+  -- (counters it increments itself); emit() writes them with the phase in one HSET.
+  local ON, ON_RUN = {}, {}
+  -- Append a field to set: numbers as exact integer text, nil as '' (a missing value).
+  local function put(f, name, v)
+    if v == nil then v = '' elseif type(v) == 'number' then v = S(v) end
+    f[#f + 1], f[#f + 2] = name, v
+  end
+  -- The first argument present and not empty, or nil (FirstOf: the field keeps its value).
+  local function first(...)
+    for i = 1, select('#', ...) do
+      local v = select(i, ...)
+      if v ~= nil and v ~= '' then return v end
+    end
+  end
+  -- A created subject's fields. Fields at their default ('' or 0) are not stored: readers
+  -- treat a missing field as its default (hget above, query.py, replay.verify), and a
+  -- 28-field HSET costs more than the rest of a submit.
   local function fields_of(...)
     local f, args = {}, {...}
     for i = 1, #args, 2 do
       local v = args[i + 1]
-      if v ~= nil and v ~= '' and v ~= 0 then f[#f + 1], f[#f + 2] = args[i], v end
+      if v ~= nil and v ~= '' and v ~= 0 then put(f, args[i], v) end
     end
     return f
   end
-  ON.run_created = function(k, ev)
-    return fields_of('ns', ev.ns, 'run', ev.run, 'task', ev.task, 'queue', ev.queue, 'inputs', ev.inputs,
-      'idempotency_key', ev.idempotency_key, 'created_ms', ev.ts)
-  end
-  ON.run_completed = function(k, ev) return {} end
-  ON.action_created = function(k, ev)
-    return fields_of('ns', ev.ns, 'run', ev.run, 'action', ev.action, 'task', ev.task,
-      'queue', ev.queue, 'inputs', ev.inputs, 'parent', ev.parent, 'parent_token', ev.parent_token,
-      'sys_left', ev.sys_retries, 'user_left', ev.user_retries, 'backoff_ms', ev.backoff_ms,
-      'priority', ev.priority, 'timeout_ms', ev.timeout_ms, 'cache_key', ev.cache_key, 'created_ms', ev.ts)
-  end
-  ON.action_leased = function(k, ev)
-    -- The token is compared as text: write it with S() so every server spells it alike.
-    return {'attempt', ev.attempt, 'token', S(ev.token), 'worker', ev.worker,
-      'ttl_ms', ev.ttl_ms, 'grace_ms', ev.grace_ms, 'ready_at_ms', 0, 'deadline_ms', ev.deadline_ms}
-  end
-  ON.lease_resumed = function(k, ev) return {'deadline_ms', ev.deadline_ms} end
-  ON.lease_expired = function(k, ev) redis.call('HINCRBY', k, 'expirations', 1) return {} end
-  ON.action_requeued = function(k, ev)
-    local f = {'worker', '', 'sys_left', ev.sys_left, 'user_left', ev.user_left,
-      'ready_at_ms', ev.ready_at_ms}
-    if ev.error ~= nil then f[#f + 1], f[#f + 2] = 'error', ev.error end
-    return f
-  end
-  ON.action_succeeded = function(k, ev) return {'result', nz(ev.result)} end
-  ON.action_failed = function(k, ev) return {'error', ev.error or ev.reason} end
-  ON.action_timed_out = function(k, ev)
-    return {'error', 'attempt ' .. S(ev.attempt) .. ' timed out after ' .. S(ev.timeout_ms) .. ' ms'}
-  end
-  ON.abort_requested = function(k, ev) return {'aborting', '1'} end
-  ON.action_aborted = function(k, ev)
-    if ev.reason ~= nil and ev.reason ~= '' then return {'aborting', '1', 'error', ev.reason} end
-    return {'aborting', '1'}
-  end
-  ON.cache_hit = function(k, ev) return {'result', nz(ev.result)} end
-  ON.report_rejected = function(k, ev) redis.call('HINCRBY', k, 'rejected', 1) return {} end
+  --@@GENERATED_HANDLERS@@
 
-  -- The phase an event moves its subject to (nil if the table forbids it), its key
-  -- and its current phase. No writes. ``cur`` may be passed when the caller has
-  -- just read it ('-' = does not exist), saving a round to the hash.
+  -- The phase an event moves its subject to (nil if the table forbids it), its key,
+  -- its current phase and its projection handler. No writes. ``cur`` may be passed
+  -- when the caller has just read it (NO_PHASE = does not exist), saving a read.
   local function next_phase(ev, cur)
-    local key, table_
+    local key, table_, handlers
     if is_run_event(ev) then
-      key, table_ = rkey(ev.ns .. '/' .. ev.run), RUN_T
+      key, table_, handlers = rkey(ev.ns .. '/' .. ev.run), RUN_T, ON_RUN
     else
-      key, table_ = akey(ev.ns .. '/' .. ev.run .. '/' .. ev.action), ACTION_T
+      key, table_, handlers = akey(ev.ns .. '/' .. ev.run .. '/' .. ev.action), ACTION_T, ON
     end
-    if cur == nil then cur = redis.call('HGET', key, 'phase') or '-' end
+    if cur == nil then cur = redis.call('HGET', key, 'phase') or NO_PHASE end
     local nxt = table_[cur .. '|' .. ev.type]
-    if nxt == '<payload>' then
+    if nxt == FROM_PAYLOAD then
       if TERMINAL[ev.phase] then nxt = ev.phase else nxt = nil end
     end
-    return nxt, key, cur
+    return nxt, key, cur, handlers[ev.type]
+  end
+
+  -- An event's fields against its definition (EVF, from core/events.py): the reason it
+  -- may not be written, or nil. Readers decode exactly these types.
+  local function bad_event(ev)
+    local spec = EVF[ev.type]
+    if spec == nil then return 'unknown event type ' .. tostring(ev.type) end
+    for _, f in ipairs(spec) do
+      local name, kind, required = f[1], f[2], f[3]
+      local v = ev[name]
+      if v == nil then
+        if required then return ev.type .. ' needs field ' .. name end
+      elseif kind == 'i' then
+        if type(v) ~= 'number' or v % 1 ~= 0 or v > 9007199254740991 or v < -9007199254740991 then
+          return ev.type .. ': field ' .. name .. ' must be an integer, got ' .. tostring(v)
+        end
+      elseif type(v) ~= 'string' then
+        return ev.type .. ': field ' .. name .. ' must be a string, got ' .. type(v)
+      end
+    end
   end
 
   local abort_actions, abort_descendants  -- defined after emit (they emit, and emit calls them)
 
   -- Append the event and update its projection. Returns the stream id.
   -- ``cur``: the subject's current phase if the caller just read it (optional).
+  -- Correct by construction: the event is checked against its definition, its
+  -- transition and its handler are resolved, and only then is anything written
+  -- (the XADD, then the projection), so an event type without a handler, an
+  -- illegal transition or a mistyped field can never reach the stream.
   local function emit(ev, cur)
     ev.v = 1
     ev.ts = NOW
-    local nxt, key
-    nxt, key, cur = next_phase(ev, cur)
+    local bad = bad_event(ev)
+    if bad then error('lessor bug: refusing to write an event: ' .. bad) end
+    local nxt, key, handler
+    nxt, key, cur, handler = next_phase(ev, cur)
     if nxt == nil then
       error('lessor bug: illegal transition ' .. tostring(cur) .. ' --' .. ev.type .. '--> ? for ' .. key)
     end
-    -- Everything that can fail is resolved before the first write: a missing handler
-    -- must not leave an event in the stream without its state change.
-    local handler = ON[ev.type]
     if handler == nil then error('lessor bug: no projection handler for ' .. ev.type) end
     local packed = cmsgpack.pack(ev)
     local id = redis.call('XADD', STREAM, '*', 'e', packed)
@@ -170,7 +167,7 @@ local function lib()
   abort_actions = function(ns, run, actions, reason)
     local run_ref = ns .. '/' .. run
     if actions == nil then
-      actions = redis.call('SMEMBERS', PREFIX .. 'ra:' .. run_ref)
+      actions = redis.call('SMEMBERS', run_actions_key(run_ref))
       table.insert(actions, 1, 'a0')
     end
     local now_aborted, requested = 0, 0
@@ -194,9 +191,9 @@ local function lib()
   abort_descendants = function(ns, run, action, phase)
     local children
     if action == 'a0' then
-      children = redis.call('SMEMBERS', PREFIX .. 'ra:' .. ns .. '/' .. run)
+      children = redis.call('SMEMBERS', run_actions_key(ns .. '/' .. run))
     else
-      children = redis.call('SMEMBERS', PREFIX .. 'ch:' .. ns .. '/' .. run .. '/' .. action)
+      children = redis.call('SMEMBERS', children_key(ns .. '/' .. run .. '/' .. action))
     end
     if #children > 0 then
       abort_actions(ns, run, children, 'parent ' .. action .. ' ended (' .. phase .. ') before this action')
@@ -215,6 +212,15 @@ local function lib()
     return emit({type = 'report_rejected', ns = ns, run = run, action = action, kind = kind,
       token = tonumber(token), worker = worker, current_token = tonumber(h.token or '0') or 0})
   end
+
+  -- The grace rule, written once: a lease's expiry is deadline + grace on the server
+  -- clock, and it is dead strictly after it (at the expiry itself it still holds).
+  -- ``h`` holds the action's deadline_ms and grace_ms (hash fields, text or numbers).
+  local function lease_expiry(h) return tonumber(h.deadline_ms) + tonumber(h.grace_ms) end
+  local function lease_dead(h) return NOW > lease_expiry(h) end
+
+  -- The token check, written once: only the current token of a running action owns it.
+  local function check_token(h, token) return h.phase == 'running' and h.token == token end
 
   -- Expire the lease of a running action (judged already: deadline + grace passed),
   -- then decide: aborted if an abort was requested, requeued while the system retry
@@ -277,7 +283,7 @@ local function lib()
       if h[1] == 'running' then
         local deadline = math.max(tonumber(h[2]) or 0, NOW + (tonumber(h[3]) or 0))
         redis.call('HSET', key, 'deadline_ms', S(deadline))
-        redis.call('ZADD', LEASES, deadline + (tonumber(h[4]) or 0), ref)
+        redis.call('ZADD', LEASES, lease_expiry({deadline_ms = deadline, grace_ms = h[4] or 0}), ref)
       end
     end
     redis.call('SET', EPOCH, epoch)
@@ -333,31 +339,30 @@ local function lib()
   -- refused and recorded as report_rejected; a lease already past deadline +
   -- grace on the server clock is expired first (after ensure_epoch, so not on a
   -- new epoch), so its late report is refused too.
-  -- Returns the action's fields and a code: 0 owner, 3 stale, 4 unknown, and -1
+  -- Returns the action's fields and a code: OK owner, STALE, UNKNOWN, and REPEATED
   -- for a write repeated with the token and kind that already ended the attempt
   -- (a retried call whose reply was lost, or that was not confirmed durable:
   -- nothing to do, nothing to refuse). The scripts mark that with ended().
   local function fence(ref, token, worker, kind, ...)
     local key = akey(ref)
     local h = hget(key, 'phase', 'token', 'deadline_ms', 'grace_ms', '_ended', ...)
-    if not h.phase then return h, 4 end
+    if not h.phase then return h, UNKNOWN end
     if h._ended == token .. ':' .. kind or (kind == 'complete' and h.phase == 'succeeded' and h.token == token) then
       -- A repeat writes too: WAIT/WAITAOF cover the writes of their own connection up to
       -- its last one, and the first try may have gone out on another connection. This
       -- write comes after it in the replication stream, so waiting for it covers both.
       redis.call('HINCRBY', key, '_repeats', 1)
-      return h, -1
+      return h, REPEATED
     end
-    if h.phase == 'running' and h.token == token
-        and NOW > tonumber(h.deadline_ms) + tonumber(h.grace_ms) and not ensure_epoch() then
+    if check_token(h, token) and lease_dead(h) and not ensure_epoch() then
       expire_lease(ref)
       h.phase = 'expired'
     end
-    if h.phase ~= 'running' or h.token ~= token then
+    if not check_token(h, token) then
       reject(ref, h, kind, token, worker)
-      return h, 3
+      return h, STALE
     end
-    return h, 0
+    return h, OK
   end
 
   -- Mark the attempt of ``token`` as ended by ``kind`` (complete, fail, release),
@@ -436,6 +441,6 @@ local function lib()
     redis.call('ZREM', LEASES, ref)
     if timeout_ms ~= '0' then redis.call('ZREM', TIMEOUTS, ref) end
   end
-  lib_ = {abort_actions = abort_actions, bad_token = bad_token, bad_int = bad_int, bad_id = bad_id, bad_ns = bad_ns, bad_text = bad_text, bad_bytes = bad_bytes, refuse = refuse, SAFE_INT = SAFE_INT, ensure_epoch = ensure_epoch, ended = ended, server_epoch = server_epoch, STREAM = STREAM, LEASES = LEASES, DELAYED = DELAYED, TIMEOUTS = TIMEOUTS, emit = emit, enqueue = enqueue, reject = reject, expire_lease = expire_lease, token_source = token_source, fence = fence, split_ref = split_ref, end_lease = end_lease, hget = hget, rkey = rkey, qkey = qkey, nz = nz, is_run_event = is_run_event, ON = ON, ACTION_T = ACTION_T, RUN_T = RUN_T, TERMINAL = TERMINAL}
+  --@@LIB_EXPORTS@@
   return lib_
 end

@@ -16,7 +16,7 @@ if not n or n < 1 or n > 10000 or not ttl_ms or ttl_ms <= 0 or ttl_ms > 86400000
     .. '0 <= grace_ms <= 1 day (integers) and a valid worker id')
 end
 local out = {NOW}
-local popped = redis.call('ZPOPMIN', PREFIX .. 'q:' .. ns .. ':' .. queue, n)
+local popped = redis.call('ZPOPMIN', qkey(ns, queue), n)
 if #popped == 0 then return out end  -- an idle poll costs one ZPOPMIN, not the library
 --@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
 local next_token, save_tokens = token_source()
@@ -31,7 +31,7 @@ for i = 1, #popped, 2 do
     local deadline = NOW + ttl_ms
     emit({type = 'action_leased', ns = h.ns, run = h.run, action = h.action, attempt = attempt,
       token = token, worker = worker, ttl_ms = ttl_ms, grace_ms = grace_ms, deadline_ms = deadline}, 'queued')
-    redis.call('ZADD', LEASES, deadline + grace_ms, ref)
+    redis.call('ZADD', LEASES, lease_expiry({deadline_ms = deadline, grace_ms = grace_ms}), ref)
     local timeout_ms = tonumber(h.timeout_ms)
     if timeout_ms > 0 then redis.call('ZADD', TIMEOUTS, NOW + timeout_ms, ref) end
     local n_out = #out

@@ -14,7 +14,7 @@ for i = 1, #ARGV do
     return redis.error_reply('LESSOR_BAD_EVENT ' .. i .. ' not a msgpack map')
   end
   if ev.v ~= 1 then return redis.error_reply('LESSOR_BAD_EVENT ' .. i .. ' unknown schema version ' .. tostring(ev.v)) end
-  if type(ev.type) ~= 'string' or ON[ev.type] == nil then
+  if type(ev.type) ~= 'string' or EVF[ev.type] == nil then
     return redis.error_reply('LESSOR_BAD_EVENT ' .. i .. ' unknown event type ' .. tostring(ev.type))
   end
   if type(ev.ns) ~= 'string' or type(ev.run) ~= 'string' then
@@ -27,9 +27,9 @@ for i = 1, #ARGV do
   if is_run_event(ev) then key, table_ = rkey(ev.ns .. '/' .. ev.run), RUN_T
   else key, table_ = akey(ev.ns .. '/' .. ev.run .. '/' .. ev.action), ACTION_T end
   local cur = seen[key]
-  if cur == nil then cur = redis.call('HGET', key, 'phase') or '-' end
+  if cur == nil then cur = redis.call('HGET', key, 'phase') or NO_PHASE end
   local nxt = table_[cur .. '|' .. ev.type]
-  if nxt == '<payload>' then if TERMINAL[ev.phase] then nxt = ev.phase else nxt = nil end end
+  if nxt == FROM_PAYLOAD then if TERMINAL[ev.phase] then nxt = ev.phase else nxt = nil end end
   if nxt == nil then
     return redis.error_reply('LESSOR_ILLEGAL ' .. i .. ' ' .. cur .. ' ' .. ev.type .. ' ' .. key)
   end

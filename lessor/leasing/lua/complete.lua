@@ -23,7 +23,7 @@ local out = {}
 for i = 2, #ARGV, 3 do
   local ref, token, result = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local h, code = fence(ref, token, worker, 'complete', 'attempt', 'cache_key', 'timeout_ms')
-  if code == 0 then
+  if code == OK then
     local ns, run, action = split_ref(ref)
     if result == '' then result = nil end
     emit({type = 'action_succeeded', ns = ns, run = run, action = action,
@@ -31,11 +31,11 @@ for i = 2, #ARGV, 3 do
     end_lease(ref, h.timeout_ms)
     ended(ref, token, 'complete')
     if h.cache_key ~= '' then
-      redis.call('HSET', PREFIX .. 'cache:' .. ns, h.cache_key, result or '')
+      redis.call('HSET', cache_hash(ns), h.cache_key, result or '')
     end
   end
-  if code <= 0 then
-    out[#out + 1], out[#out + 2] = 0, tonumber(token)
+  if code == OK or code == REPEATED then
+    out[#out + 1], out[#out + 2] = OK, tonumber(token)
   else
     out[#out + 1], out[#out + 2] = code, tonumber(h.token)
   end

@@ -20,8 +20,8 @@ if refused then return refused end
 local retryable, jitter = ARGV[5] == '1', tonumber(ARGV[6])
 local h, code = fence(ref, token, worker, 'fail', 'attempt', 'user_left', 'sys_left', 'backoff_ms', 'queue',
   'priority', 'aborting', 'timeout_ms')
-if code < 0 then return {0, tonumber(token), 0} end  -- repeated: already recorded
-if code ~= 0 then return {code, tonumber(h.token or '0'), 0} end
+if code == REPEATED then return {OK, tonumber(token), 0} end  -- already recorded
+if code ~= OK then return {code, tonumber(h.token or '0'), 0} end
 local ns, run, action = split_ref(ref)
 local attempt, user_left = tonumber(h.attempt), tonumber(h.user_left)
 end_lease(ref, h.timeout_ms)
@@ -30,7 +30,7 @@ if h.aborting == '1' then
   -- An abort was asked for: nothing is retried after it (found by the simulator).
   emit({type = 'action_aborted', ns = ns, run = run, action = action,
     reason = 'aborted; the attempt failed meanwhile: ' .. err}, 'running')
-  return {0, tonumber(token), 0}
+  return {OK, tonumber(token), 0}
 end
 if retryable and user_left > 0 then
   local delay = math.min(tonumber(h.backoff_ms) * 2 ^ (attempt - 1), 600000) * (0.5 + jitter)
@@ -39,8 +39,8 @@ if retryable and user_left > 0 then
     ready_at_ms = ready_at, sys_left = tonumber(h.sys_left), user_left = user_left - 1, error = err})
   if ready_at > NOW then redis.call('ZADD', DELAYED, ready_at, ref)
   else enqueue(ref, ns, h.queue, h.priority) end
-  return {0, tonumber(token), ready_at}
+  return {OK, tonumber(token), ready_at}
 end
 emit({type = 'action_failed', ns = ns, run = run, action = action, reason = 'user_error',
   error = err, attempt = attempt, token = tonumber(token), worker = worker})
-return {0, tonumber(token), 0}
+return {OK, tonumber(token), 0}

@@ -25,8 +25,7 @@ end
 -- on server state alone, so a second reaper in the same interval could only repeat
 -- work, never undo it; the throttle only saves that work. A due time further off
 -- than one interval means the server clock went back: it is ignored.
-local due_key = PREFIX .. 'reap_due'
-local due_at = tonumber(redis.call('GET', due_key) or '0')
+local due_at = tonumber(redis.call('GET', REAP_DUE) or '0')
 if interval_ms > 0 and NOW < due_at and due_at - NOW <= interval_ms then
   return {0, 0, 0, 0, 0, 0, 1}
 end
@@ -42,9 +41,9 @@ ensure_epoch()
 local due = redis.call('ZRANGEBYSCORE', LEASES, '-inf', '(' .. S(NOW), 'LIMIT', 0, limit)
 if #due >= limit then more = 1 end
 for _, ref in ipairs(due) do
-  local h = redis.call('HMGET', akey(ref), 'phase', 'deadline_ms', 'grace_ms')
-  local expiry = h[1] == 'running' and tonumber(h[2]) + tonumber(h[3])
-  if expiry and expiry >= NOW then
+  local h = hget(akey(ref), 'phase', 'deadline_ms', 'grace_ms')
+  local expiry = h.phase == 'running' and lease_expiry(h)
+  if expiry and not lease_dead(h) then
     redis.call('ZADD', LEASES, expiry, ref)
   else
     local decision = expire_lease(ref)
@@ -92,5 +91,5 @@ for _, ref in ipairs(ready) do
     end
   end
 end
-if interval_ms > 0 and more == 0 then redis.call('SET', due_key, S(NOW + interval_ms)) end
+if interval_ms > 0 and more == 0 then redis.call('SET', REAP_DUE, S(NOW + interval_ms)) end
 return {expired, timed_out, promoted, lag, more, failovers, 0}

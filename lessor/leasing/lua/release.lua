@@ -14,8 +14,8 @@ end
 local err = refuse('release', bad_id('worker', worker), bad_text('reason', reason, 8192))
 if err then return err end
 local h, code = fence(ref, token, worker, 'release', 'aborting', 'sys_left', 'user_left', 'queue', 'priority')
-if code < 0 then return {0, tonumber(token)} end  -- repeated: already released
-if code ~= 0 then return {code, tonumber(h.token or '0')} end
+if code == REPEATED then return {OK, tonumber(token)} end  -- already released
+if code ~= OK then return {code, tonumber(h.token or '0')} end
 local ns, run, action = split_ref(ref)
 end_lease(ref)
 ended(ref, token, 'release')
@@ -27,4 +27,4 @@ else
     error = 'released by worker ' .. worker .. ': ' .. reason})
   enqueue(ref, ns, h.queue, h.priority)
 end
-return {0, tonumber(token)}
+return {OK, tonumber(token)}

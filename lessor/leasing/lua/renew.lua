@@ -35,40 +35,43 @@ local out = {NOW}
 local function slow_path(ref, token, key, h)
   local L = lib()
   redis.set_repl(redis.REPL_ALL)
-  if not h[1] then return 4 end
+  local lease = {phase = h[1], token = h[2], deadline_ms = h[3]}
+  if not lease.phase then return UNKNOWN end
   local deadline = tonumber(h[3])
-  if h[1] == 'running' and h[2] == token then
-    local grace = tonumber(redis.call('HGET', key, 'grace_ms') or '0')
-    if NOW > deadline + grace and L.ensure_epoch() then
+  if L.check_token(lease, token) then
+    lease.grace_ms = redis.call('HGET', key, 'grace_ms') or '0'
+    if L.lease_dead(lease) and L.ensure_epoch() then
       -- A new epoch: every live lease was just extended (a renewal of ours may have
       -- been lost with the old epoch's tail); this one is on time again.
-      return 0
-    elseif NOW > deadline + grace then
+      return OK
+    elseif L.lease_dead(lease) then
       L.expire_lease(ref)   -- dead on the server clock even if no reaper came yet
     elseif h[4] == '1' then
-      return 2
+      return ABORTED
     else
       local ns, run, action = L.split_ref(ref)
       L.emit({type = 'lease_resumed', ns = ns, run = run, action = action,
         attempt = tonumber(redis.call('HGET', key, 'attempt')), token = tonumber(token),
         worker = worker, late_ms = NOW - deadline, deadline_ms = NOW + ttl_ms})
-      return 1
+      return RESUMED
     end
   end
-  if L.bad_token(token) then return 3 end  -- not a token at all: refused, nothing to record
+  if L.bad_token(token) then return STALE end  -- not a token at all: refused, nothing to record
   if redis.call('HSETNX', key, '_rej:' .. token, 1) == 1 then
     L.reject(ref, {token = h[2]}, 'renew', token, worker)
   end
-  return 3
+  return STALE
 end
 
 for i = 3, #ARGV, 2 do
   local ref, token = ARGV[i], ARGV[i + 1]
   local key = akey(ref)
   local h = redis.call('HMGET', key, 'phase', 'token', 'deadline_ms', 'aborting')
+  -- The hot path inlines the on-time test (not the grace rule: a renewal inside the
+  -- grace window takes the slow path, is RESUMED and logged): no library, no tables.
   if h[1] == 'running' and h[2] == token and h[4] ~= '1' and NOW <= tonumber(h[3]) then
     redis.call('HSET', key, 'deadline_ms', new_deadline)
-    out[#out + 1] = 0
+    out[#out + 1] = OK
   else
     out[#out + 1] = slow_path(ref, token, key, h)
     redis.set_repl(redis.REPL_NONE)

@@ -33,28 +33,28 @@ for i = 1, #ARGV, 14 do
     -- The same run id again: the same request is a repeat (0); another task or other
     -- inputs under the same id (an idempotency key reused) is a conflict (2).
     if existing[2] ~= task or (existing[3] or '') ~= ARGV[i + 4] then
-      out[#out + 1], out[#out + 2] = 2, run
+      out[#out + 1], out[#out + 2] = CONFLICT, run
     else
       -- A repeat writes too, so a durability wait on this connection covers the first try.
       redis.call('HINCRBY', rkey(run_ref), '_repeats', 1)
-      out[#out + 1], out[#out + 2] = 0, run
+      out[#out + 1], out[#out + 2] = EXISTED, run
     end
   else
     local inputs, priority, cache_key = opt(ARGV[i + 4]), ARGV[i + 9], opt(ARGV[i + 11])
     emit({type = 'run_created', ns = ns, run = run, task = task, queue = queue,
-      inputs = inputs, idempotency_key = opt(ARGV[i + 5])}, '-')
+      inputs = inputs, idempotency_key = opt(ARGV[i + 5])}, NO_PHASE)
     emit({type = 'action_created', ns = ns, run = run, action = 'a0', task = task, queue = queue,
       inputs = inputs, sys_retries = tonumber(ARGV[i + 6]), user_retries = tonumber(ARGV[i + 7]),
       backoff_ms = tonumber(ARGV[i + 8]), priority = tonumber(priority), timeout_ms = tonumber(ARGV[i + 10]),
-      cache_key = cache_key, parent_token = 0}, '-')
-    redis.call('ZADD', PREFIX .. 'runs:' .. ns, NOW, run)
+      cache_key = cache_key, parent_token = 0}, NO_PHASE)
+    redis.call('ZADD', runs_key(ns), NOW, run)
     if ARGV[i + 12] == '1' then
       emit({type = 'cache_hit', ns = ns, run = run, action = 'a0', cache_key = cache_key,
         result = ARGV[i + 13]}, 'queued')
     else
       enqueue(run_ref .. '/a0', ns, queue, priority)
     end
-    out[#out + 1], out[#out + 2] = 1, run
+    out[#out + 1], out[#out + 2] = CREATED, run
   end
 end
 return out

@@ -28,13 +28,13 @@ local err = refuse('submit_child', (not ns) and ('parent ref must be project/dom
 if err then return err end
 local ref = ns .. '/' .. run .. '/' .. child
 local h, code = fence(parent_ref, token, worker, 'submit', 'aborting')
-if code ~= 0 then return {code, tonumber(h.token)} end
+if code ~= OK then return {code, tonumber(h.token)} end
 -- A parent being aborted spawns nothing: the abort could not reach a child made after it.
-if h.aborting == '1' then return {2, 0} end
+if h.aborting == '1' then return {ABORTED, 0} end
 -- Already submitted by this or an earlier attempt of the parent: nothing to do.
 if redis.call('EXISTS', akey(ref)) == 1 then
   redis.call('HINCRBY', akey(ref), '_repeats', 1)  -- a repeat writes: a durability wait covers the first try
-  return {0, 0}
+  return {OK, 0}
 end
 local function opt(v) if v == '' then return nil end return v end
 -- A child never outlives its parent's deadline: its own timeout is capped at the time the
@@ -49,11 +49,11 @@ emit({type = 'action_created', ns = ns, run = run, action = child, task = ARGV[5
   inputs = opt(ARGV[6]), parent = parent, parent_token = tonumber(token),
   sys_retries = tonumber(ARGV[8]), user_retries = tonumber(ARGV[9]), backoff_ms = tonumber(ARGV[10]),
   priority = tonumber(ARGV[11]), timeout_ms = timeout_ms, cache_key = opt(ARGV[13])})
-redis.call('SADD', PREFIX .. 'ra:' .. ns .. '/' .. run, child)
-redis.call('SADD', PREFIX .. 'ch:' .. parent_ref, child)   -- so a parent that ends can abort it
+redis.call('SADD', run_actions_key(ns .. '/' .. run), child)
+redis.call('SADD', children_key(parent_ref), child)   -- so a parent that ends can abort it
 if ARGV[14] ~= nil then
   emit({type = 'cache_hit', ns = ns, run = run, action = child, cache_key = ARGV[13], result = ARGV[14]})
 else
   enqueue(ref, ns, ARGV[7], ARGV[11])
 end
-return {0, 1}
+return {OK, 1}

@@ -1,0 +1,73 @@
+"""The key schema: every Redis key lessor uses, defined once.
+
+All keys of a partition start with its prefix, ``lessor:{tag}:``, so they share
+one hash tag (one Cluster slot) and a script needs to declare only the prefix.
+Python builds key names from these tables (``core/ids.py: Keys``), and the Lua
+prelude gets them generated (``leasing/scripts.py``): the partition keys as
+constants, the families as functions. Each script's header lists, on its
+``Touches:`` line, the keys (by these Lua names) it reads or writes; a test
+runs every script with key tracing on and compares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PartitionKey:
+    """One key per partition."""
+
+    lua: str      # its name in Lua (a constant of the prelude)
+    suffix: str   # after the partition prefix
+    kind: str     # Redis type
+    what: str
+
+
+@dataclass(frozen=True)
+class KeyFamily:
+    """Many keys per partition, one per entity: ``<prefix><suffix><arg>[:<arg>]``."""
+
+    lua: str                 # its Lua function, e.g. akey(ref)
+    suffix: str
+    args: tuple[str, ...]    # joined with ':' after the suffix
+    kind: str
+    what: str
+
+
+PARTITION_KEYS = (
+    PartitionKey("STREAM", "events", "stream", "the partition's event log"),
+    PartitionKey("LEASES", "leases", "zset", "reap index: action ref -> expiry lower bound (deadline + grace at grant)"),
+    PartitionKey("DELAYED", "delayed", "zset", "backoffs: action ref -> ready at (server ms)"),
+    PartitionKey("TIMEOUTS", "timeouts", "zset", "attempt timeouts: action ref -> timed out at (server ms)"),
+    PartitionKey("TOKENS", "token", "hash", "the fencing-token counter: last, epoch, at"),
+    PartitionKey("SEQ", "seq", "string", "FIFO sequence of enqueues"),
+    PartitionKey("EPOCH", "epoch", "string", "the server epoch this partition's leases were last judged in"),
+    PartitionKey("REAP_DUE", "reap_due", "string", "when the next reap pass of this partition is due"),
+)
+
+KEY_FAMILIES = (
+    KeyFamily("akey", "a:", ("ref",), "hash", "an action's projection"),
+    KeyFamily("rkey", "r:", ("ref",), "hash", "a run's projection"),
+    KeyFamily("qkey", "q:", ("ns", "queue"), "zset", "a queue: action refs by priority, then FIFO"),
+    KeyFamily("runs_key", "runs:", ("ns",), "zset", "a namespace's runs by creation time"),
+    KeyFamily("run_actions_key", "ra:", ("run_ref",), "set", "the non-root actions of a run"),
+    KeyFamily("children_key", "ch:", ("ref",), "set", "the children of an action"),
+    KeyFamily("cache_hash", "cache:", ("ns",), "hash", "a namespace's result cache: cache key -> result"),
+)
+
+#: Keys scripts need before the lazily built library (the renewal hot path, an idle
+#: acquire, a skipped reap pass): generated at the top of the prelude.
+HOT = frozenset({"akey", "qkey", "REAP_DUE"})
+
+
+def key_name(prefix: str, key: str) -> str:
+    """The Lua name (STREAM, akey, ...) of a full key of the partition with ``prefix``."""
+    rest = key[len(prefix):]
+    for pk in PARTITION_KEYS:
+        if rest == pk.suffix:
+            return pk.lua
+    for fam in sorted(KEY_FAMILIES, key=lambda f: -len(f.suffix)):
+        if rest.startswith(fam.suffix):
+            return fam.lua
+    raise KeyError(f"{key!r} is not a key of lessor's schema (lessor/core/keyspace.py)")

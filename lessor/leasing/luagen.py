@@ -1,0 +1,168 @@
+"""Lua generated from the Python definitions, for the scripts' prelude.
+
+Nothing here is written by hand twice. From ``core``:
+
+* the transition tables and the terminal set (``core/events.py`` MOVES);
+* the ``emit`` handlers, one per event type, from its declared projection
+  effects (``core/effects.py``), and the field types ``emit`` checks before it
+  appends anything;
+* the hash fields that read as text when missing (from the state classes);
+* the key schema (``core/keyspace.py``) as constants and functions;
+* the markers ``'<payload>'`` and ``'-'``, and the reply codes (``leasing/codes.py``).
+
+``leasing/scripts.py`` splices these into ``lua/_prelude.lua``;
+``tests/test_schema.py`` checks each reading against the fold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+from lessor.core import events as ev
+from lessor.core.codec import field_types
+from lessor.core.effects import Const, Copy, Create, FirstOf, Incr, Soft, Text, template_fields
+from lessor.core.events import ACTION_TRANSITIONS, EVENT_TYPES, RUN_TRANSITIONS
+from lessor.core.fold import ActionState, RunState
+from lessor.core.keyspace import HOT, KEY_FAMILIES, PARTITION_KEYS
+from lessor.core.phases import FROM_PAYLOAD, NO_PHASE, TERMINAL
+from lessor.leasing.codes import Code, SubmitCode
+
+#: Hash fields that only the scripts keep (not in the fold's state), read as text when missing.
+_SERVER_TEXT_FIELDS = ("_ended",)
+
+
+def _quote(value: object) -> str:
+    if value is True:
+        return "'1'"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"'{value}'"
+    text = str(value)
+    if "'" in text or "\\" in text or "\n" in text:
+        raise ValueError(f"cannot generate a Lua literal for {text!r}")
+    return f"'{text}'"
+
+
+def _transitions(name: str, table: dict) -> str:
+    rows = [f'  ["{phase or NO_PHASE}|{etype}"] = "{target}",'
+            for (phase, etype), target in sorted(table.items(), key=lambda kv: (str(kv[0][0]), kv[0][1]))]
+    return f"local {name} = {{\n" + "\n".join(rows) + "\n}"
+
+
+def _text_fields() -> list[str]:
+    names = set(_SERVER_TEXT_FIELDS)
+    for cls in (ActionState, RunState):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kinds = typing.get_args(hints[f.name]) or (hints[f.name],)
+            if f.name != "phase" and any(k in (str, bytes) for k in kinds):
+                names.add(f.name)
+    return sorted(names)
+
+
+def _kind(cls: type[ev.Event], name: str) -> str:
+    kinds = field_types(cls)[name][0]
+    return "i" if int in kinds else "b" if bytes in kinds else "s"
+
+
+def _event_fields() -> str:
+    """EVF[type] = {{field, kind ('i' int, 's' text, 'b' bytes), required}, ...}."""
+    rows = []
+    for etype, cls in sorted(EVENT_TYPES.items()):
+        specs = ", ".join(f"{{'{name}', '{_kind(cls, name)}', {'true' if req else 'false'}}}"
+                          for name, (_, req) in field_types(cls).items() if name != "ts")
+        rows.append(f"  {etype} = {{{specs}}},")
+    return "local EVF = {\n" + "\n".join(rows) + "\n}"
+
+
+def _create(cls: type[ev.Event], state_cls: type, effect: Create) -> list[str]:
+    sources = dict(effect.renamed)
+    event_fields = field_types(cls)
+    args = []
+    for f in dataclasses.fields(state_cls):
+        src = sources.get(f.name, f.name)
+        if f.name not in ("phase", "updated_ms", "created_ms") and src in event_fields:
+            args.append(f"'{f.name}', ev.{src}")
+    args.append("'created_ms', ev.ts")
+    # Fields at their default ('' or 0) are not stored: readers take a missing field as its default.
+    return [f"local f = fields_of({', '.join(args)})"]
+
+
+def _handler(cls: type[ev.Event], effects: tuple, state_cls: type) -> str:
+    lines: list[str] = []
+    for effect in effects:
+        match effect:
+            case Create():
+                lines += _create(cls, state_cls, effect)
+            case Copy() | Soft():
+                lines.append(f"put(f, '{effect.field}', ev.{effect.source})")
+            case Const(field=name, value=value):
+                lines.append(f"put(f, '{name}', {_quote(value)})")
+            case Incr(field=name):
+                lines.append(f"redis.call('HINCRBY', k, '{name}', 1)")
+            case FirstOf(field=name, srcs=srcs):
+                value = f"first({', '.join('ev.' + s for s in srcs)})"
+                lines.append(f"do local v = {value} if v ~= nil then put(f, '{name}', v) end end")
+            case Text(field=name, template=template):
+                parts, rest = [], template
+                for src in template_fields(template):
+                    before, rest = rest.split("{" + src + "}", 1)
+                    if before:
+                        parts.append(_quote(before))
+                    parts.append(f"S(ev.{src})" if _kind(cls, src) == "i" else f"ev.{src}")
+                if rest:
+                    parts.append(_quote(rest))
+                lines.append(f"put(f, '{name}', {' .. '.join(parts)})")
+            case _:
+                raise TypeError(f"{cls.TYPE}: no Lua rule for effect {effect!r}")
+    if not any(isinstance(e, Create) for e in effects):
+        lines.insert(0, "local f = {}")
+    return "function(k, ev)\n" + "".join(f"  {line}\n" for line in lines) + "  return f\nend"
+
+
+def _handlers() -> str:
+    out = []
+    for etype, cls in sorted(EVENT_TYPES.items()):
+        if cls.MOVES:
+            out.append(f"ON.{etype} = {_handler(cls, cls.PROJECT, ActionState)}")
+        if cls.RUN_MOVES:
+            out.append(f"ON_RUN.{etype} = {_handler(cls, cls.RUN_PROJECT, RunState)}")
+    return "\n".join(out)
+
+
+def _keys(hot: bool) -> str:
+    lines = [f"local {k.lua} = PREFIX .. '{k.suffix}'" for k in PARTITION_KEYS if (k.lua in HOT) == hot]
+    for fam in KEY_FAMILIES:
+        if (fam.lua in HOT) == hot:
+            body = " .. ':' .. ".join(fam.args)
+            lines.append(f"local function {fam.lua}({', '.join(fam.args)}) return PREFIX .. '{fam.suffix}' .. {body} end")
+    return "\n".join(lines)
+
+
+def hot_block() -> str:
+    """Top of the prelude (runs on every call, the renewal hot path too): codes, hot keys."""
+    codes = [(c.name, c.value) for c in Code] + [(c.name, c.value) for c in SubmitCode]
+    return "\n".join([
+        f"local {', '.join(n for n, _ in codes)} = {', '.join(str(v) for _, v in codes)}",
+        _keys(hot=True),
+    ])
+
+
+def lib_block() -> str:
+    """Inside the prelude's lazily built library: tables, keys, field specs, handlers."""
+    terminal = ", ".join(f"{p} = true" for p in sorted(TERMINAL))
+    text = ", ".join(f"{name} = true" for name in _text_fields())
+    return "\n".join([
+        _transitions("ACTION_T", ACTION_TRANSITIONS),
+        _transitions("RUN_T", RUN_TRANSITIONS),
+        f"local TERMINAL = {{ {terminal} }}",
+        f"local FROM_PAYLOAD, NO_PHASE = '{FROM_PAYLOAD}', '{NO_PHASE}'",
+        f"local TEXT = {{ {text} }}",
+        _keys(hot=False),
+        _event_fields(),
+    ])
+
+
+def handlers_block() -> str:
+    """The projection handlers: ON[type] for actions, ON_RUN[type] for runs (after put/first/fields_of)."""
+    return _handlers()
