@@ -80,10 +80,18 @@ def script_source(name: str, clock: ClockMode = ClockMode.SERVER, trace: bool = 
 
     ``trace`` (tests only) records every key each Redis call names in the list
     ``lessor:test:touched`` as ``<script> <key>``, to check each script's
-    ``Touches:`` header against what it really does.
+    ``Touches:`` header against what it really does (leasing/touches.py).
     """
-    lua = resources.files("lessor.leasing") / "lua"
-    prelude = (lua / "_prelude.lua").read_text()
+    body = (resources.files("lessor.leasing") / "lua" / f"{name}.lua").read_text()
+    return compose(name, body, clock, trace)
+
+
+def compose(name: str, body: str, clock: ClockMode = ClockMode.SERVER, trace: bool = False) -> str:
+    """Prelude (generated parts spliced in) + a script body: what the server runs.
+
+    Public for tests, which run small bodies against the prelude's helpers.
+    """
+    prelude = (resources.files("lessor.leasing") / "lua" / "_prelude.lua").read_text()
     for marker, text in (("--@@GENERATED_CLOCK@@", _SERVER_CLOCK if clock is ClockMode.SERVER else _VIRTUAL_CLOCK),
                          ("--@@GENERATED_HOT@@", luagen.hot_block()),
                          ("--@@GENERATED_TABLES@@", _indent(luagen.lib_block())),
@@ -91,7 +99,6 @@ def script_source(name: str, clock: ClockMode = ClockMode.SERVER, trace: bool = 
                          ("--@@LIB_EXPORTS@@", _LIB_EXPORTS)):
         assert prelude.count(marker) == 1, f"_prelude.lua must hold {marker} once"
         prelude = prelude.replace(marker, text)
-    body = (lua / f"{name}.lua").read_text()
     body = re.sub(r"^--@@USES_LIB@@.*$", _LIB_IMPORT, body, count=1, flags=re.M)
     source = prelude + "\n-- ======== " + name + ".lua ========\n" + body
     if trace:
@@ -109,22 +116,13 @@ end
 """
 
 
-def touches(name: str) -> set[str]:
-    """The keys (Lua names of core/keyspace.py) that script ``name`` declares on its ``Touches:`` line."""
-    text = (resources.files("lessor.leasing") / "lua" / f"{name}.lua").read_text()
-    found = re.search(r"^\s*Touches:(.*(?:\n\s{4,}\S.*)*)", text, re.M)
-    if not found:
-        raise ValueError(f"{name}.lua has no Touches: line in its header")
-    return set(re.findall(r"[A-Za-z_]+", found.group(1)))
-
-
 class Scripts:
     """The registered scripts of one Redis client, by name (``scripts.renew(keys, args)``)."""
 
-    def __init__(self, redis: Redis, clock: ClockMode = ClockMode.SERVER) -> None:
+    def __init__(self, redis: Redis, clock: ClockMode = ClockMode.SERVER, trace: bool = False) -> None:
         self.clock = clock
         self._scripts: dict[str, AsyncScript] = {
-            name: redis.register_script(script_source(name, clock)) for name in SCRIPT_NAMES
+            name: redis.register_script(script_source(name, clock, trace)) for name in SCRIPT_NAMES
         }
 
     def __getattr__(self, name: str) -> AsyncScript:

@@ -1,5 +1,6 @@
 --[[ Accept attempts' results: the fenced commit of their outputs, batched.
   KEYS[1]  partition prefix (string)
+  Touches: DELAYED, EPOCH, LEASES, SEQ, STREAM, TIMEOUTS, akey, cache_hash, children_key, qkey, rkey, run_actions_key
   ARGV[1] worker id  ARGV[2..] triples: action ref, token, result (bytes, may be "")
   Returns: {code, current token} per triple: 0 accepted (or already accepted with this
     token: a retried call whose reply was lost), 3 stale (refused, recorded), 4 unknown

@@ -1,0 +1,190 @@
+"""The definitions generated into Lua, checked against the server that runs them.
+
+* every script's ``Touches:`` header lists exactly the keys it can reach (read
+  from the Lua), and a traced workload through every script touches no other;
+* ``emit()`` writes nothing for an event its definition does not allow: an
+  unknown type, a mistyped or missing field, an illegal transition;
+* the prelude's lease rules (``lease_dead``, ``check_token``), each tested once;
+* the generated handlers cover exactly the defined events.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from importlib import resources
+
+import pytest
+from redis.exceptions import ResponseError
+
+from lessor.core import events as ev
+from lessor.core.events import EVENT_TYPES
+from lessor.core.keyspace import key_name
+from lessor.errors import StaleToken
+from lessor.leasing.client import LeaseClient
+from lessor.leasing.config import LeaseConfig
+from lessor.leasing.eventlog import EventLog
+from lessor.leasing.reaper import Reaper
+from lessor.leasing.replay import verify
+from lessor.leasing.scripts import SCRIPT_NAMES, ClockMode, Scripts, compose
+from lessor.leasing.touches import declared, reachable
+from lessor.scheduler.control import abort_run
+from lessor.scheduler.submit import Retries, RunSpec, submit_run, submit_runs
+
+pytestmark = pytest.mark.anyio
+NS = "proj/development"
+CFG = LeaseConfig(ttl_ms=1000, grace_ms=500)
+TRACE = "lessor:test:touched"
+
+
+async def _every_path(b) -> None:
+    """A workload through every script and the branches that touch different keys."""
+    v = b.vclock
+    w1, w2 = LeaseClient(b, "w1", CFG), LeaseClient(b, "w2", CFG)
+    await submit_runs(b, [RunSpec("t", namespace=NS, retries=Retries(user=1, system=1, backoff_ms=100),
+                                  timeout_ms=5000, cache_key="ck") for _ in range(7)])
+    await submit_run(b, "t", namespace=NS, run_id="same")
+    await submit_run(b, "t", namespace=NS, run_id="same")                 # a repeat
+    await submit_run(b, "t", namespace=NS, cache_key="ck", cached_result=b"r")  # a cache hit
+    leases = await w1.acquire(NS, "default", 8)
+    await w1.acquire(NS, "nothing-here", 1)                                 # an idle poll
+    a, c, d, e, f, g, h, i = leases
+    await w1.complete(a, b"ok")                                             # stores the cache entry
+    await w1.complete(a, b"ok")                                             # a repeat
+    await w1.fail(c, "boom", retryable=True)                                # backoff: delayed
+    await w1.fail(d, "boom", retryable=False)
+    await w1.release(e, "bye")
+    # children: one created, one repeated, one cached
+    parent = f
+    for child in ("c1", "c1", "c2"):
+        await b.call("submit_child", [b.keys(parent.partition).prefix],
+                     [parent.ref, parent.token, "w1", child, "t", b"", "default", 1, 0, 0, 0, 0, "",
+                      *([b"cached"] if child == "c2" else [])])
+    await abort_run(b, NS, g.ref.split("/")[2])                             # a running root: requested
+    assert (await w1.renew([g]))[g.ref].name == "ABORTED"
+    await w1.release(g, "aborted")
+    await v.advance(1200)                                                   # inside grace: resumed
+    await w1.renew([h])
+    with pytest.raises(StaleToken):
+        await w2.complete(dataclasses.replace(i, token=i.token + 1), b"")
+    await w2.renew([dataclasses.replace(i, token=i.token + 7)])            # stale renewal
+    await v.advance(3000)                                                   # past grace and backoff
+    await Reaper(b, limit=100).reap_once()                                  # expiries, promotion
+    await w1.renew([h])                                                     # reaped: stale
+    await submit_run(b, "t", namespace=NS, timeout_ms=1000)
+    (late,) = await w2.acquire(NS, "default", 1)
+    await v.advance(1100)
+    await w2.renew([late])
+    await Reaper(b, limit=100).reap_once()                                  # a timeout
+    await EventLog(b).append([ev.RunCreated(ns=NS, run="appended", task="t", queue="q")])
+
+
+async def _touched(b) -> dict[str, set[str]]:
+    """What the traced scripts touched, per script, as key-schema names."""
+    touched: dict[str, set[str]] = {name: set() for name in SCRIPT_NAMES}
+    for raw in await b.redis.lrange(TRACE, 0, -1):
+        script, key = raw.decode().split(" ", 1)
+        prefix = next((k.prefix for k in b.all_keys() if key.startswith(k.prefix)), None)
+        if prefix is None:
+            assert key in (TRACE, "lessor:vclock"), f"{script} touched {key}, outside every partition"
+            continue
+        touched[script].add(key_name(prefix, key))
+    await b.redis.delete(TRACE)
+    return touched
+
+
+def _undeclared(touched: dict[str, set[str]], declared_) -> dict[str, list[str]]:
+    return {name: sorted(keys - declared_(name)) for name, keys in touched.items() if keys - declared_(name)}
+
+
+def test_every_header_lists_exactly_the_keys_its_script_can_reach():
+    """Static: the key names a script and the prelude functions it calls mention, closed over calls."""
+    wrong = {name: {"missing": sorted(reachable(name) - declared(name)),
+                    "extra": sorted(declared(name) - reachable(name))}
+             for name in SCRIPT_NAMES if reachable(name) != declared(name)}
+    assert wrong == {}, "update the Touches: line of these scripts"
+    # ... which holds because no Lua builds a key by hand: every key comes from the schema.
+    lua = resources.files("lessor.leasing") / "lua"
+    hand_built = [f.name for f in lua.iterdir() if f.name.endswith(".lua") and "PREFIX .." in f.read_text()]
+    assert hand_built == [], "build keys with the generated names of core/keyspace.py"
+
+
+async def test_traced_scripts_touch_only_keys_their_headers_list(vbackend):
+    """Dynamic: every script, through its branches, with each key it names recorded."""
+    b = vbackend
+    b.scripts = Scripts(b.redis, b.clock, trace=True)
+    await _every_path(b)
+    touched = await _touched(b)
+    assert all(touched[name] for name in SCRIPT_NAMES), "the workload must run every script"
+    assert _undeclared(touched, declared) == {}
+    assert await verify(b) == []
+
+
+async def test_the_trace_catches_a_header_that_leaves_a_key_out(vbackend):
+    b = vbackend
+    b.scripts = Scripts(b.redis, b.clock, trace=True)
+    await submit_run(b, "t", namespace=NS)
+    touched = {"submit": (await _touched(b))["submit"]}
+    assert _undeclared(touched, declared) == {}
+    assert _undeclared(touched, lambda name: declared(name) - {"SEQ"}) == {"submit": ["SEQ"]}
+
+
+# --- emit: nothing reaches the stream that its definition does not allow --------------
+
+
+async def _emit(b, lua_event: str, expect_error: str) -> None:
+    body = "--@@USES_LIB@@\nreturn emit(" + lua_event + ")"
+    prefix = b.keys(0).prefix
+    before = await b.redis.xlen(b.keys(0).stream)
+    with pytest.raises(ResponseError, match=expect_error):
+        await b.redis.eval(compose("test", body, b.clock), 1, prefix)
+    assert await b.redis.xlen(b.keys(0).stream) == before, "a refused event reached the stream"
+
+
+async def test_emit_never_writes_an_event_its_definition_does_not_allow(backend):
+    b = backend
+    ok = "{type = 'run_created', ns = 'proj/development', run = 'r1', task = 't', queue = 'q'}"
+    await _emit(b, "{type = 'no_such_event', ns = 'proj/development', run = 'r1', action = 'a0'}",
+                "unknown event type no_such_event")
+    await _emit(b, "{type = 'run_created', ns = 'proj/development', run = 'r1', task = 't'}", "needs field queue")
+    await _emit(b, "{type = 'run_created', ns = 'proj/development', run = 'r1', task = 't', queue = 'q', inputs = 5}",
+                "field inputs must be a string")
+    await _emit(b, "{type = 'action_leased', ns = 'proj/development', run = 'r1', action = 'a0', attempt = 1.5,"
+                   " token = 1, worker = 'w', ttl_ms = 1, grace_ms = 1, deadline_ms = 1}", "must be an integer")
+    await _emit(b, "{type = 'run_completed', ns = 'proj/development', run = 'r1', phase = 'succeeded'}",
+                "illegal transition")
+    assert await b.redis.keys(b.keys(0).prefix + "r:*") == []
+    # ... and the well-formed one is written, with its projection
+    body = "--@@USES_LIB@@\nreturn emit(" + ok + ")"
+    await b.redis.eval(compose("test", body, b.clock), 1, b.keys(0).prefix)
+    assert await b.redis.xlen(b.keys(0).stream) == 1
+    assert await b.redis.hget(b.keys(0).prefix + "r:proj/development/r1", "phase") == b"running"
+
+
+async def test_generated_handlers_cover_exactly_the_defined_events(backend):
+    body = """--@@USES_LIB@@
+local a, r = {}, {}
+for k in pairs(ON) do a[#a + 1] = k end
+for k in pairs(ON_RUN) do r[#r + 1] = k end
+return {a, r}"""
+    actions, runs = await backend.redis.eval(compose("test", body), 1, backend.keys(0).prefix)
+    assert {x.decode() for x in actions} == {t for t, c in EVENT_TYPES.items() if c.MOVES}
+    assert {x.decode() for x in runs} == {t for t, c in EVENT_TYPES.items() if c.RUN_MOVES}
+
+
+# --- the lease rules, each written once in the prelude, tested once -------------------
+
+
+async def test_lease_dead_is_strictly_after_deadline_plus_grace(vbackend):
+    body = """--@@USES_LIB@@
+return {lease_dead({deadline_ms = NOW - 500, grace_ms = 500}) and 1 or 0,
+        lease_dead({deadline_ms = tostring(NOW - 501), grace_ms = '500'}) and 1 or 0,
+        lease_expiry({deadline_ms = '10', grace_ms = 5})}"""
+    assert await vbackend.redis.eval(compose("test", body, ClockMode.VIRTUAL), 1, vbackend.keys(0).prefix) == [0, 1, 15]
+
+
+async def test_check_token_needs_the_current_token_of_a_running_action(backend):
+    body = """--@@USES_LIB@@
+local function c(h, t) return check_token(h, t) and 1 or 0 end
+return {c({phase = 'running', token = '7'}, '7'), c({phase = 'running', token = '7'}, '8'),
+        c({phase = 'queued', token = '7'}, '7'), c({phase = 'succeeded', token = '7'}, '7')}"""
+    assert await backend.redis.eval(compose("test", body), 1, backend.keys(0).prefix) == [1, 0, 0, 0]
