@@ -188,3 +188,15 @@ local function c(h, t) return check_token(h, t) and 1 or 0 end
 return {c({phase = 'running', token = '7'}, '7'), c({phase = 'running', token = '7'}, '8'),
         c({phase = 'queued', token = '7'}, '7'), c({phase = 'succeeded', token = '7'}, '7')}"""
     assert await backend.redis.eval(compose("test", body), 1, backend.keys(0).prefix) == [1, 0, 0, 0]
+
+
+async def test_lease_extended_moves_only_the_deadline_and_replays(vbackend):
+    b = vbackend
+    await submit_run(b, "t", namespace=NS)
+    (lease,) = await LeaseClient(b, "w1", CFG).acquire(NS, "default", 1)
+    ns, run, action = lease.ref.rsplit("/", 2)
+    await EventLog(b).append([ev.LeaseExtended(ns=ns, run=run, action=action, attempt=lease.attempt,
+                                               token=lease.token, worker="w1", deadline_ms=2_000_000, epoch="e:1")])
+    key = b.keys_for_ref(lease.ref).action(lease.ref)
+    assert await b.redis.hmget(key, "phase", "deadline_ms") == [b"running", b"2000000"]
+    assert await verify(b) == []

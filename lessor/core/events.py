@@ -137,6 +137,19 @@ class LeaseExpired(LeaseEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class LeaseExtended(LeaseEvent):
+    """A live lease given a full ttl from now because the server's epoch changed: a
+    restart or a failover may have lost its latest renewals (etcd's Promote).
+    ``epoch`` is the new one (run_id:master_replid)."""
+
+    TYPE: ClassVar[str] = "lease_extended"
+    MOVES = {_R: _R}
+    PROJECT = (Soft("deadline_ms"),)
+    deadline_ms: int
+    epoch: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class ActionRequeued(ActionEvent):
     TYPE: ClassVar[str] = "action_requeued"
     MOVES = {_R: _Q}
@@ -222,7 +235,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (
         RunCreated, RunCompleted, ActionCreated, ActionLeased, LeaseResumed, LeaseExpired,
-        ActionRequeued, ActionSucceeded, ActionFailed, ActionTimedOut, AbortRequested,
+        LeaseExtended, ActionRequeued, ActionSucceeded, ActionFailed, ActionTimedOut, AbortRequested,
         ActionAborted, CacheHit, ReportRejected,
     )
 }
