@@ -196,7 +196,7 @@ async def test_lease_extended_moves_only_the_deadline_and_replays(vbackend):
     (lease,) = await LeaseClient(b, "w1", CFG).acquire(NS, "default", 1)
     ns, run, action = lease.ref.rsplit("/", 2)
     await EventLog(b).append([ev.LeaseExtended(ns=ns, run=run, action=action, attempt=lease.attempt,
-                                               token=lease.token, worker="w1", deadline_ms=2_000_000, epoch="e:1")])
+                                               token=lease.token, worker="w1", deadline_ms=2_000_000)])
     key = b.keys_for_ref(lease.ref).action(lease.ref)
     assert await b.redis.hmget(key, "phase", "deadline_ms") == [b"running", b"2000000"]
     assert await verify(b) == []

@@ -43,6 +43,8 @@ async def test_a_new_epoch_extends_live_leases_before_any_reap(vbackend):
     assert (await Reaper(vbackend).reap_once()).expired == 0       # extended, not expired
     deadline = int(await vbackend.redis.hget(vbackend.keys(lease.partition).action(lease.ref), "deadline_ms"))
     assert deadline == vbackend.vclock.now_ms + CFG.ttl_ms
+    (extended,) = await events_of(vbackend, ev.LeaseExtended)                # and the log says why
+    assert (extended.token, extended.deadline_ms) == (lease.token, deadline)
     assert await client.renew([lease]) == {lease.ref: Code.OK}       # the worker goes on, nothing lost
     await vbackend.vclock.advance(CFG.ttl_ms + CFG.grace_ms + 1)
     assert (await Reaper(vbackend).reap_once()).expired == 1       # same epoch now: expiry as usual
@@ -53,6 +55,7 @@ async def test_without_a_new_epoch_the_same_lease_expires(vbackend):
     _, lease = await one_lease(vbackend)
     await vbackend.vclock.advance(CFG.ttl_ms + CFG.grace_ms + 1)
     assert (await Reaper(vbackend).reap_once()).expired == 1
+    assert not await events_of(vbackend, ev.LeaseExtended)
 
 
 async def test_a_late_report_on_a_new_epoch_is_accepted_not_expired(vbackend):

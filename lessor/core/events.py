@@ -138,15 +138,15 @@ class LeaseExpired(LeaseEvent):
 
 @dataclass(frozen=True, kw_only=True)
 class LeaseExtended(LeaseEvent):
-    """A live lease given a full ttl from now because the server's epoch changed: a
-    restart or a failover may have lost its latest renewals (etcd's Promote).
-    ``epoch`` is the new one (run_id:master_replid)."""
+    """A live lease given a full ttl from now because the server's epoch (its run_id and
+    master_replid) changed: a restart or a failover may have lost its latest renewals
+    (etcd's Promote). The epoch itself is not logged: it differs between two servers
+    replaying the same history, and the log must not."""
 
     TYPE: ClassVar[str] = "lease_extended"
     MOVES = {_R: _R}
     PROJECT = (Soft("deadline_ms"),)
     deadline_ms: int
-    epoch: str
 
 
 @dataclass(frozen=True, kw_only=True)

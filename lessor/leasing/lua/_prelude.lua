@@ -271,19 +271,23 @@ local function lib()
   -- anything may expire. A renewal lost in the fsync or replication window
   -- (renewals are soft state) then cannot let the reaper take over from a
   -- worker that still believes it owns the lease. Costs one pass over the
-  -- partition's live leases once per epoch; two INFO calls otherwise.
+  -- partition's live leases once per epoch (each extension logged as lease_extended);
+  -- two INFO calls otherwise.
   -- Returns true if it extended (a new epoch), false if the epoch was known.
   local function ensure_epoch()
     local epoch = server_epoch()
     if redis.call('GET', EPOCH) == epoch then return false end
     local refs = redis.call('ZRANGE', LEASES, 0, -1)
     for _, ref in ipairs(refs) do
-      local key = akey(ref)
-      local h = redis.call('HMGET', key, 'phase', 'deadline_ms', 'ttl_ms', 'grace_ms')
-      if h[1] == 'running' then
-        local deadline = math.max(tonumber(h[2]) or 0, NOW + (tonumber(h[3]) or 0))
-        redis.call('HSET', key, 'deadline_ms', S(deadline))
-        redis.call('ZADD', LEASES, lease_expiry({deadline_ms = deadline, grace_ms = h[4] or 0}), ref)
+      local h = hget(akey(ref), 'phase', 'deadline_ms', 'ttl_ms', 'grace_ms', 'ns', 'run', 'action',
+        'attempt', 'token', 'worker')
+      local deadline = NOW + tonumber(h.ttl_ms)
+      if h.phase == 'running' and deadline > tonumber(h.deadline_ms) then
+        -- Logged, so the log explains a lease that outlived its last renewal's deadline.
+        emit({type = 'lease_extended', ns = h.ns, run = h.run, action = h.action,
+          attempt = tonumber(h.attempt), token = tonumber(h.token), worker = h.worker,
+          deadline_ms = deadline}, 'running')
+        redis.call('ZADD', LEASES, lease_expiry({deadline_ms = deadline, grace_ms = h.grace_ms}), ref)
       end
     end
     redis.call('SET', EPOCH, epoch)

@@ -62,7 +62,7 @@ def _check_event(scan: _Scan, partition: int, e: ev.ActionEvent) -> None:
         scan.flag(ref, f"{e.TYPE} (event {e.id}) after the action was already terminal")
     if isinstance(e, ev.ActionLeased):
         _check_lease(scan, partition, ref, a, e)
-    elif isinstance(e, (ev.ActionSucceeded, ev.LeaseResumed, ev.ActionTimedOut, ev.LeaseExpired)) or (
+    elif isinstance(e, (ev.ActionSucceeded, ev.LeaseResumed, ev.LeaseExtended, ev.ActionTimedOut, ev.LeaseExpired)) or (
             isinstance(e, ev.ActionFailed) and e.token):
         if e.token != a.current:
             scan.flag(ref, f"{e.TYPE} (event {e.id}) carried token {e.token}, current was {a.current}")
