@@ -200,3 +200,75 @@ async def test_lease_extended_moves_only_the_deadline_and_replays(vbackend):
     key = b.keys_for_ref(lease.ref).action(lease.ref)
     assert await b.redis.hmget(key, "phase", "deadline_ms") == [b"running", b"2000000"]
     assert await verify(b) == []
+
+
+# --- checks before writes: an error right after the checks leaves nothing half-done -----
+
+
+async def _snapshot(b) -> dict:
+    """Every key with its exact serialized value (DUMP), except the virtual clock."""
+    out = {}
+    async for key in b.redis.scan_iter(count=1000):
+        if key != b"lessor:vclock":
+            out[key] = await b.redis.dump(key)
+    return out
+
+
+async def _each_script_once(b, failing: Scripts) -> dict[str, str]:
+    """Call every script once, validly, with ``failing`` scripts; the first line of each error."""
+    clients = [LeaseClient(b, f"w{i}", CFG) for i in range(5)]
+    for _ in range(7):
+        await submit_run(b, "t", namespace=NS, timeout_ms=60_000)
+    leases = [(await c.acquire(NS, "default", 1))[0] for c in clients]
+    await b.vclock.advance(100)
+    calls = {
+        "submit": lambda: submit_run(b, "t", namespace=NS),
+        "acquire": lambda: clients[0].acquire(NS, "default", 1),
+        "renew": lambda: clients[0].renew([leases[0]]),
+        "complete": lambda: clients[1].complete(leases[1], b"r"),
+        "fail": lambda: clients[2].fail(leases[2], "boom"),
+        "release": lambda: clients[3].release(leases[3], "bye"),
+        "submit_child": lambda: b.call("submit_child", [b.keys(leases[4].partition).prefix],
+                                       [leases[4].ref, leases[4].token, "w4", "c1", "t", b"", "default",
+                                        0, 0, 0, 0, 0, ""]),
+        "abort": lambda: abort_run(b, NS, leases[4].ref.split("/")[2]),
+        "append_events": lambda: EventLog(b).append([ev.RunCreated(ns=NS, run="x1", task="t", queue="q")]),
+        "reap": lambda: b.call("reap", [b.keys(leases[0].partition).prefix], [100, 0]),
+    }
+    errors = {}
+    working = b.scripts
+    for name, call in calls.items():
+        if name == "reap":
+            await b.vclock.advance(CFG.ttl_ms + CFG.grace_ms + 1)  # so the pass has leases to expire
+        before = await _snapshot(b)
+        b.scripts = failing
+        try:
+            await call()
+            errors[name] = "no error"
+        except Exception as exc:  # the injected error, whichever wrapper it arrives in
+            errors[name] = str(exc).splitlines()[0]
+        finally:
+            b.scripts = working
+        if await _snapshot(b) != before:
+            errors[name] += " [LEFT WRITES BEHIND]"
+    return errors
+
+
+async def test_an_error_after_the_checks_leaves_every_script_without_a_write(vbackend):
+    b = vbackend
+    errors = await _each_script_once(b, Scripts(b.redis, b.clock, fail_after_checks=True))
+    assert set(errors) == set(SCRIPT_NAMES)
+    assert {name: why for name, why in errors.items()
+            if "LESSOR_INJECTED" not in why or "LEFT WRITES" in why} == {}
+
+
+async def test_the_snapshot_catches_a_script_that_writes_before_its_checks(vbackend):
+    """The control: a submit that bumps its FIFO sequence before checked() is caught."""
+    b = vbackend
+    failing = Scripts(b.redis, b.clock, fail_after_checks=True)
+    body = (resources.files("lessor.leasing") / "lua" / "submit.lua").read_text()
+    broken = body.replace("checked()\n", "redis.call('INCR', SEQ)\nchecked()\n", 1)
+    failing._scripts["submit"] = b.redis.register_script(compose("submit", broken, b.clock, fail_after_checks=True))
+    errors = await _each_script_once(b, failing)
+    assert "LEFT WRITES BEHIND" in errors["submit"]
+    assert all("LEFT WRITES" not in why for name, why in errors.items() if name != "submit")

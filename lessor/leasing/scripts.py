@@ -75,25 +75,32 @@ def _indent(text: str) -> str:
 
 
 @functools.cache
-def script_source(name: str, clock: ClockMode = ClockMode.SERVER, trace: bool = False) -> str:
+def script_source(name: str, clock: ClockMode = ClockMode.SERVER, trace: bool = False,
+                  fail_after_checks: bool = False) -> str:
     """The full Lua source of script ``name`` as sent to the server.
 
     ``trace`` (tests only) records every key each Redis call names in the list
     ``lessor:test:touched`` as ``<script> <key>``, to check each script's
     ``Touches:`` header against what it really does (leasing/touches.py).
+    ``fail_after_checks`` (tests only) makes ``checked()``, which every script
+    calls once it has checked its arguments and before its first write, raise
+    ``LESSOR_INJECTED``: a call then must leave the server exactly as it was.
     """
     body = (resources.files("lessor.leasing") / "lua" / f"{name}.lua").read_text()
-    return compose(name, body, clock, trace)
+    return compose(name, body, clock, trace, fail_after_checks)
 
 
-def compose(name: str, body: str, clock: ClockMode = ClockMode.SERVER, trace: bool = False) -> str:
+def compose(name: str, body: str, clock: ClockMode = ClockMode.SERVER, trace: bool = False,
+            fail_after_checks: bool = False) -> str:
     """Prelude (generated parts spliced in) + a script body: what the server runs.
 
     Public for tests, which run small bodies against the prelude's helpers.
     """
+    checked = (f"local function checked() error('LESSOR_INJECTED an error after the checks of {name}') end"
+               if fail_after_checks else "local function checked() end")
     prelude = (resources.files("lessor.leasing") / "lua" / "_prelude.lua").read_text()
     for marker, text in (("--@@GENERATED_CLOCK@@", _SERVER_CLOCK if clock is ClockMode.SERVER else _VIRTUAL_CLOCK),
-                         ("--@@GENERATED_HOT@@", luagen.hot_block()),
+                         ("--@@GENERATED_HOT@@", luagen.hot_block() + "\n" + checked),
                          ("--@@GENERATED_TABLES@@", _indent(luagen.lib_block())),
                          ("--@@GENERATED_HANDLERS@@", _indent(luagen.handlers_block())),
                          ("--@@LIB_EXPORTS@@", _LIB_EXPORTS)):
@@ -119,10 +126,12 @@ end
 class Scripts:
     """The registered scripts of one Redis client, by name (``scripts.renew(keys, args)``)."""
 
-    def __init__(self, redis: Redis, clock: ClockMode = ClockMode.SERVER, trace: bool = False) -> None:
+    def __init__(self, redis: Redis, clock: ClockMode = ClockMode.SERVER, trace: bool = False,
+                 fail_after_checks: bool = False) -> None:
         self.clock = clock
         self._scripts: dict[str, AsyncScript] = {
-            name: redis.register_script(script_source(name, clock, trace)) for name in SCRIPT_NAMES
+            name: redis.register_script(script_source(name, clock, trace, fail_after_checks))
+            for name in SCRIPT_NAMES
         }
 
     def __getattr__(self, name: str) -> AsyncScript:

@@ -6,8 +6,12 @@
   update the projection hash, together.
 
   Atomicity: Redis does not roll back a script that errors half-way, so every
-  script validates first and writes last. emit() re-checks the transition
-  table as a backstop; a failure there is a bug, reported loudly.
+  script checks all its arguments first, calls checked(), and only then writes
+  (a test-only build makes checked() raise and shows nothing was written).
+  emit() re-checks each event against its definition and the transition table
+  as a backstop, before its XADD; a failure there is a bug, reported loudly.
+  What can still fail after the first write is the server refusing a command
+  (a missing ACL permission, which lessor doctor checks for up front).
 
   Generated at load time from Python (leasing/luagen.py, spliced in by
   leasing/scripts.py), so nothing below is a hand copy of a Python definition:
@@ -27,6 +31,9 @@ local PREFIX = KEYS[1]
 local NOW = now_ms()
 
 local function S(n) return string.format('%.0f', n) end   -- exact integer text (tostring rounds to 14 digits)
+-- checked(): every script calls it once all its arguments are checked, before its
+-- first write. A no-op; a test-only build makes it raise, to show that everything
+-- that can refuse a call comes before anything is written (tests/test_schema.py).
 --@@GENERATED_HOT@@
 
 -- Everything but the renewal hot path lives in lib(), built on first use: a

@@ -15,6 +15,7 @@ if err then return err end
 local run_ref = ns .. '/' .. run
 local phase = redis.call('HGET', rkey(run_ref), 'phase')
 if not phase then return redis.error_reply('LESSOR_UNKNOWN_RUN ' .. run_ref) end
+checked()
 -- A terminal run may still have live descendants (children of a root that ended
 -- before they did): they are aborted all the same; only the run-level event is skipped.
 if not TERMINAL[phase] and redis.call('HGET', rkey(run_ref), 'aborting') ~= '1' then

@@ -16,6 +16,7 @@ if not n or n < 1 or n > 10000 or not ttl_ms or ttl_ms <= 0 or ttl_ms > 86400000
   return redis.error_reply('LESSOR_BAD_ARG acquire needs 1 <= n <= 10000, 0 < ttl_ms <= 1 day, '
     .. '0 <= grace_ms <= 1 day (integers) and a valid worker id')
 end
+checked()
 local out = {NOW}
 local popped = redis.call('ZPOPMIN', qkey(ns, queue), n)
 if #popped == 0 then return out end  -- an idle poll costs one ZPOPMIN, not the library

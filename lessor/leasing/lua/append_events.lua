@@ -37,6 +37,7 @@ for i = 1, #ARGV do
   seen[key] = nxt
   events[i] = ev
 end
+checked()
 local ids = {}
 for i, ev in ipairs(events) do ids[i] = emit(ev) end
 return ids

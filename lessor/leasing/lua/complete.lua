@@ -20,6 +20,7 @@ for i = 2, #ARGV, 3 do
     return redis.error_reply('LESSOR_BAD_ARG complete: token of ' .. tostring(ARGV[i]) .. ' must be an integer')
   end
 end
+checked()
 local out = {}
 for i = 2, #ARGV, 3 do
   local ref, token, result = ARGV[i], ARGV[i + 1], ARGV[i + 2]

@@ -19,6 +19,7 @@ local refused = refuse('fail', bad_id('worker', worker), bad_text('error', err, 
   bad_jitter and ('jitter must be a number in [0, 1), got ' .. tostring(ARGV[6])))
 if refused then return refused end
 local retryable, jitter = ARGV[5] == '1', tonumber(ARGV[6])
+checked()
 local h, code = fence(ref, token, worker, 'fail', 'attempt', 'user_left', 'sys_left', 'backoff_ms', 'queue',
   'priority', 'aborting', 'timeout_ms')
 if code == REPEATED then return {OK, tonumber(token), 0} end  -- already recorded

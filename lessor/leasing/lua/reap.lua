@@ -34,6 +34,7 @@ end
 local expired, timed_out, promoted, lag, more, failovers = 0, 0, 0, 0, 0, 0
 -- A new server epoch (restart, failover) first gives every live lease a full ttl:
 -- renewals lost with the old epoch's unsynced tail must not expire anyone.
+checked()
 ensure_epoch()
 
 -- The index score is a lower bound of the expiry (renewals do not touch it):

@@ -14,6 +14,7 @@ if bad_token(token) then
 end
 local err = refuse('release', bad_id('worker', worker), bad_text('reason', reason, 8192))
 if err then return err end
+checked()
 local h, code = fence(ref, token, worker, 'release', 'aborting', 'sys_left', 'user_left', 'queue', 'priority')
 if code == REPEATED then return {OK, tonumber(token)} end  -- already released
 if code ~= OK then return {code, tonumber(h.token or '0')} end

@@ -23,6 +23,7 @@ end
 if #worker > 63 or not string.match(worker, '^[%w][%w_%.%-]*$') then
   return redis.error_reply('LESSOR_BAD_ARG renew: worker must be 1-63 letters, digits, _ . -')
 end
+checked()
 local new_deadline = NOW + ttl_ms
 -- On-time renewals are soft state: they stay out of the AOF and the replication
 -- stream (measured: 0.79x the server CPU per renewal with appendfsync everysec).

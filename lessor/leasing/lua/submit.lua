@@ -25,6 +25,7 @@ for i = 1, #ARGV, 14 do
     bad_int('cache hit', ARGV[i + 12], 0, 1), bad_bytes('cached result', ARGV[i + 13], 65536))
   if err then return err end
 end
+checked()
 local out = {}
 for i = 1, #ARGV, 14 do
   local ns, run, task, queue = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]

@@ -27,6 +27,7 @@ local err = refuse('submit_child', (not ns) and ('parent ref must be project/dom
   bad_int('timeout_ms', ARGV[12], 0, 31622400000), bad_text('cache key', ARGV[13] or '', 256),
   ARGV[14] and bad_bytes('cached result', ARGV[14], 65536))
 if err then return err end
+checked()
 local ref = ns .. '/' .. run .. '/' .. child
 local h, code = fence(parent_ref, token, worker, 'submit', 'aborting')
 if code ~= OK then return {code, tonumber(h.token)} end
