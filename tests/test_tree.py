@@ -20,6 +20,7 @@ from lessor.scheduler.registry import Registry
 from lessor.scheduler.submit import Retries, submit_run
 from lessor.scheduler.worker import Worker, WorkerConfig
 from tests.test_leasing import CFG, NS
+from tests.waiting import until_logged
 
 pytestmark = pytest.mark.anyio
 QUEUE = "tree"
@@ -49,14 +50,15 @@ async def test_a_recursive_run_that_times_out_leaves_nothing_running(backend):
                            inputs=b"\x81\xa5depth\x00", retries=Retries(user=0, system=3))
     async with anyio.create_task_group() as tg:
         tg.start_soon(worker.run)
-        with anyio.fail_after(60):
-            while True:  # the tree grows until the slots are full, then the root times out
-                phases = await phases_of_run(backend, run.run_id)
-                if phases["a0"] == "timed_out" and "running" not in phases.values() and "queued" not in phases.values():
-                    break
-                await anyio.sleep(0.1)
+        phases: dict[str, str] = {}
+
+        async def tree_ended() -> bool:  # the tree grows until the slots are full, then the root times out
+            phases.update(await phases_of_run(backend, run.run_id))
+            return phases["a0"] == "timed_out" and not {"running", "queued"} & set(phases.values())
+
+        await until_logged(backend, tree_ended, "the timed-out tree to end")
         with anyio.fail_after(30):
-            while worker.statistics().running:   # and every slot is free again
+            while worker.statistics().running:   # and every slot is free again (counters: polled)
                 await anyio.sleep(0.05)
         worker.stop()
     assert len(phases) >= 4 and set(phases.values()) == {"timed_out", "aborted"}
