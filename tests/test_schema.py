@@ -25,6 +25,7 @@ from lessor.leasing.config import LeaseConfig
 from lessor.leasing.eventlog import EventLog
 from lessor.leasing.reaper import Reaper
 from lessor.leasing.replay import verify
+from lessor.leasing.retention import RetentionPolicy, retire_once, set_policy
 from lessor.leasing.scripts import SCRIPT_NAMES, ClockMode, Scripts, compose
 from lessor.leasing.touches import declared, reachable
 from lessor.scheduler.control import abort_run
@@ -76,6 +77,8 @@ async def _every_path(b) -> None:
     await w2.renew([late])
     await Reaper(b, limit=100).reap_once()                                  # a timeout
     await EventLog(b).append([ev.RunCreated(ns=NS, run="appended", task="t", queue="q")])
+    await set_policy(b, NS, RetentionPolicy(keep_runs=0, cache_max=0))
+    await retire_once(b)                                                    # retention
 
 
 async def _touched(b) -> dict[str, set[str]]:
@@ -234,6 +237,7 @@ async def _each_script_once(b, failing: Scripts) -> dict[str, str]:
         "abort": lambda: abort_run(b, NS, leases[4].ref.split("/")[2]),
         "append_events": lambda: EventLog(b).append([ev.RunCreated(ns=NS, run="x1", task="t", queue="q")]),
         "reap": lambda: b.call("reap", [b.keys(leases[0].partition).prefix], [100, 0]),
+        "retire": lambda: b.call("retire", [b.keys(leases[1].partition).prefix], [NS, 0, 0, 100, 0, 0]),
     }
     errors = {}
     working = b.scripts

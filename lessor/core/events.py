@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
 from lessor.core.effects import Const, Copy, Create, Effect, FirstOf, Incr, Soft, Text
-from lessor.core.phases import FROM_PAYLOAD, Phase
+from lessor.core.phases import FROM_PAYLOAD, RETIRED, TERMINAL, Phase
 
 SCHEMA_VERSION = 1
 
@@ -69,6 +69,17 @@ class RunCompleted(Event):
     TYPE: ClassVar[str] = "run_completed"
     RUN_MOVES = {_R: FROM_PAYLOAD}   # to the terminal phase it carries
     phase: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRetired(Event):
+    """Retention removed a finished run: its state and its actions' state are deleted
+    (its events stay in the log until compaction archives and trims them)."""
+
+    TYPE: ClassVar[str] = "run_retired"
+    RUN_MOVES = {phase: RETIRED for phase in TERMINAL}
+    reason: str
+    actions: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -236,7 +247,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     for cls in (
         RunCreated, RunCompleted, ActionCreated, ActionLeased, LeaseResumed, LeaseExpired,
         LeaseExtended, ActionRequeued, ActionSucceeded, ActionFailed, ActionTimedOut, AbortRequested,
-        ActionAborted, CacheHit, ReportRejected,
+        ActionAborted, CacheHit, ReportRejected, RunRetired,
     )
 }
 

@@ -21,7 +21,7 @@ from typing import Iterable
 from lessor.core import events as ev
 from lessor.core.effects import Const, Copy, Create, FirstOf, Incr, Soft, Text, template_fields
 from lessor.core.events import ACTION_TRANSITIONS, RUN_TRANSITIONS
-from lessor.core.phases import FROM_PAYLOAD, TERMINAL, Phase
+from lessor.core.phases import FROM_PAYLOAD, RETIRED, TERMINAL, Phase
 from lessor.errors import IllegalTransition
 
 
@@ -90,12 +90,17 @@ def apply_action(state: ActionState | None, event: ev.ActionEvent) -> ActionStat
     return replace(new, phase=target, updated_ms=event.ts)
 
 
-def apply_run(state: RunState | None, event: ev.Event) -> RunState:
-    """Fold one run-level event into the run's state; IllegalTransition if the table forbids it."""
+def apply_run(state: RunState | None, event: ev.Event) -> RunState | None:
+    """Fold one run-level event into the run's state; IllegalTransition if the table forbids it.
+
+    None: the event retires the run (its state, and its actions', are gone).
+    """
     phase = state.phase if state is not None else None
     target = RUN_TRANSITIONS.get((phase, event.TYPE))
     if target is None:
         raise IllegalTransition(_subject(event), phase, event.TYPE)
+    if target == RETIRED:
+        return None
     if target == FROM_PAYLOAD:
         target = Phase(event.phase)
         if target not in TERMINAL:
@@ -156,10 +161,10 @@ def _on_run(event: ev.Event, state: RunState | None) -> RunState:
 
 
 def is_run_event(event: ev.Event) -> bool:
-    """Run-level events: run_created, run_completed, and an abort_requested naming no action."""
-    return not isinstance(event, ev.ActionEvent) or (
-        isinstance(event, ev.AbortRequested) and event.action == ""
-    )
+    """Run-level events: those that move only a run, and those that move either (abort_requested)
+    when they name no action."""
+    cls = type(event)
+    return bool(cls.RUN_MOVES) and (not cls.MOVES or getattr(event, "action", "") == "")
 
 
 class World:
@@ -172,6 +177,7 @@ class World:
     def __init__(self) -> None:
         self.runs: dict[str, RunState] = {}
         self.actions: dict[str, ActionState] = {}
+        self._run_actions: dict[str, list[str]] = {}   # run ref -> its action refs (to retire them)
         self.events = 0
         self.bad_entries: list = []   # log entries a reader could not decode (skipped, reported)
 
@@ -179,9 +185,17 @@ class World:
         """Fold one event in (IllegalTransition if the log breaks the table)."""
         run_key = f"{event.ns}/{event.run}"
         if is_run_event(event):
-            self.runs[run_key] = apply_run(self.runs.get(run_key), event)
+            run = apply_run(self.runs.get(run_key), event)
+            if run is None:  # retired: the run and its actions leave the state
+                del self.runs[run_key]
+                for key in self._run_actions.pop(run_key, ()):
+                    self.actions.pop(key, None)
+            else:
+                self.runs[run_key] = run
         else:
             key = f"{run_key}/{event.action}"
+            if key not in self.actions:
+                self._run_actions.setdefault(run_key, []).append(key)
             self.actions[key] = apply_action(self.actions.get(key), event)
         self.events += 1
 

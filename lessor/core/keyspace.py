@@ -44,6 +44,8 @@ PARTITION_KEYS = (
     PartitionKey("SEQ", "seq", "string", "FIFO sequence of enqueues"),
     PartitionKey("EPOCH", "epoch", "string", "the server epoch this partition's leases were last judged in"),
     PartitionKey("REAP_DUE", "reap_due", "string", "when the next reap pass of this partition is due"),
+    PartitionKey("SNAPSHOT", "snapshot", "hash", "the latest snapshot: the fold of this partition at a stream id"),
+    PartitionKey("ARCHIVED", "archived", "string", "the stream id through which events are archived durably"),
 )
 
 KEY_FAMILIES = (
@@ -54,6 +56,8 @@ KEY_FAMILIES = (
     KeyFamily("run_actions_key", "ra:", ("run_ref",), "set", "the non-root actions of a run"),
     KeyFamily("children_key", "ch:", ("ref",), "set", "the children of an action"),
     KeyFamily("cache_hash", "cache:", ("ns",), "hash", "a namespace's result cache: cache key -> result"),
+    KeyFamily("cache_times", "cache_at:", ("ns",), "zset", "when each cache entry was stored (for its retention)"),
+    KeyFamily("done_key", "done:", ("ns",), "zset", "a namespace's finished runs by completion time (for retention)"),
 )
 
 #: Keys scripts need before the lazily built library (the renewal hot path, an idle

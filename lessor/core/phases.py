@@ -30,3 +30,6 @@ FROM_PAYLOAD = "<payload>"
 
 #: How the transition tables (and the Lua prelude) spell "does not exist yet".
 NO_PHASE = "-"
+
+#: Marks a transition that deletes its subject (run_retired: retention removed the run).
+RETIRED = "<retired>"

@@ -25,7 +25,7 @@ from lessor.core.effects import Const, Copy, Create, FirstOf, Incr, Soft, Text, 
 from lessor.core.events import ACTION_TRANSITIONS, EVENT_TYPES, RUN_TRANSITIONS
 from lessor.core.fold import ActionState, RunState
 from lessor.core.keyspace import HOT, KEY_FAMILIES, PARTITION_KEYS
-from lessor.core.phases import FROM_PAYLOAD, NO_PHASE, TERMINAL
+from lessor.core.phases import FROM_PAYLOAD, NO_PHASE, RETIRED, TERMINAL
 from lessor.leasing.codes import Code, SubmitCode
 
 #: Hash fields that only the scripts keep (not in the fold's state), read as text when missing.
@@ -63,6 +63,12 @@ def _text_fields() -> list[str]:
 def _kind(cls: type[ev.Event], name: str) -> str:
     kinds = field_types(cls)[name][0]
     return "i" if int in kinds else "b" if bytes in kinds else "s"
+
+
+def _run_events() -> str:
+    """RUN_EVENT[type]: 'only' (moves only a run) or 'both' (a run when it names no action)."""
+    rows = [f"{t} = '{'both' if c.MOVES else 'only'}'" for t, c in sorted(EVENT_TYPES.items()) if c.RUN_MOVES]
+    return "local RUN_EVENT = { " + ", ".join(rows) + " }"
 
 
 def _event_fields() -> str:
@@ -156,7 +162,8 @@ def lib_block() -> str:
         _transitions("ACTION_T", ACTION_TRANSITIONS),
         _transitions("RUN_T", RUN_TRANSITIONS),
         f"local TERMINAL = {{ {terminal} }}",
-        f"local FROM_PAYLOAD, NO_PHASE = '{FROM_PAYLOAD}', '{NO_PHASE}'",
+        f"local FROM_PAYLOAD, NO_PHASE, RETIRED = '{FROM_PAYLOAD}', '{NO_PHASE}', '{RETIRED}'",
+        _run_events(),
         f"local TEXT = {{ {text} }}",
         _keys(hot=False),
         _event_fields(),

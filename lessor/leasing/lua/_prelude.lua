@@ -61,9 +61,10 @@ local function lib()
     return out
   end
 
+  -- As core/fold.py: events that move only a run, and those that move either when they name no action.
   local function is_run_event(ev)
-    return ev.type == 'run_created' or ev.type == 'run_completed'
-      or (ev.type == 'abort_requested' and (ev.action == nil or ev.action == ''))
+    local kind = RUN_EVENT[ev.type]
+    return kind == 'only' or (kind == 'both' and (ev.action == nil or ev.action == ''))
   end
 
   -- Projection updates, one per event type, generated from the effects each
@@ -154,12 +155,17 @@ local function lib()
     if handler == nil then error('lessor bug: no projection handler for ' .. ev.type) end
     local packed = cmsgpack.pack(ev)
     local id = redis.call('XADD', STREAM, '*', 'e', packed)
+    if nxt == RETIRED then   -- the subject leaves the state (its actions: the caller, retire.lua)
+      redis.call('DEL', key)
+      return id
+    end
     local fields = handler(key, ev)
     fields[#fields + 1], fields[#fields + 2] = 'phase', nxt
     redis.call('HSET', key, unpack(fields))
     if TERMINAL[nxt] and not TERMINAL[cur] and ev.action ~= nil and ev.action ~= '' then
       if ev.action == 'a0' then
         emit({type = 'run_completed', ns = ev.ns, run = ev.run, phase = nxt}, 'running')
+        redis.call('ZADD', done_key(ev.ns), NOW, ev.run)   -- retention finds finished runs here
       end
       -- Structured concurrency: an action that ends takes its live descendants with it
       -- (the root: every action of the run), so no child outlives its parent's deadline.

@@ -1,6 +1,6 @@
 --[[ Accept attempts' results: the fenced commit of their outputs, batched.
   KEYS[1]  partition prefix (string)
-  Touches: DELAYED, EPOCH, LEASES, SEQ, STREAM, TIMEOUTS, akey, cache_hash, children_key, qkey, rkey, run_actions_key
+  Touches: DELAYED, EPOCH, LEASES, SEQ, STREAM, TIMEOUTS, akey, cache_hash, cache_times, children_key, done_key, qkey, rkey, run_actions_key
   ARGV[1] worker id  ARGV[2..] triples: action ref, token, result (bytes, may be "")
   Returns: {code, current token} per triple: 0 accepted (or already accepted with this
     token: a retried call whose reply was lost), 3 stale (refused, recorded), 4 unknown
@@ -34,6 +34,7 @@ for i = 2, #ARGV, 3 do
     ended(ref, token, 'complete')
     if h.cache_key ~= '' then
       redis.call('HSET', cache_hash(ns), h.cache_key, result or '')
+      redis.call('ZADD', cache_times(ns), NOW, h.cache_key)   -- for the cache's own retention
     end
   end
   if code == OK or code == REPEATED then

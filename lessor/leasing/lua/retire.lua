@@ -1,0 +1,102 @@
+--[[ Retention for one namespace of one partition: retire finished runs, bound the cache.
+  KEYS[1]  partition prefix (string)
+  Touches: DELAYED, STREAM, akey, cache_hash, cache_times, children_key, done_key, qkey, rkey, run_actions_key, runs_key
+  ARGV[1] namespace  ARGV[2] keep_ms (finished longer ago than this are retired; 0 = no age limit)
+  ARGV[3] keep_runs (beyond the newest this many finished runs are retired; -1 = no count limit)
+  ARGV[4] limit (max runs, and max cache entries, handled in this call)
+  ARGV[5] cache_keep_ms (0 = no age limit)  ARGV[6] cache_max (-1 = no size limit)
+  Returns: {retired, still_live, cache_dropped, more}
+    still_live: finished roots whose tree still has a live action (a descendant being
+                aborted): kept, and looked at again after the others
+    more: 1 if a limit was hit (call again)
+  Events: run_retired (one per run)
+  Only a run whose every action is terminal is retired. Its state goes (run and
+  action hashes, with their refused-report markers; the run's child sets; its
+  index entries); its events stay in the log until compaction has archived them
+  durably and trims the stream (leasing/compaction.py). A running run, however
+  old, is never touched: it is not in the finished index. ]]
+--@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
+local ns = ARGV[1]
+local err = refuse('retire', bad_ns(ns), bad_int('keep_ms', ARGV[2], 0, 3162240000000),
+  bad_int('keep_runs', ARGV[3], -1, SAFE_INT), bad_int('limit', ARGV[4], 1, 100000),
+  bad_int('cache_keep_ms', ARGV[5], 0, 3162240000000), bad_int('cache_max', ARGV[6], -1, SAFE_INT))
+if err then return err end
+local keep_ms, keep_runs, limit = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local cache_keep_ms, cache_max = tonumber(ARGV[5]), tonumber(ARGV[6])
+checked()
+
+local DONE = done_key(ns)
+local retired, still_live, cache_dropped, more = 0, 0, 0, 0
+
+-- Candidates: finished too long ago, and beyond the newest keep_runs.
+local candidates, seen = {}, {}
+local function add(list)
+  for _, run in ipairs(list) do
+    if not seen[run] and #candidates < limit then seen[run] = true; candidates[#candidates + 1] = run end
+  end
+end
+if keep_ms > 0 then
+  local old = redis.call('ZRANGEBYSCORE', DONE, '-inf', '(' .. S(NOW - keep_ms), 'LIMIT', 0, limit)
+  if #old >= limit then more = 1 end
+  add(old)
+end
+if keep_runs >= 0 then
+  local excess = redis.call('ZCARD', DONE) - keep_runs
+  if excess > 0 then
+    if excess > limit then more = 1 end
+    add(redis.call('ZRANGE', DONE, 0, math.min(excess, limit) - 1))
+  end
+end
+
+for _, run in ipairs(candidates) do
+  local run_ref = ns .. '/' .. run
+  local phase = redis.call('HGET', rkey(run_ref), 'phase')
+  if not phase or not TERMINAL[phase] then
+    redis.call('ZREM', DONE, run)          -- gone already, or not finished: not retention's
+  else
+    local actions = redis.call('SMEMBERS', run_actions_key(run_ref))
+    table.insert(actions, 1, 'a0')
+    local live = false
+    for _, action in ipairs(actions) do
+      local p = redis.call('HGET', akey(run_ref .. '/' .. action), 'phase')
+      if p and not TERMINAL[p] then live = true; break end
+    end
+    if live then
+      -- A descendant still winding down: look again after the others.
+      redis.call('ZADD', DONE, NOW, run)
+      still_live = still_live + 1
+    else
+      local reason = 'retention: finished ' .. S(NOW - tonumber(redis.call('ZSCORE', DONE, run))) .. ' ms ago'
+      emit({type = 'run_retired', ns = ns, run = run, reason = reason, actions = #actions}, phase)
+      for _, action in ipairs(actions) do
+        redis.call('DEL', akey(run_ref .. '/' .. action), children_key(run_ref .. '/' .. action))
+      end
+      redis.call('DEL', run_actions_key(run_ref))
+      redis.call('ZREM', runs_key(ns), run)
+      redis.call('ZREM', DONE, run)
+      retired = retired + 1
+    end
+  end
+end
+
+-- The cache's own bound: entries older than cache_keep_ms, and beyond the newest cache_max.
+local TIMES, CACHE = cache_times(ns), cache_hash(ns)
+local function drop(keys)
+  if #keys == 0 then return end
+  redis.call('HDEL', CACHE, unpack(keys))
+  redis.call('ZREM', TIMES, unpack(keys))
+  cache_dropped = cache_dropped + #keys
+end
+if cache_keep_ms > 0 then
+  local old = redis.call('ZRANGEBYSCORE', TIMES, '-inf', '(' .. S(NOW - cache_keep_ms), 'LIMIT', 0, limit)
+  if #old >= limit then more = 1 end
+  drop(old)
+end
+if cache_max >= 0 then
+  local excess = redis.call('ZCARD', TIMES) - cache_max
+  if excess > 0 then
+    if excess > limit then more = 1 end
+    drop(redis.call('ZRANGE', TIMES, 0, math.min(excess, limit) - 1))
+  end
+end
+return {retired, still_live, cache_dropped, more}
