@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test fuzz bench bench-heartbeat bench-eventlog bench-schedule bench-simulate bench-failover explore chaos clean
+.PHONY: demo test fuzz bench bench-tools bench-heartbeat bench-eventlog bench-schedule bench-simulate bench-failover explore chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,13 @@ bench: bench-eventlog bench-heartbeat bench-schedule bench-simulate bench-failov
 bench-eventlog: $(STAMP)
 	$(BIN)/lessor bench eventlog
 
-bench-heartbeat: $(STAMP)
+# The C client that measures the server's limit (`bench heartbeat`): redis-benchmark from Debian's redis-tools.
+bench-tools:
+	@command -v redis-benchmark >/dev/null || command -v valkey-benchmark >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools >/dev/null; } || \
+	  { echo "bench heartbeat needs a C client: apt-get install redis-tools (as root)" >&2; exit 1; }
+
+bench-heartbeat: $(STAMP) bench-tools
 	$(BIN)/pip install --quiet -e '.[plot]'
 	$(BIN)/lessor bench heartbeat --plot heartbeat.png --durability fsync
 	$(BIN)/lessor bench heartbeat --no-uvloop
@@ -35,7 +41,7 @@ bench-schedule: $(STAMP)
 	$(BIN)/lessor bench schedule --durability memory,fsync,memory,fsync
 
 bench-failover: $(STAMP)
-	$(BIN)/lessor bench failover
+	$(BIN)/lessor bench failover --rounds 3
 
 bench-simulate: $(STAMP)
 	$(BIN)/lessor bench simulate --scenarios 100 --actions 50 --workers 5 --faults 10

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import anyio
@@ -40,6 +42,52 @@ async def command_stats(redis) -> dict[str, dict]:
         out[name] = {"calls": int(value["calls"]), "usec": int(value["usec"]),
                      "usec_per_call": float(value["usec_per_call"])}
     return out
+
+
+@dataclass(frozen=True)
+class ServerSample:
+    """The server's CPU time (user + sys, every thread) and its commandstats at one instant."""
+
+    cpu_s: float
+    commands: dict[str, dict]
+    at_s: float
+
+
+async def sample_server(redis) -> ServerSample:
+    """One INFO call for both sections, so CPU time and command counts are read together."""
+    raw = await redis.info("cpu", "commandstats")
+    commands = {}
+    for key, value in raw.items():
+        if key.startswith("cmdstat_"):
+            commands[key.removeprefix("cmdstat_")] = {
+                "calls": int(value["calls"]), "usec": int(value["usec"]),
+                "failed_calls": int(value.get("failed_calls", 0)),
+                "rejected_calls": int(value.get("rejected_calls", 0))}
+    cpu_s = float(raw["used_cpu_user"]) + float(raw["used_cpu_sys"])
+    return ServerSample(cpu_s=cpu_s, commands=commands, at_s=time.perf_counter())  # clock: benchmark timing only
+
+
+async def server_cpu_s(redis) -> float:
+    """used_cpu_user + used_cpu_sys from INFO cpu: all the server did, not only script time."""
+    info = await redis.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """CPU time another process has used so far (all its live threads, ns precision); None without /proc.
+
+    From /proc/PID/task/*/schedstat (time on a CPU, in ns): /proc/PID/stat's
+    utime + stime count in 10 ms ticks, too coarse for a few µs per action.
+    """
+    total_ns = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total_ns += int(f.read().split()[0])
+    except OSError:
+        return None
+    return total_ns / 1e9
 
 
 def stat_delta(before: dict, after: dict, command: str) -> tuple[int, int]:
