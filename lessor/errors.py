@@ -1,4 +1,12 @@
-"""Every error lessor raises on purpose. Each message says what was wrong and what to do."""
+"""The errors more than one layer raises or catches, all under LessorError.
+
+An error only one module raises is defined there, on LessorError too:
+UnknownRun (scheduler/control.py), UnknownTask and ChildFailed
+(scheduler/registry.py), ValueEncodingError (scheduler/values.py). Each
+message says what was wrong and what to do. This module imports nothing, so
+every layer, ``core`` included, may use it. The ``lessor`` command prints a
+LessorError as one line: exit code 3 for a ServerError, 2 for the others.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +16,13 @@ class LessorError(Exception):
 
 
 class ServerError(LessorError):
-    """The Redis/Valkey server could not be started, reached, or is too old."""
+    """The Redis/Valkey server could not be started, reached or used (too old, a replica, a cluster
+    node given as one server), or a command that needs the shared server was given none."""
 
 
 class ConfigError(LessorError, ValueError):
-    """A configuration value is out of range."""
+    """A setting is wrong: out of range, malformed (a URL, ``--app``, a durability mode) or not usable
+    here (an option whose extra package is missing, a cluster URL where one server is needed)."""
 
 
 # --- the event codec -------------------------------------------------------
@@ -31,6 +41,12 @@ class UnknownEventType(EventDecodeError):
 
 
 # --- the state machine -----------------------------------------------------
+
+
+class LogTrimmed(LessorError):
+    """A follower's position in the log was trimmed away by compaction: the events after
+    it are in the archive, the state they built is in the snapshot. Start again from
+    the state (re-read it, then follow from now), or read the archive."""
 
 
 class IllegalTransition(LessorError):

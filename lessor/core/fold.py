@@ -199,6 +199,20 @@ class World:
             self.actions[key] = apply_action(self.actions.get(key), event)
         self.events += 1
 
+    def merge(self, other: "World") -> None:
+        """Take in another partition's states (partitions hold disjoint runs)."""
+        self.runs.update(other.runs)
+        for state in other.actions.values():
+            self.adopt_action(state)
+        self.events += other.events
+
+    def adopt_action(self, state: ActionState) -> None:
+        """Take an action's state as it is (a snapshot being loaded)."""
+        key = f"{state.ns}/{state.run}/{state.action}"
+        if key not in self.actions:
+            self._run_actions.setdefault(f"{state.ns}/{state.run}", []).append(key)
+        self.actions[key] = state
+
     def extend(self, events: Iterable[ev.Event]) -> "World":
         for event in events:
             self.apply(event)

@@ -102,6 +102,12 @@ def spread_tags(partitions: int) -> tuple[str, ...]:
     return tuple(tags)
 
 
+def stream_id_key(entry_id: str) -> tuple[int, int]:
+    """A Redis stream id ("<ms>-<seq>") as a pair that sorts as the stream does."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms or 0), int(seq or 0)
+
+
 def partition_tag(partition: int, partitions: int, placement: str = "spread") -> str:
     """The hash tag of one partition under a placement (``spread``, or ``legacy`` = ``pN``)."""
     return spread_tags(partitions)[partition] if placement == "spread" else f"p{partition}"
@@ -118,6 +124,10 @@ class Keys:
     @property
     def prefix(self) -> str:
         return f"{self.root}:{{{self.tag or 'p' + str(self.partition)}}}:"
+
+    def named(self, lua_name: str) -> str:
+        """A partition key by its name in the key schema (core/keyspace.py), e.g. ``named("SNAPSHOT")``."""
+        return self.prefix + _SUFFIX[lua_name]
 
     @property
     def stream(self) -> str:

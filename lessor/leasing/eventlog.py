@@ -20,7 +20,8 @@ from redis.exceptions import ResponseError
 
 from lessor.core.codec import decode, encode
 from lessor.core.events import Event
-from lessor.errors import EventDecodeError, IllegalTransition, LessorError
+from lessor.core.ids import stream_id_key
+from lessor.errors import EventDecodeError, IllegalTransition, LessorError, LogTrimmed
 from lessor.leasing.backend import Backend
 from lessor.leasing.outage import Outage, is_transient
 
@@ -97,9 +98,8 @@ class EventLog:
         rows = await self.backend.redis.xrange(stream, start, end, count=count)
         return [e for e in (self._decode(partition, row) for row in rows) if e is not None]
 
-    async def scan(self, partition: int) -> AsyncIterator[Event]:
-        """Every event of one partition in order, read in batches."""
-        start = "-"
+    async def scan(self, partition: int, start: str = "-") -> AsyncIterator[Event]:
+        """Every event of one partition in order (from stream id ``start``), read in batches."""
         while True:
             rows = await self.backend.redis.xrange(self.backend.keys(partition).stream, start, "+", count=READ_BATCH)
             for row in rows:
@@ -170,6 +170,7 @@ class EventLog:
                         failing.add(group[0])
                         continue
                     failing.discard(group[0])
+                    await self._check_not_trimmed(reply, last)
                     for entry in self._rows(reply, last):
                         yield entry
                 if failure is not None:
@@ -182,6 +183,23 @@ class EventLog:
             if pending:  # wait for the cancelled reads, so no connection is left mid-command
                 with anyio.CancelScope(shield=True):
                     await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _check_not_trimmed(self, reply, last: dict[int, str]) -> None:
+        """LogTrimmed if compaction trimmed events between a partition's last delivered id and
+        this batch: never skip them silently. One read per batch that brought events."""
+        by_stream = {self.backend.keys(p).stream: p for p in last}
+        parts = [by_stream[s.decode() if isinstance(s, bytes) else s] for s, rows in reply or [] if rows]
+        if not parts:
+            return
+        async with self.backend.redis.pipeline(transaction=False) as pipe:
+            for p in parts:
+                pipe.hget(self.backend.keys(p).named("SNAPSHOT"), "trimmed")
+            marks = await pipe.execute()
+        for p, mark in zip(parts, marks):
+            if mark is not None and stream_id_key(last[p]) < stream_id_key(mark.decode()):
+                raise LogTrimmed(f"partition {p}: events after {last[p]} up to {mark.decode()} were trimmed by "
+                                 "compaction while this follower was behind; re-read the state and follow from "
+                                 "now, or read them from the archive (lessor events --archive)")
 
     async def _xread(self, partitions: list[int], last: dict[int, str], block_ms: int):
         streams = {self.backend.keys(p).stream: last[p] for p in partitions}

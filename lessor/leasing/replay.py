@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from lessor.core.fold import World, action_projection, run_projection
 from lessor.leasing.backend import Backend
+from lessor.leasing.compaction import load_snapshot
 from lessor.leasing.eventlog import EventLog
 
 _LIVE_ONLY = {"deadline_ms", "phase"}  # phase is compared separately (always present)
@@ -34,15 +35,23 @@ class Difference:
 
 
 async def replay(backend: Backend) -> World:
-    """Fold every event of every partition (IllegalTransition if the log breaks the table).
+    """The state the log gives: each partition's latest snapshot (if compaction took one)
+    plus the events after it, folded (IllegalTransition if the log breaks the table).
 
-    Entries that do not decode are skipped and listed in ``world.bad_entries``
-    (``verify`` reports each as a difference).
+    Its cost follows live state and the tail, not all-time history. Entries that
+    do not decode are skipped and listed in ``world.bad_entries`` (``verify``
+    reports each as a difference). A snapshot that does not decode raises
+    SnapshotError, naming what to do.
     """
     world = World()
     log = EventLog(backend)
     for p in range(backend.partitions):
-        async for event in log.scan(p):
+        snapshot = await load_snapshot(backend, p)
+        after = "-"
+        if snapshot is not None:
+            world.merge(snapshot.world)
+            after = "(" + snapshot.at
+        async for event in log.scan(p, after):
             world.apply(event)
     world.bad_entries = list(log.bad)
     return world

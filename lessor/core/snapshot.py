@@ -1,0 +1,74 @@
+"""Snapshots: the fold of a partition at a stream id, as bytes (pure; no I/O).
+
+A snapshot holds every run and action state the fold has at that id (retired
+runs are gone from it, as they are from the server). ``replay`` starts from
+the latest snapshot and folds only the events after it, so its cost follows
+live state, not all-time history; compaction can then trim the stream up to
+the snapshot.
+
+Wire form: msgpack ``{"v": 1, "id": "<stream id>", "events": n, "runs": [...],
+"actions": [...]}``, each state a map of its dataclass fields (phase as text).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import msgpack
+
+from lessor.core.fold import ActionState, RunState, World
+from lessor.core.phases import Phase
+from lessor.errors import LessorError
+
+SNAPSHOT_VERSION = 1
+
+
+class SnapshotError(LessorError):
+    """A snapshot that does not decode, or comes from an unknown version."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The fold of one partition through stream id ``at`` (inclusive)."""
+
+    at: str
+    world: World
+
+
+def _state(state) -> dict:
+    out = dataclasses.asdict(state)
+    out["phase"] = state.phase.value
+    return out
+
+
+def encode_snapshot(at: str, world: World) -> bytes:
+    """The wire form of ``world`` folded through stream id ``at``."""
+    return msgpack.packb({"v": SNAPSHOT_VERSION, "id": at, "events": world.events,
+                          "runs": [_state(r) for r in world.runs.values()],
+                          "actions": [_state(a) for a in world.actions.values()]}, use_bin_type=True)
+
+
+def decode_snapshot(data: bytes, where: str = "?") -> Snapshot:
+    """A Snapshot, or SnapshotError naming what was wrong (and what to do)."""
+    try:
+        body = msgpack.unpackb(data, raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise SnapshotError(f"snapshot {where} is not valid msgpack ({exc}): "
+                            "delete it and replay from the archive, or take a new one") from None
+    if not isinstance(body, dict) or body.get("v") != SNAPSHOT_VERSION:
+        version = body.get("v") if isinstance(body, dict) else None
+        raise SnapshotError(f"snapshot {where} has version {version!r}; this lessor reads version "
+                            f"{SNAPSHOT_VERSION}: upgrade lessor, or take a new snapshot")
+    try:
+        world = World()
+        for r in body["runs"]:
+            run = RunState(**(r | {"phase": Phase(r["phase"])}))
+            world.runs[f"{run.ns}/{run.run}"] = run
+        for a in body["actions"]:
+            action = ActionState(**(a | {"phase": Phase(a["phase"])}))
+            world.adopt_action(action)
+        world.events = int(body["events"])
+        return Snapshot(at=str(body["id"]), world=world)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SnapshotError(f"snapshot {where} is malformed ({exc!r}): delete it and take a new one") from None

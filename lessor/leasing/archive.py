@@ -1,0 +1,133 @@
+"""The archive: events moved out of the server before the stream is trimmed.
+
+A directory of gzip-compressed JSON-lines segments, one file per partition and
+stream-id range, readable without lessor::
+
+    zcat archive/p003/1764250000000-0_1764250099999-5.jsonl.gz | jq .
+
+Each line is one event: ``partition``, ``id`` (its stream id), its fields
+(``type``, ``ns``, ``run``, ...; bytes as ``{"b64": "..."}``) and ``raw``, the
+exact msgpack the scripts wrote (base64), which lessor decodes losslessly.
+A segment is written to a temporary name, fsynced, renamed into place and its
+directory fsynced before compaction may trim anything it holds.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import gzip
+import json
+import os
+from typing import Iterator
+
+from lessor.core.codec import decode
+from lessor.core.events import Event
+from lessor.errors import EventDecodeError, LessorError
+
+SUFFIX = ".jsonl.gz"
+
+
+class ArchiveError(LessorError):
+    """The archive directory cannot be written or read."""
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, bytes):
+        return {"b64": base64.b64encode(value).decode()}
+    return value
+
+
+def event_line(partition: int, entry_id: str, raw: bytes) -> dict:
+    """One archive line: the event's fields as JSON, and its raw bytes."""
+    line: dict = {"partition": partition, "id": entry_id}
+    try:
+        event = decode(raw, entry_id)
+        line["type"] = event.TYPE
+        for f in dataclasses.fields(event):
+            if f.name not in ("id", "extra"):
+                line[f.name] = _jsonable(getattr(event, f.name))
+    except EventDecodeError as exc:   # kept as it was, with why it does not decode
+        line["undecodable"] = str(exc)
+    line["raw"] = base64.b64encode(raw).decode()
+    return line
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Archive:
+    """A local directory of segments (``p<partition>/<first id>_<last id>.jsonl.gz``)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = os.path.abspath(os.path.expanduser(directory))
+
+    def __repr__(self) -> str:
+        return f"Archive({self.directory!r})"
+
+    def _dir(self, partition: int) -> str:
+        return os.path.join(self.directory, f"p{partition:03d}")
+
+    def write_segment(self, partition: int, rows: list[tuple[str, bytes]]) -> str:
+        """Write ``rows`` (stream id, raw event) durably; the segment's path.
+
+        Rewriting the same range (a retry after a crash) replaces the file with
+        the same content.
+        """
+        if not rows:
+            raise ValueError("an archive segment needs at least one event")
+        folder = self._dir(partition)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, f"{rows[0][0]}_{rows[-1][0]}{SUFFIX}")
+            tmp = path + ".tmp"
+            with open(tmp, "wb") as f:
+                with gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as gz:
+                    for entry_id, raw in rows:
+                        gz.write(json.dumps(event_line(partition, entry_id, raw), separators=(",", ":")).encode())
+                        gz.write(b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(folder)
+        except OSError as exc:
+            raise ArchiveError(f"cannot write the archive segment in {folder}: {exc}; "
+                               "nothing was trimmed (check the directory and its free space)") from None
+        return path
+
+    def segments(self, partition: int) -> list[str]:
+        """This partition's segment files, oldest first."""
+        folder = self._dir(partition)
+        if not os.path.isdir(folder):
+            return []
+        names = [n for n in os.listdir(folder) if n.endswith(SUFFIX)]
+        return [os.path.join(folder, n) for n in sorted(names, key=_first_id)]
+
+    def lines(self, partition: int) -> Iterator[dict]:
+        """Every archived line of one partition, in order."""
+        for path in self.segments(partition):
+            with gzip.open(path, "rt") as f:
+                for text in f:
+                    yield json.loads(text)
+
+    def run_events(self, namespace: str, run_id: str, partition: int) -> list[Event]:
+        """The archived events of one run (a scan of its partition's segments)."""
+        out = []
+        for line in self.lines(partition):
+            if line.get("ns") == namespace and line.get("run") == run_id and "undecodable" not in line:
+                out.append(decode(base64.b64decode(line["raw"]), line["id"]))
+        return out
+
+    def has_run(self, namespace: str, run_id: str, partition: int) -> bool:
+        """True if the archive holds any event of this run."""
+        return any(line.get("ns") == namespace and line.get("run") == run_id for line in self.lines(partition))
+
+
+def _first_id(name: str) -> tuple[int, int]:
+    ms, _, seq = name.split("_", 1)[0].partition("-")
+    return int(ms), int(seq or 0)
