@@ -78,6 +78,8 @@ SWITCH_CASES = [
     (Switch.REAPER_IGNORES_GRACE, ("partition", "pause"), {"expiry_respected", "no_runaway", "no_overlap"}),
     (Switch.REAPER_DOUBLE_EXPIRES, None, {"expiry_respected", "no_runaway", "no_overlap"}),
     (Switch.RENEW_IGNORES_ABORT, None, {"abort_respected"}),
+    # The outcome policy the real Worker shares (tests/test_outcome.py catches it there too).
+    (Switch.ERROR_REPORTED_AS_SUCCESS, None, {"outcomes_faithful"}),
 ]
 
 

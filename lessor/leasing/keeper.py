@@ -93,11 +93,12 @@ class LeaseKeeper:
         self.held[lease.ref] = held
         return held
 
-    def drop(self, ref: str, token: int | None = None) -> None:
-        """Stop keeping a lease (its attempt ended). With ``token``: only if that lease is the one held,
-        so an old attempt ending late cannot drop a newer lease of the same action."""
+    def drop(self, ref: str, token: int) -> None:
+        """Stop keeping the lease of ``ref`` with ``token`` (its attempt ended); a different token
+        held for ``ref`` stays: an old attempt ending late must not drop a newer lease of the
+        same action. Workers call it through ``scheduler.outcome.end_attempt``."""
         held = self.held.get(ref)
-        if held is not None and (token is None or held.lease.token == token):
+        if held is not None and held.lease.token == token:
             del self.held[ref]
 
     def usable(self, ref: str) -> bool:

@@ -45,17 +45,55 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 import anyio
 import anyio.to_process
 
 from lessor.errors import ConfigError, LessorError
-
-if TYPE_CHECKING:
-    from lessor.scheduler.worker import Worker
+from lessor.scheduler.query import ActionInfo
 
 TaskFn = Callable[..., Awaitable[Any]] | Callable[..., Any]
+
+
+class Context(Protocol):
+    """What a task sees of its attempt: annotate a task's ``ctx`` with it.
+
+    ``TaskContext`` (async and thread tasks) is one. A process task gets a
+    ``SyncContext``: the same ids and token, but no children.
+    """
+
+    namespace: str
+    run_id: str
+    action_id: str
+    attempt: int
+    token: int
+    worker_id: str
+
+    @property
+    def output_prefix(self) -> str: ...
+
+    async def submit(self, task: str, inputs: Any = None, **options: Any) -> "ChildHandle": ...
+
+    async def call(self, task: str, inputs: Any = None, **options: Any) -> Any: ...
+
+
+class Children(Protocol):
+    """What a task context needs from the runtime that runs its attempt (``Worker`` is one).
+
+    Narrow on purpose: the context spawns and awaits children through it and
+    nothing else, so this module never needs the worker's class.
+    """
+
+    async def submit_child(self, lease: Any, child_id: str, task: str, inputs: Any = None,
+                           **options: Any) -> bool:
+        """Create a child action of ``lease``'s action, fenced by its token. True if created now."""
+        ...
+
+    async def wait_child(self, namespace: str, run_id: str, action_id: str,
+                         timeout_s: float | None = None) -> ActionInfo:
+        """Wait until that action is terminal; its info (phase, result, error)."""
+        ...
 
 
 class UnknownTask(LessorError, KeyError):
@@ -200,7 +238,7 @@ class ChildHandle:
 
     async def result(self, timeout_s: float | None = None) -> Any:
         """Wait for the child; its output, or ChildFailed with its phase and error."""
-        info = await self.ctx._worker.watcher.wait(self.ctx.namespace, self.ctx.run_id, self.action_id, timeout_s)
+        info = await self.ctx._children.wait_child(self.ctx.namespace, self.ctx.run_id, self.action_id, timeout_s)
         if info.phase.value != "succeeded":
             raise ChildFailed(f"child {self.action_id} ({info.task}) {info.phase.value}: {info.error or ''}".rstrip(": "))
         return info.result
@@ -210,9 +248,9 @@ class ChildHandle:
 class TaskContext(SyncContext):
     """What a running async attempt knows about itself, and how it spawns children."""
 
-    _worker: "Worker" = field(repr=False)
+    _children: Children = field(repr=False)
     _lease: Any = field(repr=False)
-    _children: int = 0
+    _submitted: int = 0
 
     async def submit(self, task: str, inputs: Any = None, **options: Any) -> ChildHandle:
         """Submit a child action (fenced by this attempt's token) without waiting for it.
@@ -220,9 +258,9 @@ class TaskContext(SyncContext):
         Child ids follow call order (a0.1, a0.2, ...), so a retried parent
         re-attaches to the children an earlier attempt already submitted.
         """
-        child_id = f"{self.action_id}.{self._children + 1}"
-        await self._worker.submit_child(self._lease, child_id, task, inputs, **options)
-        self._children += 1  # only once it is submitted: a retried call reuses the same id
+        child_id = f"{self.action_id}.{self._submitted + 1}"
+        await self._children.submit_child(self._lease, child_id, task, inputs, **options)
+        self._submitted += 1  # only once it is submitted: a retried call reuses the same id
         return ChildHandle(self, child_id)
 
     async def call(self, task: str, inputs: Any = None, **options: Any) -> Any:

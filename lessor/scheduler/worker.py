@@ -5,8 +5,11 @@ self-fencing) + a reporter that batches completions per partition. Each
 attempt runs in its own cancel scope; the keeper cancels it when the lease is
 lost. A result is reported only while the keeper still considers the lease
 usable; a fenced attempt's result is dropped (an abort is confirmed with a
-release). Unknown tasks, undecodable inputs and handler exceptions fail the
-attempt with a recorded error; they never crash the worker.
+release). What each ending is reported as, and when a report is sent again,
+is the outcome policy (``scheduler/outcome.py``), shared with the simulated
+worker so that what the simulations prove is what runs here. Unknown tasks,
+undecodable inputs and handler exceptions fail the attempt with a recorded
+error; they never crash the worker.
 
 Shutdown (``stop()``): stop acquiring, let running attempts finish within
 ``drain_s``, then cancel the rest and release their leases so they fail over
@@ -32,7 +35,7 @@ from anyio.abc import TaskGroup
 from lessor import telemetry
 from lessor.core.clock import MonotonicClock, SystemMonotonicClock
 from lessor.core.ids import check_id, check_namespace
-from lessor.core.limits import clip_text, seconds_to_ms
+from lessor.core.limits import seconds_to_ms
 from lessor.errors import ActionAborted, StaleToken, StoreUnavailable
 from lessor.leasing.backend import Backend
 from lessor.leasing.client import Lease, LeaseClient
@@ -42,6 +45,9 @@ from lessor.leasing.keeper import FenceReason, HeldLease, LeaseKeeper
 from lessor.leasing.outage import Outage, is_transient
 from lessor.leasing.reaper import Reaper
 from lessor.scheduler.api import CacheKey, lookup_cache
+from lessor.scheduler.outcome import (POLICY, Call, Ending, Outcome, Policy, Report, duplicate_lease, end_attempt,
+                                      retry_gap_ms)
+from lessor.scheduler.query import ActionInfo
 from lessor.scheduler.registry import Registry, TaskContext, UnknownTask, invoke, publish_fence
 from lessor.scheduler.submit import Retries, RunSpec
 from lessor.scheduler.values import ValueEncodingError, pack_value, unpack_value
@@ -52,6 +58,13 @@ log = logging.getLogger("lessor.worker")
 
 def _wall_ms() -> int:
     return int(time.time() * 1000)  # clock: evidence timestamps for live chaos, compared with server TIME
+
+
+def _produced(outcome: Outcome | None) -> str | None:
+    """What the task produced, as evidence: ``result``, ``error``, or None (nothing: it was stopped)."""
+    if outcome is None:
+        return None
+    return "result" if outcome.error is None else "error"
 
 
 def default_worker_id() -> str:
@@ -90,15 +103,6 @@ class WorkerConfig:
                 or self.report_timeout_s < 0):
             raise ValueError("concurrency must be >= 1, idle_poll_ms > 0, drain_s >= 0, reap_interval_ms > 0 "
                              "and report_timeout_s >= 0")
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How an attempt ended locally: a result to commit, or an error to record."""
-
-    result: bytes | None = None
-    error: str | None = None
-    retryable: bool = True
 
 
 @dataclass(frozen=True)
@@ -198,7 +202,8 @@ class Worker:
     """Runs tasks from one queue with fenced leases."""
 
     def __init__(self, backend: Backend, registry: Registry, config: WorkerConfig | None = None,
-                 clock: MonotonicClock | None = None, on_attempt: Callable[[dict], None] | None = None) -> None:
+                 clock: MonotonicClock | None = None, on_attempt: Callable[[dict], None] | None = None,
+                 policy: Policy = POLICY) -> None:
         self.backend = backend
         self.registry = registry
         self.config = config or WorkerConfig()
@@ -227,8 +232,11 @@ class Worker:
         # Sync tasks run in killable child processes, at most one per slot.
         self._processes = anyio.CapacityLimiter(self.config.concurrency)
         self._fence_dir: str | None = None
-        # Evidence for live chaos checkers: when each attempt really ran (wall clock, ms).
+        # Evidence for live chaos checkers: when each attempt really ran (wall clock, ms), and what
+        # its task produced (so a checker can hold the log's verdict against it).
         self.on_attempt = on_attempt
+        # Only tests pass another policy (simulations/breakage.py): the one the simulator drives.
+        self.policy = policy
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -274,8 +282,7 @@ class Worker:
                 if lease.ref in self._running:
                     # An earlier attempt of this action is still running here (fenced, not yet
                     # stopped): give the new lease back at once rather than run it twice.
-                    attempts.start_soon(self._report, self.client.release, lease,
-                                        "an earlier attempt is still stopping on this worker")
+                    attempts.start_soon(self._send, lease, duplicate_lease())
                     continue
                 scope = anyio.CancelScope()
                 self._running[lease.ref] = (lease.token, scope)
@@ -324,26 +331,25 @@ class Worker:
                     # Cancelled from outside (the worker itself is being torn down): give the
                     # lease back so it fails over now, not after ttl + grace.
                     with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                        await self._report(self.client.release, lease, "worker cancelled")
+                        await self._send(lease, self.policy.report(Ending(held.fenced, shutting_down=True)))
                     raise
                 if self.on_attempt is not None:
                     self.on_attempt(record | {"event": "end", "at_ms": _wall_ms(),
-                                              "ended": held.fenced.value if held.fenced else "completed"})
+                                              "ended": held.fenced.value if held.fenced else "completed",
+                                              "outcome": _produced(outcome)})
                 # Shielded so a report is not cut in half, but bounded: a worker being
                 # torn down never waits longer than the report timeout on it.
                 with anyio.CancelScope(shield=True) as shield:
                     shield.deadline = anyio.current_time() + self.config.report_timeout_s + 5
                     await self._finish(lease, held, outcome)
         finally:
-            self.keeper.drop(lease.ref, lease.token)
-            if self._running.get(lease.ref, (None,))[0] == lease.token:
-                del self._running[lease.ref]
+            if end_attempt(self.keeper, self._running, lease.ref, lease.token, lambda entry: entry[0]):
                 self._shutting_down.discard(lease.ref)
             self._slot_freed.set()
 
     async def _run_task(self, lease: Lease, held: HeldLease) -> Outcome | None:
         ctx = TaskContext(*lease.ref.rsplit("/", 2), attempt=lease.attempt, token=lease.token,
-                          worker_id=self.config.worker_id, _worker=self, _lease=lease)
+                          worker_id=self.config.worker_id, _children=self, _lease=lease)
         try:
             fn = self.registry.get(lease.task)
             inputs = unpack_value(lease.inputs)
@@ -402,36 +408,37 @@ class Worker:
                 os.unlink(path)
 
     async def _finish(self, lease: Lease, held: HeldLease, outcome: Outcome | None) -> None:
-        """Report the outcome if the lease is still ours; otherwise release, confirm or drop.
+        """Report how the attempt ended, as the outcome policy decides: commit, fail, release or drop."""
+        await self._send(lease, self.policy.report(Ending(held.fenced, lease.ref in self._shutting_down, outcome)))
+
+    async def _send(self, lease: Lease, report: Report) -> str:
+        """Make the fenced write ``report`` names; returns how it ended (see ``_report``, or ``dropped``).
 
         A count (succeeded, failed, released, aborted) moves only when the server
         confirmed the report; refused and unconfirmed reports are counted apart.
+        A dropped result sends nothing: its token is never used again.
         """
-        if held.fenced is FenceReason.ABORTED:
-            kind, call, args = "aborted", self.client.release, ("aborted: work cancelled",)
-        elif held.fenced is not None:
-            log.warning("dropped result of %s (token %s): lease %s", lease.ref, lease.token, held.fenced.value)
-            self.counts["dropped"] += 1
-            return
-        elif lease.ref in self._shutting_down or outcome is None:
-            kind, call, args = "released", self.client.release, ("worker shutting down",)
-        elif outcome.error is None:
-            kind, call, args = "succeeded", self.reporter.complete, (outcome.result,)
-        else:
-            kind, call, args = "failed", self.client.fail, (clip_text(outcome.error), outcome.retryable)
-        if await self._report(call, lease, *args) == "committed":
-            self.counts[kind] += 1
+        if report.call is Call.NONE:
+            held = self.keeper.held.get(lease.ref)
+            why = held.fenced.value if held is not None and held.fenced is not None else "not held"
+            log.warning("dropped result of %s (token %s): lease %s", lease.ref, lease.token, why)
+            self.counts[report.kind.value] += 1
+            return report.kind.value
+        call = {Call.COMPLETE: self.reporter.complete, Call.FAIL: self.client.fail,
+                Call.RELEASE: self.client.release}[report.call]
+        ended = await self._report(call, lease, *report.args)
+        if ended == "committed":
+            self.counts[report.kind.value] += 1
+        return ended
 
     async def _report(self, call, lease: Lease, *args: Any) -> str:
-        """Send one fenced report; returns ``committed``, ``refused``, ``unconfirmed`` or ``error``.
+        """Send one fenced report; returns ``committed``, or how the policy's ``retry`` ended it
+        (``refused``, ``unconfirmed``, ``error``).
 
-        A report that got no answer (server down or failing over, or not
-        confirmed durable) is sent again with the same token, which every lessor
-        write accepts as a repeat, for up to ``report_timeout_s``, also past the
-        lease's self-fence deadline: if the lease was reaped meanwhile the token
-        gets the report refused, and if the server came back from an outage with
-        the lease (a new epoch extends every live lease) it commits, and the
-        work does not run again. Past the timeout it is counted as unconfirmed.
+        A try that got no answer (server down or failing over, or not confirmed
+        durable) is sent again with the same token, which every lessor write
+        accepts as a repeat, for up to ``report_timeout_s`` (see
+        ``outcome.decide_retry`` for why also past the self-fence deadline).
         """
         give_up_ms = self.clock.now_ms() + self.config.report_timeout_s * 1000
         while True:
@@ -439,28 +446,29 @@ class Worker:
                 await call(lease, *args)
                 self.outage.ok()
                 return "committed"
-            except StaleToken as exc:
-                telemetry.instruments().refused_reports.add(1)
-                self.counts["refused"] += 1
-                log.warning("report refused: %s", exc)
-                return "refused"
-            except Exception as exc:  # sorted below: transient ones are retried, the rest are errors
-                if not is_transient(exc):
-                    self.counts["errors"] += 1
-                    log.error("report for %s failed: %s", lease.ref, exc)
-                    return "error"
-                delay_ms = self.outage.failed(exc)
+            except Exception as exc:  # the policy sorts it: an answer, retried, or given up
+                error = exc
+            backoff_ms = self.outage.failed(error) if is_transient(error) else 0.0
             left_ms = give_up_ms - self.clock.now_ms()
-            if left_ms <= 0:
-                self.counts["unconfirmed"] += 1
-                telemetry.instruments().unconfirmed_reports.add(1)
-                log.error("report for %s (token %s) got no answer within %g s; dropped as unconfirmed "
-                          "(the server may or may not have it): %s",
-                          lease.ref, lease.token, self.config.report_timeout_s, self.outage.last_error)
-                return "unconfirmed"
-            # At most half a second between tries: a report that lands soon after the server is
-            # back finds its lease extended (a new epoch), one that lands late may find it reaped.
-            await anyio.sleep(min(delay_ms, left_ms, 500) / 1000)
+            decision = self.policy.retry(error, left_ms)
+            if decision != "retry":
+                self._gave_up(lease, decision, error)
+                return decision
+            await anyio.sleep(retry_gap_ms(backoff_ms, left_ms) / 1000)
+
+    def _gave_up(self, lease: Lease, decision: str, error: BaseException) -> None:
+        meters = telemetry.instruments()
+        if decision == "refused":
+            meters.refused_reports.add(1)
+            log.warning("report refused: %s", error)
+        elif decision == "unconfirmed":
+            meters.unconfirmed_reports.add(1)
+            log.error("report for %s (token %s) got no answer within %g s; dropped as unconfirmed "
+                      "(the server may or may not have it): %s",
+                      lease.ref, lease.token, self.config.report_timeout_s, self.outage.last_error)
+        else:
+            log.error("report for %s (token %s) ended %s: %s", lease.ref, lease.token, decision, error)
+        self.counts["errors" if decision == "error" else decision] += 1
 
     def statistics(self) -> WorkerStatistics:
         """Counts since start; ``keeper`` holds the heartbeat figures (renewals, fences)."""
@@ -474,7 +482,12 @@ class Worker:
     def _on_fence(self, held: HeldLease) -> None:
         log.warning("lease of %s (token %s) fenced: %s", held.lease.ref, held.lease.token, held.fenced.value)
 
-    # --- children --------------------------------------------------------------------------
+    # --- children (this worker is the ``registry.Children`` of its task contexts) -----------------
+
+    async def wait_child(self, namespace: str, run_id: str, action_id: str,
+                         timeout_s: float | None = None) -> ActionInfo:
+        """Wait until a child action is terminal (through this worker's completion watcher); its info."""
+        return await self.watcher.wait(namespace, run_id, action_id, timeout_s)
 
     async def submit_child(self, lease: Lease, child_id: str, task: str, inputs: Any = None, *,
                            queue: str | None = None, retries: Retries = Retries(), timeout_s: float | None = None,

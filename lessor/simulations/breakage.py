@@ -4,28 +4,32 @@ Nothing in production can reach these: no setting, flag or environment variable
 turns them on. A switch is applied only by code that builds a simulation with
 it (``broken_backend`` patches the Lua source of a private Scripts object of one
 Backend; ``UnfencedKeeper`` replaces the keeper of simulated workers,
-``DyingReaper`` the simulated reapers, ``gives_up_on_reports`` the simulated
-workers' report policy, ``NoWaitBackend`` the backend). Each patch asserts its
-target text exists, so a change to the scripts cannot silently turn a switch
-into a no-op.
+``DyingReaper`` the simulated reapers, ``NoWaitBackend`` the backend;
+``Breakage.policy()`` replaces one decision of the outcome policy, which the
+real Worker and the simulated workers share, so it breaks both). Each patch
+asserts its target text exists, so a change to the scripts cannot silently
+turn a switch into a no-op.
 
 The store-fault switches bring back four bugs lessor had (and one it could have):
 REPORT_GIVES_UP, REAPER_DIES, NO_EPOCH_EXTENSION, TOKEN_EPOCH_RUN_ID_ONLY, and
 SKIP_DURABILITY_WAIT.
+
+The policy switches break the outcome policy (scheduler/outcome.py) that the
+real Worker and the simulated one both run: REPORT_GIVES_UP (its retry
+decision) and ERROR_REPORTED_AS_SUCCESS (its report decision).
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, fields
-from typing import Callable
 
 from lessor.leasing.backend import Backend
 from lessor.leasing.durability import Durability
 from lessor.leasing.keeper import HeldLease, LeaseKeeper
-from lessor.leasing.outage import is_transient
 from lessor.leasing.reaper import PassResult, Reaper
 from lessor.leasing.scripts import SCRIPT_NAMES, Scripts, script_source
+from lessor.scheduler.outcome import POLICY, Call, Ending, Kind, Policy, Report, decide_report, decide_retry
 
 
 class Switch(str, enum.Enum):
@@ -42,6 +46,8 @@ class Switch(str, enum.Enum):
     NO_EPOCH_EXTENSION = "no_epoch_extension"        # a new epoch extends no live lease
     TOKEN_EPOCH_RUN_ID_ONLY = "token_epoch_run_id_only"  # tokens jump on a new run_id only (not a promotion)
     SKIP_DURABILITY_WAIT = "skip_durability_wait"    # durability fsync claimed, no WAITAOF sent
+    # The outcome policy, shared by the real Worker and the simulated one:
+    ERROR_REPORTED_AS_SUCCESS = "error_reported_as_success"  # a task's error is committed as its result
 
 
 # script -> [(text, replacement)] per switch
@@ -122,8 +128,16 @@ class DyingReaper(Reaper):
 
 
 def gives_up_on_reports(error: BaseException, left_ms: float) -> str:
-    """REPORT_GIVES_UP: the report policy before the fix: a transport error is final."""
-    return "error" if not is_transient(error) else "dropped"
+    """REPORT_GIVES_UP: the retry decision before the fix: a transport error is final."""
+    decision = decide_retry(error, left_ms)
+    return "dropped" if decision == "retry" else decision
+
+
+def reports_errors_as_success(ending: Ending) -> Report:
+    """ERROR_REPORTED_AS_SUCCESS: the report decision with its last two branches merged, so a
+    task that raised has its attempt committed as a success (with no result)."""
+    report = decide_report(ending)
+    return Report(Kind.SUCCEEDED, Call.COMPLETE, (b"",)) if report.kind is Kind.FAILED else report
 
 
 class UnfencedKeeper(LeaseKeeper):
@@ -146,9 +160,14 @@ class Breakage:
     def reaper_cls(self) -> type[Reaper]:
         return DyingReaper if self.switch is Switch.REAPER_DIES else Reaper
 
-    def report_policy(self) -> Callable[[BaseException, float], str] | None:
-        """The simulated workers' report policy (None: the real one, see simworker.report_decision)."""
-        return gives_up_on_reports if self.switch is Switch.REPORT_GIVES_UP else None
+    def policy(self) -> Policy:
+        """The outcome policy workers run, real (``Worker(policy=...)``) and simulated alike:
+        the real one unless this switch breaks one of its decisions."""
+        if self.switch is Switch.REPORT_GIVES_UP:
+            return Policy(retry=gives_up_on_reports)
+        if self.switch is Switch.ERROR_REPORTED_AS_SUCCESS:
+            return Policy(report=reports_errors_as_success)
+        return POLICY
 
     def backend(self, backend: Backend, durability: str | Durability | None = None) -> Backend:
         """The backend a simulation runs on: ``backend``'s connection with this durability mode

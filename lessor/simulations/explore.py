@@ -161,7 +161,7 @@ async def simulate(conns: SimConnections | Backend, plan: Plan, breakage: Breaka
     conns.injected.on = False
     result = await Simulator(sim_backend, plan, keeper_cls=breakage.keeper_cls(), store=store,
                              reaper_backend=reapers, injected=conns.injected, reaper_cls=breakage.reaper_cls(),
-                             report_policy=breakage.report_policy()).run()
+                             policy=breakage.policy()).run()
     conns.injected.on = False
     return Outcome(plan, result, await check_all(result, conns.backend))
 

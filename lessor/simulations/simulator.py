@@ -36,10 +36,11 @@ from lessor.leasing.keeper import LeaseKeeper
 from lessor.leasing.reaper import Reaper
 from lessor.leasing.scripts import VIRTUAL_CLOCK_KEY
 from lessor.scheduler.control import UnknownRun, abort_run
+from lessor.scheduler.outcome import POLICY, Outcome, Policy
 from lessor.scheduler.submit import Retries, RunSpec, submit_runs
 from lessor.simulations.network import FaultSchedule, InjectedErrors
 from lessor.simulations.plan import Fault, Plan
-from lessor.simulations.simworker import ReportPolicy, SimWorker, report_decision
+from lessor.simulations.simworker import SimWorker
 from lessor.simulations.truth import DataLoss, Execution, Grant, Report, ReportChain, Truth
 
 SERVER_EPOCH_MS = 1_000_000_000  # the virtual server clock at t = 0
@@ -126,10 +127,11 @@ class Simulator:
     def __init__(self, backend: Backend, plan: Plan, *, keeper_cls: type[LeaseKeeper] = LeaseKeeper,
                  restart_server: Callable[[], Awaitable[None]] | None = None, store: Store | None = None,
                  reaper_backend: Backend | None = None, injected: InjectedErrors | None = None,
-                 reaper_cls: type[Reaper] = Reaper, report_policy: ReportPolicy | None = None) -> None:
+                 reaper_cls: type[Reaper] = Reaper, policy: Policy = POLICY) -> None:
         """``backend`` carries the plan's durability; ``reaper_backend`` is what every reaper
         (the dedicated one, each worker's passes) talks through: the same server, over
-        connections that fail while ``injected.on`` (store_errors faults)."""
+        connections that fail while ``injected.on`` (store_errors faults). ``policy``: the
+        outcome policy every simulated worker runs (the real Worker's, unless a test breaks it)."""
         self.backend, self.plan = backend, plan
         self.keeper_cls = keeper_cls
         self.store = store if store is not None and store.can_restart else None
@@ -138,7 +140,7 @@ class Simulator:
         self.injected = injected or InjectedErrors()
         self._failed_before = self.injected.failed_calls
         self.reaper_cls = reaper_cls
-        self.report_policy = report_policy or report_decision
+        self.policy = policy
         self.rng = random.Random(plan.seed)
         self.faults = FaultSchedule(plan)
         self.truth = Truth(heal_ms=plan.heal_ms, durability=plan.config.durability, epoch_ms=SERVER_EPOCH_MS)
@@ -288,8 +290,16 @@ class Simulator:
     def work_ms_of(self, lease: Lease) -> int:
         return self.plan.submits[self._submit_of[lease.ref.split("/")[2]]].work_ms
 
-    def fail_attempts_of(self, lease: Lease) -> int:
-        return self.plan.submits[self._submit_of[lease.ref.split("/")[2]]].fail_attempts
+    def run_task(self, w: SimWorker, lease: Lease) -> Outcome:
+        """The attempt's task did its work: the plan's first ``fail_attempts`` attempts raise (a user
+        error), later ones return. What it produced is recorded before any report is decided."""
+        submit = self.plan.submits[self._submit_of[lease.ref.split("/")[2]]]
+        if lease.attempt <= submit.fail_attempts:
+            produced = Outcome(error=f"RuntimeError: attempt {lease.attempt} failed on purpose")
+        else:
+            produced = Outcome(result=b"\xa2ok")
+        self.truth.produced[(lease.ref, lease.token)] = "result" if produced.error is None else "error"
+        return produced
 
     # --- scheduled happenings ----------------------------------------------------------------
 

@@ -6,11 +6,18 @@ time: it progresses only while the worker is neither paused nor crashed, and
 stops the moment the keeper fences the lease (that is what the ground truth
 records).
 
-Reports follow ``Worker._report``: one that gets no answer is sent again with
+What an attempt's ending is reported as, and what a report does after a try
+with no answer, is the outcome policy the real Worker runs
+(``lessor/scheduler/outcome.py``, passed in by the simulator so a test-only
+switch can break it for both): a report that gets no answer is sent again with
 the same token for ``report_timeout_ms`` (also past the lease's self-fence
 deadline: a reaped lease refuses it, one extended by a new epoch commits it),
-then dropped as unconfirmed. Like a real Worker, each one also runs reaper
-passes (the real Reaper, shared throttle) through the network.
+then dropped as unconfirmed. An attempt lets go of its lease through the same
+``end_attempt`` as Worker, with its token check. Like a real Worker, each one
+also runs reaper passes (the real Reaper, shared throttle) through the network.
+
+The simulator is reached only through ``Simulation``, the narrow interface
+below: this module does not import the simulator.
 """
 
 from __future__ import annotations
@@ -19,42 +26,75 @@ import logging
 import math
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 from lessor.core.clock import ManualClock
 from lessor.errors import StaleToken, UnknownAction
+from lessor.leasing.backend import Backend
 from lessor.leasing.client import Lease, LeaseClient
 from lessor.leasing.codes import Code
 from lessor.leasing.config import LeaseConfig
-from lessor.leasing.keeper import FenceReason, HeldLease, LeaseKeeper
+from lessor.leasing.keeper import HeldLease, LeaseKeeper
 from lessor.leasing.outage import Backoff, Outage, is_transient
-from lessor.simulations.truth import Execution, ReportChain
-
-if TYPE_CHECKING:
-    from lessor.simulations.simulator import Simulator
-
-# What a report does after a try that got no answer: (error, ms left before it gives up)
-# -> "retry" (same token), or the outcome it ends with.
-ReportPolicy = Callable[[BaseException, float], str]
+from lessor.leasing.reaper import Reaper
+from lessor.scheduler import outcome
+from lessor.scheduler.outcome import Call, Ending, Outcome, Policy, duplicate_lease, end_attempt, retry_gap_ms
+from lessor.simulations.network import FaultSchedule
+from lessor.simulations.plan import Plan
+from lessor.simulations.truth import Execution, Report, ReportChain
 
 _quiet = logging.getLogger("lessor.simulations.worker")
 _quiet.addHandler(logging.NullHandler())
 _quiet.propagate = False
 
 
-def report_decision(error: BaseException, left_ms: float) -> str:
-    """The decision of ``Worker._report`` (lessor/scheduler/worker.py) after a try with no answer.
+class Simulation(Protocol):
+    """What a simulated worker needs from the simulator (``simulator.Simulator`` is one).
 
-    A copy of its loop's three branches (the worker has no pure helper to share):
-    an error no retry can change ends the report (``error``); a transient one is
-    retried with the same token while its report timeout lasts, and past it the
-    report is dropped (``unconfirmed``).
+    True time and its event queue, the network, the fault schedule, the plan,
+    the outcome policy to run, and the ground-truth records it writes.
     """
-    if not is_transient(error):
-        return "error"
-    if left_ms <= 0:
-        return "unconfirmed"
-    return "retry"
+
+    plan: Plan
+    faults: FaultSchedule
+    backend: Backend
+    rng: random.Random
+    policy: Policy
+    namespace: str
+    queue: str
+    now_ms: int
+    step_no: int
+
+    def at(self, t_ms: int, fn: Callable[[], Any], worker: "SimWorker | None" = None) -> None:
+        """Run ``fn`` at true time ``t_ms`` (with ``worker``: only while that incarnation lives)."""
+
+    def server_ms(self) -> int:
+        """The server's clock now."""
+
+    async def send(self, w: "SimWorker", op: Callable[[], Awaitable[Any]], on_reply: Callable[[Any, Any], None],
+                   on_server: Callable[[Any], None] | None = None, reports: list[Report] | None = None) -> None:
+        """Send ``op`` from ``w`` through the network; ``on_reply(result, error)`` when (if) it hears back."""
+
+    def new_reaper(self, **kwargs: Any) -> Reaper:
+        """A reaper on the reapers' connections."""
+
+    def truth_report(self, w: "SimWorker", lease: Lease, kind: str) -> Report:
+        """Record one write sent."""
+
+    def truth_chain(self, w: "SimWorker", lease: Lease, kind: str) -> ReportChain:
+        """Record one report, over all its tries."""
+
+    def truth_grant(self, w: "SimWorker", lease: Lease, ran_step: int, ran_ms: int) -> None:
+        """Record a grant the worker heard."""
+
+    def truth_execution(self, w: "SimWorker", lease: Lease) -> Execution:
+        """Record a stretch of computing, starting now."""
+
+    def work_ms_of(self, lease: Lease) -> int:
+        """How long the attempt's task computes."""
+
+    def run_task(self, w: "SimWorker", lease: Lease) -> Outcome:
+        """The attempt's task has done its work: what it produced (recorded as ground truth)."""
 
 
 @dataclass
@@ -62,6 +102,7 @@ class Attempt:
     """An attempt this worker is running."""
 
     lease: Lease
+    held: HeldLease
     remaining_ms: int
     segment: Execution | None = None   # the open stretch of computing, if computing now
     version: int = 0                   # bumps to cancel a scheduled "done"
@@ -71,7 +112,7 @@ class Attempt:
 class SimWorker:
     """One incarnation of a simulated worker process."""
 
-    def __init__(self, sim: "Simulator", index: int, incarnation: int, keeper_cls: type[LeaseKeeper]) -> None:
+    def __init__(self, sim: Simulation, index: int, incarnation: int, keeper_cls: type[LeaseKeeper]) -> None:
         self.sim, self.index, self.incarnation = sim, index, incarnation
         self.id = f"w{index}" if incarnation == 0 else f"w{index}-r{incarnation}"
         cfg = sim.plan.config
@@ -173,14 +214,14 @@ class SimWorker:
     # --- work ------------------------------------------------------------------------------
 
     def start(self, lease: Lease, sent_ms: float) -> None:
+        """Begin an attempt of a lease just granted (or give it back, as Worker does)."""
         if lease.ref in self.attempts:
             # An earlier attempt of this action is still ending here (its report in flight): give
             # the new lease back at once rather than run it twice, as Worker does.
-            self.sim.at(self.sim.now_ms, lambda: self.report(
-                lease, "release", lambda: self.client.release(lease, "an earlier attempt is still stopping")), self)
+            self.sim.at(self.sim.now_ms, lambda: self.report(lease, duplicate_lease()), self)
             return
-        self.keeper.hold(lease, None, sent_ms)
-        attempt = Attempt(lease, self.sim.work_ms_of(lease))
+        held = self.keeper.hold(lease, None, sent_ms)
+        attempt = Attempt(lease, held, self.sim.work_ms_of(lease))
         self.attempts[lease.ref] = attempt
         self.resume_attempt(attempt)
 
@@ -203,87 +244,91 @@ class SimWorker:
         attempt.version += 1
 
     async def finish(self, attempt: Attempt, version: int) -> None:
-        """The task's work is done: report it with the token, if the lease is still ours."""
+        """The task's work is done: report how it ended, as the outcome policy decides."""
         if version != attempt.version or not self.running:
             return
         self.suspend_attempt(attempt, "completed")
         attempt.reporting = True
-        lease = attempt.lease
-        if not self.keeper.usable(lease.ref):
-            return
-        if lease.attempt <= self.sim.fail_attempts_of(lease):
-            error = f"RuntimeError: attempt {lease.attempt} failed on purpose"
-            await self.report(lease, "fail", lambda: self.client.fail(lease, error))
+        produced = self.sim.run_task(self, attempt.lease)
+        decided = self.sim.policy.report(Ending(attempt.held.fenced, shutting_down=False, outcome=produced))
+        if decided.call is Call.NONE:
+            self._forget(attempt.lease)
         else:
-            await self.report(lease, "complete", lambda: self.client.complete(lease, b"\xa2ok"))
+            await self.report(attempt.lease, decided)
 
-    async def report(self, lease: Lease, kind: str, call) -> None:
-        """Send a fenced write (complete, fail, release) as ``Worker._report`` does: the attempt ends
-        when an answer comes back; with no answer it is sent again with the same token (see
-        ``report_decision``) for ``report_timeout_ms``, at most 500 ms apart."""
-        chain = self.sim.truth_chain(self, lease, kind)
+    async def report(self, lease: Lease, decided: outcome.Report) -> None:
+        """Make the fenced write the policy decided (complete, fail, release), as ``Worker._report``
+        does: the attempt ends when an answer comes back; with no answer it is sent again with
+        the same token while the policy's ``retry`` says so."""
+        chain = self.sim.truth_chain(self, lease, decided.call.value)
         chain.started_worker_ms = self.clock.now_ms()
         self.chains.append(chain)
-        await self._try_report(chain, lease, call)
+        call = {Call.COMPLETE: self.client.complete, Call.FAIL: self.client.fail,
+                Call.RELEASE: self.client.release}[decided.call]
+        await self._try_report(chain, lease, lambda: call(lease, *decided.args))
 
-    async def _try_report(self, chain: ReportChain, lease: Lease, call) -> None:
+    async def _try_report(self, chain: ReportChain, lease: Lease, call: Callable[[], Awaitable[Any]]) -> None:
         report = self.sim.truth_report(self, lease, chain.kind)
         chain.tries += 1
 
-        async def op():
+        async def op() -> tuple[Code, BaseException | None]:
             try:
                 await call()
-                return Code.OK
-            except StaleToken:
-                return Code.STALE
-            except UnknownAction:
-                return Code.UNKNOWN
+                return Code.OK, None
+            except (StaleToken, UnknownAction) as exc:  # the server's answer: it travels back as a reply
+                return (Code.STALE if isinstance(exc, StaleToken) else Code.UNKNOWN), exc
 
-        def on_server(code) -> None:
-            report.answer = code.name
+        def on_server(answer) -> None:
+            report.answer = answer[0].name
 
-        def on_reply(code, error) -> None:
-            if code is not None:
+        def on_reply(answer, error) -> None:
+            if answer is not None:
                 report.heard = True
                 self.outage.ok()
-                self._end_report(chain, "committed" if code is Code.OK else "refused")
-                return
+                if answer[1] is None:
+                    self._end_report(chain, "committed")
+                    return
+                error = answer[1]
             exc = error if isinstance(error, BaseException) else \
                 TimeoutError(f"no answer in {self.sim.plan.config.rpc_timeout_ms} ms")
-            delay_ms = self.outage.failed(exc) if is_transient(exc) else 0.0
+            backoff_ms = self.outage.failed(exc) if is_transient(exc) else 0.0
             left_ms = chain.started_worker_ms + self.sim.plan.config.report_timeout_ms - self.clock.now_ms()
-            decision = self.sim.report_policy(exc, left_ms)
+            decision = self.sim.policy.retry(exc, left_ms)
             if decision != "retry":
                 self._end_report(chain, decision)
                 return
-            wait_ms = math.ceil(min(delay_ms, left_ms, 500) / max(self.clock.rate, 1e-3))
+            wait_ms = math.ceil(retry_gap_ms(backoff_ms, left_ms) / max(self.clock.rate, 1e-3))
             self.sim.at(self.sim.now_ms + wait_ms, lambda: self._try_report(chain, lease, call), self)
 
         await self.sim.send(self, op, on_reply, on_server, [report])
 
-    def _end_report(self, chain: ReportChain, outcome: str) -> None:
+    def _end_report(self, chain: ReportChain, ended: str) -> None:
         held = self.keeper.held.get(chain.ref)
-        chain.outcome, chain.ended_ms, chain.ended_worker_ms = outcome, self.sim.now_ms, self.clock.now_ms()
+        chain.outcome, chain.ended_ms, chain.ended_worker_ms = ended, self.sim.now_ms, self.clock.now_ms()
         if held is not None and held.lease.token == chain.token:
             chain.fence_deadline_worker_ms = held.last_ok_send_ms + self.lease_config.self_fence_after_ms
-        self.keeper.drop(chain.ref, chain.token)
-        attempt = self.attempts.get(chain.ref)
-        if attempt is not None and attempt.lease.token == chain.token:
-            del self.attempts[chain.ref]
+        end_attempt(self.keeper, self.attempts, chain.ref, chain.token, _token_of)
+
+    def _forget(self, lease: Lease) -> None:
+        """The attempt ends with nothing sent (its result dropped): let go of its lease, as Worker does."""
+        end_attempt(self.keeper, self.attempts, lease.ref, lease.token, _token_of)
 
     def _on_fence(self, held: HeldLease) -> None:
         attempt = self.attempts.get(held.lease.ref)
-        if attempt is None:
+        if attempt is None or attempt.lease.token != held.lease.token:
             return
         self.suspend_attempt(attempt, held.fenced.value)
-        if held.fenced is FenceReason.ABORTED and not attempt.reporting:
-            attempt.reporting = True  # confirm the abort with a release, as the real worker does
+        if attempt.reporting:
+            return  # its report is on its way: the token decides what becomes of it
+        # The work stopped with nothing produced: the same decision Worker makes for it (an abort
+        # is confirmed with a release, any other fence drops the attempt and sends nothing).
+        attempt.reporting = True
+        decided = self.sim.policy.report(Ending(held.fenced, shutting_down=False, outcome=None))
+        if decided.call is Call.NONE:
+            self._forget(attempt.lease)
+        else:
             lease = attempt.lease
-            self.sim.at(self.sim.now_ms, lambda: self.report(
-                lease, "release", lambda: self.client.release(lease, "aborted: work cancelled")), self)
-        elif not attempt.reporting:
-            self.keeper.drop(held.lease.ref)
-            self.attempts.pop(held.lease.ref, None)
+            self.sim.at(self.sim.now_ms, lambda: self.report(lease, decided), self)
 
     # --- faults ----------------------------------------------------------------------------
 
@@ -309,3 +354,7 @@ class SimWorker:
         self.attempts.clear()
         self.keeper.held.clear()
         self.alive = False
+
+
+def _token_of(attempt: Attempt) -> int:
+    return attempt.lease.token

@@ -115,6 +115,9 @@ class Truth:
     epoch_ms: int = 0            # the server clock at true time 0
     submit_steps: dict[str, int] = field(default_factory=dict)   # run id -> step its submit ran (acknowledged)
     abort_calls: list[tuple[str, int, int, bool]] = field(default_factory=list)  # (run, true ms, step, asked anything)
+    # (action ref, token) -> what that attempt's task itself produced: "result" or "error"
+    # (only attempts whose work ran to its end; what the worker then reported is the log's to say).
+    produced: dict[tuple[str, int], str] = field(default_factory=dict)
 
     def lost(self, step: int | None) -> DataLoss | None:
         """The data loss that rolled back a write made in ``step`` (None: it survived, or never ran)."""
