@@ -121,3 +121,16 @@ async def test_the_cache_has_its_own_bound(vbackend):
     counts.append(sum([await vbackend.redis.hlen(k.cache(NS)) for k in vbackend.all_keys()]))
     assert counts[0] == 4 and counts[1] <= vbackend.partitions and result.cache_dropped == 4 - counts[1]
     assert cache  # (the key name exists for every partition)
+
+
+async def test_housekeeping_runs_once_per_interval_for_the_whole_fleet(vbackend, tmp_path):
+    from lessor.leasing.archive import Archive
+    from lessor.leasing.housekeeping import Housekeeper
+    await finish(vbackend, 6)
+    await set_policy(vbackend, NS, RetentionPolicy(keep_runs=0))
+    a = Housekeeper(vbackend, Archive(str(tmp_path / "a")), interval_ms=60_000, keep_window_ms=0)
+    b = Housekeeper(vbackend, interval_ms=60_000)
+    first, second = await a.run_once(), await b.run_once()
+    assert (first.skipped, first.retention.retired, second.skipped) == (False, 6, True)
+    assert sum(c.archived for c in first.compaction) > 0 and sum(c.trimmed for c in first.compaction) > 0
+    assert await verify(vbackend) == []

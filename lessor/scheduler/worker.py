@@ -43,6 +43,7 @@ from lessor.leasing.codes import raise_for
 from lessor.leasing.config import LeaseConfig
 from lessor.leasing.keeper import FenceReason, HeldLease, LeaseKeeper
 from lessor.leasing.outage import Outage, is_transient
+from lessor.leasing.housekeeping import Housekeeper
 from lessor.leasing.reaper import Reaper
 from lessor.scheduler.api import CacheKey, lookup_cache
 from lessor.scheduler.outcome import (POLICY, Call, Ending, Outcome, Policy, Report, duplicate_lease, end_attempt,
@@ -221,6 +222,9 @@ class Worker:
         self.keeper.outage = self.outage
         if self.reaper is not None:
             self.reaper.outage = self.outage
+        # Reaping workers also keep the store bounded: retention by each namespace's policy
+        # (one pass for the whole fleet per interval). Compaction needs an archive: lessor reaper.
+        self.housekeeper = Housekeeper(backend, outage=self.outage) if self.config.reap else None
         self.watcher: CompletionWatcher | None = None
         # ref -> (token, cancel scope) of every attempt still running here, fenced or not:
         # a fenced attempt that ignores cancellation still occupies a slot.
@@ -252,6 +256,8 @@ class Worker:
             service.start_soon(self.reporter.run)
             if self.reaper is not None:
                 service.start_soon(self.reaper.run)
+            if self.housekeeper is not None:
+                service.start_soon(self.housekeeper.run)
             async with anyio.create_task_group() as attempts:
                 task_status.started()
                 await self._acquire_loop(attempts)
