@@ -46,12 +46,15 @@ PARTITION_KEYS = (
     PartitionKey("REAP_DUE", "reap_due", "string", "when the next reap pass of this partition is due"),
     PartitionKey("SNAPSHOT", "snapshot", "hash", "the latest snapshot: the fold of this partition at a stream id"),
     PartitionKey("ARCHIVED", "archived", "string", "the stream id through which events are archived durably"),
+    PartitionKey("COMPACTING", "compacting", "string", "held by the one compactor of this partition (a lock)"),
 )
 
 KEY_FAMILIES = (
     KeyFamily("akey", "a:", ("ref",), "hash", "an action's projection"),
     KeyFamily("rkey", "r:", ("ref",), "hash", "a run's projection"),
     KeyFamily("qkey", "q:", ("ns", "queue"), "zset", "a queue: action refs by priority, then FIFO"),
+    KeyFamily("wake_key", "wake:", ("ns", "queue"), "list",
+              "a queue's wake-up signal: at most one token, pushed on enqueue, popped (BLPOP) by an idle worker"),
     KeyFamily("runs_key", "runs:", ("ns",), "zset", "a namespace's runs by creation time"),
     KeyFamily("run_actions_key", "ra:", ("run_ref",), "set", "the non-root actions of a run"),
     KeyFamily("children_key", "ch:", ("ref",), "set", "the children of an action"),

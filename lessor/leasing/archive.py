@@ -38,11 +38,11 @@ def _jsonable(value: object) -> object:
     return value
 
 
-def event_line(partition: int, entry_id: str, raw: bytes) -> dict:
-    """One archive line: the event's fields as JSON, and its raw bytes."""
+def event_line(partition: int, entry_id: str, raw: bytes, event: Event | None = None) -> dict:
+    """One archive line: the event's fields as JSON, and its raw bytes (``event``: already decoded)."""
     line: dict = {"partition": partition, "id": entry_id}
     try:
-        event = decode(raw, entry_id)
+        event = event if event is not None else decode(raw, entry_id)
         line["type"] = event.TYPE
         for f in dataclasses.fields(event):
             if f.name not in ("id", "extra"):
@@ -73,8 +73,11 @@ class Archive:
     def _dir(self, partition: int) -> str:
         return os.path.join(self.directory, f"p{partition:03d}")
 
-    def write_segment(self, partition: int, rows: list[tuple[str, bytes]]) -> str:
+    def write_segment(self, partition: int, rows: list[tuple[str, bytes]], events: list | None = None) -> str:
         """Write ``rows`` (stream id, raw event) durably; the segment's path.
+
+        ``events``: the rows already decoded (None where they do not decode), to
+        save decoding them twice.
 
         Rewriting the same range (a retry after a crash) replaces the file with
         the same content.
@@ -87,9 +90,12 @@ class Archive:
             path = os.path.join(folder, f"{rows[0][0]}_{rows[-1][0]}{SUFFIX}")
             tmp = path + ".tmp"
             with open(tmp, "wb") as f:
-                with gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as gz:
-                    for entry_id, raw in rows:
-                        gz.write(json.dumps(event_line(partition, entry_id, raw), separators=(",", ":")).encode())
+                # Level 1: the archive is written as fast as the log grows; zcat reads it the same.
+                with gzip.GzipFile(fileobj=f, mode="wb", mtime=0, compresslevel=1) as gz:
+                    for i, (entry_id, raw) in enumerate(rows):
+                        event = events[i] if events is not None else None
+                        line = event_line(partition, entry_id, raw, event)
+                        gz.write(json.dumps(line, separators=(",", ":")).encode())
                         gz.write(b"\n")
                 f.flush()
                 os.fsync(f.fileno())

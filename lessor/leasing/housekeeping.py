@@ -60,24 +60,53 @@ class Housekeeper:
         started = time.perf_counter()   # measures the pass; nothing is judged on it
         if not force and not await self.backend.redis.set(DUE_KEY, 1, nx=True, px=self.interval_ms):
             return HousekeepingResult(skipped=True)
-        result = HousekeepingResult(retention=await retire_once(self.backend, self.limit))
+        result = HousekeepingResult(retention=await self.retire())
         if self.archive is not None:
-            result.compaction = await compact(self.backend, self.archive, batch=self.batch,
-                                              keep_window_ms=self.keep_window_ms)
+            result.compaction = await self.compact()
         result.took_ms = (time.perf_counter() - started) * 1000
-        if result.retention.retired or any(c.trimmed for c in result.compaction):
-            log.info("housekeeping: %d runs retired, %d events archived, %d trimmed (%.0f ms)",
-                     result.retention.retired, sum(c.archived for c in result.compaction),
-                     sum(c.trimmed for c in result.compaction), result.took_ms)
         return result
 
+    async def retire(self) -> RetentionResult:
+        """Retention, every namespace with a policy, every partition (bounded script calls)."""
+        result = await retire_once(self.backend, self.limit)
+        if result.retired:
+            log.info("retention: %d runs retired (longest call %.1f ms)", result.retired, result.max_call_ms)
+        return result
+
+    async def compact(self) -> list[CompactionResult]:
+        """One compaction step of every partition (needs the archive)."""
+        assert self.archive is not None, "compaction needs an archive"
+        results = await compact(self.backend, self.archive, batch=self.batch, keep_window_ms=self.keep_window_ms)
+        if any(c.trimmed for c in results):
+            log.info("compaction: %d events archived, %d trimmed", sum(c.archived for c in results),
+                     sum(c.trimmed for c in results))
+        return results
+
     async def run(self) -> None:
-        """Pass after pass, forever; store faults are waited out (one log line each way)."""
+        """Retention every interval (once for the fleet) and, with an archive, compaction
+        steps back to back, forever; store faults are waited out (one log line each way).
+        They run apart, so a long compaction step never holds up retention."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._loop, self._retention_pass)
+            if self.archive is not None:
+                tg.start_soon(self._loop, self._compaction_step)
+
+    async def _retention_pass(self) -> bool:
+        if await self.backend.redis.set(DUE_KEY, 1, nx=True, px=self.interval_ms):
+            result = await self.retire()
+            return result.retired >= self.limit   # more may be due: go on at once
+        return False
+
+    async def _compaction_step(self) -> bool:
+        """One step; True while a backlog is left (a partition filled its batch)."""
+        return any(c.archived >= self.batch for c in await self.compact())
+
+    async def _loop(self, step) -> None:
         while True:
             try:
-                await self.run_once()
+                backlog = await step()
                 self.outage.ok()
-                delay_ms = self.interval_ms
+                delay_ms = 0 if backlog else self.interval_ms
             except Exception as exc:  # transient store faults are waited out; the rest are bugs to see
                 if not is_transient(exc):
                     raise

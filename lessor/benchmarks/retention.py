@@ -1,0 +1,267 @@
+"""``lessor bench retention``: does memory plateau while runs flow through with a short retention?
+
+Single-action runs are pushed through at full speed (submit, lease and
+complete, batched), with a retention policy that keeps ``keep_runs`` finished
+runs and a Housekeeper (retention + compaction into an archive) running as
+every reaper would. Every ``sample_every`` runs it records ``used_memory``,
+the streams' length and the live keys, so the curve shows whether memory
+follows live work or all-time history. At the end: ``replay --verify`` time
+and differences, the archive's bytes per run, and the renewal-call p99 of a
+side client holding leases, with housekeeping running and (in a baseline push
+of a tenth of the runs first, same run) without it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import anyio
+
+from lessor.benchmarks.common import dump_json, percentile, print_table
+from lessor.leasing.archive import Archive
+from lessor.leasing.backend import Backend, open_backend
+from lessor.leasing.client import LeaseClient
+from lessor.leasing.config import LeaseConfig
+from lessor.leasing.housekeeping import Housekeeper
+from lessor.leasing.replay import verify
+from lessor.leasing.retention import RetentionPolicy, set_policy
+from lessor.scheduler.submit import RunSpec, submit_runs
+
+NS = "bench/retention"
+SIDE_NS = "bench/side"
+QUEUE = "bench-retention"
+SIDE_QUEUE = "bench-retention-side"
+
+
+@dataclass
+class RetentionBench:
+    """The curve and the end figures."""
+
+    samples: list[dict] = field(default_factory=list)
+    runs: int = 0
+    seconds: float = 0.0
+    verify_s: float = 0.0
+    differences: int = 0
+    archive_bytes: int = 0
+    renew_p99_ms: dict[str, float] = field(default_factory=dict)
+    max_housekeeping_ms: float = 0.0
+    max_call_ms: float = 0.0
+    slow_calls: dict[str, tuple[int, float]] = field(default_factory=dict)   # what -> (count > 1 ms, max ms)
+
+
+async def _used(backend: Backend) -> dict:
+    info = await backend.redis.info("memory")
+    streams = sum([await backend.redis.xlen(k.stream) for k in backend.all_keys()])
+    return {"used_memory": int(info["used_memory"]), "stream_entries": streams,
+            "keys": await backend.redis.dbsize()}
+
+
+async def _push(backend: Backend, client: LeaseClient, batch: int) -> int:
+    """One batch through: submitted, leased, completed."""
+    await submit_runs(backend, [RunSpec("noop", namespace=NS, queue=QUEUE) for _ in range(batch)])
+    done = 0
+    while done < batch:
+        leases = await client.acquire(NS, QUEUE, batch - done)
+        if not leases:
+            break
+        by_partition = defaultdict(list)
+        for lease in leases:
+            by_partition[lease.partition].append((lease, b""))
+        async with anyio.create_task_group() as tg:
+            for partition, items in by_partition.items():
+                tg.start_soon(client.complete_many, partition, items)
+        done += len(leases)
+    return done
+
+
+async def bench_retention(url: str | None, runs: int, keep_runs: int, batch: int, sample_every: int,
+                          archive_dir: str | None, rate: float = 0.0, progress=print) -> RetentionBench:
+    """Push ``runs`` runs through with ``keep_runs`` retained; the curve and the end figures.
+
+    ``rate``: runs per second at most (0 = as fast as this client goes).
+    """
+    out = RetentionBench()
+    own_dir = archive_dir is None
+    archive_dir = archive_dir or tempfile.mkdtemp(prefix="lessor-archive-")
+    cfg = LeaseConfig(ttl_ms=30_000, grace_ms=5_000)
+    try:
+        async with open_backend(url) as backend:
+            await backend.redis.flushall()
+            await set_policy(backend, NS, RetentionPolicy(keep_runs=keep_runs))
+            keeper = Housekeeper(backend, Archive(archive_dir), interval_ms=1000, keep_window_ms=0,
+                                 batch=2_000, limit=100)
+            # Server-side time of every command over 1 ms, from the server itself (SLOWLOG).
+            await backend.redis.config_set("slowlog-log-slower-than", 1000)
+            await backend.redis.config_set("slowlog-max-len", 100_000)
+            client = LeaseClient(backend, "bench-w", cfg)
+            state = {"on": False, "stop": False}
+            windows: dict[str, list[float]] = {"housekeeping on": [], "housekeeping off": []}
+
+            async def loop(step) -> None:   # retention and compaction apart, as Housekeeper.run does
+                while not state["stop"]:
+                    backlog = False
+                    if state["on"]:
+                        started_ = time.perf_counter()
+                        result = await step()
+                        out.max_housekeeping_ms = max(out.max_housekeeping_ms, (time.perf_counter() - started_) * 1000)
+                        if isinstance(result, list):      # compaction: go on at once while behind
+                            backlog = any(c.archived >= keeper.batch for c in result)
+                        else:
+                            out.max_call_ms = max(out.max_call_ms, result.max_call_ms)
+                    await anyio.sleep(0 if backlog else 0.2)
+
+            side = _SideRenewer(backend.url)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(loop, keeper.retire)
+                tg.start_soon(loop, keeper.compact)
+                # Baseline: the same load with housekeeping off (renewal latency only).
+                windows["housekeeping off"].append(time.time())
+                baseline, base_started = 0, time.perf_counter()
+                while baseline < max(batch, runs // 10):
+                    baseline += await _push(backend, client, batch)
+                    if rate > 0:
+                        ahead_s = baseline / rate - (time.perf_counter() - base_started)
+                        if ahead_s > 0:
+                            await anyio.sleep(ahead_s)
+                windows["housekeeping off"].append(time.time())
+                progress(f"baseline: {baseline:,} runs with housekeeping off")
+                state["on"] = True
+                await backend.redis.slowlog_reset()
+                await keeper.retire()
+                await keeper.compact()
+                out.samples.append({"runs": 0, **await _used(backend)})
+                windows["housekeeping on"].append(time.time())
+                started = time.perf_counter()
+                next_sample = sample_every
+                while out.runs < runs:
+                    out.runs += await _push(backend, client, min(batch, runs - out.runs))
+                    if rate > 0:   # a steady rate: wait until the schedule catches up
+                        ahead_s = out.runs / rate - (time.perf_counter() - started)
+                        if ahead_s > 0:
+                            await anyio.sleep(ahead_s)
+                    if out.runs >= next_sample:
+                        sample = {"runs": out.runs, **await _used(backend)}
+                        out.samples.append(sample)
+                        progress(f"{out.runs:>9,} runs  used_memory {sample['used_memory'] / 2**20:7.1f} MB  "
+                                 f"stream entries {sample['stream_entries']:>8,}  keys {sample['keys']:>7,}")
+                        next_sample += sample_every
+                windows["housekeeping on"].append(time.time())
+                state["stop"] = True
+                tg.cancel_scope.cancel()
+            latencies = side.stop()
+            out.slow_calls = await _slow_calls(backend)
+            out.seconds = time.perf_counter() - started
+            state["on"] = True
+            await keeper.run_once(force=True)      # the last runs' history too
+            out.samples.append({"runs": out.runs, **await _used(backend)})
+            t0 = time.perf_counter()
+            out.differences = len(await verify(backend))
+            out.verify_s = time.perf_counter() - t0
+            out.renew_p99_ms = {name: percentile(sorted(ms for at, ms in latencies if lo <= at <= hi), 0.99)
+                                for name, (lo, hi) in windows.items()}
+        out.archive_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(archive_dir) for f in fs)
+    finally:
+        if own_dir:
+            shutil.rmtree(archive_dir, ignore_errors=True)
+    return out
+
+
+def report(result: RetentionBench, keep_runs: int, as_json: bool, plot: str | None) -> None:
+    """Print the curve and the end figures (and draw the curve when asked)."""
+    if as_json:
+        dump_json(result.__dict__)
+        return
+    first_mb = result.samples[1]["used_memory"] / 2**20 if len(result.samples) > 1 else 0
+    last_mb = result.samples[-1]["used_memory"] / 2**20
+    peak_mb = max(s["used_memory"] for s in result.samples) / 2**20
+    rows = [
+        ["runs pushed through", f"{result.runs:,} in {result.seconds:.0f} s ({result.runs / result.seconds:,.0f}/s)"],
+        ["retention", f"keep the newest {keep_runs:,} finished runs"],
+        ["used_memory: first sample / last / peak", f"{first_mb:.1f} / {last_mb:.1f} / {peak_mb:.1f} MB"],
+        ["last / peak (1.0 = flat)", f"{last_mb / peak_mb:.2f}"],
+        ["replay --verify", f"{result.verify_s:.2f} s, {result.differences} differences"],
+        ["archive", f"{result.archive_bytes / max(result.runs, 1):.0f} bytes per run (gzip JSON lines)"],
+        ["renewal p99, housekeeping on / off", " / ".join(f"{result.renew_p99_ms.get(k, 0):.1f} ms"
+                                                          for k in ("housekeeping on", "housekeeping off"))],
+        ["longest retention script call (client-measured)", f"{result.max_call_ms:.1f} ms"],
+        *[[f"server calls > 1 ms: {name}", f"{n} (max {worst:.1f} ms)"]
+          for name, (n, worst) in sorted(result.slow_calls.items(), key=lambda kv: -kv[1][1])],
+        ["longest housekeeping pass (many calls)", f"{result.max_housekeeping_ms:.0f} ms"],
+    ]
+    print_table("lessor bench retention", [{"figure": a, "value": b} for a, b in rows],
+                [("figure", "figure"), ("value", "value")])
+    if plot:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot([s["runs"] for s in result.samples], [s["used_memory"] / 2**20 for s in result.samples], marker=".")
+        ax.set_xlabel("runs pushed through")
+        ax.set_ylabel("used_memory (MB)")
+        ax.set_title(f"lessor: memory with retention of {keep_runs:,} finished runs")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(plot)
+        print(f"plot: {plot}")
+
+
+async def _slow_calls(backend: Backend) -> dict[str, tuple[int, float]]:
+    """Commands the server logged as slower than 1 ms while housekeeping ran: count and max, by
+    command (scripts by name)."""
+    from lessor.leasing.scripts import SCRIPT_NAMES
+    shas = {backend.scripts.sha(name): name for name in SCRIPT_NAMES}
+    out: dict[str, tuple[int, float]] = {}
+    for entry in await backend.redis.slowlog_get(100_000):
+        args = [a.decode(errors="replace") if isinstance(a, bytes) else str(a) for a in entry["command"].split()] \
+            if isinstance(entry["command"], (bytes, str)) else []
+        name = args[0].upper() if args else "?"
+        if name == "EVALSHA" and len(args) > 1:
+            name = shas.get(args[1], "EVALSHA")
+        count, worst = out.get(name, (0, 0.0))
+        out[name] = (count + 1, max(worst, entry["duration"] / 1000))
+    return out
+
+
+class _SideRenewer:
+    """A separate process holding 100 leases and renewing them every 50 ms, timing each call:
+    the renewal latency other workers see, without this process's own CPU in it."""
+
+    def __init__(self, url: str) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._stop = ctx.Event()
+        self._recv, send = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_side_main, args=(url, self._stop, send), daemon=True)
+        self._proc.start()
+        if self._recv.recv() != "ready":
+            raise RuntimeError("the side renewer did not start")
+
+    def stop(self) -> list[tuple[float, float]]:
+        """Stop it; (wall time, call ms) of every renewal call it made."""
+        self._stop.set()
+        out = self._recv.recv()
+        self._proc.join(10)
+        return out
+
+
+def _side_main(url: str, stop, send) -> None:
+    async def main() -> list[tuple[float, float]]:
+        out = []
+        async with open_backend(url) as backend:
+            client = LeaseClient(backend, "bench-side", LeaseConfig(ttl_ms=30_000, grace_ms=5_000))
+            await submit_runs(backend, [RunSpec("noop", namespace=SIDE_NS, queue=SIDE_QUEUE) for _ in range(100)])
+            held = await client.acquire(SIDE_NS, SIDE_QUEUE, 100)
+            send.send("ready")
+            while not stop.is_set():
+                started = time.perf_counter()   # a latency measurement
+                await client.renew(held)
+                out.append((time.time(), (time.perf_counter() - started) * 1000))
+                await anyio.sleep(0.05)
+        return out
+
+    send.send(anyio.run(main))
