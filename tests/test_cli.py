@@ -98,3 +98,20 @@ def test_bad_arguments_are_named():
     proc = lessor("worker", "--app", "tests.app:registry", "--ttl-ms", "100", "--heartbeat-ms", "100",
                   "--redis-url", "redis://127.0.0.1:1")
     assert proc.returncode == 2 and "heartbeat_ms must be > 0 and < ttl_ms" in proc.stderr
+
+
+def test_worker_command_builds_what_lessor_worker_parses():
+    from lessor.cli.parser import build_parser
+    from lessor.scheduler.launch import worker_command
+
+    argv = worker_command("redis://h:1", "tests.app:registry", worker_id="w-1", queue="q", namespace="p/staging",
+                          concurrency=3, durability="fsync", ttl_ms=600, grace_ms=400, margin_ms=50, drain_s=0.5,
+                          reap=False, truth_log="/tmp/t.jsonl", extra=("--otel", "console"))
+    assert argv[:4] == [sys.executable, "-m", "lessor", "worker"]
+    args = build_parser().parse_args(argv[3:])
+    assert (args.redis_url, args.app, args.worker_id, args.queue, args.namespace, args.concurrency) == (
+        "redis://h:1", "tests.app:registry", "w-1", "q", "p/staging", 3)
+    assert (args.durability, args.ttl_ms, args.grace_ms, args.margin_ms, args.drain_s) == ("fsync", 600, 400, 50, 0.5)
+    assert (args.no_reap, args.truth_log, args.otel) == (True, "/tmp/t.jsonl", "console")
+    defaults = build_parser().parse_args(worker_command("redis://h:1", "m:r")[3:])
+    assert (defaults.queue, defaults.concurrency, defaults.no_reap) == ("default", 8, False)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 
 import anyio
 import pytest
@@ -20,6 +19,7 @@ from lessor.leasing.eventlog import EventLog
 from lessor.leasing.reaper import Reaper
 from lessor.leasing.replay import verify
 from lessor.scheduler.control import UnknownRun
+from lessor.scheduler.launch import worker_command
 from lessor.simulations.checkers import single_owner
 
 pytestmark = pytest.mark.anyio
@@ -36,8 +36,8 @@ class Workers:
 
     def start(self, worker_id: str, queue: str = "default", *extra: str) -> subprocess.Popen:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "lessor", "worker", "--app", "tests.app:registry", "--queue", queue,
-             "--worker-id", worker_id, "--ttl-ms", "600", "--grace-ms", "400", "--redis-url", self.url, *extra],
+            worker_command(self.url, "tests.app:registry", worker_id=worker_id, queue=queue, ttl_ms=600,
+                           grace_ms=400, extra=extra),
             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.procs.append(proc)
         return proc
@@ -124,6 +124,12 @@ async def test_abort_cancels_running_work_and_nothing_is_requeued(client, worker
     assert not [e for e in await log_events(client, ev.ActionLeased) if e.attempt > 1]
     with pytest.raises(UnknownRun, match="no run proj/development/rnope"):
         await client.abort("rnope")
+
+
+async def test_an_error_in_a_connect_block_reaches_the_caller_as_itself(flushed):
+    with pytest.raises(UnknownRun, match="no run proj/development/rnope"):
+        async with lessor.connect(flushed) as client:
+            await client.get_run("rnope")
 
 
 async def test_user_retries_with_backoff(client, workers):
@@ -222,3 +228,31 @@ async def test_list_runs_pages_newest_first_across_partitions(client):
     assert [r.run_id for r in aborted] == ["lr03"]
     with pytest.raises(ValueError, match="bad cursor"):
         await client.list_runs(cursor="nonsense")
+
+
+async def test_entries_and_events_read_the_log_then_follow_it(client):
+    a = await client.submit_run("square", {"x": 1})
+    b = await client.submit_run("square", {"x": 2})
+    every = [entry async for entry in client.entries()]
+    assert {(x.event.run, x.event.TYPE) for x in every} >= {(a.run_id, "run_created"), (b.run_id, "run_created")}
+    assert all(x.partition == client.backend.keys_for_run(x.event.ns, x.event.run).partition for x in every)
+    history = [e async for e in a.events()]
+    assert [e.TYPE for e in history] == ["run_created", "action_created"]
+    seen: list = []
+
+    async def follow() -> None:
+        async for e in a.events(follow=True):
+            seen.append(e)
+            if isinstance(e, ev.RunCompleted):
+                return
+
+    async def read_history() -> bool:
+        return len(seen) >= len(history)
+
+    with anyio.fail_after(WAIT_S):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow)
+            await wait_for(read_history)
+            await b.abort()
+            await a.abort()
+    assert seen[:2] == history and len(seen) > 2 and {e.run for e in seen} == {a.run_id}

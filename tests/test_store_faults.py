@@ -32,6 +32,7 @@ from lessor.leasing.config import LeaseConfig
 from lessor.leasing.durability import Durability
 from lessor.leasing.eventlog import EventLog
 from lessor.leasing.scripts import SCRIPT_NAMES, Scripts, script_source
+from lessor.scheduler.launch import lessor_command, worker_command
 from lessor.scheduler.query import get_action, get_run, run_actions
 from lessor.scheduler.registry import Registry
 from lessor.scheduler.submit import Retries, RunSpec, submit_run, submit_runs
@@ -459,7 +460,7 @@ def test_valkey_everysec_waitaof_acknowledges_writes_no_fsync_has_covered():
 def _spawn(argv: list[str], log_path: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("LESSOR_REDIS_URL", "LESSOR_DURABILITY")}
     env["COLUMNS"] = "400"   # one log record per line
-    return subprocess.Popen([sys.executable, "-m", "lessor", *argv], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                             stdout=open(log_path, "w"), stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
 
 
@@ -472,10 +473,10 @@ async def test_c_workers_and_the_reaper_live_through_a_5_s_outage_and_log_it_onc
     outage_s = 5.0
     with EmbeddedServer(appendfsync="always") as server:
         procs = {name: _spawn(argv, str(tmp_path / f"{name}.log")) for name, argv in {
-            "reaper": ["reaper", "--redis-url", server.url, "--interval-ms", "100"],
-            **{f"w{i}": ["worker", "--app", "tests.app:registry", "--queue", QUEUE, "--namespace", NS,
-                         "--worker-id", f"w{i}", "--concurrency", "3", "--ttl-ms", "10000", "--grace-ms", "5000",
-                         "--drain-s", "1", "--redis-url", server.tcp_url] for i in range(2)},
+            "reaper": lessor_command("reaper", "--redis-url", server.url, "--interval-ms", "100"),
+            **{f"w{i}": worker_command(server.tcp_url, "tests.app:registry", worker_id=f"w{i}", queue=QUEUE,
+                                       namespace=NS, concurrency=3, ttl_ms=10000, grace_ms=5000, drain_s=1)
+               for i in range(2)},
         }.items()}
         try:
             def logged(name: str, text: str) -> bool:

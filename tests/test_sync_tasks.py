@@ -15,6 +15,7 @@ import pytest
 from lessor.errors import ConfigError
 from lessor.leasing.config import LeaseConfig
 from lessor.scheduler.control import abort_run
+from lessor.scheduler.launch import worker_command
 from lessor.scheduler.query import get_action
 from lessor.scheduler.registry import Registry
 from lessor.scheduler.submit import Retries, submit_run
@@ -127,13 +128,11 @@ def test_a_paused_worker_s_sync_task_stops_itself_at_the_self_fence_deadline(flu
     lease could be reaped (guarantee 2 for sync code, even for a paused worker)."""
     import signal
     import subprocess
-    import sys
 
     path = str(tmp_path / "pid")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     worker = subprocess.Popen(
-        [sys.executable, "-m", "lessor", "worker", "--app", "tests.app:registry", "--queue", QUEUE,
-         "--worker-id", "w-paused", "--ttl-ms", "1000", "--grace-ms", "500", "--redis-url", flushed],
+        worker_command(flushed, "tests.app:registry", worker_id="w-paused", queue=QUEUE, ttl_ms=1000, grace_ms=500),
         cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         import redis as sync_redis

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
@@ -28,7 +27,7 @@ from lessor.errors import ServerError, ServerRefused, StoreUnavailable
 from lessor.leasing.durability import Durability
 from lessor.leasing.outage import Outage, is_transient
 from lessor.leasing.scripts import ClockMode, Scripts
-from lessor.leasing.urls import is_cluster, make_client, redact
+from lessor.leasing.urls import is_cluster, make_client, redact, resolve_url
 
 CONFIG_KEY = f"{KEY_ROOT}:config"
 # A cluster's default: at least 8 partitions per primary for up to 6 primaries, so data and
@@ -172,11 +171,6 @@ class Backend:
                                     socket_connect_timeout=5, socket_timeout=30, **kwargs)
             self._node_clients[node.name] = client
         return client
-
-
-def resolve_url(url: str | None) -> str | None:
-    """The server URL to use: the argument, else $LESSOR_REDIS_URL, else None (embedded)."""
-    return url or os.environ.get("LESSOR_REDIS_URL") or None
 
 
 def make_redis(url: str, **kwargs) -> aioredis.Redis:

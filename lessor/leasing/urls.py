@@ -9,10 +9,14 @@
 
 Nothing above ``leasing/backend.py`` knows which one is in use. Passwords are
 never shown: ``redact(url)`` is what every message and log line prints.
+``resolve_url`` picks the URL (``--redis-url``, else $LESSOR_REDIS_URL, else
+None: the embedded server); ``shared_url`` is the same for commands that must
+share a server with other processes, so it never answers None.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -25,9 +29,30 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from lessor.errors import ConfigError
+from lessor.errors import ConfigError, ServerError
 
 SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel")
+URL_ENV = "LESSOR_REDIS_URL"
+
+
+def resolve_url(url: str | None) -> str | None:
+    """The server URL to use: ``url``, else $LESSOR_REDIS_URL, else None (the embedded server)."""
+    return url or os.environ.get(URL_ENV) or None
+
+
+def shared_url(url: str | None, command: str) -> str:
+    """The URL of the shared server ``lessor <command>`` must use: ``url``, else $LESSOR_REDIS_URL.
+
+    A private embedded server would vanish with the command (and a submitted
+    run with it), so commands that talk to other processes need a real one.
+    Raises ServerError saying how to start one when neither is given.
+    """
+    resolved = resolve_url(url)
+    if resolved is None:
+        raise ServerError(
+            f"`lessor {command}` needs the shared server: start one with `lessor server` and export "
+            f"the {URL_ENV} it prints (or pass --redis-url)")
+    return resolved
 
 
 def redact(url: str) -> str:

@@ -24,7 +24,7 @@ from lessor.core.ids import ROOT_ACTION
 from lessor.core.limits import seconds_to_ms
 from lessor.core.phases import Phase
 from lessor.leasing.backend import Backend, open_backend
-from lessor.leasing.eventlog import EventLog
+from lessor.leasing.eventlog import EventLog, LogEntry
 from lessor.scheduler import query
 from lessor.scheduler.control import AbortOutcome, abort_run
 from lessor.scheduler.submit import Retries, submit_run
@@ -141,17 +141,35 @@ class Client:
     async def events(self, run_id: str, *, namespace: str = DEFAULT_NAMESPACE,
                      follow: bool = False) -> AsyncIterator[Event]:
         """The run's events so far; with ``follow``, then every new one as it is appended."""
+        async for entry in self.entries(run_id, namespace=namespace, follow=follow):
+            yield entry.event
+
+    async def entries(self, run_id: str | None = None, *, namespace: str = DEFAULT_NAMESPACE,
+                      follow: bool = False) -> AsyncIterator[LogEntry]:
+        """The event log so far as (partition, event) entries: every run's, or only ``run_id``'s.
+
+        Each partition is read in order, one after the other. With ``follow``,
+        then every new entry as it is appended, from where the reading stopped:
+        none is missed or repeated. Yields nothing for a run with no events.
+        """
         log = EventLog(self.backend)
-        p = self.backend.keys_for_run(namespace, run_id).partition
-        last = "0"
-        async for event in log.scan(p):
-            last = event.id
-            if event.run == run_id and event.ns == namespace:
-                yield event
+        partitions = ([self.backend.keys_for_run(namespace, run_id).partition] if run_id
+                      else range(self.backend.partitions))
+        last: dict[int, str] = {}
+
+        def wanted(e: Event) -> bool:
+            return run_id is None or (e.run == run_id and e.ns == namespace)
+
+        for p in partitions:
+            last[p] = "0"
+            async for event in log.scan(p):
+                last[p] = event.id
+                if wanted(event):
+                    yield LogEntry(p, event)
         if follow:
-            async for entry in log.follow(from_ids={p: last}):
-                if entry.partition == p and entry.event.run == run_id and entry.event.ns == namespace:
-                    yield entry.event
+            async for entry in log.follow(from_ids=last):
+                if entry.partition in last and wanted(entry.event):
+                    yield entry
 
     async def abort(self, run_id: str, *, namespace: str = DEFAULT_NAMESPACE,
                     reason: str = "aborted by user") -> AbortOutcome:
@@ -166,8 +184,16 @@ async def connect(url: str | None = None, *, partitions: int | None = None,
 
     ``durability``: when its writes count as acknowledged: ``memory`` (default),
     ``fsync``, ``replicas:N`` or ``fsync+replicas:N`` (docs/store-faults.md).
+    An exception raised in the block reaches the caller as itself (e.g.
+    UnknownRun), not wrapped in an ExceptionGroup.
     """
     async with open_backend(url, partitions=partitions, durability=durability) as backend:
+        raised: Exception | None = None
         async with anyio.create_task_group() as tg:
-            yield Client(backend, tg)
+            try:
+                yield Client(backend, tg)
+            except Exception as exc:  # kept, so the caller gets the error itself, not an ExceptionGroup
+                raised = exc
             tg.cancel_scope.cancel()
+        if raised is not None:
+            raise raised

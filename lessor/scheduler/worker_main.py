@@ -16,6 +16,7 @@ from lessor import telemetry
 from lessor.errors import ConfigError
 from lessor.leasing.backend import open_backend
 from lessor.leasing.config import LeaseConfig
+from lessor.leasing.urls import shared_url
 from lessor.scheduler.registry import Registry
 from lessor.scheduler.worker import Worker, WorkerConfig, default_worker_id
 
@@ -55,9 +56,7 @@ async def serve(args: argparse.Namespace, registry: Registry) -> dict:
     log = logging.getLogger("lessor.worker")
     truth = open(args.truth_log, "a", buffering=1) if args.truth_log else None
     on_attempt = (lambda record: truth.write(json.dumps(record) + "\n")) if truth else None
-    from lessor.cli import shared_url
-
-    async with open_backend(shared_url(args), durability=args.durability, wait_for_server=True) as backend:
+    async with open_backend(shared_url(args.redis_url, "worker"), durability=args.durability, wait_for_server=True) as backend:
         worker = Worker(backend, registry, config, on_attempt=on_attempt)
         async with anyio.create_task_group() as tg:
             async def on_signals() -> None:

@@ -14,6 +14,7 @@ from lessor.scheduler.registry import Registry
 from lessor.scheduler.submit import Retries
 
 registry = Registry()
+APP = "lessor.simulations.chaos.app:registry"  # what `lessor worker --app` takes
 
 
 @registry.task

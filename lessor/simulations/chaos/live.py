@@ -22,7 +22,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -32,14 +31,17 @@ import anyio
 from lessor.core import events as ev
 from lessor.leasing.backend import Backend, open_backend
 from lessor.leasing.eventlog import EventLog
+from lessor.leasing.outage import is_transient
 from lessor.leasing.reaper import Reaper
 from lessor.leasing.replay import verify
 from lessor.scheduler.control import abort_run
+from lessor.scheduler.launch import worker_command
 from lessor.scheduler.submit import Retries, RunSpec, submit_runs
 from lessor.scheduler.values import pack_value
 from lessor.server import EmbeddedServer, _die_with_parent
+from lessor.simulations.chaos.app import APP
 from lessor.simulations.chaos.proxy import ChaosProxy
-from lessor.simulations.checkers import Violation, liveness, single_owner
+from lessor.simulations.checkers import Violation, liveness, no_runaway, single_owner
 from lessor.simulations.truth import Execution, Truth
 
 NAMESPACE, QUEUE = "chaos/development", "chaos"
@@ -114,11 +116,9 @@ class Chaos:
         truth_path = os.path.join(self.dir, f"truth-{worker_id}.jsonl")
         log = open(os.path.join(self.dir, f"{worker_id}.log"), "w")
         popen = subprocess.Popen(
-            [sys.executable, "-m", "lessor", "worker", "--app", "lessor.simulations.chaos.app:registry",
-             "--queue", QUEUE, "--namespace", NAMESPACE, "--worker-id", worker_id, "--concurrency", "6",
-             "--ttl-ms", str(TTL_MS), "--grace-ms", str(GRACE_MS), "--margin-ms", str(MARGIN_MS), "--drain-s", "1",
-             "--redis-url", f"redis://127.0.0.1:{proxy.port}", "--truth-log", truth_path,
-             "--durability", self.durability],
+            worker_command(f"redis://127.0.0.1:{proxy.port}", APP, worker_id=worker_id, queue=QUEUE,
+                           namespace=NAMESPACE, concurrency=6, ttl_ms=TTL_MS, grace_ms=GRACE_MS, margin_ms=MARGIN_MS,
+                           drain_s=1, truth_log=truth_path, durability=self.durability),
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         proc = Proc(index, incarnation, popen, proxy, truth_path)
         self.all_procs.append(proc)
@@ -145,7 +145,7 @@ class Chaos:
                 retries=Retries(system=5))]))
             if done is not None:  # acknowledged: it must finish
                 self.submitted.append(run_id)
-            if self.rng.random() < 0.05:
+            if self.rng.random() < 0.05 and done is not None:  # an unacknowledged run may not exist
                 await _tolerant(abort_run(backend, NAMESPACE, run_id, "aborted by chaos"))
             i += 1
             await anyio.sleep(self.rng.uniform(0.05, 0.4))
@@ -285,7 +285,7 @@ class Chaos:
         violations = single_owner.check(pairs)
         violations += [Violation("no_overlap", ref, f"two attempts executed at once for {ms} ms")
                        for ref, ms in overlaps.items() if ms > TOLERANCE_MS]
-        violations += _runaway(pairs, truth)
+        violations += no_runaway.check_wall_clock(pairs, truth, TOLERANCE_MS)
         violations += liveness.check(pairs, self.submitted, 0 if quiesce_s is not None else None, 0)
         violations += [Violation("replay_verify", d.key, str(d)) for d in await verify(backend)]
         count = lambda cls: sum(1 for _, e in pairs if isinstance(e, cls))  # noqa: E731
@@ -298,15 +298,25 @@ class Chaos:
 
 
 async def _tolerant(awaitable):
-    """Await, treating a server that is restarting as a pass to retry later."""
-    from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+    """Await; None if the store was down, restarting or reloading (a pass to retry later).
 
-    from lessor.errors import StoreUnavailable
-
+    Raises anything else. A call that fans out over a task group (``submit_runs``,
+    the keeper) raises an ExceptionGroup: one whose every member is a transient
+    store error counts as one (``transient``).
+    """
     try:
         return await awaitable
-    except (ConnectionError, TimeoutError, BusyLoadingError, StoreUnavailable):  # down, reloading, not durable
+    except Exception as exc:
+        if not transient(exc):
+            raise
         return None
+
+
+def transient(exc: BaseException) -> bool:
+    """``is_transient``, looking inside exception groups: transient if every member is."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(transient(e) for e in exc.exceptions)
+    return is_transient(exc)
 
 
 def _minus_pauses(proc: Proc, key: tuple[str, int], start: int, end: int, ended: str) -> list[Execution]:
@@ -335,21 +345,6 @@ def _overlaps(truth: Truth) -> dict[str, int]:
     from lessor.simulations.checkers.no_overlap import overlap_ms
 
     return overlap_ms(truth)
-
-
-def _runaway(pairs, truth: Truth) -> list[Violation]:
-    last: dict[tuple[str, int], int] = {}
-    for x in truth.executions:
-        last[(x.ref, x.token)] = max(last.get((x.ref, x.token), 0), x.end_ms or 0)
-    out = []
-    for _, e in pairs:
-        if isinstance(e, ev.LeaseExpired):
-            ref = f"{e.ns}/{e.run}/{e.action}"
-            end = last.get((ref, e.token))
-            if end is not None and end > e.ts + TOLERANCE_MS:
-                out.append(Violation("no_runaway", ref, f"{e.worker} kept running token {e.token} "
-                                                        f"{end - e.ts} ms after its lease expired"))
-    return out
 
 
 def add_arguments(p) -> None:

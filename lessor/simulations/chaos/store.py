@@ -34,7 +34,6 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -48,10 +47,12 @@ from lessor.leasing.durability import Durability
 from lessor.leasing.eventlog import EventLog
 from lessor.leasing.outage import is_transient
 from lessor.leasing.replay import verify
+from lessor.scheduler.launch import lessor_command, worker_command
 from lessor.scheduler.submit import Retries, RunSpec, submit_runs
 from lessor.scheduler.values import pack_value
 from lessor.server import EmbeddedServer, _die_with_parent
-from lessor.simulations.checkers import Violation, liveness, single_owner
+from lessor.simulations.chaos.app import APP
+from lessor.simulations.checkers import Violation, liveness, no_runaway, single_owner
 from lessor.simulations.truth import Execution, Truth
 
 NAMESPACE, QUEUE = "chaos/development", "chaos"
@@ -169,31 +170,31 @@ class StoreChaos:
         env["COLUMNS"] = "400"  # one log line per record: the verdict reads them
         return env
 
-    def _spawn(self, base: str, argv: list[str], truth: bool) -> Process:
+    def _incarnation(self, base: str) -> str:
+        """``base`` the first time, then ``base-r1``, ``base-r2``, ... (one name per process started)."""
         n = self.incarnations[base]
         self.incarnations[base] += 1
-        name = base if n == 0 else f"{base}-r{n}"
+        return base if n == 0 else f"{base}-r{n}"
+
+    def _spawn(self, name: str, argv: list[str], truth_path: str | None = None) -> Process:
         log_path = os.path.join(self.dir, f"{name}.log")
-        truth_path = os.path.join(self.dir, f"truth-{name}.jsonl") if truth else None
-        if truth_path:
-            argv = [*argv, "--worker-id", name, "--truth-log", truth_path]
-        popen = subprocess.Popen([sys.executable, "-m", "lessor", *argv], stdout=open(log_path, "w"),
-                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._env(),
-                                 preexec_fn=_die_with_parent)
+        popen = subprocess.Popen(argv, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 env=self._env(), preexec_fn=_die_with_parent)
         proc = Process(name, popen, log_path, truth_path)
         self.all_procs.append(proc)
         return proc
 
     def spawn_worker(self, index: int) -> Process:
-        return self._spawn(f"c{index}", [
-            "worker", "--app", "lessor.simulations.chaos.app:registry", "--queue", QUEUE, "--namespace", NAMESPACE,
-            "--concurrency", str(self.concurrency), "--ttl-ms", str(TTL_MS), "--grace-ms", str(GRACE_MS),
-            "--margin-ms", str(MARGIN_MS), "--drain-s", "1", "--no-reap", "--durability", self.durability,
-            "--redis-url", self.server.tcp_url], truth=True)
+        name = self._incarnation(f"c{index}")
+        truth_path = os.path.join(self.dir, f"truth-{name}.jsonl")
+        return self._spawn(name, worker_command(
+            self.server.tcp_url, APP, worker_id=name, queue=QUEUE, namespace=NAMESPACE, concurrency=self.concurrency,
+            ttl_ms=TTL_MS, grace_ms=GRACE_MS, margin_ms=MARGIN_MS, drain_s=1, reap=False,
+            durability=self.durability, truth_log=truth_path), truth_path)
 
     def spawn_reaper(self) -> Process:
-        return self._spawn("reaper", ["reaper", "--redis-url", self.server.url, "--interval-ms", "100",
-                                      "--durability", self.durability], truth=False)
+        return self._spawn(self._incarnation("reaper"), lessor_command(
+            "reaper", "--redis-url", self.server.url, "--interval-ms", "100", "--durability", self.durability))
 
     async def ready(self, proc: Process, timeout_s: float = 30.0) -> None:
         """Wait until the process says it is connected (its first log line after open_backend).
@@ -416,12 +417,11 @@ class StoreChaos:
         actions_left = await self.actions_left_running(backend)
 
         from lessor.simulations.checkers.no_overlap import overlap_ms
-        from lessor.simulations.chaos.live import _runaway
 
         violations = single_owner.check(pairs)
         violations += [Violation("no_overlap", ref, f"two attempts executed at once for {ms} ms")
                        for ref, ms in overlap_ms(truth).items() if ms > TOLERANCE_MS]
-        violations += _runaway(pairs, truth)
+        violations += no_runaway.check_wall_clock(pairs, truth, TOLERANCE_MS)
         violations += liveness.check(pairs, self.submitted, 0 if finished_s is not None else None, 0)
         violations += [Violation("replay_verify", d.key, str(d)) for d in await verify(backend)]
         survived, unconfirmed = self.process_logs()

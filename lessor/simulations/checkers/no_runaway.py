@@ -39,3 +39,23 @@ def check(entries, truth: Truth, drift_within_bound: bool = True, clock_monotoni
                 out.append(Violation(NAME, ref, f"{e.worker} kept computing token {e.token} until {last}, "
                                                 f"{last - e.ts} ms after its lease expired at {e.ts}"))
     return out
+
+
+def check_wall_clock(entries, truth: Truth, tolerance_ms: int) -> list[Violation]:
+    """The live-chaos form: ``truth`` has wall-clock ends (``end_ms``) of real processes on this host.
+
+    A violation is an attempt still running more than ``tolerance_ms`` (timer and
+    scheduling slack) after its lease_expired event's server time.
+    """
+    last: dict[tuple[str, int], int] = {}
+    for x in truth.executions:
+        last[(x.ref, x.token)] = max(last.get((x.ref, x.token), 0), x.end_ms or 0)
+    out = []
+    for _, e in entries:
+        if isinstance(e, ev.LeaseExpired):
+            ref = f"{e.ns}/{e.run}/{e.action}"
+            end = last.get((ref, e.token))
+            if end is not None and end > e.ts + tolerance_ms:
+                out.append(Violation(NAME, ref, f"{e.worker} kept running token {e.token} "
+                                                f"{end - e.ts} ms after its lease expired"))
+    return out

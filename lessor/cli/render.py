@@ -1,10 +1,13 @@
-"""Human-readable rendering of events: one sentence per event, lines and JSON."""
+"""What the ``lessor`` command prints: one sentence per event, tables of runs and checks,
+execution trees, and the JSON ``--json`` prints instead."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from datetime import datetime, timezone
+from typing import Any
 
 from rich.markup import escape
 
@@ -53,13 +56,30 @@ def clock_text(ts_ms: int) -> str:
     return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).strftime("%H:%M:%S.%f")[:-3]
 
 
+# --- events ------------------------------------------------------------------------------
+
 _STYLES = {"lease_expired": "bold red", "report_rejected": "bold magenta", "action_failed": "red",
            "run_completed": "bold green", "action_succeeded": "green", "lease_resumed": "yellow",
            "action_requeued": "yellow", "action_aborted": "red", "abort_requested": "red"}
 
 
+def event_to_json(partition: int, event: Any) -> dict:
+    """A JSON-ready dict of an event (blobs decoded as msgpack when they are, else hex)."""
+    from lessor.scheduler.values import show_value
+
+    out = {"partition": partition, "id": event.id, "type": event.TYPE}
+    for f in dataclasses.fields(event):
+        if f.name in ("id", "extra"):
+            continue
+        value = getattr(event, f.name)
+        out[f.name] = show_value(value) if isinstance(value, bytes) else value
+    if event.extra:
+        out["extra"] = {k: repr(v) for k, v in event.extra.items()}
+    return out
+
+
 class EventPrinter:
-    """Prints events as readable lines (rich) or JSON lines."""
+    """Prints events as readable lines (rich) or JSON lines, each flushed as it is printed."""
 
     def __init__(self, as_json: bool = False) -> None:
         self.as_json = as_json
@@ -67,10 +87,8 @@ class EventPrinter:
 
         self.console = Console(highlight=False)
 
-    def print(self, partition: int, event: ev.Event, live: bool = False) -> None:
+    def print(self, partition: int, event: ev.Event) -> None:
         if self.as_json:
-            from lessor.cli import event_to_json
-
             sys.stdout.write(json.dumps(event_to_json(partition, event)) + "\n")
             sys.stdout.flush()
             return
@@ -78,9 +96,6 @@ class EventPrinter:
             f"[dim]{clock_text(event.ts)} p{partition}[/dim] [cyan]{event.ns}/{event.run}[/cyan] "
             f"[{_STYLES.get(event.TYPE, 'default')}]{escape(describe(event))}[/]", soft_wrap=True
         )
-
-    def flush(self) -> None:
-        sys.stdout.flush()
 
 
 # --- runs and trees ------------------------------------------------------------------
@@ -138,7 +153,7 @@ def print_runs(runs, cursor, namespace: str = "") -> None:
         console.print(f"next page: --cursor {cursor}", style="dim", markup=False)
 
 
-def node_label(a, now_ms: int | None = None) -> str:
+def node_label(a) -> str:
     """One tree line for an action: id, task, phase, attempt, token, worker, notes."""
     style = _PHASE_STYLE.get(a.phase.value, "")
     parts = [f"[bold]{a.action_id}[/bold] {escape(a.task)}", f"[{style}]{a.phase.value}[/]",
@@ -171,3 +186,46 @@ def print_tree(info, root) -> None:
 
     add(top, root)
     Console().print(top)
+
+
+# --- replay and doctor -------------------------------------------------------------------
+
+
+def replay_to_json(world, verified: bool, diffs: list) -> dict:
+    """What ``lessor replay --json`` prints: counts of the rebuilt state and every difference."""
+    from collections import Counter
+
+    return {"events": world.events, "runs": len(world.runs), "actions": len(world.actions),
+            "action_phases": dict(Counter(a.phase.value for a in world.actions.values())), "verified": verified,
+            "differences": [str(d) for d in diffs]}
+
+
+def print_replay(summary: dict) -> None:
+    """The replay summary in a sentence, then (with --verify) every difference and the verdict."""
+    from rich.console import Console
+
+    console = Console()
+    phases = summary["action_phases"]
+    console.print(f"replayed {summary['events']} events: {summary['runs']} runs, "
+                  f"{summary['actions']} actions " + ", ".join(f"{k}={v}" for k, v in sorted(phases.items())))
+    if summary["verified"]:
+        diffs = summary["differences"]
+        for d in diffs:
+            console.print(f"  DIFF {d}", style="red", markup=False)
+        console.print("verify: " + ("live projection equals the fold of the log" if not diffs
+                                    else f"{len(diffs)} differences"),
+                      style="green" if not diffs else "bold red")
+
+
+def print_checks(checks) -> None:
+    """The doctor's findings as a table: check, status (ok, warn, fail), finding."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="lessor doctor")
+    for col in ("check", "status", "finding"):
+        table.add_column(col, overflow="fold")
+    colour = {"ok": "green", "warn": "yellow", "fail": "bold red"}
+    for c in checks:
+        table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/]", c.detail)
+    Console().print(table)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -22,20 +21,22 @@ import anyio
 from rich.console import Console
 from rich.markup import escape
 
+import lessor
+from lessor.cli.render import describe, print_tree
 from lessor.core import events as ev
-from lessor.leasing.backend import Backend, open_backend
+from lessor.leasing.backend import Backend
 from lessor.leasing.eventlog import EventLog
 from lessor.leasing.reaper import Reaper
 from lessor.leasing.replay import verify
-from lessor.scheduler.query import get_run, run_actions, tree
+from lessor.scheduler.launch import worker_command
+from lessor.scheduler.query import run_actions
 from lessor.scheduler.registry import Registry
-from lessor.scheduler.render import describe, print_tree
-from lessor.scheduler.submit import Retries, submit_run
-from lessor.scheduler.values import pack_value
+from lessor.scheduler.submit import Retries
 from lessor.server import EmbeddedServer, _die_with_parent
 from lessor.simulations.checkers import single_owner
 
 NAMESPACE, QUEUE = "demo/development", "demo"
+APP = "lessor.cli.demo:registry"  # the workers' --app: the tasks below
 TTL_MS, GRACE_MS = 2000, 1500
 
 registry = Registry()
@@ -90,9 +91,8 @@ def spawn_workers(url: str, n: int, logdir: str) -> list[subprocess.Popen]:
     for i in range(1, n + 1):
         log = open(os.path.join(logdir, f"w-{i}.log"), "w")
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "lessor", "worker", "--app", "lessor.demo:registry", "--queue", QUEUE,
-             "--namespace", NAMESPACE, "--concurrency", "8", "--worker-id", f"w-{i}", "--ttl-ms", str(TTL_MS),
-             "--grace-ms", str(GRACE_MS), "--drain-s", "2", "--redis-url", url],
+            worker_command(url, APP, worker_id=f"w-{i}", queue=QUEUE, namespace=NAMESPACE, concurrency=8,
+                           ttl_ms=TTL_MS, grace_ms=GRACE_MS, drain_s=2),
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent))
     return procs
 
@@ -157,13 +157,15 @@ async def pick_victim(backend: Backend, run_id: str, story: Story) -> tuple[str,
         await anyio.sleep(0.05)
 
 
-async def tell_the_story(backend: Backend, procs: list, children: int, console: Console, quiet: bool) -> dict:
+async def tell_the_story(client: lessor.Client, procs: list, children: int, console: Console, quiet: bool) -> dict:
+    """Submit the run, pause the worker that holds the most children, watch them fail over, resume it."""
+    backend = client.backend
     timeline = Timeline(console, quiet)
     story = Story(children=children)
     log = EventLog(backend)
     start = await log.last_ids()
-    submitted = await submit_run(backend, "fanout", inputs=pack_value({"n": children}), namespace=NAMESPACE,
-                                 queue=QUEUE, retries=Retries(system=3))
+    submitted = await client.submit_run("fanout", {"n": children}, namespace=NAMESPACE, queue=QUEUE,
+                                        retries=Retries(system=3))
     run_id = submitted.run_id
     timeline.start_ms = (await log.run_events(NAMESPACE, run_id))[0].ts
     async with anyio.create_task_group() as tg:
@@ -205,9 +207,11 @@ async def say_at(backend: Backend, timeline: Timeline, at_ms: int, text: str) ->
     timeline.say(at_ms, text, "yellow")
 
 
-async def verify_everything(backend: Backend, run_id: str, story: Story, console: Console) -> bool:
-    info = await get_run(backend, NAMESPACE, run_id)
-    print_tree(info, await tree(backend, NAMESPACE, run_id))
+async def verify_everything(client: lessor.Client, run_id: str, story: Story, console: Console) -> bool:
+    """Print the tree and every check (the story's milestones, guarantee 1, replay --verify); all passed?"""
+    backend = client.backend
+    info = await client.get_run(run_id, namespace=NAMESPACE)
+    print_tree(info, await client.tree(run_id, namespace=NAMESPACE))
     entries = await EventLog(backend).read_all()
     violations = single_owner.check((e.partition, e.event) for e in entries)
     diffs = await verify(backend)
@@ -237,11 +241,11 @@ async def main(children: int, workers: int, quiet: bool) -> int:
         console.print(f"[bold]lessor demo[/bold]: embedded Valkey at {server.url}; reaper every 100 ms; "
                       f"{workers} workers (ttl {TTL_MS} ms, grace {GRACE_MS} ms); a run fanning out to "
                       f"{children} children", highlight=False)
-        async with open_backend(server.url) as backend:
+        async with lessor.connect(server.url) as client:
             procs = spawn_workers(server.url, workers, logdir)
             try:
-                result = await tell_the_story(backend, procs, children, console, quiet)
-                ok = await verify_everything(backend, result["run_id"], result["story"], console)
+                result = await tell_the_story(client, procs, children, console, quiet)
+                ok = await verify_everything(client, result["run_id"], result["story"], console)
             finally:
                 for proc in procs:
                     proc.send_signal(signal.SIGCONT)

@@ -1,0 +1,103 @@
+"""``lessor server`` runs a server to share; ``lessor doctor`` checks one before use."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+
+import anyio
+
+from lessor.cli.options import add_durability, add_url, url_of
+
+
+def add_commands(sub) -> None:
+    """Add `server` and `doctor` to the subparsers ``sub``."""
+    p = sub.add_parser("server", help="run an embedded Valkey server in the foreground, print its URL")
+    p.add_argument("--appendfsync", choices=["always", "everysec", "no"], default="everysec",
+                   help="AOF fsync policy (default everysec: at most ~1 s of writes lost on a crash)")
+    p.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--dir", help="data dir to keep (default: a temp dir removed on exit)")
+    p.add_argument("--on-crash", choices=["restart", "exit"], default="restart",
+                   help="when valkey-server dies by itself: restart it on the same dir, port and socket (it "
+                        "reloads its AOF; clients reconnect to the same URL), or exit non-zero at once "
+                        "(default restart)")
+    p.add_argument("--max-crashes", type=int, default=5, metavar="N",
+                   help="with --on-crash restart: exit non-zero at the N-th crash within 60 s (default 5)")
+    p.add_argument("--cluster", type=int, metavar="PRIMARIES",
+                   help="start a local Redis-compatible Cluster of this many primaries (>= 3) instead, and print "
+                        "its redis+cluster:// URL")
+    p.add_argument("--replicas", type=int, default=0, metavar="N", help="with --cluster: replicas per primary")
+    p.set_defaults(handler=cmd_server)
+
+    p = sub.add_parser("doctor", help="check a server before use: version, persistence, ACL, cluster, clocks")
+    add_url(p)
+    add_durability(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_doctor)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops `lessor server` as Ctrl-C does: the server is stopped too
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    """Run the server in the foreground and watch it: it never sits up silently with a dead child.
+
+    A child that dies by itself is restarted on the same dir, port and socket (or, with
+    --on-crash exit, ends the command with exit code 3), one stderr line each; SIGTERM or
+    Ctrl-C stops the child and exits 0. The child has its own process group, so a
+    terminal's Ctrl-C reaches only this process and is never mistaken for a crash.
+    """
+    from lessor.server import EmbeddedServer, supervise
+
+    if args.cluster is not None:
+        return _serve_cluster(args)
+    if args.max_crashes < 1:
+        raise ValueError(f"--max-crashes must be at least 1, got {args.max_crashes}")
+    server = EmbeddedServer(appendfsync=args.appendfsync, port=args.port, workdir=args.dir,
+                            own_process_group=True)
+    with server:
+        print(f"lessor server (valkey) ready, appendfsync={args.appendfsync}, on crash: {args.on_crash}",
+              flush=True)
+        print(f"  export LESSOR_REDIS_URL={server.url}", flush=True)
+        print(f"  tcp: {server.tcp_url}   data: {server.workdir}   log: {server.log_path}   (Ctrl-C to stop)",
+              flush=True)
+        signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            supervise(server, on_crash=args.on_crash, max_crashes=args.max_crashes)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _serve_cluster(args: argparse.Namespace) -> int:
+    """`lessor server --cluster N [--replicas R]`: a local cluster in the foreground until Ctrl-C/SIGTERM."""
+    from lessor.cluster import LocalCluster
+
+    cluster = LocalCluster(primaries=args.cluster, replicas=args.replicas, appendfsync=args.appendfsync,
+                           workdir=args.dir)
+    with cluster:
+        print(f"lessor server: a local cluster of {args.cluster} primaries x {1 + args.replicas} nodes ready "
+              f"(appendfsync={args.appendfsync})", flush=True)
+        print(f"  export LESSOR_REDIS_URL={cluster.url}", flush=True)
+        print(f"  data: {cluster.workdir}   (Ctrl-C to stop)", flush=True)
+        signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """`lessor doctor`: read-only checks of the shared server; exit 1 if any fails."""
+    from lessor.cli.render import print_checks
+    from lessor.doctor import as_dicts, run_checks
+
+    checks = anyio.run(run_checks, url_of(args), args.durability)
+    if args.json:
+        print(json.dumps(as_dicts(checks), indent=1))
+    else:
+        print_checks(checks)
+    return 1 if any(c.status == "fail" for c in checks) else 0
