@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import anyio
 import pytest
 
 from lessor.core import events as ev
@@ -134,3 +137,35 @@ async def test_housekeeping_runs_once_per_interval_for_the_whole_fleet(vbackend,
     assert (first.skipped, first.retention.retired, second.skipped) == (False, 6, True)
     assert sum(c.archived for c in first.compaction) > 0 and sum(c.trimmed for c in first.compaction) > 0
     assert await verify(vbackend) == []
+
+
+def test_the_retention_commands_end_to_end(flushed, tmp_path):
+    """set, show, run --once with an archive; then the retired run is read back and named as retired."""
+    from tests.test_cli import lessor
+
+    assert lessor("retention", "set", NS, "--keep-runs", "0", "--cache-max", "10", url=flushed, check=True).stdout \
+        == f"{NS}: keep the newest 0 finished runs; keep at most 10 cached results\n"
+    assert json.loads(lessor("retention", "show", "--json", url=flushed, check=True).stdout)[NS]["keep_runs"] == 0
+    run = json.loads(lessor("submit", "t", "--json", url=flushed, check=True).stdout)["run"]
+    anyio.run(_complete_all, flushed)
+    archive = str(tmp_path / "archive")
+    figures = json.loads(lessor("retention", "run", "--once", "--archive", archive, "--keep-window", "0",
+                                "--json", url=flushed, check=True).stdout)
+    assert figures["retired"] == 1 and figures["archived"] >= 5 and figures["trimmed"] >= 1
+    shown = lessor("run", "show", run, "--archive", archive, url=flushed)
+    assert shown.returncode == 2 and "was retired by retention" in shown.stderr and archive in shown.stderr
+    events = [json.loads(x) for x in lessor("events", "--run", run, "--archive", archive, "--json",
+                                           url=flushed, check=True).stdout.splitlines()]
+    assert [e["type"] for e in events][:2] == ["run_created", "action_created"]
+    assert events[-1]["type"] == "run_retired"
+    assert lessor("replay", "--verify", url=flushed).returncode == 0
+    assert "policy removed" in lessor("retention", "clear", NS, url=flushed, check=True).stdout
+
+
+async def _complete_all(url: str) -> None:
+    from tests.conftest import make_backend
+    b = await make_backend(url)
+    client = LeaseClient(b, "w1", CFG)
+    for lease in await client.acquire(NS, "default", 10):
+        await client.complete(lease, b"\xc0")
+    await b.redis.aclose()

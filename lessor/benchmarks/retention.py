@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from lessor.benchmarks.common import dump_json, percentile, print_table
+from lessor.errors import ConfigError
 from lessor.leasing.archive import Archive
 from lessor.leasing.backend import Backend, open_backend
 from lessor.leasing.client import LeaseClient
@@ -92,7 +93,9 @@ async def bench_retention(url: str | None, runs: int, keep_runs: int, batch: int
     cfg = LeaseConfig(ttl_ms=30_000, grace_ms=5_000)
     try:
         async with open_backend(url) as backend:
-            await backend.redis.flushall()
+            if await backend.redis.dbsize():   # it measures used_memory, and must not touch a user's data
+                raise ConfigError(f"bench retention needs an empty server, and {backend.url} holds keys: "
+                                  "run it on the embedded server (no --redis-url) or an empty one")
             await set_policy(backend, NS, RetentionPolicy(keep_runs=keep_runs))
             keeper = Housekeeper(backend, Archive(archive_dir), interval_ms=1000, keep_window_ms=0,
                                  batch=2_000, limit=100)
@@ -265,3 +268,23 @@ def _side_main(url: str, stop, send) -> None:
         return out
 
     send.send(anyio.run(main))
+
+
+def add_arguments(p) -> None:
+    """The options of `lessor bench retention`."""
+    p.add_argument("--runs", type=int, default=200_000, help="runs pushed through (the issue's figure: 1000000)")
+    p.add_argument("--keep-runs", type=int, default=10_000, help="finished runs retained (default 10000)")
+    p.add_argument("--rate", type=float, default=2000.0, help="runs per second at most (0 = as fast as possible)")
+    p.add_argument("--batch", type=int, default=500, help="runs per submit/acquire/complete batch")
+    p.add_argument("--sample-every", type=int, default=0, help="runs between memory samples (default runs/20)")
+    p.add_argument("--archive", metavar="DIR", help="keep the archive here (default: a temp dir, removed)")
+    p.add_argument("--plot", metavar="PNG", help="draw used_memory against runs (needs the [plot] extra)")
+    p.add_argument("--json", action="store_true")
+
+
+def main(args) -> int:
+    """`lessor bench retention`: push runs through, print the curve's figures (and plot it)."""
+    result = anyio.run(bench_retention, args.redis_url, args.runs, args.keep_runs, args.batch,
+                       args.sample_every or max(args.runs // 20, 1000), args.archive, args.rate)
+    report(result, args.keep_runs, args.json, args.plot)
+    return 0 if result.differences == 0 else 1

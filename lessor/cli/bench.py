@@ -9,14 +9,15 @@ from lessor.cli.options import add_url
 
 def benches() -> dict:
     """name: (module with add_arguments and main, help line), in the order --help lists them."""
-    from lessor.benchmarks import eventlog, failover, heartbeat, reapstorm, schedule, simulate
+    from lessor.benchmarks import eventlog, failover, heartbeat, reapstorm, retention, schedule, simulate
 
     return {"heartbeat": (heartbeat, "lease renewals/s vs the server's limit"),
             "eventlog": (eventlog, "event appends/s vs plain XADD"),
             "schedule": (schedule, "end-to-end actions/s vs the server's limit"),
             "simulate": (simulate, "simulated scenarios per minute at a fixed size"),
             "failover": (failover, "time until a dead worker's actions run elsewhere"),
-            "reap-storm": (reapstorm, "reaping 100k expired leases: call ms, clear time, p99s vs before")}
+            "reap-storm": (reapstorm, "reaping 100k expired leases: call ms, clear time, p99s vs before"),
+            "retention": (retention, "memory while runs flow through with retention: the plateau, verify time")}
 
 
 def add_commands(sub) -> None:

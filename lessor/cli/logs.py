@@ -18,6 +18,8 @@ def add_commands(sub) -> None:
     add_namespace(p)
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     p.add_argument("--json", action="store_true", help="one JSON object per event")
+    p.add_argument("--archive", metavar="DIR", help="with --run: read the run's archived events from DIR first "
+                                                    "(history that compaction trimmed from the server)")
     p.set_defaults(handler=cmd_events)
 
     p = sub.add_parser("replay", help="rebuild all state from the streams alone")
@@ -32,14 +34,26 @@ def cmd_events(args: argparse.Namespace) -> int:
     """`lessor events`: every run's events (or --run's), then with --follow every new one (Client.entries)."""
     import lessor
     from lessor.cli.render import EventPrinter
+    from lessor.leasing.archive import Archive
+
+    if args.archive and not args.run:
+        raise ValueError("--archive reads one run's history: give --run ID")
 
     async def run() -> None:
         printer = EventPrinter(as_json=args.json)
         shown = 0
         async with lessor.connect(url_of(args)) as client:
+            seen: set[str] = set()
+            if args.archive:   # archived first (older), then what the server still holds
+                partition = client.backend.keys_for_run(args.namespace, args.run).partition
+                for event in Archive(args.archive).run_events(args.namespace, args.run, partition):
+                    printer.print(partition, event)
+                    seen.add(event.id)
+                    shown += 1
             async for entry in client.entries(args.run, namespace=args.namespace, follow=args.follow):
-                printer.print(entry.partition, entry.event)
-                shown += 1
+                if entry.event.id not in seen:
+                    printer.print(entry.partition, entry.event)
+                    shown += 1
         if args.run and not shown:
             raise ValueError(f"no events of run {args.namespace}/{args.run}: check the id and "
                              "--namespace (`lessor runs --namespace ...`)")

@@ -17,6 +17,10 @@ def add_commands(sub) -> None:
     add_url(p)
     p.add_argument("--interval-ms", type=int, default=200, help="time between passes (default 200)")
     p.add_argument("--limit", type=int, default=500, help="leases per script call (bounded batches)")
+    p.add_argument("--archive", help="also compact the log: archive events to this directory (gzip JSON lines), "
+                                     "snapshot the state, trim the stream (see docs/retention.md)")
+    p.add_argument("--keep-window", default="60s", help="with --archive: never trim the newest events of this "
+                                                        "window, so slow followers keep their place (default 60s)")
     add_durability(p)
     p.add_argument("--otel", choices=["console", "otlp"], help="turn on OpenTelemetry")
     p.set_defaults(handler=cmd_reaper)
@@ -79,7 +83,12 @@ def cmd_reaper(args: argparse.Namespace) -> int:
     """`lessor reaper`: reap every interval until stopped, one line per pass that changed something."""
     from lessor import telemetry
     from lessor.leasing.backend import open_backend
+    from lessor.leasing.archive import Archive
+    from lessor.leasing.housekeeping import Housekeeper
     from lessor.leasing.reaper import Reaper
+    from lessor.leasing.retention import parse_duration
+
+    archive = Archive(args.archive) if args.archive else None
 
     def report(r) -> None:
         if r.expired or r.timed_out or r.promoted:
@@ -91,8 +100,12 @@ def cmd_reaper(args: argparse.Namespace) -> int:
     async def run() -> None:
         async with open_backend(url_of(args), durability=args.durability, wait_for_server=True) as backend:
             print(f"reaper on {backend.url}: every {args.interval_ms} ms, {args.limit} per batch, "
-                  f"durability {backend.durability}", flush=True)
-            await Reaper(backend, limit=args.limit, interval_ms=args.interval_ms, shared=True).run(on_pass=report)
+                  f"durability {backend.durability}"
+                  + (f", archiving to {archive.directory}" if archive else ""), flush=True)
+            keeper = Housekeeper(backend, archive, keep_window_ms=parse_duration(args.keep_window))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(keeper.run)   # retention (and compaction, with --archive)
+                await Reaper(backend, limit=args.limit, interval_ms=args.interval_ms, shared=True).run(on_pass=report)
 
     anyio.run(run)
     return 0

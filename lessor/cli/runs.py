@@ -9,6 +9,7 @@ import anyio
 
 from lessor.cli.options import add_durability, add_namespace, add_url, url_of
 from lessor.core.phases import Phase
+from lessor.scheduler.control import UnknownRun
 
 
 def add_commands(sub) -> None:
@@ -39,6 +40,8 @@ def add_commands(sub) -> None:
     add_url(p)
     add_namespace(p)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--archive", metavar="DIR", help="if the run is gone, say whether retention retired it "
+                                                    "and its history is in this archive")
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("abort", help="abort a run: queued actions now, running ones at their next heartbeat")
@@ -109,12 +112,33 @@ def cmd_run(args: argparse.Namespace) -> int:
             return (await client.get_run(run_id, namespace=namespace),
                     await client.tree(run_id, namespace=namespace))
 
-    info, root = anyio.run(run)
+    try:
+        info, root = anyio.run(run)
+    except UnknownRun:
+        if args.archive:
+            retired_in_archive(args.archive, namespace, run_id, url_of(args))
+        raise
     if args.json:
         print(json.dumps(tree_to_json(info, root)))
     else:
         print_tree(info, root)
     return 0
+
+
+def retired_in_archive(directory: str, namespace: str, run_id: str, url: str | None) -> None:
+    """Raise UnknownRun saying the run was retired and where its history is, if the archive has it."""
+    from lessor.leasing.archive import Archive
+    from lessor.leasing.backend import open_backend
+
+    async def partition() -> int:
+        async with open_backend(url) as backend:
+            return backend.keys_for_run(namespace, run_id).partition
+
+    archive = Archive(directory)
+    if archive.has_run(namespace, run_id, anyio.run(partition)):
+        raise UnknownRun(f"run {namespace}/{run_id} was retired by retention; its history is archived in "
+                         f"{archive.directory}: lessor events --archive {directory} --run {run_id} "
+                         f"--namespace {namespace}")
 
 
 def cmd_abort(args: argparse.Namespace) -> int:
