@@ -64,13 +64,21 @@ def decode(data: bytes, event_id: str = "") -> Event:
 
 def _build(cls: type[Event], body: dict, event_id: str) -> Event:
     kwargs: dict[str, Any] = {}
-    extra = {k: v for k, v in body.items() if k not in _HEADER and k not in field_types(cls)}
-    for name, (kinds, required) in field_types(cls).items():
-        if name not in body or body[name] is None:
+    fields = field_types(cls)
+    extra = {k: v for k, v in body.items() if k not in fields and k not in _HEADER}
+    for name, (kinds, required) in fields.items():
+        value = body.get(name)
+        if value is None:
             if required:
                 raise EventDecodeError(f"{cls.TYPE} event {event_id or '?'} is missing field {name!r}")
             continue
-        kwargs[name] = _coerce(cls, name, body[name], kinds, event_id)
+        # The common cases first (replay and compaction decode every event): an int where
+        # an int belongs, an ASCII str where a str belongs.
+        kind = type(value)
+        if kind is int and int in kinds or kind is str and str in kinds and value.isascii():
+            kwargs[name] = value
+        else:
+            kwargs[name] = _coerce(cls, name, value, kinds, event_id)
     return cls(**kwargs, id=event_id, extra=extra)
 
 

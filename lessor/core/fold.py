@@ -86,8 +86,7 @@ def apply_action(state: ActionState | None, event: ev.ActionEvent) -> ActionStat
     target = ACTION_TRANSITIONS.get((phase, event.TYPE))
     if target is None:
         raise IllegalTransition(_subject(event), phase, event.TYPE)
-    new = _on_action(event, state)
-    return replace(new, phase=target, updated_ms=event.ts)
+    return _effects(state, event, type(event).PROJECT, ActionState, phase=target, updated_ms=event.ts)
 
 
 def apply_run(state: RunState | None, event: ev.Event) -> RunState | None:
@@ -105,8 +104,7 @@ def apply_run(state: RunState | None, event: ev.Event) -> RunState | None:
         target = Phase(event.phase)
         if target not in TERMINAL:
             raise IllegalTransition(_subject(event), phase, f"{event.TYPE}({event.phase})")
-    new = _on_run(event, state)
-    return replace(new, phase=target, updated_ms=event.ts)
+    return _effects(state, event, type(event).RUN_PROJECT, RunState, phase=target, updated_ms=event.ts)
 
 
 # --- the projection effects of each event (core/effects.py), applied -------------------
@@ -116,9 +114,9 @@ def _present(value: object) -> bool:
     return value is not None and value != ""
 
 
-def _effects(state, event: ev.Event, effects, cls):
-    """Apply an event's declared effects to ``state`` (or create it)."""
-    changes: dict[str, object] = {}
+def _effects(state, event: ev.Event, effects, cls, **changes):
+    """Apply an event's declared effects to ``state`` (or create it), with ``changes`` (the
+    new phase and time) in the same one copy: replay folds every event through here."""
     for effect in effects:
         match effect:
             case Create(renamed=renamed):
@@ -126,7 +124,7 @@ def _effects(state, event: ev.Event, effects, cls):
                 sources = dict(renamed)
                 kwargs = {name: getattr(event, sources.get(name, name)) for name in names
                           if hasattr(event, sources.get(name, name))}
-                state = cls(**kwargs, phase=Phase.QUEUED, created_ms=event.ts)
+                state = cls(**kwargs, phase=changes["phase"], created_ms=event.ts)
             case Copy():
                 changes[effect.field] = getattr(event, effect.source)
             case Const(field=name, value=value):
@@ -146,15 +144,7 @@ def _effects(state, event: ev.Event, effects, cls):
                 raise TypeError(f"{event.TYPE}: no fold rule for effect {effect!r}")
     if state is None:
         raise IllegalTransition(_subject(event), None, event.TYPE)
-    return replace(state, **changes) if changes else state
-
-
-def _on_action(event: ev.Event, state: ActionState | None) -> ActionState:
-    return _effects(state, event, type(event).PROJECT, ActionState)
-
-
-def _on_run(event: ev.Event, state: RunState | None) -> RunState:
-    return _effects(state, event, type(event).RUN_PROJECT, RunState)
+    return replace(state, **changes)
 
 
 # --- the whole log ------------------------------------------------------------------
