@@ -26,6 +26,7 @@ from lessor.leasing.eventlog import EventLog
 from lessor.leasing.reaper import Reaper
 from lessor.leasing.replay import verify
 from lessor.leasing.retention import RetentionPolicy, retire_once, set_policy
+from lessor.scheduler.schedules import Ticker, create_schedule, delete_schedule, pause_schedule, resume_schedule
 from lessor.leasing.scripts import SCRIPT_NAMES, ClockMode, Scripts, compose
 from lessor.leasing.touches import declared, reachable
 from lessor.scheduler.control import abort_run
@@ -79,6 +80,16 @@ async def _every_path(b) -> None:
     await EventLog(b).append([ev.RunCreated(ns=NS, run="appended", task="t", queue="q")])
     await set_policy(b, NS, RetentionPolicy(keep_runs=0, cache_max=0))
     await retire_once(b)                                                    # retention
+    await create_schedule(b, "hourly", "t", "0 * * * *", namespace=NS, catchup="latest")
+    await v.advance(3 * 3_600_000)
+    stale = Ticker(b, "ticker-a")
+    await stale.tick_once()                                                 # a skip and a tick
+    stale.tokens = {p: t + 1 for p, t in stale.tokens.items()}              # a deposed ticker's token
+    await v.advance(3_600_000)
+    await stale.tick_once()                                                 # refused, recorded
+    await pause_schedule(b, "hourly", namespace=NS)
+    await resume_schedule(b, "hourly", namespace=NS)
+    await delete_schedule(b, "hourly", namespace=NS)
 
 
 async def _touched(b) -> dict[str, set[str]]:
@@ -238,6 +249,8 @@ async def _each_script_once(b, failing: Scripts) -> dict[str, str]:
         "append_events": lambda: EventLog(b).append([ev.RunCreated(ns=NS, run="x1", task="t", queue="q")]),
         "reap": lambda: b.call("reap", [b.keys(leases[0].partition).prefix], [100, 0]),
         "retire": lambda: b.call("retire", [b.keys(leases[1].partition).prefix], [NS, 0, 0, 100, 0, 0]),
+        "schedule": lambda: create_schedule(b, "s1", "t", "* * * * *", namespace=NS),
+        "tick": lambda: b.call("tick", [b.keys(0).prefix], ["w1", 0, 10_000, 5_000]),
     }
     errors = {}
     working = b.scripts

@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
 from lessor.core.effects import Const, Copy, Create, Effect, FirstOf, Incr, Soft, Text
-from lessor.core.phases import FROM_PAYLOAD, RETIRED, TERMINAL, Phase
+from lessor.core.phases import FROM_PAYLOAD, RETIRED, TERMINAL, Phase, SchedulePhase
 
 SCHEMA_VERSION = 1
 
 _Q, _R = Phase.QUEUED, Phase.RUNNING
+_ON, _OFF = SchedulePhase.ACTIVE, SchedulePhase.PAUSED
 Moves = Mapping[Phase | None, Phase | str]
 
 
@@ -44,8 +45,10 @@ class Event:
     TYPE: ClassVar[str] = ""
     MOVES: ClassVar[Moves] = {}                 # on its action
     RUN_MOVES: ClassVar[Moves] = {}             # on its run
+    SCHEDULE_MOVES: ClassVar[Moves] = {}        # on its schedule
     PROJECT: ClassVar[tuple[Effect, ...]] = ()
     RUN_PROJECT: ClassVar[tuple[Effect, ...]] = ()
+    SCHEDULE_PROJECT: ClassVar[tuple[Effect, ...]] = ()
     ns: str
     run: str
     ts: int = 0
@@ -242,12 +245,104 @@ class ReportRejected(ActionEvent):
     current_token: int = 0
 
 
+# --- schedules: cron ticks, each fired once, under a fenced ticker lease (scheduler/schedules.py) ---
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleEvent(Event):
+    """An event about one schedule (``schedule``: its name in the namespace). ``run`` is the
+    run a tick started, and empty otherwise."""
+
+    schedule: str
+    run: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleCreated(ScheduleEvent):
+    TYPE: ClassVar[str] = "schedule_created"
+    SCHEDULE_MOVES = {None: _ON}
+    SCHEDULE_PROJECT = (Create(),)
+    task: str
+    queue: str
+    cron: str
+    timezone: str
+    catchup: str                 # all | latest | none
+    start_ms: int                # ticks after this instant fire (the creation time, or later)
+    inputs: bytes | None = None
+    misfire_grace_ms: int = 60_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleTicked(ScheduleEvent):
+    """A tick fired: the run it started (its id derived from the schedule and the tick)."""
+
+    TYPE: ClassVar[str] = "schedule_ticked"
+    SCHEDULE_MOVES = {_ON: _ON}
+    SCHEDULE_PROJECT = (Copy("last_tick_ms", "tick_ms"), Copy("last_run", "run"), Incr("ticks"))
+    tick_ms: int
+    token: int
+    worker: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleSkipped(ScheduleEvent):
+    """Ticks the catch-up policy did not fire (after downtime): ``count`` of them, through ``to_ms``."""
+
+    TYPE: ClassVar[str] = "schedule_skipped"
+    SCHEDULE_MOVES = {_ON: _ON}
+    SCHEDULE_PROJECT = (Copy("last_tick_ms", "to_ms"), Incr("skips"))
+    from_ms: int
+    to_ms: int
+    count: int
+    reason: str
+    token: int
+    worker: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchedulePaused(ScheduleEvent):
+    TYPE: ClassVar[str] = "schedule_paused"
+    SCHEDULE_MOVES = {_ON: _OFF}
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleResumed(ScheduleEvent):
+    """Resumed: ticks from ``from_ms`` on fire again (those of the pause never do)."""
+
+    TYPE: ClassVar[str] = "schedule_resumed"
+    SCHEDULE_MOVES = {_OFF: _ON}
+    SCHEDULE_PROJECT = (Copy("last_tick_ms", "from_ms"),)
+    from_ms: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleDeleted(ScheduleEvent):
+    TYPE: ClassVar[str] = "schedule_deleted"
+    SCHEDULE_MOVES = {_ON: RETIRED, _OFF: RETIRED}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleTickRejected(ScheduleEvent):
+    """A tick written with a ticker token that is not current (a deposed ticker): refused."""
+
+    TYPE: ClassVar[str] = "schedule_tick_rejected"
+    SCHEDULE_MOVES = {_ON: _ON, _OFF: _OFF}
+    SCHEDULE_PROJECT = (Incr("rejected"),)
+    tick_ms: int
+    token: int
+    worker: str
+    current_token: int = 0
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (
         RunCreated, RunCompleted, ActionCreated, ActionLeased, LeaseResumed, LeaseExpired,
         LeaseExtended, ActionRequeued, ActionSucceeded, ActionFailed, ActionTimedOut, AbortRequested,
         ActionAborted, CacheHit, ReportRejected, RunRetired,
+        ScheduleCreated, ScheduleTicked, ScheduleSkipped, SchedulePaused, ScheduleResumed, ScheduleDeleted,
+        ScheduleTickRejected,
     )
 }
 
@@ -262,3 +357,6 @@ ACTION_TRANSITIONS: dict[tuple[Phase | None, str], Phase] = _table("MOVES")  # t
 
 #: (phase before, event type) -> phase after, for runs (FROM_PAYLOAD: the phase the event carries).
 RUN_TRANSITIONS: dict[tuple[Phase | None, str], Phase | str] = _table("RUN_MOVES")
+
+#: (phase before, event type) -> phase after, for schedules (RETIRED: deleted).
+SCHEDULE_TRANSITIONS: dict[tuple[SchedulePhase | None, str], SchedulePhase | str] = _table("SCHEDULE_MOVES")

@@ -20,8 +20,8 @@ from typing import Iterable
 
 from lessor.core import events as ev
 from lessor.core.effects import Const, Copy, Create, FirstOf, Incr, Soft, Text, template_fields
-from lessor.core.events import ACTION_TRANSITIONS, RUN_TRANSITIONS
-from lessor.core.phases import FROM_PAYLOAD, RETIRED, TERMINAL, Phase
+from lessor.core.events import ACTION_TRANSITIONS, RUN_TRANSITIONS, SCHEDULE_TRANSITIONS
+from lessor.core.phases import FROM_PAYLOAD, RETIRED, TERMINAL, Phase, SchedulePhase
 from lessor.errors import IllegalTransition
 
 
@@ -75,7 +75,54 @@ class RunState:
     updated_ms: int = 0
 
 
+@dataclass(frozen=True)
+class ScheduleState:
+    """Everything the log says about one schedule."""
+
+    ns: str
+    schedule: str
+    task: str
+    queue: str
+    cron: str
+    timezone: str
+    catchup: str
+    phase: SchedulePhase
+    start_ms: int = 0
+    inputs: bytes | None = None
+    misfire_grace_ms: int = 0
+    last_tick_ms: int = 0
+    last_run: str = ""
+    ticks: int = 0
+    skips: int = 0
+    rejected: int = 0
+    created_ms: int = 0
+    updated_ms: int = 0
+
+
+def apply_schedule(state: ScheduleState | None, event: ev.Event) -> ScheduleState | None:
+    """Fold one schedule event; None when it deletes the schedule."""
+    phase = state.phase if state is not None else None
+    target = SCHEDULE_TRANSITIONS.get((phase, event.TYPE))
+    if target is None:
+        raise IllegalTransition(_subject(event), phase, event.TYPE)
+    if target == RETIRED:
+        return None
+    return _effects(state, event, type(event).SCHEDULE_PROJECT, ScheduleState, phase=target, updated_ms=event.ts)
+
+
+def subject_kind(event: ev.Event) -> str:
+    """What an event is about: ``schedule``, ``run`` or ``action`` (from its definition)."""
+    cls = type(event)
+    if cls.SCHEDULE_MOVES:
+        return "schedule"
+    if cls.RUN_MOVES and (not cls.MOVES or getattr(event, "action", "") == ""):
+        return "run"
+    return "action"
+
+
 def _subject(event: ev.Event) -> str:
+    if isinstance(event, ev.ScheduleEvent):
+        return f"{event.ns}/schedule {event.schedule}"
     action = getattr(event, "action", None)
     return f"{event.ns}/{event.run}" + (f"/{action}" if action else "")
 
@@ -153,8 +200,7 @@ def _effects(state, event: ev.Event, effects, cls, **changes):
 def is_run_event(event: ev.Event) -> bool:
     """Run-level events: those that move only a run, and those that move either (abort_requested)
     when they name no action."""
-    cls = type(event)
-    return bool(cls.RUN_MOVES) and (not cls.MOVES or getattr(event, "action", "") == "")
+    return subject_kind(event) == "run"
 
 
 class World:
@@ -167,6 +213,7 @@ class World:
     def __init__(self) -> None:
         self.runs: dict[str, RunState] = {}
         self.actions: dict[str, ActionState] = {}
+        self.schedules: dict[str, ScheduleState] = {}
         self._run_actions: dict[str, list[str]] = {}   # run ref -> its action refs (to retire them)
         self.events = 0
         self.bad_entries: list = []   # log entries a reader could not decode (skipped, reported)
@@ -174,7 +221,15 @@ class World:
     def apply(self, event: ev.Event) -> None:
         """Fold one event in (IllegalTransition if the log breaks the table)."""
         run_key = f"{event.ns}/{event.run}"
-        if is_run_event(event):
+        kind = subject_kind(event)
+        if kind == "schedule":
+            key = f"{event.ns}/{event.schedule}"
+            schedule = apply_schedule(self.schedules.get(key), event)
+            if schedule is None:
+                del self.schedules[key]
+            else:
+                self.schedules[key] = schedule
+        elif kind == "run":
             run = apply_run(self.runs.get(run_key), event)
             if run is None:  # retired: the run and its actions leave the state
                 del self.runs[run_key]
@@ -192,6 +247,7 @@ class World:
     def merge(self, other: "World") -> None:
         """Take in another partition's states (partitions hold disjoint runs)."""
         self.runs.update(other.runs)
+        self.schedules.update(other.schedules)
         for state in other.actions.values():
             self.adopt_action(state)
         self.events += other.events
@@ -247,3 +303,8 @@ def run_projection(state: RunState) -> dict[str, str | bytes]:
         for f in dataclasses.fields(state)
         if f.name not in _RUN_NOT_PROJECTED
     }
+
+
+def schedule_projection(state: ScheduleState) -> dict[str, str | bytes]:
+    """The schedule hash the scripts keep, as the fold predicts it."""
+    return {f.name: _as_field(getattr(state, f.name)) for f in dataclasses.fields(state) if f.name != "updated_ms"}

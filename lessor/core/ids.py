@@ -152,6 +152,14 @@ class Keys:
     def queue(self, namespace: str, queue: str) -> str:
         return self.prefix + _SUFFIX["qkey"] + f"{namespace}:{queue}"
 
+    def wake(self, namespace: str, queue: str) -> str:
+        """LIST: the queue's wake-up signal (at most one token; idle workers BLPOP it)."""
+        return self.prefix + _SUFFIX["wake_key"] + f"{namespace}:{queue}"
+
+    def schedule(self, ref: str) -> str:
+        """HASH: a schedule's projection (ref: ns/name)."""
+        return self.prefix + _SUFFIX["skey"] + ref
+
     def runs(self, namespace: str) -> str:
         """ZSET: a namespace's run ids by creation time."""
         return self.prefix + _SUFFIX["runs_key"] + namespace

@@ -47,6 +47,8 @@ PARTITION_KEYS = (
     PartitionKey("SNAPSHOT", "snapshot", "hash", "the latest snapshot: the fold of this partition at a stream id"),
     PartitionKey("ARCHIVED", "archived", "string", "the stream id through which events are archived durably"),
     PartitionKey("COMPACTING", "compacting", "string", "held by the one compactor of this partition (a lock)"),
+    PartitionKey("SCHEDULES", "schedules", "zset", "this partition's schedules (ns/name) by next due tick (ms)"),
+    PartitionKey("TICKER", "ticker", "hash", "the ticker lease of this partition: token, worker, deadline_ms"),
 )
 
 KEY_FAMILIES = (
@@ -61,6 +63,7 @@ KEY_FAMILIES = (
     KeyFamily("cache_hash", "cache:", ("ns",), "hash", "a namespace's result cache: cache key -> result"),
     KeyFamily("cache_times", "cache_at:", ("ns",), "zset", "when each cache entry was stored (for its retention)"),
     KeyFamily("done_key", "done:", ("ns",), "zset", "a namespace's finished runs by completion time (for retention)"),
+    KeyFamily("skey", "s:", ("ref",), "hash", "a schedule's projection (ref: ns/name)"),
 )
 
 #: Keys scripts need before the lazily built library (the renewal hot path, an idle

@@ -23,6 +23,13 @@ class Phase(StrEnum):
     TIMED_OUT = "timed_out"
 
 
+class SchedulePhase(StrEnum):
+    """The phase of a schedule."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+
+
 TERMINAL = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED, Phase.TIMED_OUT})
 
 #: Marks a run transition whose target phase is carried in the event (run_completed).

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import msgpack
 
-from lessor.core.fold import ActionState, RunState, World
-from lessor.core.phases import Phase
+from lessor.core.fold import ActionState, RunState, ScheduleState, World
+from lessor.core.phases import Phase, SchedulePhase
 from lessor.errors import LessorError
 
 SNAPSHOT_VERSION = 1
@@ -46,7 +46,8 @@ def encode_snapshot(at: str, world: World) -> bytes:
     """The wire form of ``world`` folded through stream id ``at``."""
     return msgpack.packb({"v": SNAPSHOT_VERSION, "id": at, "events": world.events,
                           "runs": [_state(r) for r in world.runs.values()],
-                          "actions": [_state(a) for a in world.actions.values()]}, use_bin_type=True)
+                          "actions": [_state(a) for a in world.actions.values()],
+                          "schedules": [_state(x) for x in world.schedules.values()]}, use_bin_type=True)
 
 
 def decode_snapshot(data: bytes, where: str = "?") -> Snapshot:
@@ -68,6 +69,9 @@ def decode_snapshot(data: bytes, where: str = "?") -> Snapshot:
         for a in body["actions"]:
             action = ActionState(**(a | {"phase": Phase(a["phase"])}))
             world.adopt_action(action)
+        for x in body.get("schedules", ()):   # absent in snapshots taken before schedules existed
+            schedule = ScheduleState(**(x | {"phase": SchedulePhase(x["phase"])}))
+            world.schedules[f"{schedule.ns}/{schedule.schedule}"] = schedule
         world.events = int(body["events"])
         return Snapshot(at=str(body["id"]), world=world)
     except (KeyError, TypeError, ValueError) as exc:

@@ -22,8 +22,8 @@ import typing
 from lessor.core import events as ev
 from lessor.core.codec import field_types
 from lessor.core.effects import Const, Copy, Create, FirstOf, Incr, Soft, Text, template_fields
-from lessor.core.events import ACTION_TRANSITIONS, EVENT_TYPES, RUN_TRANSITIONS
-from lessor.core.fold import ActionState, RunState
+from lessor.core.events import ACTION_TRANSITIONS, EVENT_TYPES, RUN_TRANSITIONS, SCHEDULE_TRANSITIONS
+from lessor.core.fold import ActionState, RunState, ScheduleState
 from lessor.core.keyspace import HOT, KEY_FAMILIES, PARTITION_KEYS
 from lessor.core.phases import FROM_PAYLOAD, NO_PHASE, RETIRED, TERMINAL
 from lessor.leasing.codes import Code, SubmitCode
@@ -51,7 +51,7 @@ def _transitions(name: str, table: dict) -> str:
 
 def _text_fields() -> list[str]:
     names = set(_SERVER_TEXT_FIELDS)
-    for cls in (ActionState, RunState):
+    for cls in (ActionState, RunState, ScheduleState):
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             kinds = typing.get_args(hints[f.name]) or (hints[f.name],)
@@ -65,10 +65,17 @@ def _kind(cls: type[ev.Event], name: str) -> str:
     return "i" if int in kinds else "b" if bytes in kinds else "s"
 
 
-def _run_events() -> str:
-    """RUN_EVENT[type]: 'only' (moves only a run) or 'both' (a run when it names no action)."""
-    rows = [f"{t} = '{'both' if c.MOVES else 'only'}'" for t, c in sorted(EVENT_TYPES.items()) if c.RUN_MOVES]
-    return "local RUN_EVENT = { " + ", ".join(rows) + " }"
+def _subjects() -> str:
+    """SUBJECT[type]: 'schedule', 'run', 'both' (its run when it names no action, else its
+    action) or 'action': what each event is about, as core/fold.py subject_kind() decides."""
+    def kind(c) -> str:
+        if c.SCHEDULE_MOVES:
+            return "schedule"
+        if c.RUN_MOVES:
+            return "both" if c.MOVES else "run"
+        return "action"
+    rows = [f"{t} = '{kind(c)}'" for t, c in sorted(EVENT_TYPES.items())]
+    return "local SUBJECT = { " + ", ".join(rows) + " }"
 
 
 def _event_fields() -> str:
@@ -133,6 +140,8 @@ def _handlers() -> str:
             out.append(f"ON.{etype} = {_handler(cls, cls.PROJECT, ActionState)}")
         if cls.RUN_MOVES:
             out.append(f"ON_RUN.{etype} = {_handler(cls, cls.RUN_PROJECT, RunState)}")
+        if cls.SCHEDULE_MOVES:
+            out.append(f"ON_SCHEDULE.{etype} = {_handler(cls, cls.SCHEDULE_PROJECT, ScheduleState)}")
     return "\n".join(out)
 
 
@@ -161,9 +170,10 @@ def lib_block() -> str:
     return "\n".join([
         _transitions("ACTION_T", ACTION_TRANSITIONS),
         _transitions("RUN_T", RUN_TRANSITIONS),
+        _transitions("SCHEDULE_T", SCHEDULE_TRANSITIONS),
         f"local TERMINAL = {{ {terminal} }}",
         f"local FROM_PAYLOAD, NO_PHASE, RETIRED = '{FROM_PAYLOAD}', '{NO_PHASE}', '{RETIRED}'",
-        _run_events(),
+        _subjects(),
         f"local TEXT = {{ {text} }}",
         _keys(hot=False),
         _event_fields(),

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lessor.core.fold import World, action_projection, run_projection
+from lessor.core.fold import World, action_projection, run_projection, schedule_projection
 from lessor.leasing.backend import Backend
 from lessor.leasing.compaction import load_snapshot
 from lessor.leasing.eventlog import EventLog
-
-_LIVE_ONLY = {"deadline_ms", "phase"}  # phase is compared separately (always present)
 
 
 @dataclass(frozen=True)
@@ -95,8 +93,14 @@ async def verify(backend: Backend, world: World | None = None) -> list[Differenc
         expected_keys.add(key)
         diffs += _compare(key, run_projection(state) | {"phase": state.phase.value},
                           await backend.redis.hgetall(key))
+    for ref, state in world.schedules.items():
+        ns, name = ref.rsplit("/", 1)
+        key = backend.keys_for_run(ns, name).schedule(ref)
+        expected_keys.add(key)
+        diffs += _compare(key, schedule_projection(state) | {"phase": state.phase.value},
+                          await backend.redis.hgetall(key))
     for keys in backend.all_keys():
-        for pattern in (keys.action("*"), keys.run("*")):
+        for pattern in (keys.action("*"), keys.run("*"), keys.schedule("*")):
             async for raw in backend.redis.scan_iter(match=pattern, count=1000):
                 name = raw.decode()
                 if name not in expected_keys:

@@ -26,7 +26,7 @@ from lessor.leasing import luagen
 
 SCRIPT_NAMES = (
     "append_events", "submit", "submit_child", "acquire", "renew", "complete", "fail", "release",
-    "reap", "abort", "retire",
+    "reap", "abort", "retire", "schedule", "tick",
 )
 VIRTUAL_CLOCK_KEY = "lessor:vclock"
 
@@ -52,16 +52,16 @@ end"""
 #: and each script's local bindings are both generated from it).
 _LIB_NAMES = (
     # writing events and state
-    "emit", "enqueue", "reject", "ended", "end_lease", "abort_actions", "token_source",
+    "emit", "enqueue", "wake", "create_run", "reject", "ended", "end_lease", "abort_actions", "token_source",
     # the lease rules, once each
     "fence", "check_token", "lease_dead", "lease_expiry", "expire_lease", "ensure_epoch", "server_epoch",
     # the boundary
-    "refuse", "bad_token", "bad_int", "bad_id", "bad_ns", "bad_text", "bad_bytes", "SAFE_INT",
+    "refuse", "unpack_batch", "bad_token", "bad_int", "bad_id", "bad_ns", "bad_text", "bad_bytes", "SAFE_INT",
     # reading
     "hget", "split_ref", "nz", "is_run_event",
     # generated: keys, tables, handlers
     *(k.lua for k in PARTITION_KEYS if k.lua not in HOT), *(f.lua for f in KEY_FAMILIES if f.lua not in HOT),
-    "ON", "ON_RUN", "EVF", "ACTION_T", "RUN_T", "TERMINAL", "FROM_PAYLOAD", "NO_PHASE", "RETIRED",
+    "ON", "ON_RUN", "ON_SCHEDULE", "EVF", "ACTION_T", "RUN_T", "SCHEDULE_T", "TERMINAL", "FROM_PAYLOAD", "NO_PHASE", "RETIRED",
 )
 _LIB_EXPORTS = "lib_ = {" + ", ".join(f"{n} = {n}" for n in _LIB_NAMES) + "}"
 # Scripts that need more than the renewal hot path say so with a --@@USES_LIB@@ line,

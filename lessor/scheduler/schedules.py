@@ -1,0 +1,295 @@
+"""Schedules: cron ticks that each start exactly one run, through any failover.
+
+A schedule (``create_schedule``) names a task, a cron expression and a time
+zone. Each tick becomes a run whose id is derived from (schedule, tick), so a
+tick can never start two runs. Ticking is done by a ``Ticker`` in every worker
+and reaper, under a per-partition ticker lease with a fencing token
+(``tick.lua``): one ticker per partition at a time, and a deposed ticker's late
+write is refused and recorded (``schedule_tick_rejected``).
+
+Cron is evaluated by ``cronsim`` (a well-kept evaluator that handles time zones
+and DST the way cron daemons do: a tick in the spring-forward gap fires at the
+first instant after it; a daily tick in the repeated autumn hour fires once).
+
+Catch-up after downtime (``catchup``):
+
+* ``all``: every missed tick fires, oldest first;
+* ``latest``: only the most recent missed tick fires; the others are recorded
+  as ``schedule_skipped``;
+* ``none``: a tick more than ``misfire_grace_s`` late is skipped; one within it fires.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cronsim import CronSim, CronSimError
+
+from lessor.core.ids import check_id, check_namespace, partition_of
+from lessor.errors import ConfigError, LessorError
+from lessor.leasing.backend import Backend
+from lessor.leasing.codes import Code, SubmitCode
+from lessor.leasing.scripts import VIRTUAL_CLOCK_KEY, ClockMode
+from lessor.scheduler.values import pack_value
+
+CATCHUP = ("all", "latest", "none")
+MAX_TICKS_PER_CALL = 200
+
+
+class ScheduleConflict(LessorError, ValueError):
+    """A schedule of that name exists with another definition."""
+
+
+class UnknownSchedule(LessorError, KeyError):
+    """No schedule of that name."""
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"unknown time zone {name!r}: use an IANA name such as Europe/Berlin or UTC") from None
+
+
+def check_cron(cron: str, timezone: str) -> None:
+    """ConfigError naming what is wrong with a cron expression or time zone."""
+    try:
+        CronSim(cron, datetime.now(_zone(timezone)))
+    except CronSimError as exc:
+        raise ConfigError(f"bad cron expression {cron!r}: {exc}") from None
+
+
+def ticks_between(cron: str, timezone: str, after_ms: int, until_ms: int, limit: int) -> list[int]:
+    """Tick instants (ms) strictly after ``after_ms`` and at most ``until_ms``, oldest first."""
+    it = CronSim(cron, datetime.fromtimestamp(after_ms / 1000, _zone(timezone)))
+    out = []
+    for moment in it:
+        ms = int(moment.timestamp() * 1000)
+        if ms <= after_ms:
+            continue
+        if ms > until_ms or len(out) >= limit:
+            break
+        out.append(ms)
+    return out
+
+
+def next_tick(cron: str, timezone: str, after_ms: int) -> int:
+    """The first tick instant (ms) strictly after ``after_ms``."""
+    for moment in CronSim(cron, datetime.fromtimestamp(after_ms / 1000, _zone(timezone))):
+        ms = int(moment.timestamp() * 1000)
+        if ms > after_ms:
+            return ms
+    raise ConfigError(f"cron {cron!r} never fires")
+
+
+def schedule_run_id(namespace: str, name: str, tick_ms: int, partitions: int) -> str:
+    """The run id of one tick: derived from (schedule, tick) only, and in the schedule's own
+    partition, so that the tick and its run are written by one atomic script."""
+    target = partition_of(namespace, name, partitions)
+    base = f"{name[:24]}-{zlib.crc32(name.encode()):08x}-{tick_ms}"
+    for k in range(100 * partitions):
+        run = f"{base}-{k}"
+        if partition_of(namespace, run, partitions) == target:
+            return run
+    raise AssertionError("no run id in the schedule's partition")   # 1 - (1 - 1/P)^(100P): never
+
+
+async def server_now_ms(backend: Backend) -> int:
+    """Now on the clock the scripts judge by: the server's TIME, or the simulations' virtual clock."""
+    if backend.clock is ClockMode.VIRTUAL:
+        return int(await backend.redis.get(VIRTUAL_CLOCK_KEY) or 0)
+    seconds, micros = await backend.redis.time()
+    return seconds * 1000 + micros // 1000
+
+
+@dataclass(frozen=True)
+class ScheduleInfo:
+    """A schedule's live state."""
+
+    namespace: str
+    name: str
+    task: str
+    queue: str
+    cron: str
+    timezone: str
+    catchup: str
+    phase: str
+    last_tick_ms: int
+    last_run: str
+    ticks: int
+    skips: int
+    next_due_ms: int | None
+
+
+async def create_schedule(backend: Backend, name: str, task: str, cron: str, *, timezone: str = "UTC",
+                          inputs=None, namespace: str, queue: str = "default", catchup: str = "latest",
+                          misfire_grace_s: float = 60.0, start_ms: int | None = None) -> bool:
+    """Create a schedule; True if created now, False if the same one existed (ScheduleConflict
+    if another one has that name). Ticks after ``start_ms`` (default: now) fire."""
+    check_namespace(namespace)
+    check_id("schedule name", name)
+    check_id("task", task)
+    check_id("queue", queue)
+    check_cron(cron, timezone)
+    if catchup not in CATCHUP:
+        raise ConfigError(f"catchup must be one of {', '.join(CATCHUP)}, got {catchup!r}")
+    if not 0 <= misfire_grace_s <= 86_400:
+        raise ConfigError(f"misfire_grace_s must be within 0..86400, got {misfire_grace_s!r}")
+    start = start_ms if start_ms is not None else await server_now_ms(backend)
+    keys = backend.keys_for_run(namespace, name)
+    (code,) = await backend.call("schedule", [keys.prefix], [
+        "create", namespace, name, task, queue, cron, timezone, catchup, start,
+        pack_value(inputs) if inputs is not None else b"", int(misfire_grace_s * 1000),
+        next_tick(cron, timezone, start)])
+    if code == SubmitCode.CONFLICT:
+        raise ScheduleConflict(f"schedule {namespace}/{name} exists with another definition: "
+                               "delete it first, or choose another name")
+    return code == SubmitCode.CREATED
+
+
+async def _verb(backend: Backend, namespace: str, name: str, verb: str, *args) -> int:
+    check_namespace(namespace)
+    check_id("schedule name", name)
+    (code,) = await backend.call("schedule", [backend.keys_for_run(namespace, name).prefix],
+                                 [verb, namespace, name, *args])
+    if code == Code.UNKNOWN:
+        raise UnknownSchedule(f"no schedule {namespace}/{name}: `lessor schedule list` shows them")
+    return code
+
+
+async def pause_schedule(backend: Backend, name: str, *, namespace: str, reason: str = "") -> bool:
+    """Pause; False if it was paused already."""
+    return await _verb(backend, namespace, name, "pause", reason) == Code.OK
+
+
+async def resume_schedule(backend: Backend, name: str, *, namespace: str) -> bool:
+    """Resume from now: the ticks of the pause never fire. False if it was active already."""
+    info = await get_schedule(backend, name, namespace=namespace)
+    now = await server_now_ms(backend)
+    return await _verb(backend, namespace, name, "resume", now, next_tick(info.cron, info.timezone, now)) == Code.OK
+
+
+async def delete_schedule(backend: Backend, name: str, *, namespace: str) -> None:
+    """Delete (its runs stay)."""
+    await _verb(backend, namespace, name, "delete")
+
+
+async def get_schedule(backend: Backend, name: str, *, namespace: str) -> ScheduleInfo:
+    """One schedule's live state; UnknownSchedule if there is none."""
+    keys = backend.keys_for_run(namespace, name)
+    ref = f"{namespace}/{name}"
+    h = await backend.redis.hgetall(keys.schedule(ref))
+    if not h:
+        raise UnknownSchedule(f"no schedule {ref}: `lessor schedule list` shows them")
+    due = await backend.redis.zscore(keys.named("SCHEDULES"), ref)
+    return _info(namespace, name, h, due)
+
+
+def _info(namespace: str, name: str, h: dict, due) -> ScheduleInfo:
+    text = {k.decode(): v.decode(errors="replace") for k, v in h.items() if k != b"inputs"}
+    return ScheduleInfo(namespace, name, text.get("task", ""), text.get("queue", ""), text.get("cron", ""),
+                        text.get("timezone", ""), text.get("catchup", ""), text.get("phase", ""),
+                        int(text.get("last_tick_ms") or 0), text.get("last_run", ""), int(text.get("ticks") or 0),
+                        int(text.get("skips") or 0), int(due) if due is not None else None)
+
+
+async def list_schedules(backend: Backend, namespace: str | None = None) -> list[ScheduleInfo]:
+    """Every schedule (of ``namespace``, if given), active and paused. Reads each partition's index
+    and the paused ones from a bounded SCAN of schedule keys."""
+    out = []
+    for keys in backend.all_keys():
+        async for raw in backend.redis.scan_iter(match=keys.schedule(f"{namespace or '*'}/*"), count=1000):
+            ref = raw.decode()[len(keys.schedule("")):]
+            ns, name = ref.rsplit("/", 1)
+            due = await backend.redis.zscore(keys.named("SCHEDULES"), ref)
+            out.append(_info(ns, name, await backend.redis.hgetall(raw), due))
+    return sorted(out, key=lambda s: (s.namespace, s.name))
+
+
+@dataclass
+class TickResult:
+    """One ticker pass over every partition."""
+
+    fired: int = 0
+    skipped: int = 0
+    partitions_held: int = 0
+    refused: int = 0
+
+
+class Ticker:
+    """Fires due ticks, partition by partition, under each partition's ticker lease."""
+
+    def __init__(self, backend: Backend, worker_id: str, *, ttl_ms: int = 10_000, grace_ms: int = 5_000,
+                 limit: int = 100) -> None:
+        self.backend, self.worker_id = backend, worker_id
+        self.ttl_ms, self.grace_ms, self.limit = ttl_ms, grace_ms, limit
+        self.tokens: dict[int, int] = {}   # partition -> our ticker token there
+
+    async def tick_once(self) -> TickResult:
+        """One pass: every partition's due schedules (a ticker that holds no lease tries to take it)."""
+        result = TickResult()
+        now = await server_now_ms(self.backend)
+        for partition in range(self.backend.partitions):
+            await self._partition(partition, now, result)
+        return result
+
+    async def _partition(self, partition: int, now: int, result: TickResult) -> None:
+        keys = self.backend.keys(partition)
+        refs = await self.backend.redis.zrangebyscore(keys.named("SCHEDULES"), "-inf", now, start=0, num=self.limit)
+        args: list = []
+        for raw in refs:
+            ref = raw.decode()
+            ns, name = ref.rsplit("/", 1)
+            h = await self.backend.redis.hgetall(keys.schedule(ref))
+            if h.get(b"phase") != b"active":
+                continue
+            args += self._groups(ns, name, {k.decode(): v.decode(errors="replace") for k, v in h.items()}, now)
+        token = self.tokens.get(partition, 0)
+        if not args and token == 0:
+            return   # nothing due, and no lease to keep
+        code, token, fired, skipped = await self.backend.call(
+            "tick", [keys.prefix], [self.worker_id, token, self.ttl_ms, self.grace_ms, *args])
+        if code == Code.OK:
+            self.tokens[partition] = int(token)
+            result.partitions_held += 1
+            result.fired += fired
+            result.skipped += skipped
+        else:
+            self.tokens.pop(partition, None)   # deposed, or someone else ticks here: try again next pass
+            result.refused += 1 if args else 0
+
+    def _groups(self, ns: str, name: str, h: dict, now: int) -> list:
+        """The tick/skip groups of one schedule, by its catch-up policy."""
+        cron, tz = h["cron"], h["timezone"]
+        last = max(int(h.get("last_tick_ms") or 0), int(h.get("start_ms") or 0))
+        due = ticks_between(cron, tz, last, now, MAX_TICKS_PER_CALL)
+        if not due:
+            return []
+        policy, grace = h.get("catchup", "latest"), int(h.get("misfire_grace_ms") or 0)
+        if policy == "latest":
+            fire, skip = due[-1:], due[:-1]
+        elif policy == "none":
+            fire = [t for t in due if now - t <= grace]
+            skip = [t for t in due if now - t > grace]
+        else:
+            fire, skip = due, []
+        groups: list = []
+        nxt = next_tick(cron, tz, max(due[-1], now) if len(due) < MAX_TICKS_PER_CALL else due[-1])
+        if skip:   # one event for a run of skipped ticks, ordered before any fired one
+            groups += ["skip", ns, name, skip[-1], skip[0], len(skip), nxt]
+        for t in fire:
+            groups += ["tick", ns, name, t, schedule_run_id(ns, name, t, self.backend.partitions), 1, nxt]
+        return groups
+
+
+def tick_time(ms: int, timezone: str = "UTC") -> str:
+    """A tick instant as local ISO time, for people."""
+    return datetime.fromtimestamp(ms / 1000, _zone(timezone)).isoformat()
+
+
+__all__ = ["Ticker", "ScheduleInfo", "ScheduleConflict", "UnknownSchedule", "create_schedule", "pause_schedule",
+           "resume_schedule", "delete_schedule", "get_schedule", "list_schedules", "ticks_between", "next_tick",
+           "schedule_run_id"]

@@ -1,0 +1,201 @@
+"""Schedules against the real server: each tick fires exactly once through ticker failovers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import anyio
+import pytest
+
+from lessor.core import events as ev
+from lessor.errors import ConfigError
+from lessor.leasing.eventlog import EventLog
+from lessor.leasing.replay import verify
+from lessor.scheduler.schedules import (
+    ScheduleConflict, Ticker, create_schedule, get_schedule, list_schedules, pause_schedule, resume_schedule,
+    ticks_between,
+)
+from tests.test_leasing import NS
+
+pytestmark = pytest.mark.anyio
+BERLIN = ZoneInfo("Europe/Berlin")
+DAY_MS = 86_400_000
+
+
+def ms(*args, tz=BERLIN) -> int:
+    return int(datetime(*args, tzinfo=tz).timestamp() * 1000)
+
+
+async def logged(backend, etype) -> list:
+    return [e.event for e in await EventLog(backend).read_all() if isinstance(e.event, etype)]
+
+
+def test_cron_and_zones_are_checked_by_name():
+    with pytest.raises(ConfigError, match="bad cron expression"):
+        anyio.run(_create_bad, "61 * * * *", "UTC")
+    with pytest.raises(ConfigError, match="unknown time zone"):
+        anyio.run(_create_bad, "* * * * *", "Mars/Olympus")
+
+
+async def _create_bad(cron, tz):
+    from lessor.scheduler.schedules import check_cron
+    check_cron(cron, tz)
+
+
+def test_dst_spring_gap_fires_once_after_it_and_the_autumn_hour_once():
+    spring = [datetime.fromtimestamp(t / 1000, BERLIN).isoformat()
+              for t in ticks_between("30 2 * * *", "Europe/Berlin", ms(2026, 3, 27, 12), ms(2026, 3, 30, 12), 10)]
+    assert spring == ["2026-03-28T02:30:00+01:00", "2026-03-29T03:00:00+02:00", "2026-03-30T02:30:00+02:00"]
+    autumn = [datetime.fromtimestamp(t / 1000, BERLIN).isoformat()
+              for t in ticks_between("30 2 * * *", "Europe/Berlin", ms(2026, 10, 24, 12), ms(2026, 10, 26, 12), 10)]
+    assert autumn == ["2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00"]
+
+
+async def test_every_tick_of_ten_days_fires_exactly_once_through_ticker_failovers(vbackend):
+    """3 tickers at once; the lease holder paused past its grace, killed, and partitioned (it comes
+    back with its old token): every */5 tick of 10 days fires once, and the deposed writes are refused."""
+    b = vbackend
+    start = ms(2026, 3, 25, 0, 0)
+    await b.vclock.set(start)
+    assert await create_schedule(b, "every5", "t", "*/5 * * * *", timezone="Europe/Berlin", namespace=NS,
+                                 catchup="all")
+    assert not await create_schedule(b, "every5", "t", "*/5 * * * *", timezone="Europe/Berlin", namespace=NS,
+                                     catchup="all")             # the same again: nothing new
+    with pytest.raises(ScheduleConflict):
+        await create_schedule(b, "every5", "t", "*/10 * * * *", namespace=NS)
+    tickers = [Ticker(b, f"ticker-{i}", ttl_ms=60_000, grace_ms=30_000) for i in range(3)]
+    step_ms = 30 * 60_000
+    for step in range(10 * DAY_MS // step_ms):
+        await b.vclock.advance(step_ms)
+        holder = next((t for t in tickers if t.tokens), None)
+        if step % 97 == 50 and holder is not None:      # partitioned: it misses passes, keeps its token
+            holder.partitioned = 3
+        if step % 131 == 70 and holder is not None:     # killed: a new process, no token
+            tickers[tickers.index(holder)] = Ticker(b, holder.worker_id + "-r", ttl_ms=60_000, grace_ms=30_000)
+        async with anyio.create_task_group() as tg:
+            for t in tickers:
+                if getattr(t, "partitioned", 0):
+                    t.partitioned -= 1
+                    continue
+                tg.start_soon(t.tick_once)
+    fired = await logged(b, ev.ScheduleTicked)
+    expected = ticks_between("*/5 * * * *", "Europe/Berlin", start, b.vclock.now_ms, 10_000)
+    assert len(expected) == 2880
+    assert sorted(e.tick_ms for e in fired) == expected            # every tick, exactly once
+    runs = {e.run for e in await logged(b, ev.RunCreated)}
+    assert runs == {e.run for e in fired} and len(runs) == 2880     # one run per tick
+    assert await logged(b, ev.ScheduleTickRejected), "a partitioned holder came back with a stale token"
+    info = await get_schedule(b, "every5", namespace=NS)
+    assert (info.ticks, info.phase) == (2880, "active")
+    assert await verify(b) == []
+
+
+@pytest.mark.parametrize("catchup, fired, skipped", [("all", 6, 0), ("latest", 1, 5), ("none", 1, 5)])
+async def test_catch_up_after_downtime_follows_the_policy(vbackend, catchup, fired, skipped):
+    b = vbackend
+    start = ms(2026, 6, 1, 9, 0, tz=ZoneInfo("UTC"))
+    await b.vclock.set(start)
+    await create_schedule(b, "hourly", "t", "0 * * * *", namespace=NS, catchup=catchup, misfire_grace_s=60)
+    await b.vclock.set(start + 6 * 3_600_000 + 30_000)          # 6 ticks missed; the last 30 s ago
+    result = await Ticker(b, "t1").tick_once()
+    assert (result.fired, result.skipped) == (fired, skipped)
+    assert await verify(b) == []
+
+
+async def test_a_paused_schedule_never_fires_its_pause_ticks(vbackend):
+    b = vbackend
+    start = ms(2026, 6, 1, 9, 0, tz=ZoneInfo("UTC"))
+    await b.vclock.set(start)
+    await create_schedule(b, "hourly", "t", "0 * * * *", namespace=NS, catchup="all")
+    ticker = Ticker(b, "t1")
+    await b.vclock.advance(3_600_000)
+    assert (await ticker.tick_once()).fired == 1
+    assert await pause_schedule(b, "hourly", namespace=NS, reason="maintenance")
+    await b.vclock.advance(5 * 3_600_000)
+    assert (await ticker.tick_once()).fired == 0
+    assert await resume_schedule(b, "hourly", namespace=NS)
+    await b.vclock.advance(3_600_000)
+    assert (await ticker.tick_once()).fired == 1                   # only the tick after the resume
+    assert [s.ticks for s in await list_schedules(b, NS)] == [2]
+    assert await verify(b) == []
+
+
+def fired_once(fired: list, expected: list[int]) -> list[str]:
+    """What is wrong with a log's schedule_ticked events against the ticks that were due."""
+    seen: dict[int, int] = {}
+    for e in fired:
+        seen[e.tick_ms] = seen.get(e.tick_ms, 0) + 1
+    return ([f"tick {t} fired {n} times" for t, n in sorted(seen.items()) if n > 1]
+            + [f"tick {t} never fired" for t in expected if t not in seen]
+            + [f"tick {t} was never due" for t in seen if t not in set(expected)])
+
+
+async def _race(b) -> list:
+    """Two tickers read the schedule; one ticks; the other sends what it computed from its stale read."""
+    start = ms(2026, 6, 1, 9, 0, tz=ZoneInfo("UTC"))
+    await b.vclock.set(start)
+    await create_schedule(b, "hourly", "t", "0 * * * *", namespace=NS, catchup="all")
+    a, c = Ticker(b, "a"), Ticker(b, "c")
+    await b.vclock.advance(3_600_000)
+    keys = b.keys_for_run(NS, "hourly")
+    stale = {k.decode(): v.decode(errors="replace") for k, v in
+             (await b.redis.hgetall(keys.schedule(f"{NS}/hourly"))).items()}
+    await a.tick_once()
+    late = c._groups(NS, "hourly", stale, b.vclock.now_ms)
+    await b.call("tick", [keys.prefix], ["c", 0, 10_000, 5_000, *late])
+    return fired_once(await logged(b, ev.ScheduleTicked), [start + 3_600_000])
+
+
+async def test_a_ticker_acting_on_a_stale_read_fires_nothing_twice(vbackend):
+    assert await _race(vbackend) == []
+
+
+async def test_the_exactly_once_check_catches_a_tick_script_without_its_fence(vbackend):
+    """The control: a tick.lua that takes any token and any tick lets the stale ticker fire again."""
+    from importlib import resources
+
+    from lessor.leasing.scripts import compose
+    b = vbackend
+    body = (resources.files("lessor.leasing") / "lua" / "tick.lua").read_text()
+    broken = body.replace("if token ~= '0' and token ~= lease.token then", "if false then") \
+                 .replace("if token == '0' and not free then", "if false then") \
+                 .replace("if h.phase == 'active' and tick_ms > tonumber(h.last_tick_ms) then",
+                          "if h.phase == 'active' then")
+    assert broken.count("if false then") == 2 and "tick_ms > tonumber" not in broken
+    b.scripts._scripts["tick"] = b.redis.register_script(compose("tick", broken, b.clock))
+    problems = await _race(b)
+    assert len(problems) == 1 and problems[0].endswith("fired 2 times")
+
+
+async def test_ticks_fire_exactly_once_across_a_server_crash(tmp_path):
+    """kill -9 of the server mid-schedule (appendfsync always), tickers keep going after it."""
+    from lessor.leasing.scripts import ClockMode
+    from lessor.server import EmbeddedServer
+    from tests.conftest import VirtualClock, make_backend
+    with EmbeddedServer(appendfsync="always") as server:
+        b = await make_backend(server.url, clock=ClockMode.VIRTUAL)
+        b.vclock = VirtualClock(b)
+        start = ms(2026, 3, 28, 0, 0)
+        await b.vclock.set(start)
+        await create_schedule(b, "every5", "t", "*/5 * * * *", timezone="Europe/Berlin", namespace=NS, catchup="all")
+        tickers = [Ticker(b, f"k{i}", ttl_ms=60_000, grace_ms=30_000) for i in range(3)]
+        now = start
+        for step in range(2 * 48):          # two days (across the spring DST change) in 30 min steps
+            if step == 40:
+                await b.redis.aclose()
+                server.crash()
+                server.start()
+                b = await make_backend(server.url, clock=ClockMode.VIRTUAL)
+                b.vclock = VirtualClock(b)
+                for t in tickers:
+                    t.backend = b
+            now += 30 * 60_000
+            await b.vclock.set(now)
+            async with anyio.create_task_group() as tg:
+                for t in tickers:
+                    tg.start_soon(t.tick_once)
+        expected = ticks_between("*/5 * * * *", "Europe/Berlin", start, now, 10_000)
+        assert fired_once(await logged(b, ev.ScheduleTicked), expected) == []
+        assert await verify(b) == []
+        await b.redis.aclose()
