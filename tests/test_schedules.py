@@ -199,3 +199,19 @@ async def test_ticks_fire_exactly_once_across_a_server_crash(tmp_path):
         assert fired_once(await logged(b, ev.ScheduleTicked), expected) == []
         assert await verify(b) == []
         await b.redis.aclose()
+
+
+def test_the_schedule_commands_end_to_end(flushed):
+    import json
+
+    from tests.test_cli import lessor
+    out = lessor("schedule", "create", "nightly", "t", "0 2 * * *", "--timezone", "Europe/Berlin",
+                 "--catchup", "none", url=flushed, check=True).stdout
+    assert "created" in out
+    listed = json.loads(lessor("schedule", "list", "--json", url=flushed, check=True).stdout)
+    assert [(s["name"], s["phase"], s["cron"]) for s in listed] == [("nightly", "active", "0 2 * * *")]
+    assert "paused" in lessor("schedule", "pause", "nightly", url=flushed, check=True).stdout
+    bad = lessor("schedule", "create", "x", "t", "not cron", url=flushed)
+    assert bad.returncode == 2 and "bad cron expression" in bad.stderr
+    assert "deleted" in lessor("schedule", "delete", "nightly", url=flushed, check=True).stdout
+    assert lessor("schedule", "delete", "nightly", url=flushed).returncode == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import anyio
 
@@ -87,6 +88,7 @@ def cmd_reaper(args: argparse.Namespace) -> int:
     from lessor.leasing.housekeeping import Housekeeper
     from lessor.leasing.reaper import Reaper
     from lessor.leasing.retention import parse_duration
+    from lessor.scheduler.schedules import Ticker
 
     archive = Archive(args.archive) if args.archive else None
 
@@ -105,6 +107,7 @@ def cmd_reaper(args: argparse.Namespace) -> int:
             keeper = Housekeeper(backend, archive, keep_window_ms=parse_duration(args.keep_window))
             async with anyio.create_task_group() as tg:
                 tg.start_soon(keeper.run)   # retention (and compaction, with --archive)
+                tg.start_soon(Ticker(backend, f"reaper-{os.getpid()}").run)   # schedules
                 await Reaper(backend, limit=args.limit, interval_ms=args.interval_ms, shared=True).run(on_pass=report)
 
     anyio.run(run)

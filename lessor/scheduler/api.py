@@ -25,7 +25,7 @@ from lessor.core.limits import seconds_to_ms
 from lessor.core.phases import Phase
 from lessor.leasing.backend import Backend, open_backend
 from lessor.leasing.eventlog import EventLog, LogEntry
-from lessor.scheduler import query
+from lessor.scheduler import query, schedules
 from lessor.scheduler.control import AbortOutcome, abort_run
 from lessor.scheduler.submit import Retries, submit_run
 from lessor.scheduler.values import pack_value
@@ -175,6 +175,33 @@ class Client:
                     reason: str = "aborted by user") -> AbortOutcome:
         """Abort every non-terminal action of the run; running workers learn it on their next renewal."""
         return await abort_run(self.backend, namespace, run_id, reason)
+
+    # --- schedules (scheduler/schedules.py): each tick starts one run, exactly once ----------
+
+    async def create_schedule(self, name: str, task: str, cron: str, *, timezone: str = "UTC", inputs: Any = None,
+                              namespace: str = DEFAULT_NAMESPACE, queue: str = "default", catchup: str = "latest",
+                              misfire_grace_s: float = 60.0) -> bool:
+        """Create a cron schedule of ``task``; True if new, False if the same one existed
+        (ScheduleConflict if another one has the name). Workers and reapers tick it."""
+        return await schedules.create_schedule(self.backend, name, task, cron, timezone=timezone, inputs=inputs,
+                                               namespace=namespace, queue=queue, catchup=catchup,
+                                               misfire_grace_s=misfire_grace_s)
+
+    async def pause_schedule(self, name: str, *, namespace: str = DEFAULT_NAMESPACE, reason: str = "") -> bool:
+        """Pause a schedule (its ticks during the pause never fire); False if it was paused."""
+        return await schedules.pause_schedule(self.backend, name, namespace=namespace, reason=reason)
+
+    async def resume_schedule(self, name: str, *, namespace: str = DEFAULT_NAMESPACE) -> bool:
+        """Resume a paused schedule from now; False if it was active."""
+        return await schedules.resume_schedule(self.backend, name, namespace=namespace)
+
+    async def delete_schedule(self, name: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
+        """Delete a schedule (the runs it started stay)."""
+        await schedules.delete_schedule(self.backend, name, namespace=namespace)
+
+    async def list_schedules(self, namespace: str | None = None) -> list[schedules.ScheduleInfo]:
+        """Every schedule (of ``namespace``, if given)."""
+        return await schedules.list_schedules(self.backend, namespace)
 
 
 @contextlib.asynccontextmanager
