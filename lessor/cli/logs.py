@@ -7,7 +7,7 @@ import json
 
 import anyio
 
-from lessor.cli.options import add_namespace, add_url, url_of
+from lessor.cli.options import DEFAULT_NAMESPACE, add_url, url_of
 
 
 def add_commands(sub) -> None:
@@ -15,7 +15,8 @@ def add_commands(sub) -> None:
     p = sub.add_parser("events", help="print the event log readably (or as JSON lines)")
     add_url(p)
     p.add_argument("--run", metavar="ID", help="only this run's events")
-    add_namespace(p)
+    p.add_argument("--namespace", help="only this project/domain's events (with --run: the run's namespace, "
+                                       "default proj/development)")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     p.add_argument("--json", action="store_true", help="one JSON object per event")
     p.add_argument("--archive", metavar="DIR", help="with --run: read the run's archived events from DIR first "
@@ -38,6 +39,11 @@ def cmd_events(args: argparse.Namespace) -> int:
 
     if args.archive and not args.run:
         raise ValueError("--archive reads one run's history: give --run ID")
+    namespace = args.namespace or DEFAULT_NAMESPACE
+    if args.namespace:
+        from lessor.core.ids import check_namespace
+
+        check_namespace(args.namespace)
 
     async def run() -> None:
         printer = EventPrinter(as_json=args.json)
@@ -45,17 +51,18 @@ def cmd_events(args: argparse.Namespace) -> int:
         async with lessor.connect(url_of(args)) as client:
             seen: set[str] = set()
             if args.archive:   # archived first (older), then what the server still holds
-                partition = client.backend.keys_for_run(args.namespace, args.run).partition
-                for event in Archive(args.archive).run_events(args.namespace, args.run, partition):
+                partition = client.backend.keys_for_run(namespace, args.run).partition
+                for event in Archive(args.archive).run_events(namespace, args.run, partition):
                     printer.print(partition, event)
                     seen.add(event.id)
                     shown += 1
-            async for entry in client.entries(args.run, namespace=args.namespace, follow=args.follow):
-                if entry.event.id not in seen:
+            async for entry in client.entries(args.run, namespace=namespace, follow=args.follow):
+                # Without --run every namespace's events come; --namespace keeps one's.
+                if entry.event.id not in seen and (args.run or not args.namespace or entry.event.ns == namespace):
                     printer.print(entry.partition, entry.event)
                     shown += 1
         if args.run and not shown:
-            raise ValueError(f"no events of run {args.namespace}/{args.run}: check the id and "
+            raise ValueError(f"no events of run {namespace}/{args.run}: check the id and "
                              "--namespace (`lessor runs --namespace ...`)")
 
     anyio.run(run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from datetime import datetime, timezone
 from typing import Any
@@ -114,10 +115,18 @@ def action_to_json(a) -> dict:
             "expirations": a.expirations, "refused_reports": a.rejected, "created_ms": a.created_ms}
 
 
+def run_status(r) -> str:
+    """What `lessor runs` shows and `--phase` filters: ``queued`` until an attempt of the run's root
+    has started (its own phase is ``running`` from submit on), then ``running``, then how it ended."""
+    if r.done:
+        return r.phase.value
+    return "queued" if r.root is None or r.root.attempt == 0 else "running"
+
+
 def run_to_json(r) -> dict:
-    """A JSON-ready dict of a RunInfo."""
+    """A JSON-ready dict of a RunInfo (``phase``: the run's own; ``status``: as ``run_status``)."""
     return {"namespace": r.namespace, "run": r.run_id, "task": r.task, "queue": r.queue, "phase": r.phase.value,
-            "created_ms": r.created_ms, "aborting": r.aborting,
+            "status": run_status(r), "created_ms": r.created_ms, "aborting": r.aborting,
             "root": action_to_json(r.root) if r.root else None}
 
 
@@ -134,23 +143,77 @@ def _plural(n: int, word: str) -> str:
 
 
 def print_runs(runs, cursor, namespace: str = "") -> None:
-    """A table of runs."""
-    from rich.console import Console
-    from rich.table import Table
+    """A table of runs, one line each, whatever the width.
 
-    table = Table(title=f"{_plural(len(runs), 'run')} in {namespace}" if namespace else _plural(len(runs), "run"))
-    for column in ("run", "task", "queue", "phase", "created (UTC)", "attempts"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("error")
-    for r in runs:
-        root = r.root
-        table.add_row(r.run_id, r.task, r.queue, f"[{_PHASE_STYLE.get(r.phase.value, '')}]{r.phase.value}[/]",
-                      clock_text(r.created_ms), str(root.attempt if root else ""),
-                      escape(root.error or "") if root else "")
-    console = Console()
-    console.print(table)
+    At the terminal's width (or $COLUMNS) the error, then the task and queue,
+    are cut short with "…" (`lessor run show ID` has them whole); the run id,
+    phase, time and attempts never are. Piped without $COLUMNS, nothing is cut.
+    """
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    width = console.width if console.is_terminal or os.environ.get("COLUMNS") else None
+    rows = [(r.run_id, r.task, r.queue, run_status(r), clock_text(r.created_ms),
+             str(r.root.attempt) if r.root else "", _one_line(r.root.error or "") if r.root else "") for r in runs]
+    widths = _fit([max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(_RUN_COLUMNS)], width)
+    title = f"{_plural(len(runs), 'run')} in {namespace}" if namespace else _plural(len(runs), "run")
+    console.print(title, style="bold", markup=False, soft_wrap=True)
+    console.print(_line(_RUN_COLUMNS, widths), style="bold", markup=False, soft_wrap=True)
+    phase_at = sum(widths[:3]) + 2 * 3
+    for row in rows:
+        text = _line(row, widths)
+        phase_end = phase_at + widths[3]
+        console.print(f"{escape(text[:phase_at])}[{_PHASE_STYLE.get(row[3], 'default')}]"
+                      f"{escape(text[phase_at:phase_end])}[/]{escape(text[phase_end:])}", soft_wrap=True)
     if cursor:
-        console.print(f"next page: --cursor {cursor}", style="dim", markup=False)
+        console.print(f"next page: --cursor {cursor}", style="dim", markup=False, soft_wrap=True)
+
+
+_RUN_COLUMNS = ("run", "task", "queue", "phase", "created UTC", "attempt", "error")
+# (column, narrowest) in the order they give way: the error, then task and queue, then all three further.
+_SHRINK = ((6, 24), (1, 12), (2, 8), (6, 5), (1, 6), (2, 5))
+
+
+def _fit(widths: list[int], width: int | None) -> list[int]:
+    """Column widths (2 spaces apart) cut down to ``width``, shrinking only the _SHRINK columns."""
+    widths = list(widths)
+    if width is None:
+        return widths
+    over = sum(widths) + 2 * (len(widths) - 1) - width
+    for column, narrowest in _SHRINK:
+        cut = max(0, min(over, widths[column] - narrowest))
+        widths[column] -= cut
+        over -= cut
+    return widths
+
+
+def _line(cells, widths: list[int]) -> str:
+    """One table line: each cell padded (or cut with "…") to its width; no trailing blanks."""
+    out = []
+    for cell, w in zip(cells, widths):
+        out.append(cell.ljust(w) if len(cell) <= w else cell[:max(0, w - 1)] + "…")
+    return "  ".join(out).rstrip()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def print_outcome(info) -> None:
+    """How a run ended (`submit --wait`): its phase, then its result (JSON) or its error."""
+    from rich.console import Console
+
+    from lessor.scheduler.values import show_value
+
+    status = run_status(info)
+    root = info.root
+    if info.phase.value == "succeeded":
+        value = show_value(root.result_bytes) if root and root.result_bytes else None
+        detail = json.dumps(value, default=str)
+    else:
+        detail = (root.error if root else None) or ""
+    Console(highlight=False).print(f"run {info.namespace}/{info.run_id} [{_PHASE_STYLE.get(status, 'default')}]{status}[/]"
+                                   f"{': ' + escape(detail) if detail else ''}", soft_wrap=True)
 
 
 def node_label(a) -> str:
