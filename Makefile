@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test fuzz bench bench-tools bench-heartbeat bench-eventlog bench-schedule bench-simulate bench-failover explore chaos clean
+.PHONY: demo test fuzz bench bench-tools bench-heartbeat bench-eventlog bench-schedule bench-simulate bench-failover bench-reap-storm explore chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,22 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+## make test-browser: the dashboard (lessor ui) in headless Chromium, driven by Selenium: Debian's chromium and
+## chromium-driver (installed here as root if missing). `make test` runs without a browser.
+.PHONY: test-browser bench-ui
+test-browser: $(STAMP)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  { echo "make test-browser needs chromium and chromium-driver: apt-get install chromium chromium-driver (as root)" >&2; exit 1; }
+	$(BIN)/pip install --quiet -e '.[test,browser]'
+	LESSOR_BROWSER_TESTS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/browser
+
+## the dashboard's page timings with many runs in the store (RUNS=100000 by default)
+bench-ui: $(STAMP)
+	$(BIN)/python -m lessor.ui.bench --runs $${RUNS:-100000}
+
 ## benchmarks (not part of make test; numbers are ratios against the server's own limit)
-bench: bench-eventlog bench-heartbeat bench-schedule bench-simulate bench-failover
+bench: bench-eventlog bench-heartbeat bench-schedule bench-simulate bench-failover bench-reap-storm
 
 bench-eventlog: $(STAMP)
 	$(BIN)/lessor bench eventlog
@@ -45,6 +59,10 @@ bench-failover: $(STAMP)
 
 bench-simulate: $(STAMP)
 	$(BIN)/lessor bench simulate --scenarios 100 --actions 50 --workers 5 --faults 10
+
+# 100k leases expire at once: the budgeted reaper against the old one (500 a call, no budget), alternating.
+bench-reap-storm: $(STAMP)
+	$(BIN)/lessor bench reap-storm --rounds 3
 
 ## the boundary fuzz with 10,000 examples per test (make test runs 60)
 fuzz: $(STAMP)

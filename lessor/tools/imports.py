@@ -38,7 +38,7 @@ layer  name                      modules
 3      scheduler                 ``scheduler/*``, ``lessor/__init__.py`` (the public
                                  API it re-exports)
 4      simulations, benchmarks   ``simulations/*``, ``benchmarks/*``
-5      cli                       ``cli/*``, ``__main__.py``
+5      cli                       ``cli/*``, ``__main__.py``, ``ui/*`` (the dashboard)
 6      tools                     ``tools/*`` (developer tools, like this one)
 =====  ========================  ==================================================
 
@@ -66,7 +66,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("leasing", ("leasing", "doctor")),
     ("scheduler", ("scheduler", "")),
     ("simulations/benchmarks", ("simulations", "benchmarks")),
-    ("cli", ("cli", "__main__")),
+    ("cli", ("cli", "__main__", "ui")),
     ("tools", ("tools",)),
 )
 CLI = "cli"
