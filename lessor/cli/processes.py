@@ -18,6 +18,10 @@ def add_commands(sub) -> None:
     add_url(p)
     p.add_argument("--interval-ms", type=int, default=200, help="time between passes (default 200)")
     p.add_argument("--limit", type=int, default=500, help="leases per script call (bounded batches)")
+    p.add_argument("--budget-ms", type=float, default=2.0,
+                   help="server CPU a reap call may use before it stops and is called again (default 2)")
+    p.add_argument("--in-flight", type=int, default=1,
+                   help="reap calls outstanding at once (default 1; on a Cluster, up to the primaries)")
     p.add_argument("--archive", help="also compact the log: archive events to this directory (gzip JSON lines), "
                                      "snapshot the state, trim the stream (see docs/retention.md)")
     p.add_argument("--keep-window", default="60s", help="with --archive: never trim the newest events of this "
@@ -95,7 +99,7 @@ def cmd_reaper(args: argparse.Namespace) -> int:
     def report(r) -> None:
         if r.expired or r.timed_out or r.promoted:
             print(f"reaper: expired={r.expired} timed_out={r.timed_out} promoted={r.promoted} "
-                  f"lag_ms={r.lag_ms}", flush=True)
+                  f"lag_ms={r.lag_ms} max_call_ms={r.max_call_ms:.1f}", flush=True)
 
     telemetry.setup(args.otel)
 
@@ -108,7 +112,8 @@ def cmd_reaper(args: argparse.Namespace) -> int:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(keeper.run)   # retention (and compaction, with --archive)
                 tg.start_soon(Ticker(backend, f"reaper-{os.getpid()}").run)   # schedules
-                await Reaper(backend, limit=args.limit, interval_ms=args.interval_ms, shared=True).run(on_pass=report)
+                await Reaper(backend, limit=args.limit, interval_ms=args.interval_ms, shared=True,
+                             budget_ms=args.budget_ms, max_in_flight=args.in_flight).run(on_pass=report)
 
     anyio.run(run)
     return 0
