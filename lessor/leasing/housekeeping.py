@@ -24,7 +24,7 @@ import anyio
 from lessor.leasing.archive import Archive
 from lessor.leasing.backend import Backend
 from lessor.leasing.compaction import CompactionResult, compact
-from lessor.leasing.outage import Outage, is_transient
+from lessor.leasing.outage import Outage, keep_running
 from lessor.leasing.retention import RetentionResult, retire_once
 
 log = logging.getLogger("lessor.housekeeping")
@@ -87,9 +87,9 @@ class Housekeeper:
         steps back to back, forever; store faults are waited out (one log line each way).
         They run apart, so a long compaction step never holds up retention."""
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._loop, self._retention_pass)
+            tg.start_soon(keep_running, self._retention_pass, self.interval_ms, self.outage)
             if self.archive is not None:
-                tg.start_soon(self._loop, self._compaction_step)
+                tg.start_soon(keep_running, self._compaction_step, self.interval_ms, self.outage)
 
     async def _retention_pass(self) -> bool:
         if await self.backend.redis.set(DUE_KEY, 1, nx=True, px=self.interval_ms):
@@ -100,15 +100,3 @@ class Housekeeper:
     async def _compaction_step(self) -> bool:
         """One step; True while a backlog is left (a partition filled its batch)."""
         return any(c.archived >= self.batch for c in await self.compact())
-
-    async def _loop(self, step) -> None:
-        while True:
-            try:
-                backlog = await step()
-                self.outage.ok()
-                delay_ms = 0 if backlog else self.interval_ms
-            except Exception as exc:  # transient store faults are waited out; the rest are bugs to see
-                if not is_transient(exc):
-                    raise
-                delay_ms = self.outage.failed(exc)
-            await anyio.sleep(delay_ms / 1000)

@@ -135,3 +135,20 @@ class Outage:
         self.longest_ms = max(self.longest_ms, length_ms)
         telemetry.instruments().store_outage_ms.record(length_ms, {"component": self.component})
         self.log.warning("%s: the server is back after an outage of %.1f s", self.component, length_ms / 1000)
+
+
+async def keep_running(step, interval_ms: int, outage: Outage | None = None) -> None:
+    """Call ``step()`` forever, ``interval_ms`` apart, or again at once when it returns True
+    (more is due). Transient store faults are waited out through ``outage`` (one log line
+    each way); anything else, or any fault without an ``outage``, is raised."""
+    while True:
+        try:
+            more = await step()
+            if outage is not None:
+                outage.ok()
+            delay_ms = 0 if more else interval_ms
+        except Exception as exc:  # sorted here: transient ones are waited out, the rest are bugs to see
+            if outage is None or not is_transient(exc):
+                raise
+            delay_ms = outage.failed(exc)
+        await anyio.sleep(delay_ms / 1000)

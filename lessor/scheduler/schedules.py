@@ -21,23 +21,24 @@ Catch-up after downtime (``catchup``):
 
 from __future__ import annotations
 
+import logging
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import anyio
 from cronsim import CronSim, CronSimError
 
 from lessor.core.ids import check_id, check_namespace, partition_of
 from lessor.errors import ConfigError, LessorError
 from lessor.leasing.backend import Backend
 from lessor.leasing.codes import Code, SubmitCode
-from lessor.leasing.outage import is_transient
+from lessor.leasing.outage import Outage, keep_running
 from lessor.leasing.scripts import VIRTUAL_CLOCK_KEY, ClockMode
 from lessor.scheduler.values import pack_value
 
 CATCHUP = ("all", "latest", "none")
+log = logging.getLogger("lessor.schedules")
 MAX_TICKS_PER_CALL = 200
 
 
@@ -233,17 +234,11 @@ class Ticker:
     async def run(self, interval_ms: int = 1000, outage=None) -> None:
         """Pass after pass, forever (every worker and reaper runs one); store faults are waited
         out (one log line each way), and a lost ticker lease is simply taken again later."""
-        while True:
-            try:
-                await self.tick_once()
-                if outage is not None:
-                    outage.ok()
-                delay_ms = interval_ms
-            except Exception as exc:  # transient store faults are waited out; the rest are bugs to see
-                if outage is None or not is_transient(exc):
-                    raise
-                delay_ms = outage.failed(exc)
-            await anyio.sleep(delay_ms / 1000)
+        async def step() -> bool:
+            await self.tick_once()
+            return False
+
+        await keep_running(step, interval_ms, outage or Outage(f"ticker {self.worker_id}", self.backend.url, log=log))
 
     async def tick_once(self) -> TickResult:
         """One pass: every partition's due schedules (a ticker that holds no lease tries to take it)."""

@@ -1,6 +1,6 @@
 --[[ Retention for one namespace of one partition: retire finished runs, bound the cache.
   KEYS[1]  partition prefix (string)
-  Touches: DELAYED, STREAM, akey, cache_hash, cache_times, children_key, done_key, qkey, rkey, run_actions_key, runs_key
+  Touches: DELAYED, STREAM, akey, cache_hash, cache_times, children_key, done_key, qkey, rkey, run_actions_key, runs_key, skey
   ARGV[1] namespace  ARGV[2] keep_ms (finished longer ago than this are retired; 0 = no age limit)
   ARGV[3] keep_runs (beyond the newest this many finished runs are retired; -1 = no count limit)
   ARGV[4] limit (max runs, and max cache entries, handled in this call)
@@ -28,25 +28,31 @@ checked()
 local DONE = done_key(ns)
 local retired, still_live, cache_dropped, more = 0, 0, 0, 0
 
--- Candidates: finished too long ago, and beyond the newest keep_runs.
-local candidates, seen = {}, {}
-local function add(list)
-  for _, run in ipairs(list) do
-    if not seen[run] and #candidates < limit then seen[run] = true; candidates[#candidates + 1] = run end
+-- The members of a time-scored index that a policy lets go, oldest first, at most limit:
+-- older than keep_ms (0: no age limit), and beyond the newest keep_n (-1: no count limit).
+local function due(index, keep_ms_, keep_n)
+  local out, seen = {}, {}
+  local function add(list)
+    for _, member in ipairs(list) do
+      if not seen[member] and #out < limit then seen[member] = true; out[#out + 1] = member end
+    end
   end
-end
-if keep_ms > 0 then
-  local old = redis.call('ZRANGEBYSCORE', DONE, '-inf', '(' .. S(NOW - keep_ms), 'LIMIT', 0, limit)
-  if #old >= limit then more = 1 end
-  add(old)
-end
-if keep_runs >= 0 then
-  local excess = redis.call('ZCARD', DONE) - keep_runs
-  if excess > 0 then
-    if excess > limit then more = 1 end
-    add(redis.call('ZRANGE', DONE, 0, math.min(excess, limit) - 1))
+  if keep_ms_ > 0 then
+    local old = redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. S(NOW - keep_ms_), 'LIMIT', 0, limit)
+    if #old >= limit then more = 1 end
+    add(old)
   end
+  if keep_n >= 0 then
+    local excess = redis.call('ZCARD', index) - keep_n
+    if excess > 0 then
+      if excess > limit then more = 1 end
+      add(redis.call('ZRANGE', index, 0, math.min(excess, limit) - 1))
+    end
+  end
+  return out
 end
+
+local candidates = due(DONE, keep_ms, keep_runs)
 
 for _, run in ipairs(candidates) do
   local run_ref = ns .. '/' .. run
@@ -81,22 +87,10 @@ end
 
 -- The cache's own bound: entries older than cache_keep_ms, and beyond the newest cache_max.
 local TIMES, CACHE = cache_times(ns), cache_hash(ns)
-local function drop(keys)
-  if #keys == 0 then return end
-  redis.call('HDEL', CACHE, unpack(keys))
-  redis.call('ZREM', TIMES, unpack(keys))
-  cache_dropped = cache_dropped + #keys
-end
-if cache_keep_ms > 0 then
-  local old = redis.call('ZRANGEBYSCORE', TIMES, '-inf', '(' .. S(NOW - cache_keep_ms), 'LIMIT', 0, limit)
-  if #old >= limit then more = 1 end
-  drop(old)
-end
-if cache_max >= 0 then
-  local excess = redis.call('ZCARD', TIMES) - cache_max
-  if excess > 0 then
-    if excess > limit then more = 1 end
-    drop(redis.call('ZRANGE', TIMES, 0, math.min(excess, limit) - 1))
-  end
+local dropped = due(TIMES, cache_keep_ms, cache_max)
+if #dropped > 0 then
+  redis.call('HDEL', CACHE, unpack(dropped))
+  redis.call('ZREM', TIMES, unpack(dropped))
+  cache_dropped = #dropped
 end
 return {retired, still_live, cache_dropped, more}
