@@ -3,8 +3,10 @@
 Each check answers ok, warn or fail, with what was found and what to do:
 server version, persistence (AOF, fsync policy) against the durability asked
 for, ACL permissions for every command lessor sends (from the Lua sources and
-the client), cluster state and partition placement, and the clock skew
-between the nodes (deadlines are judged on each partition's node clock).
+the client), cluster state and partition placement, failover readiness (a
+Sentinel service's primary, replicas and sentinels, or a cluster's replicas per
+primary, against the durability asked for), and the clock skew between the
+nodes (deadlines are judged on each partition's node clock).
 Nothing is written.
 """
 
@@ -15,7 +17,8 @@ import time
 from dataclasses import asdict, dataclass
 from importlib import resources
 
-from redis.exceptions import ResponseError
+from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.exceptions import RedisError, ResponseError
 
 from lessor.core.ids import CLUSTER_SLOTS, spread_tags
 from lessor.leasing.backend import CONFIG_KEY, MIN_VERSIONS, make_redis
@@ -25,7 +28,7 @@ from lessor.leasing.urls import is_cluster, redact
 # Commands the client sends outside the scripts (reads, follows, durability waits).
 CLIENT_COMMANDS = ("evalsha", "script|load", "xread", "xrange", "xrevrange", "xlen", "hget", "hmget", "hgetall",
                    "hsetnx", "smembers", "zrange", "zrevrangebyscore", "zcard", "scan", "info", "ping", "wait",
-                   "waitaof")
+                   "waitaof", "blpop", "rpush")   # blpop, rpush: idle workers wait on the wake-up lists
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ async def run_checks(url: str, durability: str = "memory") -> list[Check]:
         checks.append(await _persistence(redis, Durability.parse(durability)))
         checks.append(await _acl(redis))
         checks += await _topology(redis)
+        checks += await _replication(redis, Durability.parse(durability))
         checks.append(await _clock_skew(redis))
     except Exception as exc:  # a check that cannot even run is itself the finding
         checks.append(Check("connect", "fail", f"{redact(url)}: {type(exc).__name__}: {redact(str(exc))}"))
@@ -181,6 +185,58 @@ async def _topology(redis) -> list[Check]:
                             + ", ".join(f"{k} {v}" for k, v in sorted(per.items()))
                             + ("" if spread <= 1 else "; uneven: choose P >= 8 x primaries on a fresh server")))
     return checks
+
+
+async def _replication(redis, durability: Durability) -> list[Check]:
+    """Failover readiness: a Sentinel service (its primary, replicas, sentinels) or a cluster's replicas."""
+    if is_cluster(redis):
+        try:
+            nodes = await _cmd(redis, "CLUSTER", "NODES")
+        except ResponseError as exc:
+            return [Check("replicas", "warn", f"cannot list the cluster's nodes ({exc}): replicas per primary unknown")]
+        fewest = min(replicas_per_primary(nodes).values(), default=0)
+        return [_enough_replicas("replicas", fewest, durability, f"each primary has >= {fewest} replica(s)")]
+    pool = redis.connection_pool
+    if not isinstance(pool, SentinelConnectionPool):
+        return []
+    service, sentinels = pool.service_name, pool.sentinel_manager.sentinels
+    states = []
+    for sentinel in sentinels:
+        try:
+            states.append(await sentinel.sentinel_master(service))
+        except (RedisError, OSError):
+            continue
+        finally:
+            await sentinel.aclose()
+    if not states:
+        return [Check("sentinel", "fail", f"none of the {len(sentinels)} sentinels answers for service {service}")]
+    state = states[0]
+    found = (f"service {service}: primary {state['ip']}:{state['port']}, {state['num-slaves']} replica(s), "
+             f"{len(states)} of {state['num-other-sentinels'] + 1} sentinels answer, quorum {state['quorum']}")
+    if len(states) < state["quorum"]:
+        return [Check("sentinel", "fail", found + ": too few sentinels answer to agree on a failover")]
+    return [_enough_replicas("sentinel", state["num-slaves"], durability, found)]
+
+
+def replicas_per_primary(nodes) -> dict[str, int]:
+    """Healthy replicas of each primary serving slots, from a CLUSTER NODES answer."""
+    lines = [line.split() for line in (nodes.decode() if isinstance(nodes, bytes) else nodes).splitlines()]
+    counts = {f[0]: 0 for f in lines if "master" in f[2].split(",") and len(f) > 8}
+    for f in lines:
+        flags = f[2].split(",")
+        if "slave" in flags and "fail" not in flags and f[3] in counts:
+            counts[f[3]] += 1
+    return counts
+
+
+def _enough_replicas(name: str, replicas: int, durability: Durability, found: str) -> Check:
+    """ok, or warn when a failover would leave nothing to promote or too few replicas for ``durability``."""
+    if replicas == 0:
+        return Check(name, "warn", found + ": no replica, so a failed primary has nothing to take over")
+    if replicas < durability.replicas + 1:
+        return Check(name, "warn", found + f": durability {durability} needs {durability.replicas + 1} replicas "
+                     "per primary to stay writable through a failover (the promoted one has a replica fewer)")
+    return Check(name, "ok", found)
 
 
 async def _clock_skew(redis) -> Check:

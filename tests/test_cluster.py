@@ -12,11 +12,14 @@ import signal
 
 import anyio
 import pytest
+import redis
 from redis.asyncio.cluster import RedisCluster
 
 from lessor.cluster import LocalCluster
 from lessor.core import events as ev
 from lessor.core.ids import partition_of, slot_of, spread_tags
+from lessor.doctor import run_checks
+from lessor.errors import StoreUnavailable
 from lessor.leasing.backend import open_backend
 from lessor.leasing.config import LeaseConfig
 from lessor.leasing.eventlog import EventLog
@@ -24,7 +27,9 @@ from lessor.leasing.replay import verify
 from lessor.scheduler.api import Client
 from lessor.scheduler.query import get_run
 from lessor.scheduler.registry import Registry
+from lessor.scheduler.submit import idempotent_run_id
 from lessor.scheduler.worker import Worker, WorkerConfig
+from tests.servers import wait_for
 
 pytestmark = pytest.mark.anyio
 NS, QUEUE = "proj/development", "cl"
@@ -45,8 +50,6 @@ async def cluster_url(cluster):
 
 
 def primary_ranges(cluster: LocalCluster) -> dict[int, list[tuple[int, int]]]:
-    import redis
-
     node = next(n for n in cluster.nodes if n.poll() is None)
     client = redis.Redis(unix_socket_path=node.socket_path, decode_responses=True)
     ranges: dict[int, list[tuple[int, int]]] = {}
@@ -63,6 +66,12 @@ def test_partitions_spread_within_one_of_even_over_the_primaries(cluster, partit
                         if any(lo <= slot_of(tag) <= hi for lo, hi in spans)) for port, spans in ranges.items()}
     assert sum(counts.values()) == partitions
     assert max(counts.values()) - min(counts.values()) <= 1, counts
+
+
+async def test_doctor_says_one_replica_per_primary_is_too_few_for_replicas_1(cluster):
+    checks = {c.name: c for c in await run_checks(cluster.url, "replicas:1")}
+    assert checks["replicas"].status == "warn" and "needs 2 replicas" in checks["replicas"].detail
+    assert {c.name: c for c in await run_checks(cluster.url)}["replicas"].status == "ok"
 
 
 def fanout_registry(ran: list) -> Registry:
@@ -103,6 +112,97 @@ async def test_runs_with_children_finish_and_replay_on_a_cluster(cluster_url):
         assert len(ran) == 24
 
 
+def asks_answered(node) -> int:
+    """How many commands ``node`` has answered with -ASK (INFO errorstats) since it started."""
+    with redis.Redis(unix_socket_path=node.socket_path, decode_responses=True) as client:
+        return client.info("errorstats").get("errorstat_ASK", {}).get("count", 0)
+
+
+def idempotency_keys_in(partition: int, partitions: int, prefix: str):
+    """Idempotency keys whose runs all land in ``partition`` (endless)."""
+    n = 0
+    while True:
+        key = f"{prefix}{n}"
+        if partition_of(NS, idempotent_run_id(NS, key), partitions) == partition:
+            yield key
+        n += 1
+
+
+def check_log(entries: list, actions: int) -> None:
+    """Each action succeeded exactly once, and its lease tokens only ever increased."""
+    succeeded = [(e.run, e.action) for e in entries if isinstance(e, ev.ActionSucceeded)]
+    assert len(succeeded) == len(set(succeeded)) == actions
+    tokens: dict = {}
+    for e in entries:
+        if isinstance(e, ev.ActionLeased):
+            tokens.setdefault((e.run, e.action), []).append(e.token)
+    assert all(t == sorted(set(t)) for t in tokens.values())
+
+
+async def test_a_partition_slot_migrated_while_workers_run_loses_and_doubles_nothing(cluster, cluster_url):
+    """SETSLOT IMPORTING/MIGRATING, MIGRATE a few keys at a time, SETSLOT NODE, with the partition busy.
+
+    Mid-migration every script of the partition is refused with ASK (its only declared key, the
+    partition prefix, never exists): no script runs on half a partition; callers retry, and after
+    SETSLOT NODE the client follows MOVED to the new owner.
+    """
+    ran: list = []
+    submitted: list = []
+    migrated, submitted_all = anyio.Event(), anyio.Event()
+    async with open_backend(cluster_url) as backend:
+        partition = partition_of(NS, idempotent_run_id(NS, "mig0"), backend.partitions)
+        slot = slot_of(backend.keys(partition).tag)
+        client = Client(backend, None)
+        workers = [Worker(backend, fanout_registry(ran), WorkerConfig(queue=QUEUE, namespace=NS, concurrency=8,
+                                                                      worker_id=f"m{i}")) for i in range(2)]
+
+        async def submit(key: str):
+            while True:
+                try:
+                    return await client.submit_run("fan", {"n": 2}, queue=QUEUE, idempotency_key=key)
+                except StoreUnavailable:  # the slot is migrating: the same key again is safe
+                    await anyio.sleep(0.01)
+
+        async def submit_until_migrated() -> None:  # batches of 4 runs, until one batch after the migration
+            keys = idempotency_keys_in(partition, backend.partitions, "mig")
+            while True:
+                last_batch = migrated.is_set()
+                batch = [await submit(next(keys)) for _ in range(4)]
+                submitted.extend(batch)
+                for run in batch:
+                    await run.wait()
+                if last_batch:
+                    return submitted_all.set()
+
+        async with anyio.create_task_group() as tg:
+            client.watcher = type(client.watcher)(backend, tg)
+            for w in workers:
+                tg.start_soon(w.run)
+            tg.start_soon(submit_until_migrated)
+            with anyio.fail_after(30):
+                while len(ran) < 6:
+                    await anyio.sleep(0.05)
+            source = cluster.node_on(cluster.slot_owner(slot))
+            target = next(p for p in cluster.primary_ports() if p != source.port)
+            asks = asks_answered(source)
+
+            def refused_mid_migration() -> None:  # hold the slot half-moved until a script has run into it
+                wait_for(lambda: asks_answered(source) > asks, "a lessor call to meet the migrating slot")
+
+            moved = await anyio.to_thread.run_sync(lambda: cluster.migrate_slot(
+                slot, target, batch_keys=3, between=refused_mid_migration))
+            migrated.set()
+            with anyio.fail_after(60):
+                await submitted_all.wait()
+                results = [await run.wait() for run in submitted]
+            tg.cancel_scope.cancel()
+        assert moved > 0 and cluster.slot_owner(slot) == target
+        assert {backend.keys_for_run(NS, r.run_id).partition for r in submitted} == {partition}
+        assert [r.phase.value for r in results] == ["succeeded"] * len(submitted)   # nothing lost or stuck
+        check_log([e.event for e in await EventLog(backend).read_all()], len(submitted) * 3)
+        assert await verify(backend) == []                                       # state matches its log
+
+
 async def test_a_primary_killed_mid_run_loses_nothing_and_runs_nothing_twice(cluster, cluster_url):
     """durability replicas:1: what a worker heard committed is on a replica when the primary dies."""
     ran: list = []
@@ -134,14 +234,5 @@ async def test_a_primary_killed_mid_run_loses_nothing_and_runs_nothing_twice(clu
             tg.cancel_scope.cancel()
         entries = [e.event for e in await EventLog(backend).read_all()]
     assert [r.phase.value for r in results] == ["succeeded"] * 12      # 0 lost, 0 stuck
-    succeeded = [(e.run, e.action) for e in entries if isinstance(e, ev.ActionSucceeded)]
-    assert len(succeeded) == len(set(succeeded)) == 12 * 5               # each action succeeded once
-    completed_work = {}
-    for run_id, action, token in ran:
-        completed_work.setdefault((run_id, action), []).append(token)
-    tokens = {}
-    for e in entries:
-        if isinstance(e, ev.ActionLeased):
-            tokens.setdefault((e.run, e.action), []).append(e.token)
-    assert all(t == sorted(set(t)) for t in tokens.values())           # strictly increasing per action
+    check_log(entries, 12 * 5)                                          # once each, tokens increasing
     assert cluster.primary_ports() and victim.port not in cluster.primary_ports()  # a replica took over

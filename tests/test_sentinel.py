@@ -1,97 +1,86 @@
-"""lessor through Sentinel: a real sentinel process watches a primary and its replica.
+"""lessor through Sentinel: real sentinel processes watch a primary and its replica.
 
 The primary is killed with SIGKILL while a worker runs; Sentinel promotes the
 replica, the client (``redis+sentinel://``) asks Sentinel where the primary is
 now, and every run finishes, each action once accepted, tokens increasing.
+``lessor server --sentinel`` starts the same setup and prints its URL.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
 import subprocess
-import tempfile
 
 import anyio
 import pytest
-import redis
 
-from lessor.core import events as ev
+from lessor.cluster import LocalSentinel
 from lessor.leasing.backend import open_backend
 from lessor.leasing.config import LeaseConfig
 from lessor.leasing.eventlog import EventLog
 from lessor.scheduler.api import Client
+from lessor.scheduler.launch import lessor_command
 from lessor.scheduler.worker import Worker, WorkerConfig
-from lessor.server import _die_with_parent, find_server_binary, free_port
-from tests.servers import ReplicatedPair, kill9, wait_for
-from tests.test_cluster import fanout_registry
+from lessor.server import _die_with_parent
+from tests.servers import answers, kill9, wait_for
+from tests.test_cluster import check_log, fanout_registry
 
 pytestmark = pytest.mark.anyio
 NS, QUEUE = "proj/development", "sent"
 
 
-class LocalSentinel:
-    """One sentinel process (quorum 1) monitoring ``primary_port`` as service ``lessor``."""
-
-    def __init__(self, primary_port: int) -> None:
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="lessor-sentinel-")
-        self.conf = os.path.join(self.dir, "sentinel.conf")
-        with open(self.conf, "w") as f:
-            f.write(f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
-                    f"sentinel monitor lessor 127.0.0.1 {primary_port} 1\n"
-                    "sentinel down-after-milliseconds lessor 1000\nsentinel failover-timeout lessor 5000\n")
-        self.proc = subprocess.Popen([find_server_binary(), self.conf, "--sentinel"], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-        wait_for(lambda: self.primary_port() == primary_port, "sentinel to see the primary")
-
-    @property
-    def url(self) -> str:
-        return f"redis+sentinel://127.0.0.1:{self.port}/lessor"
-
-    def primary_port(self) -> int | None:
-        client = redis.Redis(port=self.port, decode_responses=True)
-        try:
-            addr = client.execute_command("SENTINEL", "get-master-addr-by-name", "lessor")
-            return int(addr[1]) if addr else None
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-
 async def test_runs_finish_through_a_sentinel_failover():
     ran: list = []
-    with ReplicatedPair() as pair:
-        sentinel = LocalSentinel(pair.primary.port)
-        try:
-            async with open_backend(sentinel.url) as backend:
-                client = Client(backend, None)
-                worker = Worker(backend, fanout_registry(ran), WorkerConfig(
-                    queue=QUEUE, namespace=NS, concurrency=8, worker_id="w1",
-                    lease=LeaseConfig(ttl_ms=4000, grace_ms=2000), reap_interval_ms=200))
-                async with anyio.create_task_group() as tg:
-                    client.watcher = type(client.watcher)(backend, tg)
-                    tg.start_soon(worker.run)
-                    runs = [await client.submit_run("fan", {"n": 3}, queue=QUEUE) for _ in range(6)]
-                    with anyio.fail_after(30):
-                        while len(ran) < 6:
-                            await anyio.sleep(0.05)
-                    kill9(pair.primary)                                   # the primary dies mid-run
-                    await anyio.to_thread.run_sync(lambda: wait_for(
-                        lambda: sentinel.primary_port() == pair.replica.port, "sentinel to promote the replica"))
-                    with anyio.fail_after(90):
-                        results = [await run.wait() for run in runs]
-                    tg.cancel_scope.cancel()
-                entries = [e.event for e in await EventLog(backend).read_all()]
-        finally:
-            sentinel.stop()
+    with LocalSentinel(replicas=1, sentinels=1, down_after_ms=1000, failover_timeout_ms=5000) as group:
+        primary, replica = group.servers
+        async with open_backend(group.url) as backend:
+            client = Client(backend, None)
+            worker = Worker(backend, fanout_registry(ran), WorkerConfig(
+                queue=QUEUE, namespace=NS, concurrency=8, worker_id="w1",
+                lease=LeaseConfig(ttl_ms=4000, grace_ms=2000), reap_interval_ms=200))
+            async with anyio.create_task_group() as tg:
+                client.watcher = type(client.watcher)(backend, tg)
+                tg.start_soon(worker.run)
+                runs = [await client.submit_run("fan", {"n": 3}, queue=QUEUE) for _ in range(6)]
+                with anyio.fail_after(30):
+                    while len(ran) < 6:
+                        await anyio.sleep(0.05)
+                kill9(primary)                                        # the primary dies mid-run
+                await anyio.to_thread.run_sync(lambda: wait_for(
+                    lambda: group.primary_port() == replica.port, "sentinel to promote the replica"))
+                with anyio.fail_after(90):
+                    results = [await run.wait() for run in runs]
+                tg.cancel_scope.cancel()
+            entries = [e.event for e in await EventLog(backend).read_all()]
     assert [r.phase.value for r in results] == ["succeeded"] * 6       # nothing stuck
-    succeeded = [(e.run, e.action) for e in entries if isinstance(e, ev.ActionSucceeded)]
-    assert len(succeeded) == len(set(succeeded))                         # each action accepted once
-    tokens: dict = {}
-    for e in entries:
-        if isinstance(e, ev.ActionLeased):
-            tokens.setdefault((e.run, e.action), []).append(e.token)
-    assert all(t == sorted(set(t)) for t in tokens.values())             # strictly increasing per action
+    check_log(entries, 6 * 4)                                           # once each, tokens increasing
+
+
+def test_lessor_server_sentinel_prints_a_url_that_works_and_stops_everything(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "LESSOR_REDIS_URL"}
+    out = tmp_path / "server.out"
+    proc = subprocess.Popen(lessor_command("server", "--sentinel", "--sentinels", "1", "--dir", str(tmp_path / "d")),
+                            env=env, stdout=open(out, "w"), stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+    try:
+        url = wait_for(lambda: re.search(r"LESSOR_REDIS_URL=(\S+)", out.read_text()), "the URL").group(1)
+        primary = int(re.search(r"primary: 127.0.0.1:(\d+)", out.read_text()).group(1))
+        assert url.startswith("redis+sentinel://127.0.0.1:") and url.endswith("/lessor")
+        found = {}
+        for durability in ("memory", "replicas:1"):
+            doctor = subprocess.run(lessor_command("doctor", "--redis-url", url, "--durability", durability, "--json"),
+                                    env=env, capture_output=True, text=True, timeout=60)
+            assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+            found[durability] = {c["name"]: c for c in json.loads(doctor.stdout)}["sentinel"]
+        assert found["memory"]["status"] == "ok" and f"primary 127.0.0.1:{primary}, 1 replica" in found["memory"]["detail"]
+        assert found["replicas:1"]["status"] == "warn" and "needs 2 replicas" in found["replicas:1"]["detail"]
+        assert answers(f"redis://127.0.0.1:{primary}")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    sentinel = url.split("//")[1].split("/")[0]
+    assert not answers(f"redis://127.0.0.1:{primary}") and not answers(f"redis://{sentinel}")  # all gone

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import time
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import anyio
+
+from lessor.leasing.urls import is_cluster
 
 
 def loop_backend(use_uvloop: bool = True) -> tuple[str, dict]:
@@ -33,14 +36,40 @@ def uvloop_name(use_uvloop: bool) -> str:
     return "uvloop" if loop_backend(use_uvloop)[1] else "asyncio"
 
 
+async def server_info(redis, *sections: str) -> dict:
+    """INFO ``sections`` of the server, or on a cluster of every primary summed.
+
+    Numbers are added up (CPU seconds, commandstats calls and usec), so a
+    cluster reads as one server whose CPU time is spread over its primaries.
+    """
+    if not is_cluster(redis):
+        return await redis.info(*sections)
+    from redis.asyncio.cluster import RedisCluster
+
+    per_node = await redis.info(*sections, target_nodes=RedisCluster.PRIMARIES)
+    return functools.reduce(_add_info, per_node.values(), {})
+
+
+def _add_info(total: dict, info: dict) -> dict:
+    out = dict(total)
+    for key, value in info.items():
+        if isinstance(value, dict):
+            out[key] = _add_info(out.get(key, {}), value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = out.get(key, 0) + value
+        else:
+            out.setdefault(key, value)
+    return out
+
+
 async def command_stats(redis) -> dict[str, dict]:
-    """INFO commandstats as {command: {"calls": int, "usec": int, "usec_per_call": float}}."""
-    raw = await redis.info("commandstats")
+    """INFO commandstats as {command: {"calls": int, "usec": int, "usec_per_call": float}} (a cluster: summed)."""
+    raw = await server_info(redis, "commandstats")
     out = {}
     for key, value in raw.items():
         name = key.removeprefix("cmdstat_")
-        out[name] = {"calls": int(value["calls"]), "usec": int(value["usec"]),
-                     "usec_per_call": float(value["usec_per_call"])}
+        calls, usec = int(value["calls"]), int(value["usec"])
+        out[name] = {"calls": calls, "usec": usec, "usec_per_call": usec / calls if calls else 0.0}
     return out
 
 
@@ -54,8 +83,8 @@ class ServerSample:
 
 
 async def sample_server(redis) -> ServerSample:
-    """One INFO call for both sections, so CPU time and command counts are read together."""
-    raw = await redis.info("cpu", "commandstats")
+    """One INFO call for both sections, so CPU time and command counts are read together (a cluster: summed)."""
+    raw = await server_info(redis, "cpu", "commandstats")
     commands = {}
     for key, value in raw.items():
         if key.startswith("cmdstat_"):
@@ -68,8 +97,8 @@ async def sample_server(redis) -> ServerSample:
 
 
 async def server_cpu_s(redis) -> float:
-    """used_cpu_user + used_cpu_sys from INFO cpu: all the server did, not only script time."""
-    info = await redis.info("cpu")
+    """used_cpu_user + used_cpu_sys from INFO cpu: all the server did, not only script time (a cluster: summed)."""
+    info = await server_info(redis, "cpu")
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 

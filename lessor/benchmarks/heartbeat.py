@@ -22,6 +22,10 @@ counts preemption as script time, so it is no limit.
 
 With ``--plot out.png``, a sweep of batch sizes is drawn (renewals/s and the
 C client's limit vs batch).
+
+On a cluster (``redis+cluster://``) the C client runs against the primary that
+serves the partition it renews, so the limit is one primary core's; the server
+CPU of the Python phases is summed over every primary.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections import defaultdict
+from urllib.parse import quote
 
 import anyio
 
@@ -36,12 +41,13 @@ from lessor.benchmarks.cclient import Load, c_client_load, c_client_version, fin
 from lessor.benchmarks.common import (
     ServerSample, dump_json, percentile, print_table, run, sample_server, stopwatch, uvloop_name,
 )
-from lessor.errors import ConfigError, ServerError
+from lessor.errors import ServerError
 from lessor.leasing.backend import Backend, open_backend, resolve_url
 from lessor.leasing.client import Lease, LeaseClient
 from lessor.leasing.codes import Code
 from lessor.leasing.config import LeaseConfig
 from lessor.leasing.scripts import script_source
+from lessor.leasing.urls import parse_multi
 from lessor.scheduler.submit import RunSpec, submit_runs
 
 NAMESPACE = "bench/development"
@@ -201,7 +207,21 @@ async def c_client_limit(backend: Backend, url: str, sha: str, leases: list[Leas
     codes = (await backend.redis.execute_command(*command))[1:]
     if any(Code(code) is not Code.OK for code in codes):
         raise ServerError(f"renew.lua refused the benchmark's own leases: codes {sorted(set(codes))}")
-    return await c_client_load(backend.redis, url, command, len(group), duration_s, **c_client_shape(batch))
+    redis, target = limit_target(backend, url, group[0].partition)
+    return await c_client_load(redis, target, command, len(group), duration_s, **c_client_shape(batch))
+
+
+def limit_target(backend: Backend, url: str, partition: int) -> tuple:
+    """(client to sample, URL for the C client) of the server renewing ``partition``'s leases: the server
+    itself, or on a cluster the primary serving that partition (the limit is then one primary core's)."""
+    if not backend.cluster:
+        return backend.redis, url
+    prefix = backend.keys(partition).prefix
+    node = backend.redis.get_node_from_key(prefix)
+    parts = parse_multi(url)
+    auth = (quote(parts.username or "") + ":" + quote(parts.password) + "@") if parts.password else ""
+    scheme = "rediss" if parts.scheme.startswith("rediss") else "redis"
+    return backend.client_for(prefix), f"{scheme}://{auth}{node.host}:{node.port}"
 
 
 def limit_summary(load: Load, batch: int) -> dict:
@@ -252,8 +272,6 @@ async def single_renewals(backend: Backend, client: LeaseClient, leases: list[Le
 async def measure(args: argparse.Namespace) -> dict:
     max_conn = max(args.workers, args.concurrency) + 8
     async with open_backend(args.redis_url, max_connections=max_conn) as backend:
-        if backend.cluster:
-            raise ConfigError("bench heartbeat measures one server's limit: pass one server's URL, not a cluster's")
         url = resolve_url(args.redis_url) or backend.url  # unredacted: the C client must log in too
         leases = await setup_leases(backend, args.leases)
         client = LeaseClient(backend, BENCH_WORKER, BENCH_LEASE)

@@ -24,10 +24,18 @@ def add_commands(sub) -> None:
                         "(default restart)")
     p.add_argument("--max-crashes", type=int, default=5, metavar="N",
                    help="with --on-crash restart: exit non-zero at the N-th crash within 60 s (default 5)")
-    p.add_argument("--cluster", type=int, metavar="PRIMARIES",
-                   help="start a local Redis-compatible Cluster of this many primaries (>= 3) instead, and print "
-                        "its redis+cluster:// URL")
-    p.add_argument("--replicas", type=int, default=0, metavar="N", help="with --cluster: replicas per primary")
+    topology = p.add_mutually_exclusive_group()
+    topology.add_argument("--cluster", type=int, metavar="PRIMARIES",
+                          help="start a local Redis-compatible Cluster of this many primaries (>= 3) instead, and "
+                               "print its redis+cluster:// URL")
+    topology.add_argument("--sentinel", action="store_true",
+                          help="start a primary, its replicas and the Sentinels watching them instead, and print "
+                               "their redis+sentinel:// URL (service lessor)")
+    p.add_argument("--replicas", type=int, metavar="N",
+                   help="with --cluster: replicas per primary (default 0); with --sentinel: replicas of the "
+                        "primary (default 1)")
+    p.add_argument("--sentinels", type=int, default=3, metavar="N",
+                   help="with --sentinel: how many sentinels (default 3; a majority must agree on a failover)")
     p.set_defaults(handler=cmd_server)
 
     p = sub.add_parser("doctor", help="check a server before use: version, persistence, ACL, cluster, clocks")
@@ -53,6 +61,8 @@ def cmd_server(args: argparse.Namespace) -> int:
 
     if args.cluster is not None:
         return _serve_cluster(args)
+    if args.sentinel:
+        return _serve_sentinel(args)
     if args.max_crashes < 1:
         raise ValueError(f"--max-crashes must be at least 1, got {args.max_crashes}")
     server = EmbeddedServer(appendfsync=args.appendfsync, port=args.port, workdir=args.dir,
@@ -75,19 +85,43 @@ def _serve_cluster(args: argparse.Namespace) -> int:
     """`lessor server --cluster N [--replicas R]`: a local cluster in the foreground until Ctrl-C/SIGTERM."""
     from lessor.cluster import LocalCluster
 
-    cluster = LocalCluster(primaries=args.cluster, replicas=args.replicas, appendfsync=args.appendfsync,
+    replicas = args.replicas or 0
+    cluster = LocalCluster(primaries=args.cluster, replicas=replicas, appendfsync=args.appendfsync,
                            workdir=args.dir)
     with cluster:
-        print(f"lessor server: a local cluster of {args.cluster} primaries x {1 + args.replicas} nodes ready "
+        print(f"lessor server: a local cluster of {args.cluster} primaries x {1 + replicas} nodes ready "
               f"(appendfsync={args.appendfsync})", flush=True)
         print(f"  export LESSOR_REDIS_URL={cluster.url}", flush=True)
         print(f"  data: {cluster.workdir}   (Ctrl-C to stop)", flush=True)
-        signal.signal(signal.SIGTERM, _interrupt)
-        try:
-            signal.pause()
-        except KeyboardInterrupt:
-            pass
+        _serve_until_stopped()
     return 0
+
+
+def _serve_sentinel(args: argparse.Namespace) -> int:
+    """`lessor server --sentinel [--replicas R] [--sentinels S]`: in the foreground until Ctrl-C/SIGTERM."""
+    from lessor.cluster import LocalSentinel
+
+    replicas = 1 if args.replicas is None else args.replicas
+    group = LocalSentinel(replicas=replicas, sentinels=args.sentinels, appendfsync=args.appendfsync,
+                          workdir=args.dir)
+    with group:
+        print(f"lessor server: a primary, {replicas} replica(s) and {args.sentinels} sentinel(s) ready "
+              f"(quorum {group.quorum}, appendfsync={args.appendfsync})", flush=True)
+        print(f"  export LESSOR_REDIS_URL={group.url}", flush=True)
+        print(f"  primary: 127.0.0.1:{group.servers[0].port}   replicas: "
+              f"{', '.join(f'127.0.0.1:{s.port}' for s in group.servers[1:]) or 'none'}   data: {group.workdir}"
+              "   (Ctrl-C to stop)", flush=True)
+        _serve_until_stopped()
+    return 0
+
+
+def _serve_until_stopped() -> None:
+    """Block until Ctrl-C or SIGTERM (the caller's ``with`` then stops every process it started)."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -66,9 +66,10 @@ class Backend:
         missing ACL permission).
         """
         try:
-            if not durable or not self.durability.waits:
+            wait = durable and self.durability.waits
+            if not wait and not self.cluster:
                 return await getattr(self.scripts, name)(keys=keys, args=args)
-            return await self._call_durable(name, keys, args)
+            return await self._call_on_node(name, keys, args, wait)
         except ResponseError as exc:
             if is_transient(exc):
                 raise StoreUnavailable(f"{name}: the server at {self.url} cannot serve now ({exc}); retry") from exc
@@ -82,19 +83,34 @@ class Backend:
             raise StoreUnavailable(f"{name}: the cluster at {self.url} cannot serve now "
                                    f"({type(exc).__name__}: {exc}); retry") from exc
 
-    async def _call_durable(self, name: str, keys: list, args: list) -> Any:
+    async def _call_on_node(self, name: str, keys: list, args: list, wait: bool) -> Any:
+        """The script, and with ``wait`` its WAIT/WAITAOF, in one pipeline on the node serving ``keys[0]``.
+
+        On a cluster every script goes this way, so that an ASK is never followed. ASK means
+        the partition's slot is migrating and its keys are split between two nodes: a script
+        on either would see half a partition. ``keys[0]``, the partition prefix, is never a key
+        itself, so the source answers every script of a migrating slot with ASK before running
+        any of it; the call fails as StoreUnavailable (callers retry) until SETSLOT NODE ends the
+        migration and MOVED sends it to the new owner. (redis-py 8.1's asyncio cluster client
+        follows ASK by sending ASKING and the command on two pooled connections.)
+        """
         script = getattr(self.scripts, name)
         client = self.client_for(keys[0])
+        reply: Any = None
         for _ in range(3):  # again only after loading a missing script or learning where a slot moved
             pipe = client.pipeline(transaction=False)
             pipe.evalsha(script.sha, len(keys), *keys, *args)
-            pipe.execute_command(*self.durability.wait_command())
+            if wait:
+                pipe.execute_command(*self.durability.wait_command())
             try:
-                reply, answer = await pipe.execute(raise_on_error=False)
+                reply, *answer = await pipe.execute(raise_on_error=False)
             except (RedisConnectionError, OSError):
                 await self._forget_node(keys[0])
                 raise
-            if isinstance(reply, (MovedError, AskError)) and self.cluster:
+            if isinstance(reply, AskError):
+                raise StoreUnavailable(f"{name}: the slot of {keys[0]!r} is migrating to "
+                                       f"{reply.host}:{reply.port}; retry once the migration ends")
+            if isinstance(reply, MovedError) and self.cluster:
                 await self._forget_node(keys[0])  # the slot moved (failover, migration): learn where
                 client = self.client_for(keys[0])
                 continue
@@ -103,12 +119,15 @@ class Backend:
                 continue
             if isinstance(reply, Exception):
                 raise reply
-            if isinstance(answer, Exception):
+            if wait and isinstance(answer[0], Exception):
                 raise ServerRefused(f"{name} was applied, but the server refused "
-                                    f"{self.durability.wait_command()[0]} ({answer}): durability "
+                                    f"{self.durability.wait_command()[0]} ({answer[0]}): durability "
                                     f"{self.durability} needs Redis >= 7.2 or Valkey >= 7.2 with appendonly yes")
-            self.durability.check(answer, name, reply)
+            if wait:
+                self.durability.check(answer[0], name, reply)
             return reply
+        if isinstance(reply, MovedError):
+            raise StoreUnavailable(f"{name}: the slot of {keys[0]!r} keeps moving ({reply}); retry")
         raise ServerRefused(f"the server at {self.url} keeps losing script {name} (NOSCRIPT after SCRIPT LOAD)")
 
     def keys(self, partition: int) -> Keys:

@@ -156,7 +156,7 @@ class EventLog:
             while True:
                 for i, group in enumerate(groups):
                     if group not in pending.values():
-                        pending[asyncio.ensure_future(self._xread(group, last, block_ms))] = group
+                        pending[asyncio.ensure_future(self._xread_checked(group, last, block_ms))] = group
                 done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 failure = None
                 for task in done:
@@ -170,7 +170,6 @@ class EventLog:
                         failing.add(group[0])
                         continue
                     failing.discard(group[0])
-                    await self._check_not_trimmed(reply, last)
                     for entry in self._rows(reply, last):
                         yield entry
                 if failure is not None:
@@ -200,6 +199,12 @@ class EventLog:
                 raise LogTrimmed(f"partition {p}: events after {last[p]} up to {mark.decode()} were trimmed by "
                                  "compaction while this follower was behind; re-read the state and follow from "
                                  "now, or read them from the archive (lessor events --archive)")
+
+    async def _xread_checked(self, partitions: list[int], last: dict[int, str], block_ms: int):
+        """``_xread`` then ``_check_not_trimmed``: a store fault in either is waited out the same way."""
+        reply = await self._xread(partitions, last, block_ms)
+        await self._check_not_trimmed(reply, last)
+        return reply
 
     async def _xread(self, partitions: list[int], last: dict[int, str], block_ms: int):
         streams = {self.backend.keys(p).stream: last[p] for p in partitions}

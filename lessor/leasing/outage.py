@@ -20,6 +20,8 @@ import os
 import random
 from dataclasses import dataclass
 
+import anyio
+
 from redis.exceptions import AskError, AuthenticationError, AuthorizationError, ClusterDownError, ClusterError
 from redis.exceptions import RedisClusterException, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError

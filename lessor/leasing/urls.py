@@ -105,7 +105,15 @@ def make_client(url: str, **kwargs: Any) -> aioredis.Redis | RedisCluster:
     common = dict(decode_responses=False, socket_connect_timeout=5, socket_timeout=30)
     if scheme.endswith("+cluster"):
         p = parse_multi(url)
-        kwargs.pop("max_connections", None)
+        # Per node, like one server's pool: unbounded. redis-py's cluster default (100 per node) is
+        # too few for lessor's blocking reads (one per partition per follower and per idle worker), and
+        # running out makes redis-py drop and re-learn every connection of the node.
+        kwargs["max_connections"] = kwargs.get("max_connections") or 2 ** 31
+        # A MOVED only patches the slot map (reinitialize_steps=0): redis-py's default re-learns the
+        # whole topology every 5th MOVED by closing every connection, under every blocking read in
+        # flight, and on Python 3.11 a read cancelled while it resends (asyncio.wait_for, gh-86296)
+        # then runs to its full timeout. A slot migration sends each follower one MOVED per moved slot.
+        kwargs.setdefault("reinitialize_steps", 0)
         return RedisCluster(startup_nodes=[ClusterNode(h, port) for h, port in p.hosts], username=p.username,
                             password=p.password, ssl=scheme.startswith("rediss"), **common, **kwargs)
     if scheme.endswith("+sentinel"):
