@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 
+import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -58,25 +59,35 @@ async def test_submit_run_refuses_bad_values_or_leaves_a_sound_log(backend, task
     await assert_log_is_sound(backend)
 
 
+# Scripts that also take a batch packed as one msgpack array: (index of its first value, values per item).
+PACKED = {"submit/packed": (0, 14), "complete/packed": (1, 3)}
+
+
 def templates(ref: str, token: int) -> dict[str, list]:
     """A valid ARGV per script, around one live lease (``ref``, ``token``) of worker w1 on queue q."""
     ns, run = "proj/development", ref.split("/")[2]
     return {
         "submit": [ns, "r2", "t", "q", b"\x01", "", 3, 0, 1000, 0, 0, "", 0, b""],
+        # packed (as scheduler/submit.py sends it): the same 14 values as one msgpack array, then the count
+        "submit/packed": [ns, "r2", "t", "q", b"\x01", "", 3, 0, 1000, 0, 0, "", 0, b"", 1],
         "submit_child": [ref, token, "w1", "c1", "t", b"", "q", 3, 0, 1000, 0, 0, ""],
         "acquire": [ns, "q", "w1", 1, 1000, 500],
         "renew": ["w1", 1000, ref, token],
         "complete": ["w1", ref, token, b"\x01"],
+        "complete/packed": ["w1", ref, token, b"\x01", 1],   # as leasing/client.py sends it
         "fail": [ref, token, "w1", "boom", 1, 0.5],
         "release": [ref, token, "w1", "bye"],
         "reap": [100, 0],
         "abort": [ns, run, "stop"],
+        "retire": [ns, 0, -1, 100, 0, -1],
+        "schedule": ["create", ns, "s1", "t", "q", "*/5 * * * *", "UTC", "all", 0, b"", 0, 1],
+        "tick": ["w1", "0", 1000, 500, "tick", ns, "s1", 1000, "rs1", 1, 2000],
     }
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
-@given(script=st.sampled_from([n for n in SCRIPT_NAMES if n != "append_events"]),
-       replace=st.lists(st.one_of(st.none(), st.none(), st.none(), ARG), min_size=14, max_size=14),
+@given(script=st.sampled_from([n for n in SCRIPT_NAMES if n != "append_events"] + list(PACKED)),
+       replace=st.lists(st.one_of(st.none(), st.none(), st.none(), ARG), min_size=15, max_size=15),
        extra=st.lists(ARG, max_size=2))
 async def test_raw_script_calls_refuse_bad_argv_or_leave_a_sound_log(backend, script, replace, extra):
     """A foreign client calling a script with a valid ARGV, some values replaced by anything:
@@ -93,10 +104,14 @@ async def test_raw_script_calls_refuse_bad_argv_or_leave_a_sound_log(backend, sc
     # each value of a valid ARGV is kept (None) or replaced by anything.
     args = [value if new is None else new
             for value, new in zip(templates(lease.ref, lease.token)[script], replace)] + extra
+    if script in PACKED:  # the values of a batch as one msgpack array, the rest as they are
+        start, width = PACKED[script]
+        args = [*args[:start], msgpack.packb(args[start:start + width], use_bin_type=False), *args[start + width:]]
     try:
         # A client derives a run's partition from its id; submit goes where r2 lives.
-        keys = backend.keys_for_run("proj/development", "r2") if script == "submit" else backend.keys(lease.partition)
-        await backend.call(script, [keys.prefix], args)
+        name = script.split("/")[0]
+        keys = backend.keys_for_run("proj/development", "r2") if name == "submit" else backend.keys(lease.partition)
+        await backend.call(name, [keys.prefix], args)
     except LessorError as exc:
         assert str(exc)
     await assert_log_is_sound(backend)

@@ -16,9 +16,10 @@ Measured in the same run, per durability mode:
 
 ``--idle`` measures an idle worker instead, in the same run for both ways of
 idling: ``block`` (today's: BLPOP on the queue's wake-up lists, a safety poll
-every 5 s) and ``poll`` (the old way, every 100 ms, as the baseline). For each:
+every 10 s) and ``poll`` (the old way, every 100 ms, as the baseline). For each:
 the commands/s one idle worker sends (``INFO commandstats`` delta over
-``--idle-s``), without and with its reaper, and the latency from a submit to
+``--idle-s``; commands run inside scripts count too, as commandstats counts them),
+without and with its reaper, and the latency from a submit to
 its task starting (p50, p90 over ``--latency-runs`` runs submitted one at a
 time to the idle worker; the task returns its start time).
 """
@@ -75,7 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--idle", action="store_true",
                    help="measure an idle worker instead: commands/s and submit-to-start latency, blocking "
                         "(BLPOP on wake-up lists) against polling every 100 ms, in the same run")
-    p.add_argument("--idle-s", type=float, default=5.0, help="with --idle: seconds to count commands (default 5)")
+    p.add_argument("--idle-s", type=float, default=20.0, help="with --idle: seconds to count commands (default 20)")
     p.add_argument("--latency-runs", type=int, default=50,
                    help="with --idle: runs submitted one at a time to measure latency (default 50)")
     p.add_argument("--json", action="store_true")

@@ -15,6 +15,8 @@ even computes; the token makes the window harmless.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import random
 from collections import defaultdict
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from typing import Iterable
 import logging
 
 import anyio
+import msgpack
 
 from lessor.core.ids import check_id, check_namespace, split_action_ref
 from lessor.core.limits import check_int, check_text
@@ -65,6 +68,10 @@ class LeaseClient:
         self.config = config or LeaseConfig()
         self._rng = rng or random.Random()
         self._next_partition = 0
+        self._wake_keys: dict[tuple[str, str], dict[str, int]] = {}
+        self._reads: dict[str, asyncio.Task] = {}          # a cluster's blocking reads in flight
+        self._handing_back: set[asyncio.Task] = set()
+        self._waiting = False
 
     async def acquire(self, namespace: str, queue: str, n: int = 1) -> list[Lease]:
         """Lease up to ``n`` queued actions of ``queue``, visiting partitions in turn.
@@ -124,6 +131,84 @@ class LeaseClient:
         if leases:
             log.warning("did not start %d leases: %s", len(leases), why)
 
+    async def wait_for_work(self, namespace: str, queue: str, timeout_s: float) -> int | None:
+        """Block until work is enqueued on ``queue``; the partition it was enqueued in.
+
+        Pops the wake-up token that every enqueue leaves on the queue's wake list
+        (``wake_key``: at most one token per partition, so one idle worker wakes
+        per token, and acquire.lua passes it on while work is left). None after
+        about ``timeout_s`` with no token. On one server one BLPOP names every
+        partition's list. On a cluster a blocking read may not span slots: one
+        BLPOP per partition, each on its own connection (``_wait_each``).
+        Raises what a read raised (a store fault: back off, then poll).
+        """
+        keys = self._wake_keys.get((namespace, queue))
+        if keys is None:
+            keys = {self.backend.keys(p).wake(namespace, queue): p for p in range(self.backend.partitions)}
+            self._wake_keys[(namespace, queue)] = keys
+        if self.backend.cluster:
+            return await self._wait_each(keys, timeout_s)
+        reply = await self.backend.redis.blpop(list(keys), timeout=timeout_s)
+        return None if reply is None else keys[reply[0].decode()]
+
+    async def _wait_each(self, keys: dict[str, int], timeout_s: float) -> int | None:
+        """One BLPOP per partition, kept in flight from one wait to the next rather than
+        cancelled when another partition wakes first: a read cancelled while its reply is on
+        the way would lose the token. A token popped while nobody waits is handed back."""
+        reads = self._reads
+        for key in keys:
+            if key not in reads:
+                read = asyncio.ensure_future(self.backend.redis.blpop([key], timeout=timeout_s))
+                read.add_done_callback(functools.partial(self._read_done, key))
+                reads[key] = read
+        self._waiting = True
+        try:
+            with anyio.move_on_after(timeout_s):
+                while reads:
+                    woken, failed = [], None
+                    for key, read in list(reads.items()):
+                        if read.done():
+                            del reads[key]
+                            if read.cancelled():
+                                continue
+                            if read.exception() is not None:
+                                failed = failed or read.exception()
+                            elif read.result() is not None:
+                                woken.append(key)
+                    if woken:
+                        for key in woken[1:]:   # more than one at once: the others go to other idle workers
+                            await self.backend.redis.rpush(key, 1)
+                        return keys[woken[0]]
+                    if failed is not None:
+                        raise failed
+                    if reads:
+                        await asyncio.wait(list(reads.values()), return_when=asyncio.FIRST_COMPLETED)
+            return None
+        finally:
+            self._waiting = False
+
+    def _read_done(self, key: str, read: asyncio.Task) -> None:
+        if self._waiting or read.cancelled() or read.exception() is not None or read.result() is None:
+            return  # a waiter takes it; or nothing to hand on (an error is seen by the next read)
+        # A token popped while this worker is busy: hand it back for another idle worker.
+        self._reads.pop(key, None)
+        self._handing_back.add(asyncio.ensure_future(self.backend.redis.rpush(key, 1)))
+        for done in [t for t in self._handing_back if t.done()]:
+            self._handing_back.discard(done)
+            if not done.cancelled():
+                done.exception()   # best effort: a token lost here is found by the next safety poll
+
+    async def stop_waiting(self) -> None:
+        """Cancel the blocking reads still in flight (a cluster's per-partition reads); wait for them."""
+        pending = [*self._reads.values(), *self._handing_back]
+        self._reads.clear()
+        self._handing_back.clear()
+        for read in pending:
+            read.cancel()   # redis-py drops a connection cancelled mid-read: no reply is left on it
+        if pending:
+            with anyio.CancelScope(shield=True):
+                await asyncio.gather(*pending, return_exceptions=True)
+
     async def renew(self, leases: Iterable[Lease]) -> dict[str, Code]:
         """Renew every given lease: one script call per partition, all concurrently.
 
@@ -175,9 +260,12 @@ class LeaseClient:
 
         Codes as ``complete``; the caller decides what a refusal means for each.
         """
-        args: list = [self.worker_id]
+        values: list = []
         for lease, result in items:
-            args += (lease.ref, lease.token, result or b"")
+            values += (lease.ref, lease.token, result or b"")
+        # Packed: one msgpack blob and a count instead of three arguments per item, which
+        # redis-py would pack one by one in Python (complete.lua unpacks it).
+        args = [self.worker_id, msgpack.packb(values, use_bin_type=False), len(items)]
         reply = await self.backend.call("complete", [self.backend.keys(partition).prefix], args)
         return [(int(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
 

@@ -56,6 +56,7 @@ class HeldLease:
     fenced: FenceReason | None = None
     fenced_at_ms: float | None = None
     resumed: int = 0
+    work_ended_ms: float | None = None   # when its work ended (its report is on the way); None: running
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,17 @@ class LeaseKeeper:
         held = self.held.get(ref)
         if held is not None and held.lease.token == token:
             del self.held[ref]
+
+    def work_ended(self, held: HeldLease) -> None:
+        """The work of ``held`` is over and its report is on the way.
+
+        A renewal sent now would race the report, and lose: the server answers it
+        STALE once the report has landed (and records it as refused). So the
+        heartbeats leave the lease out while the report is young (one heartbeat);
+        and an answer that comes back not OK fences nothing (there is nothing left
+        to stop), the report's own answer tells how the attempt ended.
+        """
+        held.work_ended_ms = self.clock.now_ms()
 
     def usable(self, ref: str) -> bool:
         """True while the lease is held and not fenced: only then may the worker report with it."""
@@ -152,7 +164,10 @@ class LeaseKeeper:
         With ``finish_heartbeat`` this lets a simulator put its own network
         between the send and the answer while running the same logic.
         """
-        return [h for h in self.held.values() if h.fenced is None], self.clock.now_ms()
+        now = self.clock.now_ms()
+        young = now - self.config.heartbeat_ms   # a report sent after this needs no renewal yet
+        return [h for h in self.held.values()
+                if h.fenced is None and (h.work_ended_ms is None or h.work_ended_ms <= young)], now
 
     def finish_heartbeat(self, live: list[HeldLease], codes: dict[str, Code] | None, sent_ms: float) -> None:
         """Second half: apply the answers (None = no answer), then the self-fence check."""
@@ -176,7 +191,7 @@ class LeaseKeeper:
                 if code is Code.RESUMED:
                     h.resumed += 1
                     self._stats["resumed"] += 1
-            elif code is not None:
+            elif code is not None and h.work_ended_ms is None:
                 self.fence(h, _CODE_TO_REASON[code])
 
     async def run(self) -> None:

@@ -2,14 +2,18 @@
 
 One worker = one LeaseClient + one LeaseKeeper (batched heartbeats,
 self-fencing) + a reporter that batches completions per partition. Each
-attempt runs in its own cancel scope; the keeper cancels it when the lease is
-lost. A result is reported only while the keeper still considers the lease
+attempt is a plain asyncio task whose work runs in one anyio cancel scope; the
+keeper cancels that scope when the lease is lost. A result is reported only while the keeper still considers the lease
 usable; a fenced attempt's result is dropped (an abort is confirmed with a
 release). What each ending is reported as, and when a report is sent again,
 is the outcome policy (``scheduler/outcome.py``), shared with the simulated
 worker so that what the simulations prove is what runs here. Unknown tasks,
 undecodable inputs and handler exceptions fail the attempt with a recorded
 error; they never crash the worker.
+
+An idle worker does not poll: it blocks (BLPOP) on its queue's wake-up lists,
+where every enqueue leaves a token, and polls every partition only every
+``idle_poll_ms`` (10 s) in case a wake-up was lost.
 
 Shutdown (``stop()``): stop acquiring, let running attempts finish within
 ``drain_s``, then cancel the rest and release their leases so they fail over
@@ -18,7 +22,9 @@ at once instead of after ttl + grace.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import gc
 import logging
 import os
 import re
@@ -27,10 +33,9 @@ import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import anyio
-from anyio.abc import TaskGroup
 
 from lessor import telemetry
 from lessor.core.clock import MonotonicClock, SystemMonotonicClock
@@ -83,7 +88,12 @@ class WorkerConfig:
     concurrency: int = 8
     worker_id: str = field(default_factory=default_worker_id)
     lease: LeaseConfig = field(default_factory=LeaseConfig)
-    idle_poll_ms: int = 100
+    # An idle worker blocks on its queue's wake-up lists (every enqueue leaves a token) and
+    # polls every partition only every idle_poll_ms, in case a wake-up was lost (a woken
+    # worker that died before it acquired). wake=False polls every idle_poll_ms instead, as
+    # workers did before the wake-up lists (benchmarks measure the two side by side).
+    idle_poll_ms: int = 10_000
+    wake: bool = True
     drain_s: float = 10.0
     # Every worker reaps (through the partitions' pass throttle, so the fleet costs one
     # pass per partition per interval): leases expire as long as any worker is alive.
@@ -95,15 +105,18 @@ class WorkerConfig:
     # a restart or failover gives every live lease a full ttl first (ensure_epoch), so finished
     # work whose report outlived the outage commits instead of running a second time.
     report_timeout_s: float = 60.0
+    # Freeze the start-up heap and collect less often while the worker runs (see tuned_gc).
+    tune_gc: bool = True
 
     def __post_init__(self) -> None:
         check_namespace(self.namespace)
         check_id("queue", self.queue)
         check_id("worker", self.worker_id)
-        if (self.concurrency < 1 or self.idle_poll_ms <= 0 or self.drain_s < 0 or self.reap_interval_ms <= 0
-                or self.report_timeout_s < 0):
-            raise ValueError("concurrency must be >= 1, idle_poll_ms > 0, drain_s >= 0, reap_interval_ms > 0 "
-                             "and report_timeout_s >= 0")
+        # A blocking read must end well inside the client's 30 s socket timeout.
+        if (self.concurrency < 1 or not 0 < self.idle_poll_ms <= 20_000 or self.drain_s < 0
+                or self.reap_interval_ms <= 0 or self.report_timeout_s < 0):
+            raise ValueError("concurrency must be >= 1, 0 < idle_poll_ms <= 20000, drain_s >= 0, "
+                             "reap_interval_ms > 0 and report_timeout_s >= 0")
 
 
 @dataclass(frozen=True)
@@ -128,12 +141,50 @@ class WorkerStatistics:
         return self.succeeded + self.failed + self.released + self.aborted
 
 
+# Cyclic garbage collection took a third of a busy worker's CPU (profiled: every full
+# collection walks everything imported at start-up, and a no-op action allocates enough
+# to trigger one every ~1,400 actions). While a worker runs, the start-up heap is frozen
+# (never walked again) and the young generation is collected every 50,000 allocations
+# instead of 700. Reference counting still frees nearly everything at once; only cycles
+# wait longer. Process-wide, so counted: the last worker to stop restores the settings.
+GC_THRESHOLDS = (50_000, 20, 100)
+_gc_users = 0
+_gc_saved = gc.get_threshold()
+
+
+@contextlib.contextmanager
+def tuned_gc() -> Iterator[None]:
+    """Freeze the heap built so far and raise the collection thresholds, for the block's life."""
+    global _gc_users, _gc_saved
+    if _gc_users == 0:
+        _gc_saved = gc.get_threshold()
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
+    _gc_users += 1
+    try:
+        yield
+    finally:
+        _gc_users -= 1
+        if _gc_users == 0:
+            gc.set_threshold(*_gc_saved)
+            gc.unfreeze()
+
+
 class Reporter:
-    """Batches completions: everything pending for a partition goes in one script call."""
+    """Batches completions: everything pending for a partition goes in one script call.
+
+    Plain asyncio (a list, one Event, a future per completion): the worker runs on
+    asyncio, and anyio's memory stream and Event cost more per completion than the
+    rest of the report (profiled). A completion made while the reporter is not
+    running (before start, or once stopped) is sent on its own.
+    """
 
     def __init__(self, client: LeaseClient) -> None:
         self.client = client
-        self._send, self._receive = anyio.create_memory_object_stream[tuple](max_buffer_size=10_000)
+        self._pending: list[tuple[Lease, bytes, asyncio.Future]] = []
+        self._ready = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def complete(self, lease: Lease, result: bytes) -> None:
         """Commit one result (batched with concurrent ones).
@@ -141,62 +192,60 @@ class Reporter:
         Raises StaleToken if refused, and the call's own error (StoreUnavailable,
         NotDurable, ...) if the batch got no answer: never a made-up code.
         """
-        done: dict[str, Any] = {"event": anyio.Event()}
-        await self._send.send((lease, result, done))
-        await done["event"].wait()
-        if done.get("error") is not None:
-            raise done["error"]
-        raise_for(done["code"], lease.ref, lease.token, done["current"])
+        if self._loop is None:
+            return await self.client.complete(lease, result)
+        future = self._loop.create_future()
+        self._pending.append((lease, result, future))
+        self._ready.set()
+        code, current = await future
+        if code:
+            raise_for(code, lease.ref, lease.token, current)
 
     async def run(self) -> None:
+        """Send what is pending, batch after batch, until cancelled."""
+        self._loop = asyncio.get_running_loop()
         try:
-            async with self._receive:
-                async for first in self._receive:
-                    batch = [first]
-                    while True:
-                        try:
-                            batch.append(self._receive.receive_nowait())
-                        except anyio.WouldBlock:
-                            break
+            while True:
+                await self._ready.wait()
+                self._ready.clear()
+                batch, self._pending = self._pending, []
+                if batch:
                     await self._flush(batch)
         finally:  # stopped: every completion still waiting hears so, none hangs
-            while True:
-                try:
-                    _, _, done = self._receive.receive_nowait()
-                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                    break
-                _stopped(done)
+            self._loop = None
+            batch, self._pending = self._pending, []
+            for _, _, future in batch:
+                _stopped(future)
 
     async def _flush(self, batch: list[tuple]) -> None:
-        by_partition: dict[int, list[tuple]] = defaultdict(list)
+        by_partition: dict[int, list[tuple]] = {}
         for item in batch:
-            by_partition[item[0].partition].append(item)
+            by_partition.setdefault(item[0].partition, []).append(item)
+        if len(by_partition) == 1:
+            await self._flush_partition(*by_partition.popitem())
+        else:
+            await asyncio.gather(*(self._flush_partition(p, items) for p, items in by_partition.items()))
 
-        async def one(partition: int, items: list[tuple]) -> None:
-            try:
-                answers = await self.client.complete_many(partition, [(lease, result) for lease, result, _ in items])
-            except Exception as exc:  # every waiter hears the batch's own error, whatever it is
-                for _, _, done in items:
-                    done["error"] = exc
-                    done["event"].set()
-                return
-            except BaseException:  # cancelled mid-call: the waiters must not hang on it
-                for _, _, done in items:
-                    _stopped(done)
-                raise
-            for (_, _, done), (code, current) in zip(items, answers):
-                done["code"], done["current"] = code, current
-                done["event"].set()
-
-        async with anyio.create_task_group() as tg:
-            for partition, items in by_partition.items():
-                tg.start_soon(one, partition, items)
+    async def _flush_partition(self, partition: int, items: list[tuple]) -> None:
+        try:
+            answers = await self.client.complete_many(partition, [(lease, result) for lease, result, _ in items])
+        except Exception as exc:  # every waiter hears the batch's own error, whatever it is
+            for _, _, future in items:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except BaseException:  # cancelled mid-call: the waiters must not hang on it
+            for _, _, future in items:
+                _stopped(future)
+            raise
+        for (_, _, future), answer in zip(items, answers):
+            if not future.done():
+                future.set_result(answer)
 
 
-def _stopped(done: dict) -> None:
-    if not done["event"].is_set():
-        done["error"] = StoreUnavailable("the worker's reporter stopped before this completion was sent")
-        done["event"].set()
+def _stopped(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_exception(StoreUnavailable("the worker's reporter stopped before this completion was sent"))
 
 
 class Worker:
@@ -229,8 +278,16 @@ class Worker:
         # ref -> (token, cancel scope) of every attempt still running here, fenced or not:
         # a fenced attempt that ignores cancellation still occupies a slot.
         self._running: dict[str, tuple[int, anyio.CancelScope]] = {}
-        self._slot_freed = anyio.Event()
-        self._stopping = anyio.Event()
+        # Each attempt is a plain asyncio task (an anyio task costs several times more to
+        # start, profiled); run() waits for all of them before it returns.
+        self._tasks: set[asyncio.Task] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = asyncio.Event()         # a slot was freed, or stop() was called
+        self._stopping = asyncio.Event()
+        self._idle_scope: anyio.CancelScope | None = None   # the idle wait stop() cuts short
+        self._torn_down = False              # run() itself was cancelled: reports get 2 s
+        self._crashed: BaseException | None = None
+        self._tracer = None   # set by run(): None while telemetry is off (no span objects at all)
         self._shutting_down: set[str] = set()
         self.counts: dict[str, int] = defaultdict(int)
         # Sync tasks run in killable child processes, at most one per slot.
@@ -247,111 +304,199 @@ class Worker:
     def stop(self) -> None:
         """Ask for a graceful stop: no new leases; running attempts get ``drain_s`` to finish."""
         self._stopping.set()
+        self._wake.set()
+        if self._idle_scope is not None:
+            self._idle_scope.cancel()
 
     async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
-        """Run until ``stop()``; then drain, release what is left, and return."""
-        async with anyio.create_task_group() as service:
-            self.watcher = CompletionWatcher(self.backend, service)
-            service.start_soon(self.keeper.run)
-            service.start_soon(self.reporter.run)
-            if self.reaper is not None:
-                service.start_soon(self.reaper.run)
-            if self.housekeeper is not None:
-                service.start_soon(self.housekeeper.run)
-            async with anyio.create_task_group() as attempts:
-                task_status.started()
-                await self._acquire_loop(attempts)
-                await self._drain()
-            service.cancel_scope.cancel()
+        """Run until ``stop()``; then drain, release what is left, and return.
 
-    async def _acquire_loop(self, attempts: TaskGroup) -> None:
-        idle_ms = self.config.idle_poll_ms
+        Raises the error of an attempt that failed in the worker itself (not in its
+        task: those are reported), after stopping the others the same way.
+        """
+        self._loop = asyncio.get_running_loop()
+        self._tracer = telemetry.active_tracer()
+        with tuned_gc() if self.config.tune_gc else contextlib.nullcontext():
+            async with anyio.create_task_group() as service:
+                self.watcher = CompletionWatcher(self.backend, service)
+                service.start_soon(self.keeper.run)
+                service.start_soon(self.reporter.run)
+                if self.reaper is not None:
+                    service.start_soon(self.reaper.run)
+                if self.housekeeper is not None:
+                    service.start_soon(self.housekeeper.run)
+                try:
+                    task_status.started()
+                    await self._acquire_loop()
+                    await self._drain()
+                except BaseException:
+                    self._torn_down = True
+                    raise
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self._end_attempts()
+                        await self.client.stop_waiting()
+                service.cancel_scope.cancel()
+        if self._crashed is not None:
+            raise self._crashed
+
+    async def _acquire_loop(self) -> None:
+        woken: int | None = None   # the partition whose wake-up token this worker just took
         while not self._stopping.is_set():
             free = self.config.concurrency - len(self._running)
             if free <= 0:
-                self._slot_freed = anyio.Event()
-                await self._wait_any(self._slot_freed)
+                self._wake.clear()
+                await self._wake.wait()
                 continue
             sent_ms = self.clock.now_ms()
             try:
-                leases = await self.client.acquire(self.config.namespace, self.config.queue, free)
+                if woken is None:
+                    leases = await self.client.acquire(self.config.namespace, self.config.queue, free)
+                else:
+                    leases = await self.client.acquire_from(woken, self.config.namespace, self.config.queue, free)
                 self.outage.ok()
             except Exception as exc:  # a store fault waits and retries; anything else stops the worker
                 if not is_transient(exc):
                     raise
-                with anyio.move_on_after(self.outage.failed(exc) / 1000):
-                    await self._stopping.wait()
+                await self._pause_ms(self.outage.failed(exc))
+                woken = None
                 continue
             if leases:
                 telemetry.instruments().queue_depth.add(-len(leases))
-            for lease in leases:
-                if lease.ref in self._running:
-                    # An earlier attempt of this action is still running here (fenced, not yet
-                    # stopped): give the new lease back at once rather than run it twice.
-                    attempts.start_soon(self._send, lease, duplicate_lease())
-                    continue
-                scope = anyio.CancelScope()
-                self._running[lease.ref] = (lease.token, scope)
-                self.keeper.hold(lease, scope, sent_ms)
-                attempts.start_soon(self._execute, lease, scope)
-            if not leases:
-                with anyio.move_on_after(idle_ms / 1000):
-                    await self._stopping.wait()
+                self._start(leases, sent_ms)
+            # Fewer than asked: each partition visited is empty now, and whatever is enqueued
+            # from here on leaves a wake-up token, so block until one comes (or poll, without).
+            if len(leases) < free and (self.config.wake or not leases):
+                woken = await self._idle()
+            else:
+                woken = None
 
-    async def _wait_any(self, event: anyio.Event) -> None:
-        async with anyio.create_task_group() as tg:
-            async def stop_waiter() -> None:
-                await self._stopping.wait()
-                tg.cancel_scope.cancel()
-            tg.start_soon(stop_waiter)
-            await event.wait()
-            tg.cancel_scope.cancel()
+    async def _idle(self) -> int | None:
+        """Wait for work: the partition of a wake-up token, or None (safety poll, stop, store fault)."""
+        if not self.config.wake:
+            await self._pause_ms(self.config.idle_poll_ms)
+            return None
+        woken, backoff_ms = None, 0.0
+        with self._stoppable():
+            try:
+                woken = await self.client.wait_for_work(self.config.namespace, self.config.queue,
+                                                        self.config.idle_poll_ms / 1000)
+                self.outage.ok()
+            except Exception as exc:  # a store fault: back off, then poll every partition
+                if not is_transient(exc):
+                    raise
+                backoff_ms = self.outage.failed(exc)
+        if backoff_ms:
+            await self._pause_ms(backoff_ms)
+        return woken
+
+    async def _pause_ms(self, ms: float) -> None:
+        """Sleep ``ms``, or less if stop() is called."""
+        with self._stoppable():
+            await anyio.sleep(ms / 1000)
+
+    @contextlib.contextmanager
+    def _stoppable(self) -> Iterator[None]:
+        """A block that stop() cuts short (its wait is cancelled; the block then just ends)."""
+        with anyio.CancelScope() as self._idle_scope:
+            if self._stopping.is_set():
+                self._idle_scope.cancel()
+            try:
+                yield
+            finally:
+                self._idle_scope = None
+
+    def _start(self, leases: list[Lease], sent_ms: float) -> None:
+        for lease in leases:
+            if lease.ref in self._running:
+                # An earlier attempt of this action is still running here (fenced, not yet
+                # stopped): give the new lease back at once rather than run it twice.
+                self._spawn(self._send(lease, duplicate_lease()))
+                continue
+            scope = anyio.CancelScope()
+            self._running[lease.ref] = (lease.token, scope)
+            held = self.keeper.hold(lease, scope, sent_ms)
+            self._spawn(self._execute(lease, scope, held))
+
+    def _spawn(self, coro) -> None:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._crashed is None:
+            self._crashed = task.exception()   # a bug, not a task's error: stop, then raise it
+            log.error("worker %s stops: an attempt failed in the worker itself: %r",
+                      self.config.worker_id, self._crashed)
+            self.stop()
 
     async def _drain(self) -> None:
         with anyio.move_on_after(self.config.drain_s):
             while self._running:
-                self._slot_freed = anyio.Event()
-                await self._slot_freed.wait()
+                self._wake.clear()
+                await self._wake.wait()
+
+    async def _end_attempts(self) -> None:
+        """Stop every attempt still running (released as shutting down), and wait for the
+        attempts' reports, up to the report timeout; then cancel what is left."""
         for ref, (_, scope) in list(self._running.items()):
             self._shutting_down.add(ref)
             scope.cancel()
+        if not self._tasks:
+            return
+        _, late = await asyncio.wait(set(self._tasks), timeout=self.config.report_timeout_s + 5)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late, timeout=5)
 
     # --- one attempt ---------------------------------------------------------------------
 
-    async def _execute(self, lease: Lease, scope: anyio.CancelScope) -> None:
-        held = self.keeper.held[lease.ref]
+    async def _execute(self, lease: Lease, scope: anyio.CancelScope, held: HeldLease) -> None:
+        if self._tracer is None:  # telemetry off: no span objects at all
+            return await self._attempt(lease, scope, held)
+        with self._tracer.start_as_current_span("lessor.attempt") as span:
+            span.set_attribute("lessor.action", lease.ref)
+            span.set_attribute("lessor.attempt", lease.attempt)
+            span.set_attribute("lessor.token", lease.token)
+            return await self._attempt(lease, scope, held)
+
+    async def _attempt(self, lease: Lease, scope: anyio.CancelScope, held: HeldLease) -> None:
+        """Run the task in ``scope`` (which the keeper cancels when the lease is lost), then report."""
         outcome: Outcome | None = None
-        tracer = telemetry.instruments().tracer
         try:
-            with tracer.start_as_current_span("lessor.attempt") as span:
-                span.set_attribute("lessor.action", lease.ref)
-                span.set_attribute("lessor.attempt", lease.attempt)
-                span.set_attribute("lessor.token", lease.token)
-                record = {"worker": self.config.worker_id, "ref": lease.ref, "token": lease.token}
-                if self.on_attempt is not None:
-                    self.on_attempt(record | {"event": "start", "at_ms": _wall_ms()})
-                try:
-                    with scope:
-                        outcome = await self._run_task(lease, held)
-                except anyio.get_cancelled_exc_class():
-                    # Cancelled from outside (the worker itself is being torn down): give the
-                    # lease back so it fails over now, not after ttl + grace.
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                        await self._send(lease, self.policy.report(Ending(held.fenced, shutting_down=True)))
-                    raise
-                if self.on_attempt is not None:
-                    self.on_attempt(record | {"event": "end", "at_ms": _wall_ms(),
-                                              "ended": held.fenced.value if held.fenced else "completed",
-                                              "outcome": _produced(outcome)})
-                # Shielded so a report is not cut in half, but bounded: a worker being
-                # torn down never waits longer than the report timeout on it.
-                with anyio.CancelScope(shield=True) as shield:
-                    shield.deadline = anyio.current_time() + self.config.report_timeout_s + 5
+            if self.on_attempt is not None:
+                self._evidence(lease, "start")
+            try:
+                with scope:
+                    outcome = await self._run_task(lease, held)
+            except asyncio.CancelledError:
+                # Cancelled from outside (the worker is being torn down and its grace is over):
+                # give the lease back so it fails over now, not after ttl + grace.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                    await self._send(lease, self.policy.report(Ending(held.fenced, shutting_down=True)))
+                raise
+            self.keeper.work_ended(held)
+            if self.on_attempt is not None:
+                self._evidence(lease, "end", held, outcome)
+            if self._torn_down:  # the worker is going: a report gets 2 s, not the report timeout
+                with anyio.move_on_after(2):
                     await self._finish(lease, held, outcome)
+            else:
+                await self._finish(lease, held, outcome)
         finally:
             if end_attempt(self.keeper, self._running, lease.ref, lease.token, lambda entry: entry[0]):
                 self._shutting_down.discard(lease.ref)
-            self._slot_freed.set()
+            self._wake.set()
+
+    def _evidence(self, lease: Lease, event: str, held: HeldLease | None = None,
+                  outcome: Outcome | None = None) -> None:
+        record = {"worker": self.config.worker_id, "ref": lease.ref, "token": lease.token, "event": event,
+                  "at_ms": _wall_ms()}
+        if held is not None:
+            record |= {"ended": held.fenced.value if held.fenced else "completed", "outcome": _produced(outcome)}
+        self.on_attempt(record)
 
     async def _run_task(self, lease: Lease, held: HeldLease) -> Outcome | None:
         ctx = TaskContext(*lease.ref.rsplit("/", 2), attempt=lease.attempt, token=lease.token,
@@ -430,8 +575,10 @@ class Worker:
             log.warning("dropped result of %s (token %s): lease %s", lease.ref, lease.token, why)
             self.counts[report.kind.value] += 1
             return report.kind.value
-        call = {Call.COMPLETE: self.reporter.complete, Call.FAIL: self.client.fail,
-                Call.RELEASE: self.client.release}[report.call]
+        if report.call is Call.COMPLETE:
+            call = self.reporter.complete
+        else:
+            call = self.client.fail if report.call is Call.FAIL else self.client.release
         ended = await self._report(call, lease, *report.args)
         if ended == "committed":
             self.counts[report.kind.value] += 1

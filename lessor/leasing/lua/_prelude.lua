@@ -63,14 +63,14 @@ local function lib()
 
   -- As core/fold.py: events that move only a run, and those that move either when they name no action.
   local function is_run_event(ev)
-    local kind = RUN_EVENT[ev.type]
-    return kind == 'only' or (kind == 'both' and (ev.action == nil or ev.action == ''))
+    local kind = SUBJECT[ev.type]
+    return kind == 'run' or (kind == 'both' and (ev.action == nil or ev.action == ''))
   end
 
   -- Projection updates, one per event type, generated from the effects each
   -- event declares (core/events.py PROJECT): each returns the hash fields to set
   -- (counters it increments itself); emit() writes them with the phase in one HSET.
-  local ON, ON_RUN = {}, {}
+  local ON, ON_RUN, ON_SCHEDULE = {}, {}, {}
   -- Append a field to set: numbers as exact integer text, nil as '' (a missing value).
   local function put(f, name, v)
     if v == nil then v = '' elseif type(v) == 'number' then v = S(v) end
@@ -101,7 +101,9 @@ local function lib()
   -- when the caller has just read it (NO_PHASE = does not exist), saving a read.
   local function next_phase(ev, cur)
     local key, table_, handlers
-    if is_run_event(ev) then
+    if SUBJECT[ev.type] == 'schedule' then
+      key, table_, handlers = skey(ev.ns .. '/' .. ev.schedule), SCHEDULE_T, ON_SCHEDULE
+    elseif is_run_event(ev) then
       key, table_, handlers = rkey(ev.ns .. '/' .. ev.run), RUN_T, ON_RUN
     else
       key, table_, handlers = akey(ev.ns .. '/' .. ev.run .. '/' .. ev.action), ACTION_T, ON
@@ -119,11 +121,10 @@ local function lib()
   local function bad_event(ev)
     local spec = EVF[ev.type]
     if spec == nil then return 'unknown event type ' .. tostring(ev.type) end
-    for _, f in ipairs(spec) do
-      local name, kind, required = f[1], f[2], f[3]
+    for name, kind, required in string.gmatch(spec, '([%w_]+):(%a):(%d)') do
       local v = ev[name]
       if v == nil then
-        if required then return ev.type .. ' needs field ' .. name end
+        if required == '1' then return ev.type .. ' needs field ' .. name end
       elseif kind == 'i' then
         if type(v) ~= 'number' or v % 1 ~= 0 or v > 9007199254740991 or v < -9007199254740991 then
           return ev.type .. ': field ' .. name .. ' must be an integer, got ' .. tostring(v)
@@ -213,10 +214,32 @@ local function lib()
     end
   end
 
-  -- Put a queued action on its queue (priority first, then FIFO).
+  -- Put a queued action on its queue (priority first, then FIFO), and wake an idle
+  -- worker: the queue's wake list holds at most one token, pushed once per queue per
+  -- call; an idle worker BLPOPs it instead of polling. A token no one pops costs nothing.
+  local woken = {}
+  local function wake(ns, queue)
+    local key = wake_key(ns, queue)
+    if woken[key] then return end
+    woken[key] = true
+    if redis.call('LLEN', key) == 0 then redis.call('RPUSH', key, '1') end
+  end
   local function enqueue(ref, ns, queue, priority)
     local seq = redis.call('INCR', SEQ)
     redis.call('ZADD', qkey(ns, queue), seq - tonumber(priority) * 1e12, ref)
+    wake(ns, queue)
+  end
+
+  -- Create a run and queue its root action a0 (what submit does for one run without a cache
+  -- hit; a schedule's tick does the same). The caller has checked every argument.
+  local function create_run(ns, run, task, queue, inputs, idempotency_key, sys_retries, user_retries,
+                            backoff_ms, priority, timeout_ms, cache_key)
+    emit({type = 'run_created', ns = ns, run = run, task = task, queue = queue,
+      inputs = inputs, idempotency_key = idempotency_key}, NO_PHASE)
+    emit({type = 'action_created', ns = ns, run = run, action = 'a0', task = task, queue = queue,
+      inputs = inputs, sys_retries = sys_retries, user_retries = user_retries, backoff_ms = backoff_ms,
+      priority = priority, timeout_ms = timeout_ms, cache_key = cache_key, parent_token = 0}, NO_PHASE)
+    redis.call('ZADD', runs_key(ns), NOW, run)
   end
 
   -- Record a refused write. Every refused write is recorded (renewals: once per token).
@@ -445,6 +468,32 @@ local function lib()
       local why = select(i, ...)
       if why then return redis.error_reply('LESSOR_BAD_ARG ' .. script .. ': ' .. why) end
     end
+  end
+
+  -- A batch packed as one msgpack array (``blob``) of ``count`` items of ``width`` values
+  -- each, instead of count * width arguments: redis-py packs every argument in Python,
+  -- msgpack packs the whole array in C. Each value is a string, or an integer made exact
+  -- text here, so the flat form's checks apply unchanged. Returns the values and their
+  -- number, or nil and why not. Reads nothing, writes nothing.
+  local function unpack_batch(blob, count, width)
+    local n = tonumber(count)
+    if not n or n < 1 or n > 1000000 or n % 1 ~= 0 then return nil, 'count must be an integer within 1..1000000' end
+    local ok, t, trailing = pcall(cmsgpack.unpack, blob)
+    if not ok or type(t) ~= 'table' or trailing ~= nil then return nil, 'values must be one msgpack array' end
+    local total = n * width
+    if t[total + 1] ~= nil then return nil, 'more values than count * ' .. width end
+    for i = 1, total do
+      local v = t[i]
+      if type(v) == 'number' then
+        if v % 1 ~= 0 or v > SAFE_INT or v < -SAFE_INT then
+          return nil, 'value ' .. i .. ' must be a string or an integer within the exact range of a double'
+        end
+        t[i] = S(v)
+      elseif type(v) ~= 'string' then
+        return nil, 'value ' .. i .. ' must be a string or an integer, got ' .. type(v)
+      end
+    end
+    return t, total
   end
 
   -- Split an action ref into ns, run, action.

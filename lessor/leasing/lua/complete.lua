@@ -1,7 +1,9 @@
 --[[ Accept attempts' results: the fenced commit of their outputs, batched.
   KEYS[1]  partition prefix (string)
-  Touches: DELAYED, EPOCH, LEASES, SEQ, STREAM, TIMEOUTS, akey, cache_hash, cache_times, children_key, done_key, qkey, rkey, run_actions_key
+  Touches: DELAYED, EPOCH, LEASES, SEQ, STREAM, TIMEOUTS, akey, cache_hash, cache_times, children_key, done_key, qkey, rkey, run_actions_key, skey, wake_key
   ARGV[1] worker id  ARGV[2..] triples: action ref, token, result (bytes, may be "")
+    or, packed (what leasing/client.py sends): ARGV[2] one msgpack array of those
+    triples' values, ARGV[3] the number of triples; see unpack_batch
   Returns: {code, current token} per triple: 0 accepted (or already accepted with this
     token: a retried call whose reply was lost), 3 stale (refused, recorded), 4 unknown
   Events: action_succeeded (+ run_completed for a0), or report_rejected
@@ -10,20 +12,27 @@
   script, so only the current owner's output can ever be cached. ]]
 --@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
 local worker = ARGV[1]
-local bad = refuse('complete', bad_id('worker', worker), (#ARGV - 1) % 3 ~= 0 and 'triples of ref, token, result')
+local A, o, n = ARGV, 1, #ARGV - 1   -- the triples are A[o + 1 .. o + n]
+if #ARGV == 3 then
+  local why
+  A, why = unpack_batch(ARGV[2], ARGV[3], 3)
+  if not A then return refuse('complete', why) end
+  o, n = 0, why
+end
+local bad = refuse('complete', bad_id('worker', worker), n % 3 ~= 0 and 'triples of ref, token, result')
 if bad then return bad end
 -- Validate before any write: a token that is not an integer would write an undecodable event.
-for i = 2, #ARGV, 3 do
-  local bad_result = bad_bytes('result', ARGV[i + 2] or '', 65536)
+for i = o + 1, o + n, 3 do
+  local bad_result = bad_bytes('result', A[i + 2] or '', 65536)
   if bad_result then return redis.error_reply('LESSOR_BAD_ARG complete: ' .. bad_result) end
-  if bad_token(ARGV[i + 1]) then
-    return redis.error_reply('LESSOR_BAD_ARG complete: token of ' .. tostring(ARGV[i]) .. ' must be an integer')
+  if bad_token(A[i + 1]) then
+    return redis.error_reply('LESSOR_BAD_ARG complete: token of ' .. tostring(A[i]) .. ' must be an integer')
   end
 end
 checked()
 local out = {}
-for i = 2, #ARGV, 3 do
-  local ref, token, result = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+for i = o + 1, o + n, 3 do
+  local ref, token, result = A[i], A[i + 1], A[i + 2]
   local h, code = fence(ref, token, worker, 'complete', 'attempt', 'cache_key', 'timeout_ms')
   if code == OK then
     local ns, run, action = split_ref(ref)
