@@ -247,7 +247,7 @@ class LocalSentinel:
                 self._start_sentinel(os.path.join(self.workdir, f"sentinel{i}"))
             _wait(self._sentinels_ready, timeout_s, f"the sentinels to see the primary, {self.replicas} replicas "
                   f"and each other; see {self.workdir}")
-        except BaseException:
+        except BaseException:  # stop what started, then re-raised: nothing is swallowed
             self.stop()
             raise
         return self

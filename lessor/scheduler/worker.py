@@ -329,7 +329,7 @@ class Worker:
                     task_status.started()
                     await self._acquire_loop()
                     await self._drain()
-                except BaseException:
+                except BaseException:  # marks the teardown, then re-raised: nothing is swallowed
                     self._torn_down = True
                     raise
                 finally:

@@ -73,7 +73,7 @@ async def raw_commands(backend: Backend, commands: list[tuple]) -> list:
     try:
         await conn.send_packed_command(b"".join(_resp(c) for c in commands))
         return [await conn.read_response() for _ in commands]
-    except BaseException:
+    except BaseException:  # cleanup, then re-raised: nothing is swallowed
         await conn.disconnect()  # replies may be left unread on it: never hand it out again as is
         raise
     finally:

@@ -306,7 +306,7 @@ async def _tolerant(awaitable):
     """
     try:
         return await awaitable
-    except Exception as exc:
+    except Exception as exc:  # only transient store errors are tolerated; the rest re-raised below
         if not transient(exc):
             raise
         return None
