@@ -186,6 +186,8 @@ class LocalCluster:
                 client = redis.Redis(unix_socket_path=node.socket_path, decode_responses=True)
                 try:
                     return client.execute_command(*args)
+                except redis.ConnectionError:
+                    continue   # just killed, not yet reaped: ask the next node
                 finally:
                     client.close()
         raise ServerError("no node of the local cluster is running")
