@@ -30,6 +30,7 @@ from lessor.scheduler.schedules import Ticker, create_schedule, delete_schedule,
 from lessor.leasing.scripts import SCRIPT_NAMES, ClockMode, Scripts, compose
 from lessor.leasing.touches import declared, reachable
 from lessor.scheduler.control import abort_run
+from lessor.scheduler.settings import SettingsConflict, write_scope
 from lessor.scheduler.submit import Retries, RunSpec, submit_run, submit_runs
 
 pytestmark = pytest.mark.anyio
@@ -90,6 +91,9 @@ async def _every_path(b) -> None:
     await pause_schedule(b, "hourly", namespace=NS)
     await resume_schedule(b, "hourly", namespace=NS)
     await delete_schedule(b, "hourly", namespace=NS)
+    await write_scope(b, "*", {"run.default_queue": "q"}, 0)                 # settings, then a stale write
+    with pytest.raises(SettingsConflict):
+        await write_scope(b, "*", {"run.default_queue": "q"}, 0)
 
 
 async def _touched(b) -> dict[str, set[str]]:
@@ -251,6 +255,7 @@ async def _each_script_once(b, failing: Scripts) -> dict[str, str]:
         "retire": lambda: b.call("retire", [b.keys(leases[1].partition).prefix], [NS, 0, 0, 100, 0, 0]),
         "schedule": lambda: create_schedule(b, "s1", "t", "* * * * *", namespace=NS),
         "tick": lambda: b.call("tick", [b.keys(0).prefix], ["w1", 0, 10_000, 5_000]),
+        "settings": lambda: write_scope(b, "*/production", {"run.default_retries": 2}, 0),
     }
     errors = {}
     working = b.scripts
