@@ -3,6 +3,10 @@ merging, versioned writes refused atomically when stale, events replayed, submit
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+
 import anyio
 import pytest
 
@@ -174,3 +178,86 @@ async def test_a_snapshot_keeps_the_settings_scopes(backend):
     world = await replay(backend)
     again = decode_snapshot(encode_snapshot("1-0", world)).world
     assert again.settings == world.settings and world.settings["*/production"].version == 1
+
+
+# --- the command line (in process: lessor.cli.main, as `python -m lessor` runs it) ---------
+
+
+@pytest.fixture
+def cli(flushed, monkeypatch, capsys):
+    """Run `lessor ARGS` in this process against the suite's server: (exit code, stdout, stderr)."""
+    from lessor.cli import main
+
+    monkeypatch.setenv("LESSOR_REDIS_URL", flushed)
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def run(*args, code=0):
+        got = main(list(args))
+        out, err = capsys.readouterr()
+        assert got == code, err
+        return out, " ".join(err.split())
+    return run
+
+
+def test_cli_set_get_with_origins_from_file_and_stale_version(cli, tmp_path):
+    def run(*args, code=0):
+        return cli("settings", *args, code=code)
+
+    assert "version 1" in run("set", "*", "run.default_queue=org-q", "run.default_retries=2",
+                              'run.labels={"team": "core"}')[0]
+    toml = tmp_path / "prod.toml"
+    toml.write_text('run.default_queue = "prod-q"\n"run.timeout_s" = 90.5\n[run.labels]\nenv = "prod"\n')
+    out = run("set", "*/production", "--from-file", str(toml))[0]
+    assert "+ run.default_queue = prod-q" in out and "+ run.timeout_s = 90.5" in out
+    (tmp_path / "p.json").write_text(json.dumps({"run.default_retries": 7, "run.labels": {"team": "~unset"}}))
+    run("set", NS, "--from-file", str(tmp_path / "p.json"))
+    got = json.loads(run("get", NS, "--json")[0])
+    assert got["run.default_queue"] == {"value": "prod-q", "origin": "*/production"}
+    assert got["run.default_retries"] == {"value": 7, "origin": NS}
+    assert got["run.labels"]["value"] == {"env": "prod"}
+    text = run("get", NS)[0]
+    assert "run.default_queue = prod-q  (from */production)" in text
+    assert "run.labels.env = prod  (from */production)" in text
+    assert "fair_share.weight = 1  (default)" in text
+    run("set", "*/production", "run.timeout_s=~unset")
+    assert "run.timeout_s = 0  (default, ~unset at */production)" in run("get", NS)[0]
+    local = json.loads(run("get", "*/production", "--json")[0])
+    assert local["version"] == 2 and local["settings"]["run.timeout_s"] == "~unset"
+    # A write from a stale read: refused, exit 2, the message says what to do; nothing written.
+    err = run("set", "*/production", "run.default_queue=x", "--version", "1", code=2)[1]
+    assert "settings for */production changed since you read them (version 2, you had 1): read again and " \
+           "reapply" in err
+    assert json.loads(run("get", "*/production", "--json")[0])["version"] == 2
+    # Bad key, bad type, bad scope, bad file: named, exit 2.
+    assert "unknown setting 'run.queue'; the settings are: run.default_queue" in run("set", NS, "run.queue=x", code=2)[1]
+    assert "cannot read 'many' as an integer" in run("set", NS, "run.default_retries=many", code=2)[1]
+    assert "settings scope must be" in run("get", "production", code=2)[1]
+    (tmp_path / "bad.toml").write_text("run.default_queue = \n")
+    assert "is not valid TOML" in run("set", NS, "--from-file", str(tmp_path / "bad.toml"), code=2)[1]
+    run("set", NS, "--clear", "run.default_retries")
+    assert json.loads(run("get", NS, "--json")[0])["run.default_retries"]["origin"] == "*"
+
+
+def test_cli_edit_writes_with_the_version_it_read_and_keeps_a_refused_edit(cli, tmp_path, monkeypatch):
+    cli("settings", "set", NS, "run.default_queue=q1")
+    editor = tmp_path / "editor.sh"
+    editor.write_text('#!/bin/sh\nsed -i \'s/"q1"/"q2"/; s/^# "fair_share.weight" = .*/"fair_share.weight" = 4/\' "$1"\n')
+    editor.chmod(0o755)
+    monkeypatch.setenv("EDITOR", str(editor))
+    out = cli("settings", "edit", NS)[0]
+    assert "version 2" in out and "~ run.default_queue: q1 -> q2" in out and "+ fair_share.weight = 4" in out
+    # Another writer changes the scope while the editor is open: the edit is refused and kept.
+    editor.write_text(f'#!/bin/sh\n{sys.executable} -m lessor settings set {NS} run.default_retries=1 '
+                      f'>/dev/null\nsed -i \'s/"q2"/"q3"/\' "$1"\n')
+    err = cli("settings", "edit", NS, code=2)[1]
+    assert "changed since you read them (version 3, you had 2)" in err and "Your edit is kept in" in err
+    kept = err.split("Your edit is kept in ")[1].split(":")[0]
+    assert '"q3"' in open(kept).read()
+    os.unlink(kept)
+
+
+def test_cli_submit_takes_the_default_queue_from_the_settings(cli):
+    cli("settings", "set", "*/production", "run.default_queue=prod-q", "run.default_retries=3")
+    sub = json.loads(cli("submit", "t", "--namespace", NS, "--json")[0])
+    shown = json.loads(cli("run", "show", sub["run"], "--namespace", NS, "--json")[0])
+    assert shown["queue"] == "prod-q"
