@@ -47,10 +47,12 @@ class Event:
     RUN_MOVES: ClassVar[Moves] = {}             # on its run
     SCHEDULE_MOVES: ClassVar[Moves] = {}        # on its schedule
     SETTINGS_MOVES: ClassVar[Moves] = {}        # on its settings scope
+    TRIGGER_MOVES: ClassVar[Moves] = {}         # on its trigger
     PROJECT: ClassVar[tuple[Effect, ...]] = ()
     RUN_PROJECT: ClassVar[tuple[Effect, ...]] = ()
     SCHEDULE_PROJECT: ClassVar[tuple[Effect, ...]] = ()
     SETTINGS_PROJECT: ClassVar[tuple[Effect, ...]] = ()
+    TRIGGER_PROJECT: ClassVar[tuple[Effect, ...]] = ()
     ns: str
     run: str
     ts: int = 0
@@ -355,6 +357,46 @@ class SettingsChanged(Event):
     previous: int = 0            # the version the writer read (version - 1)
 
 
+# --- triggers: a run per dedup key and window, started by an external event (scheduler/triggers.py) ---
+
+
+@dataclass(frozen=True, kw_only=True)
+class TriggerEvent(Event):
+    """An event about one trigger (``trigger``: its name in the namespace). ``run`` is the run a
+    fire started, and empty otherwise."""
+
+    trigger: str
+    run: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TriggerCreated(TriggerEvent):
+    TYPE: ClassVar[str] = "trigger_created"
+    TRIGGER_MOVES = {None: _ON}
+    TRIGGER_PROJECT = (Create(),)
+    task: str
+    queue: str
+    window_ms: int               # fires with one dedup key within this long of its first start one run
+
+
+@dataclass(frozen=True, kw_only=True)
+class TriggerFired(TriggerEvent):
+    """A fire started a run (its id derived from the trigger, the dedup key and the window).
+    A fire deduplicated against it is answered with this run and not logged."""
+
+    TYPE: ClassVar[str] = "trigger_fired"
+    TRIGGER_MOVES = {_ON: _ON}
+    TRIGGER_PROJECT = (Copy("last_run", "run"), Incr("fires"))
+    dedup_key: str
+    until_ms: int                # fires with this key before then are answered with this run
+
+
+@dataclass(frozen=True, kw_only=True)
+class TriggerDeleted(TriggerEvent):
+    TYPE: ClassVar[str] = "trigger_deleted"
+    TRIGGER_MOVES = {_ON: RETIRED}
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (
@@ -362,7 +404,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         LeaseExtended, ActionRequeued, ActionSucceeded, ActionFailed, ActionTimedOut, AbortRequested,
         ActionAborted, CacheHit, ReportRejected, RunRetired,
         ScheduleCreated, ScheduleTicked, ScheduleSkipped, SchedulePaused, ScheduleResumed, ScheduleDeleted,
-        ScheduleTickRejected, SettingsChanged,
+        ScheduleTickRejected, SettingsChanged, TriggerCreated, TriggerFired, TriggerDeleted,
     )
 }
 
@@ -383,3 +425,6 @@ SCHEDULE_TRANSITIONS: dict[tuple[SchedulePhase | None, str], SchedulePhase | str
 
 #: (phase before, event type) -> phase after, for settings scopes.
 SETTINGS_TRANSITIONS: dict[tuple[SettingsPhase | None, str], SettingsPhase | str] = _table("SETTINGS_MOVES")
+
+#: (phase before, event type) -> phase after, for triggers (RETIRED: deleted).
+TRIGGER_TRANSITIONS: dict[tuple[SchedulePhase | None, str], SchedulePhase | str] = _table("TRIGGER_MOVES")

@@ -20,7 +20,9 @@ from typing import Iterable
 
 from lessor.core import events as ev
 from lessor.core.effects import Const, Copy, Create, FirstOf, Incr, Soft, Text, template_fields
-from lessor.core.events import ACTION_TRANSITIONS, RUN_TRANSITIONS, SCHEDULE_TRANSITIONS, SETTINGS_TRANSITIONS
+from lessor.core.events import (
+    ACTION_TRANSITIONS, RUN_TRANSITIONS, SCHEDULE_TRANSITIONS, SETTINGS_TRANSITIONS, TRIGGER_TRANSITIONS,
+)
 from lessor.core.phases import FROM_PAYLOAD, RETIRED, TERMINAL, Phase, SchedulePhase, SettingsPhase
 from lessor.errors import IllegalTransition
 
@@ -121,6 +123,33 @@ def apply_settings(state: SettingsState | None, event: ev.Event) -> SettingsStat
     return _effects(state, event, type(event).SETTINGS_PROJECT, SettingsState, phase=target, updated_ms=event.ts)
 
 
+@dataclass(frozen=True)
+class TriggerState:
+    """Everything the log says about one trigger (its phase: active, as a schedule's)."""
+
+    ns: str
+    trigger: str
+    task: str
+    queue: str
+    window_ms: int
+    phase: SchedulePhase
+    fires: int = 0
+    last_run: str = ""
+    created_ms: int = 0
+    updated_ms: int = 0
+
+
+def apply_trigger(state: TriggerState | None, event: ev.Event) -> TriggerState | None:
+    """Fold one trigger event; None when it deletes the trigger."""
+    phase = state.phase if state is not None else None
+    target = TRIGGER_TRANSITIONS.get((phase, event.TYPE))
+    if target is None:
+        raise IllegalTransition(_subject(event), phase, event.TYPE)
+    if target == RETIRED:
+        return None
+    return _effects(state, event, type(event).TRIGGER_PROJECT, TriggerState, phase=target, updated_ms=event.ts)
+
+
 def apply_schedule(state: ScheduleState | None, event: ev.Event) -> ScheduleState | None:
     """Fold one schedule event; None when it deletes the schedule."""
     phase = state.phase if state is not None else None
@@ -133,10 +162,12 @@ def apply_schedule(state: ScheduleState | None, event: ev.Event) -> ScheduleStat
 
 
 def subject_kind(event: ev.Event) -> str:
-    """What an event is about: ``settings``, ``schedule``, ``run`` or ``action`` (from its definition)."""
+    """What an event is about: ``settings``, ``trigger``, ``schedule``, ``run`` or ``action`` (from its definition)."""
     cls = type(event)
     if cls.SETTINGS_MOVES:
         return "settings"
+    if cls.TRIGGER_MOVES:
+        return "trigger"
     if cls.SCHEDULE_MOVES:
         return "schedule"
     if cls.RUN_MOVES and (not cls.MOVES or getattr(event, "action", "") == ""):
@@ -147,6 +178,8 @@ def subject_kind(event: ev.Event) -> str:
 def _subject(event: ev.Event) -> str:
     if isinstance(event, ev.SettingsChanged):
         return f"settings of {event.ns}"
+    if isinstance(event, ev.TriggerEvent):
+        return f"{event.ns}/trigger {event.trigger}"
     if isinstance(event, ev.ScheduleEvent):
         return f"{event.ns}/schedule {event.schedule}"
     action = getattr(event, "action", None)
@@ -241,6 +274,7 @@ class World:
         self.actions: dict[str, ActionState] = {}
         self.schedules: dict[str, ScheduleState] = {}
         self.settings: dict[str, SettingsState] = {}   # by scope
+        self.triggers: dict[str, TriggerState] = {}
         self._run_actions: dict[str, list[str]] = {}   # run ref -> its action refs (to retire them)
         self.events = 0
         self.bad_entries: list = []   # log entries a reader could not decode (skipped, reported)
@@ -251,6 +285,13 @@ class World:
         kind = subject_kind(event)
         if kind == "settings":
             self.settings[event.ns] = apply_settings(self.settings.get(event.ns), event)
+        elif kind == "trigger":
+            key = f"{event.ns}/{event.trigger}"
+            trigger = apply_trigger(self.triggers.get(key), event)
+            if trigger is None:
+                del self.triggers[key]
+            else:
+                self.triggers[key] = trigger
         elif kind == "schedule":
             key = f"{event.ns}/{event.schedule}"
             schedule = apply_schedule(self.schedules.get(key), event)
@@ -278,6 +319,7 @@ class World:
         self.runs.update(other.runs)
         self.schedules.update(other.schedules)
         self.settings.update(other.settings)
+        self.triggers.update(other.triggers)
         for state in other.actions.values():
             self.adopt_action(state)
         self.events += other.events
@@ -342,4 +384,9 @@ def schedule_projection(state: ScheduleState) -> dict[str, str | bytes]:
 
 def settings_projection(state: SettingsState) -> dict[str, str | bytes]:
     """The settings hash the scripts keep, as the fold predicts it."""
+    return {f.name: _as_field(getattr(state, f.name)) for f in dataclasses.fields(state) if f.name != "updated_ms"}
+
+
+def trigger_projection(state: TriggerState) -> dict[str, str | bytes]:
+    """The trigger hash the scripts keep, as the fold predicts it."""
     return {f.name: _as_field(getattr(state, f.name)) for f in dataclasses.fields(state) if f.name != "updated_ms"}

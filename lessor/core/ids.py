@@ -160,6 +160,10 @@ class Keys:
         """HASH: a schedule's projection (ref: ns/name)."""
         return self.prefix + _SUFFIX["skey"] + ref
 
+    def trigger(self, ref: str) -> str:
+        """HASH: a trigger's projection (ref: ns/name)."""
+        return self.prefix + _SUFFIX["tkey"] + ref
+
     def settings(self, scope: str) -> str:
         """HASH: a settings scope's version and document (only in the settings partition)."""
         return self.prefix + _SUFFIX["setkey"] + scope

@@ -26,7 +26,7 @@ from lessor.core.phases import Phase
 from lessor.leasing.backend import Backend, open_backend
 from lessor.leasing.eventlog import EventLog, LogEntry
 from lessor.leasing.durability import Durability
-from lessor.scheduler import query, schedules
+from lessor.scheduler import query, schedules, triggers
 from lessor.scheduler import settings as settings_store
 from lessor.scheduler.control import AbortOutcome, abort_run
 from lessor.scheduler.submit import Retries, submit_run
@@ -230,6 +230,31 @@ class Client:
     async def list_schedules(self, namespace: str | None = None) -> list[schedules.ScheduleInfo]:
         """Every schedule (of ``namespace``, if given)."""
         return await schedules.list_schedules(self.backend, namespace)
+
+    # --- triggers (scheduler/triggers.py): an external event starts a run, once per dedup key -------
+
+    async def create_trigger(self, name: str, task: str, *, namespace: str = DEFAULT_NAMESPACE,
+                             window_s: float = 3600.0, queue: str = "default") -> bool:
+        """Create an event trigger of ``task``; True if new, False if the same one existed
+        (TriggerConflict if another one has the name)."""
+        return await triggers.create_trigger(self.backend, name, task, namespace=namespace, window_s=window_s,
+                                             queue=queue)
+
+    async def trigger(self, name: str, payload: Any = None, *, dedup_key: str,
+                      namespace: str = DEFAULT_NAMESPACE) -> RunHandle:
+        """Start the trigger's task with ``payload`` as its inputs, at most once per ``dedup_key``
+        within the trigger's window: a repeated fire gets the first run (``handle.created`` False).
+        One atomic script call; UnknownTrigger if there is no such trigger."""
+        fired = await triggers.fire(self.backend, name, payload, dedup_key=dedup_key, namespace=namespace)
+        return RunHandle(self, namespace, fired.run_id, fired.created)
+
+    async def delete_trigger(self, name: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
+        """Delete a trigger (the runs it started stay); UnknownTrigger if there is none."""
+        await triggers.delete_trigger(self.backend, name, namespace=namespace)
+
+    async def list_triggers(self, namespace: str | None = None) -> list[triggers.TriggerInfo]:
+        """Every trigger (of ``namespace``, if given)."""
+        return await triggers.list_triggers(self.backend, namespace)
 
     # --- settings (scheduler/settings.py): org -> domain -> project, versioned writes ----------
 
