@@ -107,3 +107,30 @@ async def test_client_trigger_runs_the_task_with_the_payload_as_inputs(backend):
         from lessor.scheduler.values import unpack_value
         assert unpack_value(created.inputs) == {"event": "push"}
         tg.cancel_scope.cancel()
+
+
+def test_cli_create_fire_list_delete(flushed, monkeypatch, capsys):
+    import json
+
+    from lessor.cli import main
+
+    monkeypatch.setenv("LESSOR_REDIS_URL", flushed)
+
+    def run(*args, code=0):
+        got = main(["trigger", *args])
+        out, err = capsys.readouterr()
+        assert got == code, err
+        return out, " ".join(err.split())
+
+    assert "created" in run("create", "hook", "echo", "--namespace", NS, "--window-s", "600")[0]
+    first = json.loads(run("fire", "hook", "--namespace", NS, "--dedup-key", "d1", "--payload", '{"a": 1}',
+                           "--json")[0])
+    assert first["created"]
+    assert run("fire", "hook", "--namespace", NS, "--dedup-key", "d1")[0] == \
+        f"deduplicated: run {first['run']} (namespace {NS})\n"
+    (listed,) = json.loads(run("list", "--json")[0])
+    assert (listed["name"], listed["fires"], listed["last_run"]) == ("hook", 1, first["run"])
+    run("delete", "hook", "--namespace", NS)
+    assert "no trigger shop/production/hook (never created, or deleted)" in \
+        run("fire", "hook", "--namespace", NS, "--dedup-key", "d2", code=2)[1]
+    assert run("list")[0] == "no triggers\n"
