@@ -261,3 +261,24 @@ def test_cli_submit_takes_the_default_queue_from_the_settings(cli):
     sub = json.loads(cli("submit", "t", "--namespace", NS, "--json")[0])
     shown = json.loads(cli("run", "show", sub["run"], "--namespace", NS, "--json")[0])
     assert shown["queue"] == "prod-q"
+
+
+async def test_submit_waits_for_the_durability_the_settings_name(backend):
+    """run.durability reaches the submit's call (the wait itself is tested in test_store_faults)."""
+    await write_scope(backend, "*/production", {"run.durability": "replicas:2"}, 0)
+    seen = []
+    real_call = backend.call
+
+    async def spy(name, keys, args, **kwargs):
+        seen.append((name, str(kwargs.get("durability"))))
+        kwargs["durability"] = None        # the suite's server has no replicas: do not wait for them
+        return await real_call(name, keys, args, **kwargs)
+
+    backend.call = spy
+    async with anyio.create_task_group() as tg:
+        client = Client(backend, tg, settings_ttl_s=0)
+        await client.submit_run("t", namespace=NS)
+        await client.submit_run("t", namespace=NS, durability="memory")
+        await client.submit_run("t", namespace="demo/staging")
+        tg.cancel_scope.cancel()
+    assert seen == [("submit", "replicas:2"), ("submit", "memory"), ("submit", "None")]
