@@ -130,6 +130,8 @@ def test_cli_create_fire_list_delete(flushed, monkeypatch, capsys):
         f"deduplicated: run {first['run']} (namespace {NS})\n"
     (listed,) = json.loads(run("list", "--json")[0])
     assert (listed["name"], listed["fires"], listed["last_run"]) == ("hook", 1, first["run"])
+    main(["events", "--namespace", NS])
+    assert f"trigger hook fired (dedup key d1): run {first['run']}" in capsys.readouterr().out
     run("delete", "hook", "--namespace", NS)
     assert "no trigger shop/production/hook (never created, or deleted)" in \
         run("fire", "hook", "--namespace", NS, "--dedup-key", "d2", code=2)[1]
