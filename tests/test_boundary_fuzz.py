@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 
 from lessor.errors import LessorError
+from lessor.leasing.backend import settings_keys
 from lessor.leasing.eventlog import EventLog
 from lessor.leasing.replay import verify
 from lessor.leasing.scripts import SCRIPT_NAMES
@@ -80,8 +81,12 @@ def templates(ref: str, token: int) -> dict[str, list]:
         "reap": [100, 0],
         "abort": [ns, run, "stop"],
         "retire": [ns, 0, -1, 100, 0, -1],
-        "schedule": ["create", ns, "s1", "t", "q", "*/5 * * * *", "UTC", "all", 0, b"", 0, 1],
-        "tick": ["w1", "0", 1000, 500, "tick", ns, "s1", 1000, "rs1", 1, 2000],
+        # s5 and trig: in r1's partition, where the call goes (a schedule or trigger written to another
+        # partition than its own is one replay --verify cannot find)
+        "schedule": ["create", ns, "s5", "t", "q", "*/5 * * * *", "UTC", "all", 0, b"", 0, 1],
+        "tick": ["w1", "0", 1000, 500, "tick", ns, "s5", 1000, "rs1", 1, 2000],
+        "settings": ["*/production", 0, '{"run.default_retries":1,"run.labels":{"a":"b"}}'],
+        "trigger": ["create", ns, "trig", "t", "q", 1000],
     }
 
 
@@ -110,7 +115,8 @@ async def test_raw_script_calls_refuse_bad_argv_or_leave_a_sound_log(backend, sc
     try:
         # A client derives a run's partition from its id; submit goes where r2 lives.
         name = script.split("/")[0]
-        keys = backend.keys_for_run("proj/development", "r2") if name == "submit" else backend.keys(lease.partition)
+        keys = (backend.keys_for_run("proj/development", "r2") if name == "submit"
+                else settings_keys(backend) if name == "settings" else backend.keys(lease.partition))
         await backend.call(name, [keys.prefix], args)
     except LessorError as exc:
         assert str(exc)
