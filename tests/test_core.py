@@ -80,6 +80,10 @@ def test_fuzzed_bytes_only_raise_the_named_decode_error(data):
 def test_missing_or_broken_header_is_refused(event, field):
     if field == "run" and isinstance(event, ev.ScheduleEvent):
         field = "schedule"   # a schedule event names its schedule; its run is optional
+    if field == "run" and isinstance(event, ev.TriggerEvent):
+        field = "trigger"    # likewise a trigger event
+    if field == "run" and isinstance(event, ev.SettingsChanged):
+        field = "document"   # a settings event names its scope (ns) and document; it has no run
     body = msgpack.unpackb(codec.encode(event), raw=False)
     del body[field]
     with pytest.raises(EventDecodeError):
