@@ -136,3 +136,35 @@ def test_cli_create_fire_list_delete(flushed, monkeypatch, capsys):
     assert "no trigger shop/production/hook (never created, or deleted)" in \
         run("fire", "hook", "--namespace", NS, "--dedup-key", "d2", code=2)[1]
     assert run("list")[0] == "no triggers\n"
+
+
+async def _twenty_fires_runs(b, run_ids) -> int:
+    """Fire one key 20 times at once, the k-th fire proposing run_ids(k); the number of runs created."""
+    prefix = b.keys_for_run(NS, "hook").prefix
+
+    async def one(k):
+        await b.call("trigger", [prefix], ["fire", NS, "hook", "same", 1_000_000 // 60_000, run_ids(k), b""])
+
+    async with anyio.create_task_group() as tg:
+        for k in range(20):
+            tg.start_soon(one, k)
+    return len(await logged(b, ev.RunCreated))
+
+
+async def test_the_twenty_fires_check_catches_a_trigger_without_its_dedup(vbackend):
+    """Control: the check above can fail. A trigger.lua that skips the dedup record and the run's
+    existence, given a fresh run id per fire (as a random id would be), starts 20 runs."""
+    from lessor.leasing.scripts import compose, script_source
+
+    b = vbackend
+    await create_trigger(b, "hook", "t", namespace=NS, window_s=60)
+    derived = trigger_run_id(NS, "hook", "same", 1_000_000 // 60_000, b.partitions)
+    assert await _twenty_fires_runs(b, lambda k: derived) == 1
+    body = script_source("trigger").split("-- ======== trigger.lua ========\n", 1)[1]
+    broken = body.replace("if till and tonumber(till) > NOW then", "if false then").replace(
+        "if redis.call('EXISTS', rkey(ns .. '/' .. run)) == 1 then", "if false then")
+    assert broken.count("if false then") == 2
+    b.scripts._scripts["trigger"] = b.redis.register_script(compose("trigger", broken, b.clock))
+    same_partition = [r for r in (f"x{i}" for i in range(2000))
+                      if b.keys_for_run(NS, r).partition == b.keys_for_run(NS, "hook").partition]
+    assert await _twenty_fires_runs(b, lambda k: same_partition[k]) == 21
