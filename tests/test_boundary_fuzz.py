@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 
 from lessor.errors import LessorError
+from lessor.leasing.backend import settings_keys
 from lessor.leasing.eventlog import EventLog
 from lessor.leasing.replay import verify
 from lessor.leasing.scripts import SCRIPT_NAMES
@@ -61,7 +62,7 @@ async def test_submit_run_refuses_bad_values_or_leaves_a_sound_log(backend, task
 
 # Scripts whose subject lives in the partition of a (namespace, id) in their ARGV: (index of namespace, of id).
 # The script trusts KEYS[1] to be that partition (as every lessor client computes it), so the fuzz sends it there.
-HOMED = {"submit": (0, 1), "schedule": (1, 2), "tick": (5, 6)}
+HOMED = {"submit": (0, 1), "schedule": (1, 2), "tick": (5, 6), "trigger": (1, 2)}
 
 # Scripts that also take a batch packed as one msgpack array: (index of its first value, values per item).
 PACKED = {"submit/packed": (0, 14), "complete/packed": (1, 3)}
@@ -84,8 +85,10 @@ def templates(ref: str, token: int) -> dict[str, list]:
         "reap": [100, 0],
         "abort": [ns, run, "stop"],
         "retire": [ns, 0, -1, 100, 0, -1],
-        "schedule": ["create", ns, "s1", "t", "q", "*/5 * * * *", "UTC", "all", 0, b"", 0, 1],
-        "tick": ["w1", "0", 1000, 500, "tick", ns, "s1", 1000, "rs1", 1, 2000],
+        "schedule": ["create", ns, "s5", "t", "q", "*/5 * * * *", "UTC", "all", 0, b"", 0, 1],
+        "tick": ["w1", "0", 1000, 500, "tick", ns, "s5", 1000, "rs1", 1, 2000],
+        "settings": ["*/production", 0, '{"run.default_retries":1,"run.labels":{"a":"b"}}'],
+        "trigger": ["create", ns, "trig", "t", "q", 1000],
     }
 
 
@@ -109,7 +112,7 @@ async def test_raw_script_calls_refuse_bad_argv_or_leave_a_sound_log(backend, sc
     args = [value if new is None else new
             for value, new in zip(templates(lease.ref, lease.token)[script], replace)] + extra
     name = script.split("/")[0]
-    keys = backend.keys(lease.partition)
+    keys = settings_keys(backend) if name == "settings" else backend.keys(lease.partition)
     if name in HOMED:  # a client sends these to the partition of the (namespace, id) they name
         ns_at, id_at = HOMED[name]
         home = [v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in (args[ns_at], args[id_at])]

@@ -43,10 +43,12 @@ any_event = st.one_of(*[_strategy_for(c) for c in ev.EVENT_TYPES.values()])
 
 def test_every_event_type_moves_something_and_is_projected_where_it_moves():
     for cls in ev.EVENT_TYPES.values():
-        assert cls.MOVES or cls.RUN_MOVES or cls.SCHEDULE_MOVES, f"{cls.TYPE} declares no transition"
+        assert cls.MOVES or cls.RUN_MOVES or cls.SCHEDULE_MOVES or cls.SETTINGS_MOVES or cls.TRIGGER_MOVES, \
+            f"{cls.TYPE} declares no transition"
         # An event that creates its subject must say how (Create), and only such an event may.
         for moves, project in ((cls.MOVES, cls.PROJECT), (cls.RUN_MOVES, cls.RUN_PROJECT),
-                               (cls.SCHEDULE_MOVES, cls.SCHEDULE_PROJECT)):
+                               (cls.SCHEDULE_MOVES, cls.SCHEDULE_PROJECT), (cls.SETTINGS_MOVES, cls.SETTINGS_PROJECT),
+                               (cls.TRIGGER_MOVES, cls.TRIGGER_PROJECT)):
             creates = None in moves
             assert creates == any(type(e).__name__ == "Create" for e in project), cls.TYPE
 
@@ -78,6 +80,10 @@ def test_fuzzed_bytes_only_raise_the_named_decode_error(data):
 def test_missing_or_broken_header_is_refused(event, field):
     if field == "run" and isinstance(event, ev.ScheduleEvent):
         field = "schedule"   # a schedule event names its schedule; its run is optional
+    if field == "run" and isinstance(event, ev.TriggerEvent):
+        field = "trigger"    # likewise a trigger event
+    if field == "run" and isinstance(event, ev.SettingsChanged):
+        field = "document"   # a settings event names its scope (ns) and document; it has no run
     body = msgpack.unpackb(codec.encode(event), raw=False)
     del body[field]
     with pytest.raises(EventDecodeError):

@@ -30,6 +30,8 @@ from lessor.scheduler.schedules import Ticker, create_schedule, delete_schedule,
 from lessor.leasing.scripts import SCRIPT_NAMES, ClockMode, Scripts, compose
 from lessor.leasing.touches import declared, reachable
 from lessor.scheduler.control import abort_run
+from lessor.scheduler.settings import SettingsConflict, write_scope
+from lessor.scheduler.triggers import create_trigger, delete_trigger, fire
 from lessor.scheduler.submit import Retries, RunSpec, submit_run, submit_runs
 
 pytestmark = pytest.mark.anyio
@@ -90,6 +92,15 @@ async def _every_path(b) -> None:
     await pause_schedule(b, "hourly", namespace=NS)
     await resume_schedule(b, "hourly", namespace=NS)
     await delete_schedule(b, "hourly", namespace=NS)
+    await write_scope(b, "*", {"run.default_queue": "q"}, 0)                 # settings, then a stale write
+    with pytest.raises(SettingsConflict):
+        await write_scope(b, "*", {"run.default_queue": "q"}, 0)
+    await create_trigger(b, "hook", "t", namespace=NS, window_s=10)         # triggers: create, fire,
+    await fire(b, "hook", 1, dedup_key="k", namespace=NS)                   # a deduplicated fire,
+    await fire(b, "hook", 1, dedup_key="k", namespace=NS)
+    await v.advance(10_000)                                                 # a window that ended, delete
+    await fire(b, "hook", 1, dedup_key="k2", namespace=NS)
+    await delete_trigger(b, "hook", namespace=NS)
 
 
 async def _touched(b) -> dict[str, set[str]]:
@@ -251,6 +262,8 @@ async def _each_script_once(b, failing: Scripts) -> dict[str, str]:
         "retire": lambda: b.call("retire", [b.keys(leases[1].partition).prefix], [NS, 0, 0, 100, 0, 0]),
         "schedule": lambda: create_schedule(b, "s1", "t", "* * * * *", namespace=NS),
         "tick": lambda: b.call("tick", [b.keys(0).prefix], ["w1", 0, 10_000, 5_000]),
+        "settings": lambda: write_scope(b, "*/production", {"run.default_retries": 2}, 0),
+        "trigger": lambda: create_trigger(b, "hook", "t", namespace=NS),
     }
     errors = {}
     working = b.scripts

@@ -49,6 +49,14 @@ def describe(e: ev.Event) -> str:
         case ev.ReportRejected():
             return (f"stale report refused: {e.kind} for action {a} from {e.worker} with token "
                     f"{e.token} (current {e.current_token})")
+        case ev.SettingsChanged():
+            return f"settings of {e.ns} changed to version {e.version}: {e.document}"
+        case ev.TriggerCreated():
+            return f"trigger {e.trigger} created: task {e.task} on queue {e.queue}, window {e.window_ms} ms"
+        case ev.TriggerFired():
+            return f"trigger {e.trigger} fired (dedup key {e.dedup_key}): run {e.run}"
+        case ev.TriggerDeleted():
+            return f"trigger {e.trigger} deleted"
     return e.TYPE
 
 

@@ -28,12 +28,14 @@ def add_commands(sub) -> None:
     p.add_argument("--inputs", default="null", metavar="JSON|@FILE",
                    help="inputs as JSON (a URI or a small value), @path/to/file.json, or @- for stdin")
     add_namespace(p)
-    p.add_argument("--queue", default="default", help="queue the root action waits on (default: default)")
-    p.add_argument("--retries", type=int, default=0, metavar="N",
-                   help="retries after the task's own errors (default 0; lease expiries have their own "
-                        "budget of 3)")
+    p.add_argument("--queue", help="queue the root action waits on (default: the namespace's "
+                                   "run.default_queue setting, else default)")
+    p.add_argument("--retries", type=int, metavar="N",
+                   help="retries after the task's own errors (default: the namespace's run.default_retries "
+                        "setting, else 0; lease expiries have their own budget of 3)")
     p.add_argument("--timeout", type=float, metavar="S",
-                   help="the run's timeout in seconds, for its whole tree (default: none)")
+                   help="the run's timeout in seconds, for its whole tree (default: the namespace's "
+                        "run.timeout_s setting, else none; 0: none)")
     p.add_argument("--priority", type=int, default=0, metavar="P",
                    help="-1000..1000: a higher priority is leased first on its queue (default 0)")
     p.add_argument("--idempotency-key", help="a repeated key returns the first run; nothing is submitted twice")
@@ -92,7 +94,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from lessor.cli.render import print_outcome, run_status, run_to_json
 
     inputs = read_inputs(args.inputs)
-    retries = lessor.Retries(user=args.retries)
+    retries = lessor.Retries(user=args.retries) if args.retries is not None else None
 
     async def run():
         async with lessor.connect(url_of(args), durability=args.durability) as client:

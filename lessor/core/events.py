@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
 from lessor.core.effects import Const, Copy, Create, Effect, FirstOf, Incr, Soft, Text
-from lessor.core.phases import FROM_PAYLOAD, RETIRED, TERMINAL, Phase, SchedulePhase
+from lessor.core.phases import FROM_PAYLOAD, RETIRED, TERMINAL, Phase, SchedulePhase, SettingsPhase
 
 SCHEMA_VERSION = 1
 
@@ -46,9 +46,13 @@ class Event:
     MOVES: ClassVar[Moves] = {}                 # on its action
     RUN_MOVES: ClassVar[Moves] = {}             # on its run
     SCHEDULE_MOVES: ClassVar[Moves] = {}        # on its schedule
+    SETTINGS_MOVES: ClassVar[Moves] = {}        # on its settings scope
+    TRIGGER_MOVES: ClassVar[Moves] = {}         # on its trigger
     PROJECT: ClassVar[tuple[Effect, ...]] = ()
     RUN_PROJECT: ClassVar[tuple[Effect, ...]] = ()
     SCHEDULE_PROJECT: ClassVar[tuple[Effect, ...]] = ()
+    SETTINGS_PROJECT: ClassVar[tuple[Effect, ...]] = ()
+    TRIGGER_PROJECT: ClassVar[tuple[Effect, ...]] = ()
     ns: str
     run: str
     ts: int = 0
@@ -335,6 +339,64 @@ class ScheduleTickRejected(ScheduleEvent):
     current_token: int = 0
 
 
+# --- settings: one versioned document per scope (scheduler/settings.py) ---
+
+
+@dataclass(frozen=True, kw_only=True)
+class SettingsChanged(Event):
+    """A scope's local settings were replaced by ``document`` (JSON text of key -> value), as
+    version ``version``. ``ns`` is the scope: ``*`` (org), ``*/domain`` or ``project/domain``.
+    Each write replaces the whole document, so the event alone says what the scope holds."""
+
+    TYPE: ClassVar[str] = "settings_changed"
+    SETTINGS_MOVES = {None: SettingsPhase.CURRENT, SettingsPhase.CURRENT: SettingsPhase.CURRENT}
+    SETTINGS_PROJECT = (Create(),)
+    run: str = ""
+    version: int
+    document: str
+    previous: int = 0            # the version the writer read (version - 1)
+
+
+# --- triggers: a run per dedup key and window, started by an external event (scheduler/triggers.py) ---
+
+
+@dataclass(frozen=True, kw_only=True)
+class TriggerEvent(Event):
+    """An event about one trigger (``trigger``: its name in the namespace). ``run`` is the run a
+    fire started, and empty otherwise."""
+
+    trigger: str
+    run: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TriggerCreated(TriggerEvent):
+    TYPE: ClassVar[str] = "trigger_created"
+    TRIGGER_MOVES = {None: _ON}
+    TRIGGER_PROJECT = (Create(),)
+    task: str
+    queue: str
+    window_ms: int               # fires with one dedup key within this long of its first start one run
+
+
+@dataclass(frozen=True, kw_only=True)
+class TriggerFired(TriggerEvent):
+    """A fire started a run (its id derived from the trigger, the dedup key and the window).
+    A fire deduplicated against it is answered with this run and not logged."""
+
+    TYPE: ClassVar[str] = "trigger_fired"
+    TRIGGER_MOVES = {_ON: _ON}
+    TRIGGER_PROJECT = (Copy("last_run", "run"), Incr("fires"))
+    dedup_key: str
+    until_ms: int                # fires with this key before then are answered with this run
+
+
+@dataclass(frozen=True, kw_only=True)
+class TriggerDeleted(TriggerEvent):
+    TYPE: ClassVar[str] = "trigger_deleted"
+    TRIGGER_MOVES = {_ON: RETIRED}
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (
@@ -342,7 +404,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         LeaseExtended, ActionRequeued, ActionSucceeded, ActionFailed, ActionTimedOut, AbortRequested,
         ActionAborted, CacheHit, ReportRejected, RunRetired,
         ScheduleCreated, ScheduleTicked, ScheduleSkipped, SchedulePaused, ScheduleResumed, ScheduleDeleted,
-        ScheduleTickRejected,
+        ScheduleTickRejected, SettingsChanged, TriggerCreated, TriggerFired, TriggerDeleted,
     )
 }
 
@@ -360,3 +422,9 @@ RUN_TRANSITIONS: dict[tuple[Phase | None, str], Phase | str] = _table("RUN_MOVES
 
 #: (phase before, event type) -> phase after, for schedules (RETIRED: deleted).
 SCHEDULE_TRANSITIONS: dict[tuple[SchedulePhase | None, str], SchedulePhase | str] = _table("SCHEDULE_MOVES")
+
+#: (phase before, event type) -> phase after, for settings scopes.
+SETTINGS_TRANSITIONS: dict[tuple[SettingsPhase | None, str], SettingsPhase | str] = _table("SETTINGS_MOVES")
+
+#: (phase before, event type) -> phase after, for triggers (RETIRED: deleted).
+TRIGGER_TRANSITIONS: dict[tuple[SchedulePhase | None, str], SchedulePhase | str] = _table("TRIGGER_MOVES")

@@ -20,8 +20,10 @@ from typing import Iterable
 
 from lessor.core import events as ev
 from lessor.core.effects import Const, Copy, Create, FirstOf, Incr, Soft, Text, template_fields
-from lessor.core.events import ACTION_TRANSITIONS, RUN_TRANSITIONS, SCHEDULE_TRANSITIONS
-from lessor.core.phases import FROM_PAYLOAD, RETIRED, TERMINAL, Phase, SchedulePhase
+from lessor.core.events import (
+    ACTION_TRANSITIONS, RUN_TRANSITIONS, SCHEDULE_TRANSITIONS, SETTINGS_TRANSITIONS, TRIGGER_TRANSITIONS,
+)
+from lessor.core.phases import FROM_PAYLOAD, RETIRED, TERMINAL, Phase, SchedulePhase, SettingsPhase
 from lessor.errors import IllegalTransition
 
 
@@ -99,6 +101,55 @@ class ScheduleState:
     updated_ms: int = 0
 
 
+@dataclass(frozen=True)
+class SettingsState:
+    """One settings scope (``ns``: ``*``, ``*/domain`` or ``project/domain``): its local
+    document (JSON text) and its version. ``created_ms``: when this version was written."""
+
+    ns: str
+    version: int
+    document: str
+    phase: SettingsPhase
+    created_ms: int = 0
+    updated_ms: int = 0
+
+
+def apply_settings(state: SettingsState | None, event: ev.Event) -> SettingsState:
+    """Fold one settings event (each replaces the scope's whole document)."""
+    phase = state.phase if state is not None else None
+    target = SETTINGS_TRANSITIONS.get((phase, event.TYPE))
+    if target is None:
+        raise IllegalTransition(_subject(event), phase, event.TYPE)
+    return _effects(state, event, type(event).SETTINGS_PROJECT, SettingsState, phase=target, updated_ms=event.ts)
+
+
+@dataclass(frozen=True)
+class TriggerState:
+    """Everything the log says about one trigger (its phase: active, as a schedule's)."""
+
+    ns: str
+    trigger: str
+    task: str
+    queue: str
+    window_ms: int
+    phase: SchedulePhase
+    fires: int = 0
+    last_run: str = ""
+    created_ms: int = 0
+    updated_ms: int = 0
+
+
+def apply_trigger(state: TriggerState | None, event: ev.Event) -> TriggerState | None:
+    """Fold one trigger event; None when it deletes the trigger."""
+    phase = state.phase if state is not None else None
+    target = TRIGGER_TRANSITIONS.get((phase, event.TYPE))
+    if target is None:
+        raise IllegalTransition(_subject(event), phase, event.TYPE)
+    if target == RETIRED:
+        return None
+    return _effects(state, event, type(event).TRIGGER_PROJECT, TriggerState, phase=target, updated_ms=event.ts)
+
+
 def apply_schedule(state: ScheduleState | None, event: ev.Event) -> ScheduleState | None:
     """Fold one schedule event; None when it deletes the schedule."""
     phase = state.phase if state is not None else None
@@ -111,8 +162,12 @@ def apply_schedule(state: ScheduleState | None, event: ev.Event) -> ScheduleStat
 
 
 def subject_kind(event: ev.Event) -> str:
-    """What an event is about: ``schedule``, ``run`` or ``action`` (from its definition)."""
+    """What an event is about: ``settings``, ``trigger``, ``schedule``, ``run`` or ``action`` (from its definition)."""
     cls = type(event)
+    if cls.SETTINGS_MOVES:
+        return "settings"
+    if cls.TRIGGER_MOVES:
+        return "trigger"
     if cls.SCHEDULE_MOVES:
         return "schedule"
     if cls.RUN_MOVES and (not cls.MOVES or getattr(event, "action", "") == ""):
@@ -121,6 +176,10 @@ def subject_kind(event: ev.Event) -> str:
 
 
 def _subject(event: ev.Event) -> str:
+    if isinstance(event, ev.SettingsChanged):
+        return f"settings of {event.ns}"
+    if isinstance(event, ev.TriggerEvent):
+        return f"{event.ns}/trigger {event.trigger}"
     if isinstance(event, ev.ScheduleEvent):
         return f"{event.ns}/schedule {event.schedule}"
     action = getattr(event, "action", None)
@@ -214,6 +273,8 @@ class World:
         self.runs: dict[str, RunState] = {}
         self.actions: dict[str, ActionState] = {}
         self.schedules: dict[str, ScheduleState] = {}
+        self.settings: dict[str, SettingsState] = {}   # by scope
+        self.triggers: dict[str, TriggerState] = {}
         self._run_actions: dict[str, list[str]] = {}   # run ref -> its action refs (to retire them)
         self.events = 0
         self.bad_entries: list = []   # log entries a reader could not decode (skipped, reported)
@@ -222,7 +283,16 @@ class World:
         """Fold one event in (IllegalTransition if the log breaks the table)."""
         run_key = f"{event.ns}/{event.run}"
         kind = subject_kind(event)
-        if kind == "schedule":
+        if kind == "settings":
+            self.settings[event.ns] = apply_settings(self.settings.get(event.ns), event)
+        elif kind == "trigger":
+            key = f"{event.ns}/{event.trigger}"
+            trigger = apply_trigger(self.triggers.get(key), event)
+            if trigger is None:
+                del self.triggers[key]
+            else:
+                self.triggers[key] = trigger
+        elif kind == "schedule":
             key = f"{event.ns}/{event.schedule}"
             schedule = apply_schedule(self.schedules.get(key), event)
             if schedule is None:
@@ -248,6 +318,8 @@ class World:
         """Take in another partition's states (partitions hold disjoint runs)."""
         self.runs.update(other.runs)
         self.schedules.update(other.schedules)
+        self.settings.update(other.settings)
+        self.triggers.update(other.triggers)
         for state in other.actions.values():
             self.adopt_action(state)
         self.events += other.events
@@ -307,4 +379,14 @@ def run_projection(state: RunState) -> dict[str, str | bytes]:
 
 def schedule_projection(state: ScheduleState) -> dict[str, str | bytes]:
     """The schedule hash the scripts keep, as the fold predicts it."""
+    return {f.name: _as_field(getattr(state, f.name)) for f in dataclasses.fields(state) if f.name != "updated_ms"}
+
+
+def settings_projection(state: SettingsState) -> dict[str, str | bytes]:
+    """The settings hash the scripts keep, as the fold predicts it."""
+    return {f.name: _as_field(getattr(state, f.name)) for f in dataclasses.fields(state) if f.name != "updated_ms"}
+
+
+def trigger_projection(state: TriggerState) -> dict[str, str | bytes]:
+    """The trigger hash the scripts keep, as the fold predicts it."""
     return {f.name: _as_field(getattr(state, f.name)) for f in dataclasses.fields(state) if f.name != "updated_ms"}

@@ -160,6 +160,14 @@ class Keys:
         """HASH: a schedule's projection (ref: ns/name)."""
         return self.prefix + _SUFFIX["skey"] + ref
 
+    def trigger(self, ref: str) -> str:
+        """HASH: a trigger's projection (ref: ns/name)."""
+        return self.prefix + _SUFFIX["tkey"] + ref
+
+    def settings(self, scope: str) -> str:
+        """HASH: a settings scope's version and document (only in the settings partition)."""
+        return self.prefix + _SUFFIX["setkey"] + scope
+
     def runs(self, namespace: str) -> str:
         """ZSET: a namespace's run ids by creation time."""
         return self.prefix + _SUFFIX["runs_key"] + namespace

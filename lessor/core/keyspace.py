@@ -64,6 +64,13 @@ KEY_FAMILIES = (
     KeyFamily("cache_times", "cache_at:", ("ns",), "zset", "when each cache entry was stored (for its retention)"),
     KeyFamily("done_key", "done:", ("ns",), "zset", "a namespace's finished runs by completion time (for retention)"),
     KeyFamily("skey", "s:", ("ref",), "hash", "a schedule's projection (ref: ns/name)"),
+    KeyFamily("tkey", "t:", ("ref",), "hash", "a trigger's projection (ref: ns/name)"),
+    KeyFamily("trigger_runs", "tr:", ("ref",), "hash",
+              "a trigger's live dedup keys: dedup key -> the run its first fire in the window started"),
+    KeyFamily("trigger_until", "tu:", ("ref",), "zset", "a trigger's live dedup keys by the end of their window (ms)"),
+    KeyFamily("setkey", "set:", ("scope",), "hash",
+              "a settings scope's projection: version and document (scope: *, */domain or project/domain; "
+              "in the settings partition only, scheduler/settings.py)"),
 )
 
 #: Keys scripts need before the lazily built library (the renewal hot path, an idle

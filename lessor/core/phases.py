@@ -30,6 +30,13 @@ class SchedulePhase(StrEnum):
     PAUSED = "paused"
 
 
+class SettingsPhase(StrEnum):
+    """The phase of a settings scope's document (it exists once written; it is never deleted:
+    an empty document means the scope inherits everything)."""
+
+    CURRENT = "current"
+
+
 TERMINAL = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED, Phase.TIMED_OUT})
 
 #: Marks a run transition whose target phase is carried in the event (run_completed).

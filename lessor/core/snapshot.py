@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import msgpack
 
-from lessor.core.fold import ActionState, RunState, ScheduleState, World
-from lessor.core.phases import Phase, SchedulePhase
+from lessor.core.fold import ActionState, RunState, ScheduleState, SettingsState, TriggerState, World
+from lessor.core.phases import Phase, SchedulePhase, SettingsPhase
 from lessor.errors import LessorError
 
 SNAPSHOT_VERSION = 1
@@ -47,7 +47,9 @@ def encode_snapshot(at: str, world: World) -> bytes:
     return msgpack.packb({"v": SNAPSHOT_VERSION, "id": at, "events": world.events,
                           "runs": [_state(r) for r in world.runs.values()],
                           "actions": [_state(a) for a in world.actions.values()],
-                          "schedules": [_state(x) for x in world.schedules.values()]}, use_bin_type=True)
+                          "schedules": [_state(x) for x in world.schedules.values()],
+                          "settings": [_state(x) for x in world.settings.values()],
+                          "triggers": [_state(x) for x in world.triggers.values()]}, use_bin_type=True)
 
 
 def decode_snapshot(data: bytes, where: str = "?") -> Snapshot:
@@ -72,6 +74,12 @@ def decode_snapshot(data: bytes, where: str = "?") -> Snapshot:
         for x in body.get("schedules", ()):   # absent in snapshots taken before schedules existed
             schedule = ScheduleState(**(x | {"phase": SchedulePhase(x["phase"])}))
             world.schedules[f"{schedule.ns}/{schedule.schedule}"] = schedule
+        for x in body.get("settings", ()):   # absent in snapshots taken before settings existed
+            scope = SettingsState(**(x | {"phase": SettingsPhase(x["phase"])}))
+            world.settings[scope.ns] = scope
+        for x in body.get("triggers", ()):   # absent in snapshots taken before triggers existed
+            trigger = TriggerState(**(x | {"phase": SchedulePhase(x["phase"])}))
+            world.triggers[f"{trigger.ns}/{trigger.trigger}"] = trigger
         world.events = int(body["events"])
         return Snapshot(at=str(body["id"]), world=world)
     except (KeyError, TypeError, ValueError) as exc:

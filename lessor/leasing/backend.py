@@ -55,8 +55,10 @@ class Backend:
         self._refreshing: anyio.Lock | None = None
         self.url = redact(self.url)  # what every message shows: never a password
 
-    async def call(self, name: str, keys: list, args: list, *, durable: bool = True) -> Any:
-        """Run lessor script ``name``; with ``durable`` (the default), wait for this backend's durability.
+    async def call(self, name: str, keys: list, args: list, *, durable: bool = True,
+                   durability: Durability | None = None) -> Any:
+        """Run lessor script ``name``; with ``durable`` (the default), wait for this backend's durability
+        (or ``durability``, for this call: a namespace's ``run.durability`` setting at submit).
 
         One round trip either way: the script and its WAIT/WAITAOF go in one
         pipeline, on one connection. Raises StoreUnavailable for a transient
@@ -66,10 +68,11 @@ class Backend:
         missing ACL permission).
         """
         try:
-            wait = durable and self.durability.waits
+            mode = durability or self.durability
+            wait = durable and mode.waits
             if not wait and not self.cluster:
                 return await getattr(self.scripts, name)(keys=keys, args=args)
-            return await self._call_on_node(name, keys, args, wait)
+            return await self._call_on_node(name, keys, args, wait, mode)
         except ResponseError as exc:
             if is_transient(exc):
                 raise StoreUnavailable(f"{name}: the server at {self.url} cannot serve now ({exc}); retry") from exc
@@ -83,7 +86,8 @@ class Backend:
             raise StoreUnavailable(f"{name}: the cluster at {self.url} cannot serve now "
                                    f"({type(exc).__name__}: {exc}); retry") from exc
 
-    async def _call_on_node(self, name: str, keys: list, args: list, wait: bool) -> Any:
+    async def _call_on_node(self, name: str, keys: list, args: list, wait: bool,
+                            mode: Durability | None = None) -> Any:
         """The script, and with ``wait`` its WAIT/WAITAOF, in one pipeline on the node serving ``keys[0]``.
 
         On a cluster every script goes this way, so that an ASK is never followed. ASK means
@@ -94,6 +98,7 @@ class Backend:
         migration and MOVED sends it to the new owner. (redis-py 8.1's asyncio cluster client
         follows ASK by sending ASKING and the command on two pooled connections.)
         """
+        mode = mode or self.durability
         script = getattr(self.scripts, name)
         client = self.client_for(keys[0])
         reply: Any = None
@@ -101,7 +106,7 @@ class Backend:
             pipe = client.pipeline(transaction=False)
             pipe.evalsha(script.sha, len(keys), *keys, *args)
             if wait:
-                pipe.execute_command(*self.durability.wait_command())
+                pipe.execute_command(*mode.wait_command())
             try:
                 reply, *answer = await pipe.execute(raise_on_error=False)
             except (RedisConnectionError, OSError):
@@ -121,10 +126,10 @@ class Backend:
                 raise reply
             if wait and isinstance(answer[0], Exception):
                 raise ServerRefused(f"{name} was applied, but the server refused "
-                                    f"{self.durability.wait_command()[0]} ({answer[0]}): durability "
-                                    f"{self.durability} needs Redis >= 7.2 or Valkey >= 7.2 with appendonly yes")
+                                    f"{mode.wait_command()[0]} ({answer[0]}): durability "
+                                    f"{mode} needs Redis >= 7.2 or Valkey >= 7.2 with appendonly yes")
             if wait:
-                self.durability.check(answer[0], name, reply)
+                mode.check(answer[0], name, reply)
             return reply
         if isinstance(reply, MovedError):
             raise StoreUnavailable(f"{name}: the slot of {keys[0]!r} keeps moving ({reply}); retry")
@@ -190,6 +195,19 @@ class Backend:
                                     socket_connect_timeout=5, socket_timeout=30, **kwargs)
             self._node_clients[node.name] = client
         return client
+
+
+def settings_keys(backend: "Backend") -> Keys:
+    """The partition that holds every settings scope: partition 0.
+
+    Settings are global, not per namespace, so they need one fixed home. One partition
+    for all scopes means a namespace's three scopes (org, domain, project) share one hash
+    tag, so they can be read in one round trip and each scope's version check and write
+    are one script call on one Cluster slot. Partition 0 exists for every partition
+    count. Settings are few, small and rarely written, so the partition they add to
+    gains no hot spot.
+    """
+    return backend.keys(0)
 
 
 def make_redis(url: str, **kwargs) -> aioredis.Redis:

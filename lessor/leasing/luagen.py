@@ -22,10 +22,13 @@ import typing
 from lessor.core import events as ev
 from lessor.core.codec import field_types
 from lessor.core.effects import Const, Copy, Create, FirstOf, Incr, Soft, Text, template_fields
-from lessor.core.events import ACTION_TRANSITIONS, EVENT_TYPES, RUN_TRANSITIONS, SCHEDULE_TRANSITIONS
-from lessor.core.fold import ActionState, RunState, ScheduleState
+from lessor.core.events import (
+    ACTION_TRANSITIONS, EVENT_TYPES, RUN_TRANSITIONS, SCHEDULE_TRANSITIONS, SETTINGS_TRANSITIONS, TRIGGER_TRANSITIONS,
+)
+from lessor.core.fold import ActionState, RunState, ScheduleState, SettingsState, TriggerState
 from lessor.core.keyspace import HOT, KEY_FAMILIES, PARTITION_KEYS
 from lessor.core.phases import FROM_PAYLOAD, NO_PHASE, RETIRED, TERMINAL
+from lessor.core.settings import SETTINGS, UNSET
 from lessor.leasing.codes import Code, SubmitCode
 
 #: Hash fields that only the scripts keep (not in the fold's state), read as text when missing.
@@ -51,7 +54,7 @@ def _transitions(name: str, table: dict) -> str:
 
 def _text_fields() -> list[str]:
     names = set(_SERVER_TEXT_FIELDS)
-    for cls in (ActionState, RunState, ScheduleState):
+    for cls in (ActionState, RunState, ScheduleState, SettingsState, TriggerState):
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             kinds = typing.get_args(hints[f.name]) or (hints[f.name],)
@@ -66,9 +69,13 @@ def _kind(cls: type[ev.Event], name: str) -> str:
 
 
 def _subjects() -> str:
-    """SUBJECT[type]: 'schedule', 'run', 'both' (its run when it names no action, else its
+    """SUBJECT[type]: 'settings', 'trigger', 'schedule', 'run', 'both' (its run when it names no action, else its
     action) or 'action': what each event is about, as core/fold.py subject_kind() decides."""
     def kind(c) -> str:
+        if c.SETTINGS_MOVES:
+            return "settings"
+        if c.TRIGGER_MOVES:
+            return "trigger"
         if c.SCHEDULE_MOVES:
             return "schedule"
         if c.RUN_MOVES:
@@ -89,6 +96,13 @@ def _event_fields() -> str:
                         for name, (_, req) in field_types(cls).items() if name != "ts")
         rows.append(f"  {etype} = '{spec}',")
     return "local EVF = {\n" + "\n".join(rows) + "\n}"
+
+
+def _setting_kinds() -> str:
+    """SETTING_KINDS[key] = s | i | n | m, and UNSET: what settings.lua checks a document against
+    (core/settings.py SETTINGS)."""
+    rows = ", ".join(f"['{key}'] = '{spec.lua_kind}'" for key, spec in SETTINGS.items())
+    return f"local SETTING_KINDS, UNSET = {{ {rows} }}, '{UNSET}'"
 
 
 def _create(cls: type[ev.Event], state_cls: type, effect: Create) -> list[str]:
@@ -145,6 +159,10 @@ def _handlers() -> str:
             out.append(f"ON_RUN.{etype} = {_handler(cls, cls.RUN_PROJECT, RunState)}")
         if cls.SCHEDULE_MOVES:
             out.append(f"ON_SCHEDULE.{etype} = {_handler(cls, cls.SCHEDULE_PROJECT, ScheduleState)}")
+        if cls.TRIGGER_MOVES:
+            out.append(f"ON_TRIGGER.{etype} = {_handler(cls, cls.TRIGGER_PROJECT, TriggerState)}")
+        if cls.SETTINGS_MOVES:
+            out.append(f"ON_SETTINGS.{etype} = {_handler(cls, cls.SETTINGS_PROJECT, SettingsState)}")
     return "\n".join(out)
 
 
@@ -174,12 +192,15 @@ def lib_block() -> str:
         _transitions("ACTION_T", ACTION_TRANSITIONS),
         _transitions("RUN_T", RUN_TRANSITIONS),
         _transitions("SCHEDULE_T", SCHEDULE_TRANSITIONS),
+        _transitions("SETTINGS_T", SETTINGS_TRANSITIONS),
+        _transitions("TRIGGER_T", TRIGGER_TRANSITIONS),
         f"local TERMINAL = {{ {terminal} }}",
         f"local FROM_PAYLOAD, NO_PHASE, RETIRED = '{FROM_PAYLOAD}', '{NO_PHASE}', '{RETIRED}'",
         _subjects(),
         f"local TEXT = {{ {text} }}",
         _keys(hot=False),
         _event_fields(),
+        _setting_kinds(),
     ])
 
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lessor.core.fold import World, action_projection, run_projection, schedule_projection
-from lessor.leasing.backend import Backend
+from lessor.core.fold import (
+    World, action_projection, run_projection, schedule_projection, settings_projection, trigger_projection,
+)
+from lessor.leasing.backend import Backend, settings_keys
 from lessor.leasing.compaction import load_snapshot
 from lessor.leasing.eventlog import EventLog
 
@@ -99,8 +101,20 @@ async def verify(backend: Backend, world: World | None = None) -> list[Differenc
         expected_keys.add(key)
         diffs += _compare(key, schedule_projection(state) | {"phase": state.phase.value},
                           await backend.redis.hgetall(key))
+    for ref, state in world.triggers.items():
+        ns, name = ref.rsplit("/", 1)
+        key = backend.keys_for_run(ns, name).trigger(ref)
+        expected_keys.add(key)
+        diffs += _compare(key, trigger_projection(state) | {"phase": state.phase.value},
+                          await backend.redis.hgetall(key))
+    for scope, state in world.settings.items():
+        key = settings_keys(backend).settings(scope)
+        expected_keys.add(key)
+        diffs += _compare(key, settings_projection(state) | {"phase": state.phase.value},
+                          await backend.redis.hgetall(key))
     for keys in backend.all_keys():
-        for pattern in (keys.action("*"), keys.run("*"), keys.schedule("*")):
+        for pattern in (keys.action("*"), keys.run("*"), keys.schedule("*"), keys.settings("*"),
+                        keys.trigger("*")):
             async for raw in backend.redis.scan_iter(match=pattern, count=1000):
                 name = raw.decode()
                 if name not in expected_keys:

@@ -26,7 +26,7 @@ from lessor.leasing import luagen
 
 SCRIPT_NAMES = (
     "append_events", "submit", "submit_child", "acquire", "renew", "complete", "fail", "release",
-    "reap", "abort", "retire", "schedule", "tick",
+    "reap", "abort", "retire", "schedule", "tick", "settings", "trigger",
 )
 VIRTUAL_CLOCK_KEY = "lessor:vclock"
 
@@ -61,7 +61,7 @@ _LIB_NAMES = (
     "hget", "split_ref", "nz", "is_run_event",
     # generated: keys, tables, handlers
     *(k.lua for k in PARTITION_KEYS if k.lua not in HOT), *(f.lua for f in KEY_FAMILIES if f.lua not in HOT),
-    "ON", "ON_RUN", "ON_SCHEDULE", "EVF", "ACTION_T", "RUN_T", "SCHEDULE_T", "TERMINAL", "FROM_PAYLOAD", "NO_PHASE", "RETIRED",
+    "SETTING_KINDS", "UNSET", "ON", "ON_RUN", "ON_SCHEDULE", "ON_SETTINGS", "ON_TRIGGER", "EVF", "ACTION_T", "RUN_T", "SCHEDULE_T", "SETTINGS_T", "TRIGGER_T", "TERMINAL", "FROM_PAYLOAD", "NO_PHASE", "RETIRED",
 )
 _LIB_EXPORTS = "lib_ = {" + ", ".join(f"{n} = {n}" for n in _LIB_NAMES) + "}"
 # Scripts that need more than the renewal hot path say so with a --@@USES_LIB@@ line,

@@ -20,12 +20,14 @@ import anyio
 
 from lessor import telemetry
 from lessor.core.events import Event
-from lessor.core.ids import ROOT_ACTION
+from lessor.core.ids import ROOT_ACTION, check_namespace
 from lessor.core.limits import seconds_to_ms
 from lessor.core.phases import Phase
 from lessor.leasing.backend import Backend, open_backend
 from lessor.leasing.eventlog import EventLog, LogEntry
-from lessor.scheduler import query, schedules
+from lessor.leasing.durability import Durability
+from lessor.scheduler import query, schedules, triggers
+from lessor.scheduler import settings as settings_store
 from lessor.scheduler.control import AbortOutcome, abort_run
 from lessor.scheduler.submit import Retries, submit_run
 from lessor.scheduler.values import pack_value
@@ -85,14 +87,15 @@ class RunHandle:
 class Client:
     """A connection to lessor for a control plane (use ``connect``)."""
 
-    def __init__(self, backend: Backend, task_group) -> None:
+    def __init__(self, backend: Backend, task_group, settings_ttl_s: float = 5.0) -> None:
         self.backend = backend
         self.watcher = CompletionWatcher(backend, task_group)
+        self.settings_cache = settings_store.SettingsCache(backend, settings_ttl_s)
 
     async def submit_run(self, task: str, inputs: Any = None, *, namespace: str = DEFAULT_NAMESPACE,
-                         queue: str = "default", retries: Retries = Retries(), timeout_s: float | None = None,
+                         queue: str | None = None, retries: Retries | None = None, timeout_s: float | None = None,
                          cache: CacheKey | None = None, priority: int = 0,
-                         idempotency_key: str | None = None) -> RunHandle:
+                         idempotency_key: str | None = None, durability: str | None = None) -> RunHandle:
         """Submit a run of ``task``; its root action a0 is queued on ``queue``.
 
         ``inputs`` is a reference (a URI) or a small msgpack-able value. With
@@ -100,7 +103,18 @@ class Client:
         once with cache_hit. A repeated ``idempotency_key`` returns the first
         run and submits nothing. Raises ValueError naming a bad argument
         (checked before anything is written: lessor/core/limits.py).
+
+        ``queue``, ``retries`` (user retries), ``timeout_s`` and ``durability``
+        left at None take the namespace's settings (``run.default_queue``,
+        ``run.default_retries``, ``run.timeout_s``, ``run.durability``; read
+        through a cache of ``settings_ttl_s``, see ``connect``), else the
+        defaults: queue ``default``, no user retries, no timeout, the client's
+        durability. ``timeout_s=0`` asks for no timeout whatever the settings say.
         """
+        if queue is None or retries is None or timeout_s is None or durability is None:
+            queue, retries, timeout_s, durability = await self._defaults(namespace, queue, retries, timeout_s,
+                                                                         durability)
+        mode = Durability.parse(durability) if durability is not None else None
         packed = pack_value(inputs)
         cache_key = cache.key_for(packed) if cache else None
         with telemetry.instruments().tracer.start_as_current_span("lessor.submit") as span:
@@ -108,12 +122,26 @@ class Client:
             submitted = await submit_run(
                 self.backend, task, inputs=packed, namespace=namespace, queue=queue, retries=retries,
                 timeout_ms=seconds_to_ms("timeout_s", timeout_s), priority=priority, idempotency_key=idempotency_key,
-                cache_key=cache_key, cached_result=cached)
+                cache_key=cache_key, cached_result=cached, durability=mode)
             span.set_attribute("lessor.run", f"{namespace}/{submitted.run_id}")
             if submitted.created and cached is None:
                 telemetry.instruments().queue_depth.add(1)
             span.set_attribute("lessor.task", task)
         return RunHandle(self, namespace, submitted.run_id, submitted.created)
+
+    async def _defaults(self, namespace, queue, retries, timeout_s, durability):
+        """What a submit leaves to the namespace's settings, filled in from them."""
+        check_namespace(namespace)
+        values = await self.settings_cache.get(namespace)
+        if queue is None:
+            queue = values["run.default_queue"].value
+        if retries is None:
+            retries = Retries(user=values["run.default_retries"].value)
+        if timeout_s is None:
+            timeout_s = values["run.timeout_s"].value or None
+        if durability is None:
+            durability = values["run.durability"].value
+        return queue, retries, timeout_s, durability
 
     async def get_run(self, run_id: str, *, namespace: str = DEFAULT_NAMESPACE) -> query.RunInfo:
         """The run's live state; UnknownRun if there is none."""
@@ -203,14 +231,67 @@ class Client:
         """Every schedule (of ``namespace``, if given)."""
         return await schedules.list_schedules(self.backend, namespace)
 
+    # --- triggers (scheduler/triggers.py): an external event starts a run, once per dedup key -------
+
+    async def create_trigger(self, name: str, task: str, *, namespace: str = DEFAULT_NAMESPACE,
+                             window_s: float = 3600.0, queue: str = "default") -> bool:
+        """Create an event trigger of ``task``; True if new, False if the same one existed
+        (TriggerConflict if another one has the name)."""
+        return await triggers.create_trigger(self.backend, name, task, namespace=namespace, window_s=window_s,
+                                             queue=queue)
+
+    async def trigger(self, name: str, payload: Any = None, *, dedup_key: str,
+                      namespace: str = DEFAULT_NAMESPACE) -> RunHandle:
+        """Start the trigger's task with ``payload`` as its inputs, at most once per ``dedup_key``
+        within the trigger's window: a repeated fire gets the first run (``handle.created`` False).
+        One atomic script call; UnknownTrigger if there is no such trigger."""
+        fired = await triggers.fire(self.backend, name, payload, dedup_key=dedup_key, namespace=namespace)
+        return RunHandle(self, namespace, fired.run_id, fired.created)
+
+    async def delete_trigger(self, name: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
+        """Delete a trigger (the runs it started stay); UnknownTrigger if there is none."""
+        await triggers.delete_trigger(self.backend, name, namespace=namespace)
+
+    async def list_triggers(self, namespace: str | None = None) -> list[triggers.TriggerInfo]:
+        """Every trigger (of ``namespace``, if given)."""
+        return await triggers.list_triggers(self.backend, namespace)
+
+    # --- settings (scheduler/settings.py): org -> domain -> project, versioned writes ----------
+
+    async def get_settings(self, namespace: str = DEFAULT_NAMESPACE) -> dict[str, settings_store.Effective]:
+        """Every setting's effective value for ``namespace`` and the scope it came from (read now, not cached)."""
+        return await settings_store.effective(self.backend, namespace)
+
+    async def read_settings(self, scope: str) -> settings_store.ScopeDocument:
+        """One scope's local overrides and their version (``*``, ``*/domain`` or ``project/domain``)."""
+        return await settings_store.read_scope(self.backend, scope)
+
+    async def write_settings(self, scope: str, document: dict[str, Any], *, version: int) -> int:
+        """Replace the scope's local overrides with ``document``, if the scope is still at ``version``
+        (what ``read_settings`` returned); the new version. SettingsConflict otherwise (nothing written)."""
+        try:
+            return await settings_store.write_scope(self.backend, scope, document, version)
+        finally:
+            self.settings_cache.forget()
+
+    async def update_settings(self, scope: str, changes: dict[str, Any], *, version: int | None = None,
+                              remove: tuple[str, ...] = ()) -> int:
+        """Set ``changes`` (and drop the keys in ``remove``) in the scope, keeping its other keys; the new version."""
+        try:
+            return await settings_store.update_scope(self.backend, scope, changes, version=version, remove=remove)
+        finally:
+            self.settings_cache.forget()
+
 
 @contextlib.asynccontextmanager
 async def connect(url: str | None = None, *, partitions: int | None = None,
-                  durability: str = "memory") -> AsyncIterator[Client]:
+                  durability: str = "memory", settings_ttl_s: float = 5.0) -> AsyncIterator[Client]:
     """A Client on ``url`` ($LESSOR_REDIS_URL, else an embedded server for the block's life).
 
     ``durability``: when its writes count as acknowledged: ``memory`` (default),
     ``fsync``, ``replicas:N`` or ``fsync+replicas:N`` (docs/store-faults.md).
+    ``settings_ttl_s``: how long the client keeps a namespace's resolved
+    settings for submits (0: read them at every submit that needs them).
     An exception raised in the block reaches the caller as itself (e.g.
     UnknownRun), not wrapped in an ExceptionGroup.
     """
@@ -218,7 +299,7 @@ async def connect(url: str | None = None, *, partitions: int | None = None,
         raised: Exception | None = None
         async with anyio.create_task_group() as tg:
             try:
-                yield Client(backend, tg)
+                yield Client(backend, tg, settings_ttl_s)
             except Exception as exc:  # kept, so the caller gets the error itself, not an ExceptionGroup
                 raised = exc
             tg.cancel_scope.cancel()

@@ -17,6 +17,7 @@ from lessor.core.ids import check_id, check_namespace, new_run_id
 from lessor.core.limits import MAX_BACKOFF_MS, MAX_DURATION_S, MAX_RETRIES, check_int, check_text
 from lessor.errors import IdempotencyConflict, NotDurable
 from lessor.leasing.backend import Backend
+from lessor.leasing.durability import Durability
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,8 @@ class RunSpec:
                 int(self.cached_result is not None), self.cached_result or b""]
 
 
-async def submit_runs(backend: Backend, specs: list[RunSpec]) -> list[Submitted]:
+async def submit_runs(backend: Backend, specs: list[RunSpec], *,
+                      durability: Durability | None = None) -> list[Submitted]:
     """Submit many runs: one script call per partition touched, all concurrently.
 
     Returns one Submitted per spec, in order. Raises ValueError naming a bad spec,
@@ -104,7 +106,7 @@ async def submit_runs(backend: Backend, specs: list[RunSpec]) -> list[Submitted]
     ``.submitted``: the Submitted of every run that was created, None for the rest),
     StoreUnavailable if the server could not be reached (the runs may or may not
     exist: submit again with the same run ids), and NotDurable if they were
-    created but not confirmed durable (``Backend.durability``).
+    created but not confirmed durable (``durability``, else ``Backend.durability``).
     """
     run_ids = [spec.checked_run_id() for spec in specs]
     groups: dict[int, list[int]] = {}
@@ -120,7 +122,7 @@ async def submit_runs(backend: Backend, specs: list[RunSpec]) -> list[Submitted]
         values = [value for i in indexes for value in specs[i].args(run_ids[i])]
         args = [msgpack.packb(values, use_bin_type=False), len(indexes)]  # raw, as cmsgpack reads it
         try:
-            reply = await backend.call("submit", [backend.keys(partition).prefix], args)
+            reply = await backend.call("submit", [backend.keys(partition).prefix], args, durability=durability)
         except NotDurable as exc:
             ids = ", ".join(f"{specs[i].namespace}/{run_ids[i]}" for i in indexes)
             errors.append(NotDurable(f"submit of {ids} is unconfirmed: {exc}. Submitting again with the same "
@@ -151,12 +153,12 @@ async def submit_runs(backend: Backend, specs: list[RunSpec]) -> list[Submitted]
     return results
 
 
-async def submit_run(backend: Backend, task: str, **fields) -> Submitted:
+async def submit_run(backend: Backend, task: str, *, durability: Durability | None = None, **fields) -> Submitted:
     """Create a run and queue its root action ``a0``. One script call.
 
     Keyword fields as RunSpec: inputs (packed bytes), namespace, queue, retries,
     timeout_ms, priority, idempotency_key, cache_key, cached_result, run_id.
     Raises ValueError naming a bad namespace, task, queue or number.
     """
-    (submitted,) = await submit_runs(backend, [RunSpec(task, **fields)])
+    (submitted,) = await submit_runs(backend, [RunSpec(task, **fields)], durability=durability)
     return submitted

@@ -153,6 +153,10 @@ def summarize(e: ev.Event) -> str:
         return e.phase
     if isinstance(e, ev.ActionTimedOut):
         return f"after {e.timeout_ms} ms"
+    if isinstance(e, ev.SettingsChanged):
+        return f"settings version {e.version}: {e.document}"
+    if isinstance(e, ev.TriggerFired):
+        return f"trigger {e.trigger} · dedup key {e.dedup_key} · run {e.run}"
     return getattr(e, "reason", "") or ""
 
 

@@ -70,7 +70,7 @@ local function lib()
   -- Projection updates, one per event type, generated from the effects each
   -- event declares (core/events.py PROJECT): each returns the hash fields to set
   -- (counters it increments itself); emit() writes them with the phase in one HSET.
-  local ON, ON_RUN, ON_SCHEDULE = {}, {}, {}
+  local ON, ON_RUN, ON_SCHEDULE, ON_SETTINGS, ON_TRIGGER = {}, {}, {}, {}, {}
   -- Append a field to set: numbers as exact integer text, nil as '' (a missing value).
   local function put(f, name, v)
     if v == nil then v = '' elseif type(v) == 'number' then v = S(v) end
@@ -101,7 +101,11 @@ local function lib()
   -- when the caller has just read it (NO_PHASE = does not exist), saving a read.
   local function next_phase(ev, cur)
     local key, table_, handlers
-    if SUBJECT[ev.type] == 'schedule' then
+    if SUBJECT[ev.type] == 'settings' then
+      key, table_, handlers = setkey(ev.ns), SETTINGS_T, ON_SETTINGS
+    elseif SUBJECT[ev.type] == 'trigger' then
+      key, table_, handlers = tkey(ev.ns .. '/' .. ev.trigger), TRIGGER_T, ON_TRIGGER
+    elseif SUBJECT[ev.type] == 'schedule' then
       key, table_, handlers = skey(ev.ns .. '/' .. ev.schedule), SCHEDULE_T, ON_SCHEDULE
     elseif is_run_event(ev) then
       key, table_, handlers = rkey(ev.ns .. '/' .. ev.run), RUN_T, ON_RUN

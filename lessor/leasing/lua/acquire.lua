@@ -1,6 +1,6 @@
 --[[ Lease up to n queued actions of one queue to one worker.
   KEYS[1]  partition prefix (string)
-  Touches: DELAYED, EPOCH, LEASES, STREAM, TIMEOUTS, TOKENS, akey, children_key, done_key, qkey, rkey, run_actions_key, skey, wake_key
+  Touches: DELAYED, EPOCH, LEASES, STREAM, TIMEOUTS, TOKENS, akey, children_key, done_key, qkey, rkey, run_actions_key, setkey, skey, tkey, wake_key
   ARGV[1] namespace  ARGV[2] queue  ARGV[3] worker id  ARGV[4] n (max leases)
   ARGV[5] ttl_ms  ARGV[6] grace_ms
   Returns: {now_ms, then 7 values per lease: ref, token, attempt, deadline_ms, task, inputs, parent}
