@@ -149,7 +149,9 @@ def _handlers() -> str:
 
 
 def _keys(hot: bool) -> str:
-    lines = [f"local {k.lua} = PREFIX .. '{k.suffix}'" for k in PARTITION_KEYS if (k.lua in HOT) == hot]
+    # The partition's key names are declared at the top (every call sets them: bind_block);
+    # the families are functions of PREFIX, hot ones at the top, the rest in the library.
+    lines = [f"local {', '.join(k.lua for k in PARTITION_KEYS)}"] if hot else []
     for fam in KEY_FAMILIES:
         if (fam.lua in HOT) == hot:
             body = " .. ':' .. ".join(fam.args)
@@ -164,6 +166,11 @@ def hot_block() -> str:
         f"local {', '.join(n for n, _ in codes)} = {', '.join(str(v) for _, v in codes)}",
         _keys(hot=True),
     ])
+
+
+def bind_block() -> str:
+    """Inside ``enter_call``: the partition's key names from this call's PREFIX."""
+    return "\n".join(f"{k.lua} = PREFIX .. '{k.suffix}'" for k in PARTITION_KEYS)
 
 
 def lib_block() -> str:

@@ -24,11 +24,12 @@
     TEXT, FROM_PAYLOAD, NO_PHASE
   Where the rules live, once each: lease_dead() (the grace rule), check_token() (the
   token check), expire_lease(), fence(). ]]
-local PREFIX = KEYS[1]
+-- Per call (set by enter_call): the script's name, the partition prefix (KEYS[1]),
+-- the clock read once, the partition's key names, the queues already woken.
+local SCRIPT, PREFIX, NOW, woken
+--@@GENERATED_TRACER@@
 
 --@@GENERATED_CLOCK@@
-
-local NOW = now_ms()
 
 local function S(n) return string.format('%.0f', n) end   -- exact integer text (tostring rounds to 14 digits)
 -- checked(): every script calls it once all its arguments are checked, before its
@@ -36,9 +37,19 @@ local function S(n) return string.format('%.0f', n) end   -- exact integer text 
 -- that can refuse a call comes before anything is written (tests/test_schema.py).
 --@@GENERATED_HOT@@
 
--- Everything but the renewal hot path lives in lib(), built on first use: a
+-- The start of every call. In a FUNCTION library (leasing/scripts.py) the code above
+-- and lib() are built once per library load, not once per call: what depends on the
+-- call is set here, and every function of the library sees it.
+local function enter_call(name, prefix)
+  SCRIPT, PREFIX, woken = name, prefix, nil
+  NOW = now_ms()
+  --@@GENERATED_BIND@@
+end
+
+-- Everything but the renewal hot path lives in lib(), built on first use: with EVAL a
 -- script's prelude runs on every call, and building these closures and tables
--- costs more than renewing a lease (measured: ~3.4 us per call).
+-- costs more than renewing a lease (measured: ~3.4 us per call). In the FUNCTION
+-- library it is built once per library load.
 local lib_ = nil
 local function lib()
   if lib_ then return lib_ end
@@ -217,9 +228,9 @@ local function lib()
   -- Put a queued action on its queue (priority first, then FIFO), and wake an idle
   -- worker: the queue's wake list holds at most one token, pushed once per queue per
   -- call; an idle worker BLPOPs it instead of polling. A token no one pops costs nothing.
-  local woken = {}
   local function wake(ns, queue)
     local key = wake_key(ns, queue)
+    if woken == nil then woken = {} end   -- per call (enter_call resets it)
     if woken[key] then return end
     woken[key] = true
     if redis.call('LLEN', key) == 0 then redis.call('RPUSH', key, '1') end
