@@ -130,20 +130,9 @@ local function lib()
   -- An event's fields against its definition (EVF, from core/events.py): the reason it
   -- may not be written, or nil. Readers decode exactly these types.
   local function bad_event(ev)
-    local spec = EVF[ev.type]
-    if spec == nil then return 'unknown event type ' .. tostring(ev.type) end
-    for name, kind, required in string.gmatch(spec, '([%w_]+):(%a):(%d)') do
-      local v = ev[name]
-      if v == nil then
-        if required == '1' then return ev.type .. ' needs field ' .. name end
-      elseif kind == 'i' then
-        if type(v) ~= 'number' or v % 1 ~= 0 or v > 9007199254740991 or v < -9007199254740991 then
-          return ev.type .. ': field ' .. name .. ' must be an integer, got ' .. tostring(v)
-        end
-      elseif type(v) ~= 'string' then
-        return ev.type .. ': field ' .. name .. ' must be a string, got ' .. type(v)
-      end
-    end
+    local check = EVF[ev.type]
+    if check == nil then return 'unknown event type ' .. tostring(ev.type) end
+    return check(ev)
   end
 
   local abort_actions, abort_descendants  -- defined after emit (they emit, and emit calls them)
