@@ -143,7 +143,9 @@ local function lib()
   -- transition and its handler are resolved, and only then is anything written
   -- (the XADD, then the projection), so an event type without a handler, an
   -- illegal transition or a mistyped field can never reach the stream.
-  local function emit(ev, cur)
+  -- ``also`` (optional): a hash field and its value the caller writes to the subject with
+  -- the projection, in the same HSET (one call fewer; ended() marks done this way).
+  local function emit(ev, cur, also, also_value)
     ev.v = 1
     ev.ts = NOW
     local bad = bad_event(ev)
@@ -162,6 +164,7 @@ local function lib()
     end
     local fields = handler(key, ev)
     fields[#fields + 1], fields[#fields + 2] = 'phase', nxt
+    if also then fields[#fields + 1], fields[#fields + 2] = also, also_value end
     redis.call('HSET', key, unpack(fields))
     if TERMINAL[nxt] and not TERMINAL[cur] and ev.action ~= nil and ev.action ~= '' then
       if ev.action == 'a0' then
