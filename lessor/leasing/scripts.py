@@ -144,8 +144,9 @@ def compose(name: str, body: str, clock: ClockMode = ClockMode.SERVER, trace: bo
 # (redis.call is looked up on each call: a FUNCTION library has no redis.call while it loads.)
 _TRACER = """local function real_call(...) return redis['call'](...) end
 local function traced_call(cmd, key, ...)
+  if key == nil then return real_call(cmd) end   -- TIME: no key (and a nil argument is refused)
   local c = string.upper(cmd)
-  if key ~= nil and c ~= 'INFO' and c ~= 'TIME' then real_call('RPUSH', 'lessor:test:touched', SCRIPT .. ' ' .. key) end
+  if c ~= 'INFO' and c ~= 'TIME' then real_call('RPUSH', 'lessor:test:touched', SCRIPT .. ' ' .. key) end
   return real_call(cmd, key, ...)
 end
 """
