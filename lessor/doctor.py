@@ -26,7 +26,7 @@ from lessor.leasing.durability import Durability
 from lessor.leasing.urls import is_cluster, redact
 
 # Commands the client sends outside the scripts (reads, follows, durability waits).
-CLIENT_COMMANDS = ("evalsha", "script|load", "xread", "xrange", "xrevrange", "xlen", "hget", "hmget", "hgetall",
+CLIENT_COMMANDS = ("fcall", "function|load", "xread", "xrange", "xrevrange", "xlen", "hget", "hmget", "hgetall",
                    "hsetnx", "smembers", "zrange", "zrevrangebyscore", "zcard", "scan", "info", "ping", "wait",
                    "waitaof", "blpop", "rpush")   # blpop, rpush: idle workers wait on the wake-up lists
 
@@ -144,7 +144,7 @@ async def _acl(redis) -> Check:
 
 async def _dryrun(redis, user: str, command: str) -> str:
     """ACL DRYRUN of ``command`` on a lessor key, with as many dummy arguments as its arity wants."""
-    keyless = command in ("info", "ping", "wait", "waitaof", "scan", "script|load")
+    keyless = command in ("info", "ping", "wait", "waitaof", "scan", "function|load")
     for extra in range(6):
         args = ([] if keyless else ["lessor:{x}:k"]) + ["0"] * extra
         try:
@@ -161,7 +161,8 @@ async def _dryrun(redis, user: str, command: str) -> str:
 
 
 def _needed() -> str:
-    return "~lessor:* plus +" + " +".join(sorted(script_commands() | {c.split('|')[0] for c in CLIENT_COMMANDS}))
+    # function|load as such: the rest of FUNCTION (FLUSH, DELETE, RESTORE) is not lessor's to run.
+    return "~lessor:* plus +" + " +".join(sorted(script_commands() | set(CLIENT_COMMANDS)))
 
 
 async def _topology(redis) -> list[Check]:

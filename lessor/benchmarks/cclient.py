@@ -3,7 +3,7 @@
 A Python client cannot show what the server can do: it runs out of its own
 CPU first. So the limit is measured with ``redis-benchmark`` (Debian's
 ``redis-tools``; ``valkey-benchmark`` where there is one), a C client sending
-one fixed ``EVALSHA`` over a few pipelined connections, fast enough to keep the
+one fixed script call (``FCALL``) over a few pipelined connections, fast enough to keep the
 server busy. The cost is the server's CPU time (``INFO cpu``: user + sys of
 every thread, so request parsing, reply building and the AOF count too) per
 unit of work, and the limit of one server core is its inverse. CPU time, not
@@ -128,7 +128,7 @@ async def c_client_load(redis, url: str, command: list, units_per_call: float, d
                         clients: int, pipeline: int) -> Load:
     """Run ``command`` from the C client for ``duration_s`` at saturation; the server's Load meanwhile.
 
-    ``command`` is sent as is, every time (e.g. one EVALSHA renewing the same
+    ``command`` is sent as is, every time (e.g. one FCALL renewing the same
     leases); its calls are counted from commandstats, not from the client.
     Raises ServerError if the client exits early or any call failed.
     """

@@ -61,7 +61,7 @@ async def measure(url: str | None, n: int, concurrency: int) -> dict:
         log_s = await _drive(n, concurrency, logged)
         after = await command_stats(redis)
         _, plain_usec = stat_delta(before, middle, "xadd")
-        _, log_usec = stat_delta(middle, after, "evalsha")
+        _, log_usec = stat_delta(middle, after, log.backend.scripts.command("append_events")[0])
         await redis.delete(stream)
     return {
         "events": n, "concurrency": concurrency,

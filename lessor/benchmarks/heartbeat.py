@@ -5,8 +5,8 @@ ttl, so nothing expires), split over ``--workers`` renewing loops in this proces
 
 Phases, all against the same server in the same run:
 1. the server's limit for batched renewals: a C client (cclient.py) sends
-   lessor's real ``renew.lua`` (loaded with SCRIPT LOAD, prelude and all) by
-   EVALSHA, ``--batch`` real leases per call, at saturation; the cost is server
+   lessor's real ``renew.lua`` (its FUNCTION library, loaded as lessor loads it) by
+   FCALL, ``--batch`` real leases per call, at saturation; the cost is server
    CPU time per renewed lease (``INFO cpu``), the limit one core's 1 / cost.
    Measured in two halves, before and after phase 2, so both see the same load;
 2. closed loop, batched: each worker renews its leases in calls of ``--batch``
@@ -46,13 +46,13 @@ from lessor.leasing.backend import Backend, open_backend, resolve_url
 from lessor.leasing.client import Lease, LeaseClient
 from lessor.leasing.codes import Code
 from lessor.leasing.config import LeaseConfig
-from lessor.leasing.scripts import script_source
 from lessor.leasing.urls import parse_multi
 from lessor.scheduler.submit import RunSpec, submit_runs
 
 NAMESPACE = "bench/development"
 QUEUE = "heartbeat"
 BENCH_LEASE = LeaseConfig(ttl_ms=600_000, grace_ms=60_000)
+SCRIPT_COMMAND = "fcall"  # lessor calls its scripts as FUNCTIONs (leasing/scripts.py)
 BENCH_WORKER = "bench-setup"  # holds every lease: only its renewals are on-time renewals (code OK)
 # Shapes of the C client that keep the server saturated (server busy ~0.9-1.0 of a core on 2 cores).
 BATCHED_C_CLIENT = {"clients": 4, "pipeline": 4}
@@ -149,7 +149,7 @@ def c_client_shape(batch: int) -> dict:
 
 def served(before: ServerSample, after: ServerSample, result: dict) -> dict:
     """The server's side of a closed-loop phase: CPU time and script wall time per renewed lease."""
-    load = dataclasses.replace(load_between(before, after, "evalsha", 0), units=result["renewed"])
+    load = dataclasses.replace(load_between(before, after, SCRIPT_COMMAND, 0), units=result["renewed"])
     return {"server_cpu_us_per_lease": load.cpu_us_per_unit,
             "script_wall_us_per_lease": load.script_wall_us_per_unit,
             # The old "ratio to the server's limit": the share of wall time inside renew scripts.
@@ -179,23 +179,24 @@ def against_limit(result: dict, limit: Load) -> dict:
                      "ratio_to_server_limit": result["renewals_per_s"] / max(limit.limit_per_s, 1e-9)}
 
 
-def renew_command(backend: Backend, sha: str, batch: list[Lease]) -> list:
-    """The EVALSHA renewing ``batch`` (one partition) as their holder: what the C client sends each time."""
-    command: list = ["EVALSHA", sha, 1, backend.keys(batch[0].partition).prefix, BENCH_WORKER, BENCH_LEASE.ttl_ms]
+def renew_command(backend: Backend, function: str, batch: list[Lease]) -> list:
+    """The FCALL renewing ``batch`` (one partition) as their holder: what the C client sends each time."""
+    command: list = ["FCALL", function, 1, backend.keys(batch[0].partition).prefix, BENCH_WORKER, BENCH_LEASE.ttl_ms]
     for lease in batch:
         command += (lease.ref, lease.token)
     return command
 
 
 async def load_renew_script(backend: Backend) -> str:
-    """SCRIPT LOAD of renew.lua exactly as lessor sends it (generated prelude included); its sha."""
-    sha = await backend.redis.script_load(script_source("renew"))
-    if sha != backend.scripts.sha("renew"):
-        raise ServerError(f"SCRIPT LOAD of renew.lua gave {sha}, lessor's client uses {backend.scripts.sha('renew')}")
-    return sha
+    """FUNCTION LOAD of lessor's library exactly as lessor sends it; the name of its renew function."""
+    command, function = backend.scripts.command("renew")
+    if command != SCRIPT_COMMAND:
+        raise ServerError(f"lessor's client calls renew with {command}, this benchmark measures {SCRIPT_COMMAND}")
+    await backend.scripts.renew.library.load(backend.redis)
+    return function
 
 
-async def c_client_limit(backend: Backend, url: str, sha: str, leases: list[Lease], batch: int,
+async def c_client_limit(backend: Backend, url: str, function: str, leases: list[Lease], batch: int,
                          duration_s: float) -> Load:
     """The server's limit for calls of ``batch`` real leases, measured by the C client.
 
@@ -203,7 +204,7 @@ async def c_client_limit(backend: Backend, url: str, sha: str, leases: list[Leas
     client repeats is a real on-time renewal. Raises ServerError otherwise.
     """
     group = max(batches_of(leases, batch), key=len)
-    command = renew_command(backend, sha, group)
+    command = renew_command(backend, function, group)
     codes = (await backend.redis.execute_command(*command))[1:]
     if any(Code(code) is not Code.OK for code in codes):
         raise ServerError(f"renew.lua refused the benchmark's own leases: codes {sorted(set(codes))}")
@@ -275,16 +276,16 @@ async def measure(args: argparse.Namespace) -> dict:
         url = resolve_url(args.redis_url) or backend.url  # unredacted: the C client must log in too
         leases = await setup_leases(backend, args.leases)
         client = LeaseClient(backend, BENCH_WORKER, BENCH_LEASE)
-        sha = await load_renew_script(backend)
+        function = await load_renew_script(backend)
         out: dict = {"leases": len(leases), "workers": args.workers, "loop": uvloop_name(not args.no_uvloop),
                      "c_client": c_client_version(find_c_client())}
         # The limit in two halves around the Python phase, so both see the machine's load of the moment.
-        limit = await c_client_limit(backend, url, sha, leases, args.batch, args.duration / 2)
+        limit = await c_client_limit(backend, url, function, leases, args.batch, args.duration / 2)
         out["batched"] = await batched_phase(backend, client, leases, args.batch, args.workers, args.duration)
-        limit += await c_client_limit(backend, url, sha, leases, args.batch, args.duration / 2)
+        limit += await c_client_limit(backend, url, function, leases, args.batch, args.duration / 2)
         out["batched"] = against_limit(out["batched"], limit)
         out["single"] = await single_renewals(backend, client, leases, args.concurrency, args.duration)
-        single_limit = await c_client_limit(backend, url, sha, leases, 1, args.duration)
+        single_limit = await c_client_limit(backend, url, function, leases, 1, args.duration)
         out["single"] = against_limit(out["single"], single_limit)
         out["limits"] = {"batched": limit_summary(limit, args.batch), "single": limit_summary(single_limit, 1)}
         half_rate_calls = out["batched"]["renewals_per_s"] / 2 / out["batched"]["leases_per_call"]
@@ -300,11 +301,11 @@ async def measure(args: argparse.Namespace) -> dict:
         if args.durability:
             out["durable"] = await durable_renewals(backend, client, leases, args)
         if args.plot:
-            out["sweep"] = await sweep(backend, url, sha, client, leases, args)
+            out["sweep"] = await sweep(backend, url, function, client, leases, args)
     return out
 
 
-async def sweep(backend: Backend, url: str, sha: str, client: LeaseClient, leases: list[Lease],
+async def sweep(backend: Backend, url: str, function: str, client: LeaseClient, leases: list[Lease],
                 args: argparse.Namespace) -> list[dict]:
     """Renewals/s and the C client's limit at each batch size, each pair measured back to back."""
     phase_s = max(1.0, args.duration / 3)
@@ -312,7 +313,7 @@ async def sweep(backend: Backend, url: str, sha: str, client: LeaseClient, lease
     for b in (1, 10, 25, 50, 100, 200, 500):
         if b <= len(leases):
             result = await batched_phase(backend, client, leases, b, args.workers, phase_s)
-            points.append(against_limit(result, await c_client_limit(backend, url, sha, leases, b, phase_s)))
+            points.append(against_limit(result, await c_client_limit(backend, url, function, leases, b, phase_s)))
     return points
 
 

@@ -11,7 +11,7 @@ Each round then measures, against one server:
 2. the storm: ``--reapers`` reaper processes (the real Reaper, shared throttle,
    as workers run it) clear the expired leases while the same probes go on.
    Every reap.lua call is timed on the server twice: by the server itself
-   (SLOWLOG, threshold SLOWLOG_US: the whole EVALSHA, prelude included, wall
+   (SLOWLOG, threshold SLOWLOG_US: the whole FCALL, wall
    time) and by the script's own report of its CPU time (os.clock; what the
    Reaper records as ``lessor.reaper.call``). Not a 0 µs threshold: the server
    then logs every command a script calls too, and SLOWLOG RESET of the
@@ -250,11 +250,11 @@ async def reap_until_clear(url: str, mode: Mode) -> dict:
 # --- a round ---------------------------------------------------------------------------------
 
 async def reap_calls_on_server(backend: Backend) -> list[float]:
-    """Durations (ms) of every reap.lua EVALSHA in the slow log, as the server timed them."""
-    sha = backend.scripts.sha("reap").encode()
+    """Durations (ms) of every reap.lua call (FCALL or EVALSHA) in the slow log, as the server timed them."""
+    command, ident = backend.scripts.command("reap")
     entries = await backend.redis.execute_command("SLOWLOG", "GET", -1)
     return [int(e[2]) / 1000 for e in entries
-            if len(e[3]) > 1 and e[3][0].lower() == b"evalsha" and e[3][1] == sha]
+            if len(e[3]) > 1 and e[3][0].lower() == command.encode() and e[3][1] == ident.encode()]
 
 
 async def storm(url: str, mode: Mode, reapers: int) -> list[dict]:
@@ -414,7 +414,7 @@ def print_results(out: dict, args: argparse.Namespace) -> None:
                      ("clear", "clear s"), ("ping", "PING p99 ×"), ("renew", "renew p99 ×")])
     print(f"{out['live']:,} live leases renewed {args.batch} a call at {args.renew_rate:g} calls/s and PING at "
           f"{args.ping_rate:g}/s, open loop; × = p99 during the storm / p99 in the {args.baseline_s:g} s just before. "
-          "call ms: each reap EVALSHA as the server timed it (SLOWLOG, wall time); script CPU: its own os.clock "
+          "call ms: each reap FCALL as the server timed it (SLOWLOG, wall time); script CPU: its own os.clock "
           "report (lessor.reaper.call).")
 
 

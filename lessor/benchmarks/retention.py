@@ -219,14 +219,14 @@ async def _slow_calls(backend: Backend) -> dict[str, tuple[int, float]]:
     """Commands the server logged as slower than 1 ms while housekeeping ran: count and max, by
     command (scripts by name)."""
     from lessor.leasing.scripts import SCRIPT_NAMES
-    shas = {backend.scripts.sha(name): name for name in SCRIPT_NAMES}
+    shas = {backend.scripts.command(name)[1]: name for name in SCRIPT_NAMES}
     out: dict[str, tuple[int, float]] = {}
     for entry in await backend.redis.slowlog_get(100_000):
         args = [a.decode(errors="replace") if isinstance(a, bytes) else str(a) for a in entry["command"].split()] \
             if isinstance(entry["command"], (bytes, str)) else []
         name = args[0].upper() if args else "?"
-        if name == "EVALSHA" and len(args) > 1:
-            name = shas.get(args[1], "EVALSHA")
+        if name in ("EVALSHA", "FCALL") and len(args) > 1:
+            name = shas.get(args[1], name)
         count, worst = out.get(name, (0, 0.0))
         out[name] = (count + 1, max(worst, entry["duration"] / 1000))
     return out

@@ -26,7 +26,7 @@ from lessor.core.ids import DEFAULT_PARTITIONS, KEY_ROOT, Keys, partition_of, pa
 from lessor.errors import ServerError, ServerRefused, StoreUnavailable
 from lessor.leasing.durability import Durability
 from lessor.leasing.outage import Outage, is_transient
-from lessor.leasing.scripts import ClockMode, Scripts
+from lessor.leasing.scripts import ClockMode, Function, Scripts, is_function_missing
 from lessor.leasing.urls import is_cluster, make_client, redact, resolve_url
 
 CONFIG_KEY = f"{KEY_ROOT}:config"
@@ -104,7 +104,10 @@ class Backend:
         reply: Any = None
         for _ in range(3):  # again only after loading a missing script or learning where a slot moved
             pipe = client.pipeline(transaction=False)
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            if isinstance(script, Function):
+                pipe.fcall(script.name, len(keys), *keys, *args)
+            else:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
             if wait:
                 pipe.execute_command(*mode.wait_command())
             try:
@@ -122,6 +125,9 @@ class Backend:
             if isinstance(reply, NoScriptError):
                 await client.script_load(script.script)
                 continue
+            if is_function_missing(reply):   # a restart without it, FUNCTION FLUSH, a new node
+                await script.library.load(client)
+                continue
             if isinstance(reply, Exception):
                 raise reply
             if wait and isinstance(answer[0], Exception):
@@ -133,7 +139,7 @@ class Backend:
             return reply
         if isinstance(reply, MovedError):
             raise StoreUnavailable(f"{name}: the slot of {keys[0]!r} keeps moving ({reply}); retry")
-        raise ServerRefused(f"the server at {self.url} keeps losing script {name} (NOSCRIPT after SCRIPT LOAD)")
+        raise ServerRefused(f"the server at {self.url} keeps losing script {name} (NOSCRIPT or Function not found after loading it)")
 
     def keys(self, partition: int) -> Keys:
         return Keys(partition, tag=partition_tag(partition, self.partitions, self.placement))

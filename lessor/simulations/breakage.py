@@ -3,7 +3,7 @@
 Nothing in production can reach these: no setting, flag or environment variable
 turns them on. A switch is applied only by code that builds a simulation with
 it (``broken_backend`` patches the Lua source of a private Scripts object of one
-Backend; ``UnfencedKeeper`` replaces the keeper of simulated workers,
+Backend, a FUNCTION library of its own; ``UnfencedKeeper`` replaces the keeper of simulated workers,
 ``DyingReaper`` the simulated reapers, ``NoWaitBackend`` the backend;
 ``Breakage.policy()`` replaces one decision of the outcome policy, which the
 real Worker and the simulated workers share, so it breaks both). Each patch
@@ -28,7 +28,7 @@ from lessor.leasing.backend import Backend
 from lessor.leasing.durability import Durability
 from lessor.leasing.keeper import HeldLease, LeaseKeeper
 from lessor.leasing.reaper import PassResult, Reaper
-from lessor.leasing.scripts import SCRIPT_NAMES, Scripts, script_source
+from lessor.leasing.scripts import Scripts
 from lessor.scheduler.outcome import POLICY, Call, Ending, Kind, Policy, Report, decide_report, decide_retry
 
 
@@ -74,20 +74,12 @@ _PATCHES: dict[Switch, dict[str, list[tuple[str, str]]]] = {
 
 
 class _PatchedScripts(Scripts):
+    """The FUNCTION library with a switch's patches: its own library, next to the real one."""
+
     def __init__(self, redis, clock, switch: Switch) -> None:
-        self.clock = clock
-        self._scripts = {}
-        patches = _PATCHES.get(switch, {})
-        for name in SCRIPT_NAMES:
-            source = script_source(name, clock)
-            for target in ("*", name):
-                for old, new in patches.get(target, ()):
-                    if target == name:
-                        assert old in source, f"switch {switch.value}: {name}.lua no longer contains {old!r}"
-                    source = source.replace(old, new)
-            self._scripts[name] = redis.register_script(source)
-        for old, _ in patches.get("*", ()):
-            assert old in script_source("complete", clock), f"switch {switch.value}: the prelude lost {old!r}"
+        patches = tuple((target, old, new) for target, pairs in _PATCHES.get(switch, {}).items()
+                        for old, new in pairs)
+        super().__init__(redis, clock, patches=patches)  # library() asserts each target text exists
 
 
 def copy_backend(backend: Backend, cls: type[Backend] = Backend, durability: str | Durability | None = None) -> Backend:

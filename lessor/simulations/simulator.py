@@ -465,7 +465,9 @@ class Simulator:
     async def _failover(self, index: int) -> None:
         """A replica lagging lag_ms is promoted: same process (same run_id), its data rolled back to
         the snapshot, a new master_replid (REPLICAOF a dead port, then NO ONE: what a demoted and
-        re-promoted node goes through), an empty script cache (scripts are not replicated)."""
+        re-promoted node goes through), an empty script cache (scripts are not replicated) and no
+        function libraries (they are, but a replica that joined before they were loaded or a server
+        restarted without persistence lacks them: lessor must load them again)."""
         redis = self.backend.redis
         snapshot = self._snapshots.pop(index, None)
         if snapshot is not None:
@@ -477,6 +479,7 @@ class Simulator:
             step, at_ms = self._snapshot_steps.pop(index)
             self._lost(DataLoss("failover", self.now_ms, self.step_no, step, at_ms))
         await redis.script_flush()
+        await redis.function_flush()
         await redis.execute_command("REPLICAOF", "127.0.0.1", str(self.store.unused_port))
         await redis.execute_command("REPLICAOF", "NO", "ONE")
         if self.disk is not None:

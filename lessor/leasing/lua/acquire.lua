@@ -22,6 +22,7 @@ local popped = redis.call('ZPOPMIN', qkey(ns, queue), n)
 if #popped == 0 then return out end  -- an idle poll costs one ZPOPMIN, not the library
 --@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
 local next_token, save_tokens = token_source()
+local granted = {}   -- reap index entries (score, ref), added in one ZADD after the loop
 for i = 1, #popped, 2 do
   local ref = popped[i]
   local key = akey(ref)
@@ -33,7 +34,7 @@ for i = 1, #popped, 2 do
     local deadline = NOW + ttl_ms
     emit({type = 'action_leased', ns = h.ns, run = h.run, action = h.action, attempt = attempt,
       token = token, worker = worker, ttl_ms = ttl_ms, grace_ms = grace_ms, deadline_ms = deadline}, 'queued')
-    redis.call('ZADD', LEASES, lease_expiry({deadline_ms = deadline, grace_ms = grace_ms}), ref)
+    granted[#granted + 1], granted[#granted + 2] = lease_expiry({deadline_ms = deadline, grace_ms = grace_ms}), ref
     local timeout_ms = tonumber(h.timeout_ms)
     if timeout_ms > 0 then redis.call('ZADD', TIMEOUTS, NOW + timeout_ms, ref) end
     local n_out = #out
@@ -42,6 +43,9 @@ for i = 1, #popped, 2 do
   end
 end
 save_tokens()
+for i = 1, #granted, 1000 do   -- (unpack has a stack limit)
+  redis.call('ZADD', LEASES, unpack(granted, i, math.min(i + 999, #granted)))
+end
 -- Took all it asked for and work is left: pass the wake-up on to the next idle worker
 -- (one token wakes one worker; each hands it on while the queue is not empty).
 if #popped == 2 * n and redis.call('ZCARD', qkey(ns, queue)) > 0 then wake(ns, queue) end

@@ -30,17 +30,20 @@ for i = o + 1, o + n, 3 do
   end
 end
 checked()
-local out = {}
+local out, ended_refs = {}, {}
 for i = o + 1, o + n, 3 do
   local ref, token, result = A[i], A[i + 1], A[i + 2]
   local h, code = fence(ref, token, worker, 'complete', 'attempt', 'cache_key', 'timeout_ms')
   if code == OK then
     local ns, run, action = split_ref(ref)
     if result == '' then result = nil end
+    -- The projection's HSET also marks the attempt ended (what ended() writes), in one call.
     emit({type = 'action_succeeded', ns = ns, run = run, action = action,
-      attempt = tonumber(h.attempt), token = tonumber(token), worker = worker, result = result}, 'running')
-    end_lease(ref, h.timeout_ms)
-    ended(ref, token, 'complete')
+      attempt = tonumber(h.attempt), token = tonumber(token), worker = worker, result = result}, 'running',
+      '_ended', token .. ':complete')
+    -- end_lease, batched: the leases leave the index in one ZREM after the loop.
+    ended_refs[#ended_refs + 1] = ref
+    if h.timeout_ms ~= '0' then redis.call('ZREM', TIMEOUTS, ref) end
     if h.cache_key ~= '' then
       redis.call('HSET', cache_hash(ns), h.cache_key, result or '')
       redis.call('ZADD', cache_times(ns), NOW, h.cache_key)   -- for the cache's own retention
@@ -51,5 +54,8 @@ for i = o + 1, o + n, 3 do
   else
     out[#out + 1], out[#out + 2] = code, tonumber(h.token)
   end
+end
+for i = 1, #ended_refs, 1000 do   -- (unpack has a stack limit)
+  redis.call('ZREM', LEASES, unpack(ended_refs, i, math.min(i + 999, #ended_refs)))
 end
 return out

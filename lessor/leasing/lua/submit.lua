@@ -12,8 +12,8 @@
   Returns: per run {1 created | 0 already existed (the same request) | 2 conflict: the run id
     exists with another task or other inputs, run id}, flattened
   Events: run_created, action_created, (cache_hit, run_completed)
-  Cost: per run one HMGET, two XADDs, two HSETs, a ZADD and the enqueue (INCR, ZADD);
-  one wake-up (LLEN, RPUSH) per queue per call. ]]
+  Cost: per run one HMGET, two XADDs, two HSETs; per call one INCRBY, one ZADD of the
+  run index per namespace, one ZADD and one wake-up (LLEN, RPUSH) per queue. ]]
 --@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
 local function opt(v) if v == '' then return nil end return v end
 local A, n = ARGV, #ARGV
@@ -35,7 +35,7 @@ for i = 1, n, 14 do
   if err then return err end
 end
 checked()
-local out = {}
+local out, adds = {}, new_adds()   -- run and queue index entries: written together after the loop
 for i = 1, n, 14 do
   local ns, run, task, queue = A[i], A[i + 1], A[i + 2], A[i + 3]
   local run_ref = ns .. '/' .. run
@@ -53,14 +53,15 @@ for i = 1, n, 14 do
   else
     local priority, cache_key = A[i + 9], opt(A[i + 11])
     create_run(ns, run, task, queue, opt(A[i + 4]), opt(A[i + 5]), tonumber(A[i + 6]), tonumber(A[i + 7]),
-      tonumber(A[i + 8]), tonumber(priority), tonumber(A[i + 10]), cache_key)
+      tonumber(A[i + 8]), tonumber(priority), tonumber(A[i + 10]), cache_key, adds)
     if A[i + 12] == '1' then
       emit({type = 'cache_hit', ns = ns, run = run, action = 'a0', cache_key = cache_key,
         result = A[i + 13]}, 'queued')
     else
-      enqueue(run_ref .. '/a0', ns, queue, priority)
+      enqueue(run_ref .. '/a0', ns, queue, priority, adds)
     end
     out[#out + 1], out[#out + 2] = CREATED, run
   end
 end
+add_all(adds)
 return out
