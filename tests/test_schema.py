@@ -22,6 +22,7 @@ from lessor.core.keyspace import key_name
 from lessor.errors import StaleToken
 from lessor.leasing.client import LeaseClient
 from lessor.leasing.config import LeaseConfig
+from lessor.leasing import fairshare
 from lessor.leasing.eventlog import EventLog
 from lessor.leasing.reaper import Reaper
 from lessor.leasing.replay import verify
@@ -47,8 +48,11 @@ async def _every_path(b) -> None:
     await submit_run(b, "t", namespace=NS, run_id="same")
     await submit_run(b, "t", namespace=NS, run_id="same")                 # a repeat
     await submit_run(b, "t", namespace=NS, cache_key="ck", cached_result=b"r")  # a cache hit
-    leases = await w1.acquire(NS, "default", 8)
+    await fairshare.set_fair_share(b, "default", NS, weight=2, max_running=100)
+    leases = await w1.acquire(NS, "default", 7)
+    leases += await w1.acquire("*", "default", 1)                           # by fair share
     await w1.acquire(NS, "nothing-here", 1)                                 # an idle poll
+    await w1.acquire("*", "nothing-here", 1)
     a, c, d, e, f, g, h, i = leases
     await w1.complete(a, b"ok")                                             # stores the cache entry
     await w1.complete(a, b"ok")                                             # a repeat
@@ -90,6 +94,7 @@ async def _every_path(b) -> None:
     await pause_schedule(b, "hourly", namespace=NS)
     await resume_schedule(b, "hourly", namespace=NS)
     await delete_schedule(b, "hourly", namespace=NS)
+    await fairshare.sync(b)                                                 # fair-share repair
 
 
 async def _touched(b) -> dict[str, set[str]]:
@@ -251,6 +256,7 @@ async def _each_script_once(b, failing: Scripts) -> dict[str, str]:
         "retire": lambda: b.call("retire", [b.keys(leases[1].partition).prefix], [NS, 0, 0, 100, 0, 0]),
         "schedule": lambda: create_schedule(b, "s1", "t", "* * * * *", namespace=NS),
         "tick": lambda: b.call("tick", [b.keys(0).prefix], ["w1", 0, 10_000, 5_000]),
+        "fair_sync": lambda: b.call("fair_sync", [b.keys(0).prefix], [1, NS, "default", "default"]),
     }
     errors = {}
     working = b.scripts

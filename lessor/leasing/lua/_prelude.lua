@@ -137,6 +137,41 @@ local function lib()
 
   local abort_actions, abort_descendants  -- defined after emit (they emit, and emit calls them)
 
+  -- Fair share (docs/operations.md, "Fair share and limits"). Each queue keeps, per partition,
+  -- a rotation (fair_key) of the namespaces that have queued work, each with a pass (virtual
+  -- time): acquire takes from the lowest pass and advances it by 1/weight per lease (stride
+  -- scheduling). A namespace (re)joins at the rotation's lowest pass, or where it left if that is
+  -- later, so idle time earns no credit and a newcomer is next in turn, not behind the backlog.
+  local function fair_pass(ns, queue)
+    local low = redis.call('ZRANGE', fair_key(queue), 0, 0, 'WITHSCORES')[2]
+    local left = redis.call('HGET', share_key(queue), 'p:' .. ns)
+    return math.max(tonumber(low or '0'), tonumber(left or '0'))
+  end
+  local joined = {}
+  local function fair_join(ns, queue)
+    local fq = fair_key(queue)
+    if joined[fq .. ns] then return end
+    joined[fq .. ns] = true
+    if not redis.call('ZSCORE', fq, ns) then redis.call('ZADD', fq, fair_pass(ns, queue), ns) end
+  end
+  local wake  -- defined with enqueue
+
+  -- The running counters (running_key) follow the action's phase inside emit(), so every path
+  -- into and out of 'running' (lease; complete, fail, timeout, reap, abort, release) counts,
+  -- in the same script as its event. A counter at 0 is deleted (and never goes below it: leases
+  -- granted before the counters existed; lessor fairshare sync recounts).
+  local function count_running(key, ns, by)
+    local queue = redis.call('HGET', key, 'queue')
+    local rk = running_key(queue)
+    for _, field in ipairs({ns, '*'}) do
+      if redis.call('HINCRBY', rk, field, by) <= 0 then redis.call('HDEL', rk, field) end
+    end
+    if by > 0 then return end
+    -- A namespace parked at its limit rejoins the rotation; a worker refused by a limit is woken.
+    if redis.call('ZCARD', qkey(ns, queue)) > 0 then fair_join(ns, queue) end
+    if redis.call('HDEL', share_key(queue), 'blocked') == 1 then wake('*', queue); wake(ns, queue) end
+  end
+
   -- Append the event and update its projection. Returns the stream id.
   -- ``cur``: the subject's current phase if the caller just read it (optional).
   -- Correct by construction: the event is checked against its definition, its
@@ -154,6 +189,10 @@ local function lib()
       error('lessor bug: illegal transition ' .. tostring(cur) .. ' --' .. ev.type .. '--> ? for ' .. key)
     end
     if handler == nil then error('lessor bug: no projection handler for ' .. ev.type) end
+    if key ~= nil and (cur == 'running') ~= (nxt == 'running') and SUBJECT[ev.type] ~= 'schedule'
+        and not is_run_event(ev) then
+      count_running(key, ev.ns, nxt == 'running' and 1 or -1)
+    end
     local packed = cmsgpack.pack(ev)
     local id = redis.call('XADD', STREAM, '*', 'e', packed)
     if nxt == RETIRED then   -- the subject leaves the state (its actions: the caller, retire.lua)
@@ -217,8 +256,9 @@ local function lib()
   -- Put a queued action on its queue (priority first, then FIFO), and wake an idle
   -- worker: the queue's wake list holds at most one token, pushed once per queue per
   -- call; an idle worker BLPOPs it instead of polling. A token no one pops costs nothing.
+  -- Workers of every namespace ('*', by fair share) wait on the queue's '*' list.
   local woken = {}
-  local function wake(ns, queue)
+  wake = function(ns, queue)
     local key = wake_key(ns, queue)
     if woken[key] then return end
     woken[key] = true
@@ -227,7 +267,9 @@ local function lib()
   local function enqueue(ref, ns, queue, priority)
     local seq = redis.call('INCR', SEQ)
     redis.call('ZADD', qkey(ns, queue), seq - tonumber(priority) * 1e12, ref)
+    fair_join(ns, queue)
     wake(ns, queue)
+    wake('*', queue)
   end
 
   -- Create a run and queue its root action a0 (what submit does for one run without a cache
