@@ -140,12 +140,13 @@ local function lib()
   -- Fair share (docs/operations.md, "Fair share and limits"). Each queue keeps, per partition,
   -- a rotation (fair_key) of the namespaces that have queued work, each with a pass (virtual
   -- time): acquire takes from the lowest pass and advances it by 1/weight per lease (stride
-  -- scheduling). A namespace (re)joins at the rotation's lowest pass, or where it left if that is
-  -- later, so idle time earns no credit and a newcomer is next in turn, not behind the backlog.
+  -- scheduling). A namespace (re)joins at the rotation's lowest pass (or, the rotation empty, the
+  -- pass of the queue's last pick: 'vt'), or where it left if that is later: idle time earns no
+  -- credit, and a newcomer is next in turn, not behind the backlog.
   local function fair_pass(ns, queue)
     local low = redis.call('ZRANGE', fair_key(queue), 0, 0, 'WITHSCORES')[2]
-    local left = redis.call('HGET', share_key(queue), 'p:' .. ns)
-    return math.max(tonumber(low or '0'), tonumber(left or '0'))
+    local s = redis.call('HMGET', share_key(queue), 'p:' .. ns, 'vt')
+    return math.max(tonumber(low or '0'), tonumber(s[1] or '0'), tonumber(s[2] or '0'))
   end
   local joined = {}
   local function fair_join(ns, queue)

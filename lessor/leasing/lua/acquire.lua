@@ -75,7 +75,7 @@ end
 
 local qmax = tonumber(redis.call('HGET', share, 'max') or '0') or 0
 local total = tonumber(redis.call('HGET', running, '*') or '0')
-local leased, blocked = 0, false
+local leased, blocked, picked = 0, false, nil
 -- Each turn leases at least one action, or takes a namespace out of the rotation.
 for _ = 1, n + 64 do
   if leased >= n then break end
@@ -101,6 +101,7 @@ for _ = 1, n + 64 do
   else
     if next_pass then room = math.min(room, math.floor((next_pass - pass) / c.stride) + 1) end
     local popped = redis.call('ZPOPMIN', qkey(name, queue), room)
+    if any then picked = pass end
     local taken = #popped / 2
     for i = 1, #popped, 2 do
       if lease(popped[i]) then
@@ -117,6 +118,7 @@ for _ = 1, n + 64 do
   end
 end
 save_tokens()
+if picked then redis.call('HSET', share, 'vt', picked) end   -- where a namespace joins an empty rotation
 -- Refused by a limit: the next lease to end wakes the queue's workers (emit's count_running).
 if blocked then redis.call('HSET', share, 'blocked', '1') end
 -- Took all it asked for and work is left: pass the wake-up on to the next idle worker
