@@ -7,6 +7,7 @@ per partition: leasing/fairshare.py says how that adds up over partitions).
 from __future__ import annotations
 
 import collections
+import json
 
 import anyio
 import pytest
@@ -288,3 +289,58 @@ async def test_the_fair_share_checker_passes_acquire_and_catches_one_that_ignore
     assert caught and all(v.checker == "fair_share" for v in caught)
     print(f"\nseed {seed}: {leases} leases judged clean; the broken acquire: {len(caught)} violations, "
           f"first: {caught[0]}")
+
+
+async def test_a_worker_of_every_namespace_wakes_on_any_namespace_and_a_limit_frees_it(backend):
+    """A real Worker with namespace '*': woken by a submit in any namespace; a worker held
+    back by a running limit is woken when a lease ends (not by its 20 s safety poll)."""
+    from lessor.scheduler.registry import Registry
+    from lessor.scheduler.worker import Worker, WorkerConfig
+    from tests.waiting import until_logged
+
+    started: list = []
+    gate = anyio.Event()
+    r = Registry()
+
+    @r.task
+    async def note(ctx) -> str:
+        started.append(ctx.run_id)
+        if ctx.run_id.startswith("slow"):
+            await gate.wait()
+        return ctx.run_id
+
+    await fairshare.set_queue_limit(backend, Q, 4)      # 1 per partition
+    worker = Worker(backend, r, WorkerConfig(queue=Q, namespace="*", worker_id="w-any", concurrency=8,
+                                             reap=False, idle_poll_ms=20_000))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        await submit_runs(backend, [RunSpec("note", namespace=ns, queue=Q, run_id=f"slow-{ns[0]}-{i}")
+                                    for ns in (A, B) for i in range(3)])
+
+        async def some_started() -> bool:
+            return len(started) >= 1
+
+        await until_logged(backend, some_started, "a run to start", 15)
+        assert await running_counters(backend) != {}
+        gate.set()                                       # leases end: the held-back runs start
+
+        async def all_started() -> bool:
+            return len(started) == 6
+
+        await until_logged(backend, all_started, "every run to start", 15)
+        worker.stop()
+    assert {s.split("-")[1] for s in started} == {"b", "s"}
+
+
+def test_the_fairshare_commands_set_show_limit_clear_and_sync(flushed):
+    from tests.test_cli import lessor
+
+    out = lessor("fairshare", "set", "default", A, "--weight", "3", "--max-running", "10", url=flushed, check=True)
+    assert "weight 3, at most 10 running" in out.stdout
+    lessor("fairshare", "limit", "default", "50", url=flushed, check=True)
+    shown = json.loads(lessor("fairshare", "show", "default", "--json", url=flushed, check=True).stdout)
+    assert shown["max_running"] == 50 and shown["namespaces"][0]["weight"] == 3.0
+    assert "0 running leases counted" in lessor("fairshare", "sync", url=flushed, check=True).stdout
+    bad = lessor("fairshare", "set", "default", A, "--weight", "0", url=flushed)
+    assert bad.returncode == 2 and "weight must be a number above 0" in bad.stderr
+    assert "cleared" in lessor("fairshare", "clear", "default", A, url=flushed, check=True).stdout
