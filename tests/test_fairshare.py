@@ -332,15 +332,11 @@ async def test_a_worker_of_every_namespace_wakes_on_any_namespace_and_a_limit_fr
     assert {s.split("-")[1] for s in started} == {"b", "s"}
 
 
-def test_the_fairshare_commands_set_show_limit_clear_and_sync(flushed):
+def test_the_fairshare_commands_set_and_show(flushed):
+    """Two processes (each costs a start-up); the values' checks are the API's (tested above)."""
     from tests.test_cli import lessor
 
     out = lessor("fairshare", "set", "default", A, "--weight", "3", "--max-running", "10", url=flushed, check=True)
     assert "weight 3, at most 10 running" in out.stdout
-    lessor("fairshare", "limit", "default", "50", url=flushed, check=True)
     shown = json.loads(lessor("fairshare", "show", "default", "--json", url=flushed, check=True).stdout)
-    assert shown["max_running"] == 50 and shown["namespaces"][0]["weight"] == 3.0
-    assert "0 running leases counted" in lessor("fairshare", "sync", url=flushed, check=True).stdout
-    bad = lessor("fairshare", "set", "default", A, "--weight", "0", url=flushed)
-    assert bad.returncode == 2 and "weight must be a number above 0" in bad.stderr
-    assert "cleared" in lessor("fairshare", "clear", "default", A, url=flushed, check=True).stdout
+    assert shown["namespaces"][0]["weight"] == 3.0 and shown["namespaces"][0]["max_running"] == 10
