@@ -148,7 +148,7 @@ async def apply(backend: Backend) -> None:
                 if value.get("max_running", 0):
                     fields[f"max:{ns}"] = str(per_partition(value["max_running"], backend.partitions))
             key = keys.share(queue)
-            old = [f.decode() for f in await backend.redis.hkeys(key)]
+            old = [f.decode() for f in await backend.redis.hgetall(key)]   # (HKEYS is not in the ACL)
             stale = [f for f in old if (f == "max" or f.startswith(("w:", "max:"))) and f not in fields]
             pipe = backend.redis.pipeline(transaction=False)
             if stale:
