@@ -82,6 +82,7 @@ def templates(ref: str, token: int) -> dict[str, list]:
         "retire": [ns, 0, -1, 100, 0, -1],
         "schedule": ["create", ns, "s1", "t", "q", "*/5 * * * *", "UTC", "all", 0, b"", 0, 1],
         "tick": ["w1", "0", 1000, 500, "tick", ns, "s1", 1000, "rs1", 1, 2000],
+        "fair_sync": [1, ns, "q", "q"],
     }
 
 
@@ -110,7 +111,10 @@ async def test_raw_script_calls_refuse_bad_argv_or_leave_a_sound_log(backend, sc
     try:
         # A client derives a run's partition from its id; submit goes where r2 lives.
         name = script.split("/")[0]
-        keys = backend.keys_for_run("proj/development", "r2") if name == "submit" else backend.keys(lease.partition)
+        # A schedule lives where its name hashes (a create elsewhere makes a log replay cannot place).
+        keys = (backend.keys_for_run("proj/development", "r2") if name == "submit"
+                else backend.keys_for_run("proj/development", "s1") if name == "schedule"
+                else backend.keys(lease.partition))
         await backend.call(name, [keys.prefix], args)
     except LessorError as exc:
         assert str(exc)
