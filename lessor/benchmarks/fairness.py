@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import statistics
 
+import msgpack
+
 from lessor.benchmarks.common import dump_json, print_table, run, sample_server, stat_delta
 from lessor.leasing import fairshare
 from lessor.leasing.backend import Backend, open_backend
@@ -75,11 +77,12 @@ MODES = {
 }
 
 
-def main_script(backend: Backend):
-    """main's acquire on today's prelude without the running counters: main's algorithm."""
-    prelude_body = compose("acquire", MAIN_ACQUIRE, backend.clock)
-    assert _COUNTER_HOOK in prelude_body, "the prelude's counter hook moved: update bench fairness"
-    return backend.redis.register_script(prelude_body.replace(_COUNTER_HOOK, ""))
+def main_script(backend: Backend, name: str):
+    """main's acquire (or complete.lua, whose body is main's) on today's prelude without the
+    running counters: main's algorithm."""
+    source = compose("acquire", MAIN_ACQUIRE, backend.clock) if name == "acquire" else script_source(name, backend.clock)
+    assert _COUNTER_HOOK in source, "the prelude's counter hook moved: update bench fairness"
+    return backend.redis.register_script(source.replace(_COUNTER_HOOK, ""))
 
 
 async def fill(backend: Backend, queue: str, counts: dict[str, int]) -> None:
@@ -147,21 +150,38 @@ async def cost_round(backend: Backend, args: argparse.Namespace, mode: str, roun
     args_of = [namespace, queue, "w-cost", args.batch, LEASE.ttl_ms, LEASE.grace_ms]
     before = await sample_server(backend.redis)
     leased = calls = 0
+    held: dict[int, list] = {p: [] for p in range(backend.partitions)}
     while leased < args.cost_leases:
         for p in range(backend.partitions):
             reply = await scripts[script](keys=[backend.keys(p).prefix], args=args_of)
+            for i in range(1, len(reply), 7):
+                held[p].append((reply[i], reply[i + 1]))
             leased += (len(reply) - 1) // 7
             calls += 1
     after = await sample_server(backend.redis)
     _, usec = stat_delta(before.commands, after.commands, "evalsha")
-    return {"mode": mode, "round": round_no, "leases": leased, "calls": calls,
-            "script_us_per_lease": usec / leased, "cpu_us_per_lease": (after.cpu_s - before.cpu_s) * 1e6 / leased}
+    out = {"mode": mode, "round": round_no, "leases": leased, "calls": calls,
+           "script_us_per_lease": usec / leased, "cpu_us_per_lease": (after.cpu_s - before.cpu_s) * 1e6 / leased}
+    # Ending leases: complete (the running counters' other half), batches of --batch.
+    complete = scripts["main-complete" if script == "main" else "complete"]
+    before = await sample_server(backend.redis)
+    for p, items in held.items():
+        for start in range(0, len(items), args.batch):
+            values = [v for ref, token in items[start:start + args.batch] for v in (ref, int(token), b"")]
+            await complete(keys=[backend.keys(p).prefix],
+                           args=["w-cost", msgpack.packb(values, use_bin_type=False), len(values) // 3])
+    after = await sample_server(backend.redis)
+    _, usec = stat_delta(before.commands, after.commands, "evalsha")
+    out |= {"complete_script_us_per_lease": usec / leased,
+            "complete_cpu_us_per_lease": (after.cpu_s - before.cpu_s) * 1e6 / leased}
+    return out
 
 
 async def measure(args: argparse.Namespace) -> dict:
     async with open_backend(args.redis_url, partitions=args.partitions) as backend:
-        scripts = {"main": main_script(backend),
-                   "fair": backend.redis.register_script(script_source("acquire", backend.clock))}
+        scripts = {"main": main_script(backend, "acquire"), "main-complete": main_script(backend, "complete"),
+                   "fair": backend.redis.register_script(script_source("acquire", backend.clock)),
+                   "complete": backend.redis.register_script(script_source("complete", backend.clock))}
         out = {"partitions": backend.partitions, "starvation": await starvation(backend, args),
                "shares": [await shares(backend, args, w) for w in ((1, 1), (3, 1))]}
         rounds = []
@@ -175,16 +195,16 @@ async def measure(args: argparse.Namespace) -> dict:
 
 def summarize(rounds: list[dict]) -> list[dict]:
     """Per mode: medians over rounds, and their ratio to main's in the same run."""
-    med = {m: {k: statistics.median(r[k] for r in rounds if r["mode"] == m)
-               for k in ("script_us_per_lease", "cpu_us_per_lease")} for m in MODES}
-    return [{"mode": m, **med[m], "script_ratio": med[m]["script_us_per_lease"] / med["main"]["script_us_per_lease"],
-             "cpu_ratio": med[m]["cpu_us_per_lease"] / med["main"]["cpu_us_per_lease"]} for m in MODES]
+    keys = ("script_us_per_lease", "cpu_us_per_lease", "complete_script_us_per_lease", "complete_cpu_us_per_lease")
+    med = {m: {k: statistics.median(r[k] for r in rounds if r["mode"] == m) for k in keys} for m in MODES}
+    return [{"mode": m, **med[m], **{k.replace("us_per_lease", "ratio"): med[m][k] / med["main"][k] for k in keys}}
+            for m in MODES]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backlog", type=int, default=100_000, help="A's queued runs before B submits 10 (default 100000)")
     p.add_argument("--take", type=int, default=20_000, help="leases taken to measure the shares (default 20000)")
-    p.add_argument("--cost-leases", type=int, default=20_000, help="leases per mode per cost round (default 20000)")
+    p.add_argument("--cost-leases", type=int, default=10_000, help="leases per mode per cost round (default 10000)")
     p.add_argument("--batch", type=int, default=64, help="leases asked per acquire call (default 64)")
     p.add_argument("--partitions", type=int, help="partitions of a new store (default: the store's, else 4)")
     p.add_argument("--rounds", type=int, default=3, help="cost rounds, modes alternating (default 3)")
@@ -206,9 +226,12 @@ def main(args: argparse.Namespace) -> int:
     print_table("shares under saturation (both namespaces backlogged throughout)", out["shares"],
                 [("weights", "A:B"), ("leases", "leases"), ("a", "A"), ("b", "B"), ("a_share", "A's share"),
                  ("a_weight_share", "by weight"), ("off_pct", "off by %")])
-    print_table(f"acquire cost per lease (medians of {args.rounds} rounds, ratio to main's acquire, same run)",
-                out["cost"], [("mode", "mode"), ("script_us_per_lease", "script µs"), ("script_ratio", "× main"),
-                              ("cpu_us_per_lease", "server CPU µs"), ("cpu_ratio", "× main")])
-    print("modes: main = main's acquire.lua, one namespace; one-ns = today's, one namespace named; fair-1ns = "
+    print_table(f"server cost per lease (medians of {args.rounds} rounds, ratio to main's scripts, same run)",
+                out["cost"], [("mode", "mode"), ("script_us_per_lease", "acquire script µs"), ("script_ratio", "× main"),
+                              ("cpu_us_per_lease", "acquire CPU µs"), ("cpu_ratio", "× main"),
+                              ("complete_cpu_us_per_lease", "complete CPU µs"), ("complete_cpu_ratio", "× main")])
+    print("script µs: INFO commandstats (evalsha, wall time in the server); CPU µs: INFO cpu (user + sys, all of "
+          "the server). complete: the same leases ended in batches, main's complete without the counters. "
+          "modes: main = main's acquire.lua, one namespace; one-ns = today's, one namespace named; fair-1ns = "
           "today's with '*', one namespace queued; fair-1:1 / fair-3:1 = '*' over two namespaces by weight")
     return 0
