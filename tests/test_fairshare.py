@@ -340,3 +340,21 @@ def test_the_fairshare_commands_set_and_show(flushed):
     assert "weight 3, at most 10 running" in out.stdout
     shown = json.loads(lessor("fairshare", "show", "default", "--json", url=flushed, check=True).stdout)
     assert shown["namespaces"][0]["weight"] == 3.0 and shown["namespaces"][0]["max_running"] == 10
+
+
+def test_running_counts_are_released_through_every_simulated_fault_and_a_forgotten_path_is_caught():
+    """The busy plan (partitions, pauses, lost replies, a crash, a server restart, clock jumps,
+    reaps, aborts, retries) with half the workers acquiring by fair share: every count goes back
+    to 0; with counts released on success only, the running_released checker says so."""
+    from lessor.simulations.breakage import Breakage, Switch
+    from lessor.simulations.explore import simulation_portal
+    from tests.test_simulations import BUSY_PLAN
+
+    with simulation_portal() as (sim, _):
+        real = sim(BUSY_PLAN)
+        assert real.verdict.ok, [str(v) for v in real.verdict.violations]
+        assert real.result.stats["failovers"] > 0
+        broken = sim(BUSY_PLAN, Breakage(Switch.RELEASE_ONLY_ON_COMPLETE))
+    caught = [v for v in broken.verdict.violations if v.checker == "running_released"]
+    assert caught, [str(v) for v in broken.verdict.violations]
+    print(f"\nrelease_only_on_complete: {caught[0]}")
