@@ -25,14 +25,6 @@ for i = 2, #ARGV do
 end
 checked()
 --@@USES_LIB@@
-local joined = 0
-for i = 2, 1 + 2 * pairs_n, 2 do
-  local ns, queue = ARGV[i], ARGV[i + 1]
-  if redis.call('ZCARD', qkey(ns, queue)) > 0 and not redis.call('ZSCORE', fair_key(queue), ns) then
-    fair_join(ns, queue)
-    joined = joined + 1
-  end
-end
 local recount = {}
 for i = 2 + 2 * pairs_n, #ARGV do
   recount[ARGV[i]] = true
@@ -45,6 +37,19 @@ for _, ref in ipairs(redis.call('ZRANGE', LEASES, 0, -1)) do
     redis.call('HINCRBY', running_key(h[3]), h[2], 1)
     redis.call('HINCRBY', running_key(h[3]), '*', 1)
     counted = counted + 1
+  end
+end
+-- Then the rotation: a namespace with work joins, unless it is at its limit (it joins when
+-- one of its leases ends, as acquire's step-aside does).
+local joined = 0
+for i = 2, 1 + 2 * pairs_n, 2 do
+  local ns, queue = ARGV[i], ARGV[i + 1]
+  local max = tonumber(redis.call('HGET', share_key(queue), 'max:' .. ns) or '0') or 0
+  local running = tonumber(redis.call('HGET', running_key(queue), ns) or '0')
+  if redis.call('ZCARD', qkey(ns, queue)) > 0 and not redis.call('ZSCORE', fair_key(queue), ns)
+      and (max <= 0 or running < max) then
+    fair_join(ns, queue)
+    joined = joined + 1
   end
 end
 return {joined, counted}
