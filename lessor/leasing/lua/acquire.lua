@@ -14,8 +14,9 @@
   (priority, then FIFO), and advances its pass by 1/weight per lease. A run of picks from
   one namespace is popped at once: as many as keep its pass at or below the next lowest,
   so a queue with one namespace costs one ZPOPMIN, as before. A namespace or the queue at
-  its running limit (share_key; counted in running_key by emit) gets no lease: the
-  namespace leaves the rotation until one of its leases ends. ]]
+  its running limit (share_key; running_key counts: the leases granted here once per call,
+  their ends in emit) gets no lease: the namespace leaves the rotation until one of its
+  leases ends. ]]
 local ns, queue, worker = ARGV[1], ARGV[2], ARGV[3]
 local n, ttl_ms, grace_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local ns_ok = ns == '*' or string.match(ns or '', '^[%w][%w_%.%-]*/[%w][%w_%.%-]*$')
@@ -34,6 +35,7 @@ if redis.call('ZCARD', any and fair_key(queue) or qkey(ns, queue)) == 0 then ret
 --@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
 local next_token, save_tokens = token_source()
 local fq, share, running = fair_key(queue), share_key(queue), running_key(queue)
+local counts = defer_counts()   -- ns -> leases granted here, added to running_key at the end
 
 -- One namespace's weight, limit and running count, read once per call and kept current here.
 local cfg = {}
@@ -97,6 +99,7 @@ for _ = 1, n + 64 do
   if room <= 0 then
     leave(name, pass)
     blocked = true
+    if c.max > 0 and c.running >= c.max then redis.call('HSET', share, 'parked:' .. name, '1') end
     if not any then break end
   else
     if next_pass then room = math.min(room, math.floor((next_pass - pass) / c.stride) + 1) end
@@ -120,6 +123,12 @@ for _ = 1, n + 64 do
   end
 end
 save_tokens()
+local sum = 0
+for name, k in pairs(counts) do
+  redis.call('HINCRBY', running, name, k)
+  sum = sum + k
+end
+if sum > 0 then redis.call('HINCRBY', running, '*', sum) end
 if picked then redis.call('HSET', share, 'vt', picked) end   -- where a namespace joins an empty rotation
 -- Refused by a limit: the next lease to end wakes the queue's workers (emit's count_running).
 if blocked then redis.call('HSET', share, 'blocked', '1') end
