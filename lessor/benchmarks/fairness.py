@@ -11,14 +11,14 @@ Three measurements, all in one run on one server:
 3. Cost: server CPU per acquired lease (the script time of INFO commandstats, and
    all the server's CPU from INFO cpu) of each way to acquire, against main's algorithm
    in the same run: main's acquire.lua (one ZPOPMIN from one namespace's queue, kept
-   here as MAIN_ACQUIRE) with the running counters taken out of the prelude. Modes
-   alternate round by round (``--rounds``), medians reported, since the machine is shared.
+   here as MAIN_ACQUIRE) with the running counters taken out of the prelude. The modes
+   take turns every ``--slice-calls`` calls, since the machine is shared and its load
+   changes from second to second; then the same leases are completed, the same way.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import msgpack
 
@@ -139,42 +139,79 @@ async def shares(backend: Backend, args: argparse.Namespace, weights: tuple[int,
             "a_share": got, "a_weight_share": want, "off_pct": abs(got - want) / want * 100}
 
 
-async def cost_round(backend: Backend, args: argparse.Namespace, mode: str, round_no: int, scripts: dict) -> dict:
-    script, namespace, weights = MODES[mode]
-    queue = f"cost-{mode.replace(':', '-')}-{round_no}"
-    counts = {A: args.cost_leases} if weights is None else {A: args.cost_leases, B: args.cost_leases}
-    await fill(backend, queue, counts)
-    if weights:
-        await fairshare.set_fair_share(backend, queue, A, weight=weights[0])
-        await fairshare.set_fair_share(backend, queue, B, weight=weights[1])
-    args_of = [namespace, queue, "w-cost", args.batch, LEASE.ttl_ms, LEASE.grace_ms]
+class _Tally:
+    """One mode's totals over its slices: leases, server CPU and script time, to acquire and to complete."""
+
+    def __init__(self) -> None:
+        self.leases = self.ended = 0
+        self.cpu_s = self.complete_cpu_s = 0.0
+        self.usec = self.complete_usec = 0
+        self.held: dict[int, list] = {}
+
+
+async def _measured(backend: Backend, work) -> tuple[float, int]:
+    """Server CPU seconds and evalsha µs that ``work()`` cost (nothing else runs on this server)."""
     before = await sample_server(backend.redis)
-    leased = calls = 0
-    held: dict[int, list] = {p: [] for p in range(backend.partitions)}
-    while leased < args.cost_leases:
-        for p in range(backend.partitions):
-            reply = await scripts[script](keys=[backend.keys(p).prefix], args=args_of)
-            for i in range(1, len(reply), 7):
-                held[p].append((reply[i], reply[i + 1]))
-            leased += (len(reply) - 1) // 7
-            calls += 1
+    await work()
     after = await sample_server(backend.redis)
-    _, usec = stat_delta(before.commands, after.commands, "evalsha")
-    out = {"mode": mode, "round": round_no, "leases": leased, "calls": calls,
-           "script_us_per_lease": usec / leased, "cpu_us_per_lease": (after.cpu_s - before.cpu_s) * 1e6 / leased}
-    # Ending leases: complete (the running counters' other half), batches of --batch.
-    complete = scripts["main-complete" if script == "main" else "complete"]
-    before = await sample_server(backend.redis)
-    for p, items in held.items():
-        for start in range(0, len(items), args.batch):
-            values = [v for ref, token in items[start:start + args.batch] for v in (ref, int(token), b"")]
-            await complete(keys=[backend.keys(p).prefix],
-                           args=["w-cost", msgpack.packb(values, use_bin_type=False), len(values) // 3])
-    after = await sample_server(backend.redis)
-    _, usec = stat_delta(before.commands, after.commands, "evalsha")
-    out |= {"complete_script_us_per_lease": usec / leased,
-            "complete_cpu_us_per_lease": (after.cpu_s - before.cpu_s) * 1e6 / leased}
-    return out
+    return after.cpu_s - before.cpu_s, stat_delta(before.commands, after.commands, "evalsha")[1]
+
+
+async def cost(backend: Backend, args: argparse.Namespace, scripts: dict) -> dict[str, _Tally]:
+    """Every mode's queue filled first; then slices of ``--slice-calls`` acquire calls per mode,
+    the modes taking turns slice by slice, so that the load of this shared machine, which
+    changes from second to second, falls on every mode alike; then completes, the same way."""
+    tallies = {mode: _Tally() for mode in MODES}
+    for mode, (_, _, weights) in MODES.items():
+        queue = f"cost-{mode.replace(':', '-')}"
+        await fill(backend, queue, {A: args.cost_leases} if weights is None else {A: args.cost_leases, B: args.cost_leases})
+        for ns, w in zip((A, B), weights or ()):
+            await fairshare.set_fair_share(backend, queue, ns, weight=w)
+        tallies[mode].held = {p: [] for p in range(backend.partitions)}
+
+    async def acquire_slice(mode: str) -> None:
+        script, namespace, _ = MODES[mode]
+        t = tallies[mode]
+        call_args = [namespace, f"cost-{mode.replace(':', '-')}", "w-cost", args.batch, LEASE.ttl_ms, LEASE.grace_ms]
+        for i in range(args.slice_calls):
+            p = i % backend.partitions
+            reply = await scripts[script](keys=[backend.keys(p).prefix], args=call_args)
+            t.held[p] += [(reply[j], reply[j + 1]) for j in range(1, len(reply), 7)]
+            t.leases += (len(reply) - 1) // 7
+
+    async def complete_slice(mode: str) -> None:
+        t = tallies[mode]
+        complete = scripts["main-complete" if MODES[mode][0] == "main" else "complete"]
+        for p, items in t.held.items():
+            batch, t.held[p] = items[:args.batch], items[args.batch:]
+            if batch:
+                values = [v for ref, token in batch for v in (ref, int(token), b"")]
+                await complete(keys=[backend.keys(p).prefix],
+                               args=["w-cost", msgpack.packb(values, use_bin_type=False), len(batch)])
+                t.ended += len(batch)
+
+    turn = 0
+    while any(t.leases < args.cost_leases for t in tallies.values()):
+        for mode in _rotated(turn):   # who goes first changes too
+            t = tallies[mode]
+            if t.leases < args.cost_leases:
+                cpu_s, usec = await _measured(backend, lambda: acquire_slice(mode))
+                t.cpu_s, t.usec = t.cpu_s + cpu_s, t.usec + usec
+        turn += 1
+    while any(any(t.held.values()) for t in tallies.values()):
+        for mode in _rotated(turn):
+            t = tallies[mode]
+            if any(t.held.values()):
+                cpu_s, usec = await _measured(backend, lambda: complete_slice(mode))
+                t.complete_cpu_s, t.complete_usec = t.complete_cpu_s + cpu_s, t.complete_usec + usec
+        turn += 1
+    return tallies
+
+
+def _rotated(turn: int) -> list[str]:
+    modes = list(MODES)
+    k = turn % len(modes)
+    return modes[k:] + modes[:k]
 
 
 async def measure(args: argparse.Namespace) -> dict:
@@ -184,20 +221,18 @@ async def measure(args: argparse.Namespace) -> dict:
                    "complete": backend.redis.register_script(script_source("complete", backend.clock))}
         out = {"partitions": backend.partitions, "starvation": await starvation(backend, args),
                "shares": [await shares(backend, args, w) for w in ((1, 1), (3, 1))]}
-        rounds = []
-        for r in range(args.rounds):
-            for mode in MODES:   # alternating, so a load change hits every mode alike
-                rounds.append(await cost_round(backend, args, mode, r, scripts))
-        out["cost_rounds"] = rounds
-        out["cost"] = summarize(rounds)
+        out["cost"] = summarize(await cost(backend, args, scripts))
         return out
 
 
-def summarize(rounds: list[dict]) -> list[dict]:
-    """Per mode: medians over rounds, and their ratio to main's in the same run."""
-    keys = ("script_us_per_lease", "cpu_us_per_lease", "complete_script_us_per_lease", "complete_cpu_us_per_lease")
-    med = {m: {k: statistics.median(r[k] for r in rounds if r["mode"] == m) for k in keys} for m in MODES}
-    return [{"mode": m, **med[m], **{k.replace("us_per_lease", "ratio"): med[m][k] / med["main"][k] for k in keys}}
+def summarize(tallies: dict[str, _Tally]) -> list[dict]:
+    """Per mode: µs per lease, and the ratio to main's in the same run."""
+    per = {m: {"leases": t.leases, "cpu_us_per_lease": t.cpu_s * 1e6 / t.leases,
+               "script_us_per_lease": t.usec / t.leases,
+               "complete_cpu_us_per_lease": t.complete_cpu_s * 1e6 / t.ended,
+               "complete_script_us_per_lease": t.complete_usec / t.ended} for m, t in tallies.items()}
+    keys = [k for k in per["main"] if k.endswith("_per_lease")]
+    return [{"mode": m, **per[m], **{k.replace("us_per_lease", "ratio"): per[m][k] / per["main"][k] for k in keys}}
             for m in MODES]
 
 
@@ -207,14 +242,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cost-leases", type=int, default=10_000, help="leases per mode per cost round (default 10000)")
     p.add_argument("--batch", type=int, default=64, help="leases asked per acquire call (default 64)")
     p.add_argument("--partitions", type=int, help="partitions of a new store (default: the store's, else 4)")
-    p.add_argument("--rounds", type=int, default=3, help="cost rounds, modes alternating (default 3)")
+    p.add_argument("--slice-calls", type=int, default=16,
+                   help="acquire calls per mode before the next mode's turn (default 16)")
     p.add_argument("--json", action="store_true", help="one JSON object instead of tables")
 
 
 def main(args: argparse.Namespace) -> int:
     """`lessor bench fairness`."""
-    if min(args.backlog, args.take, args.cost_leases, args.batch, args.rounds) < 1:
-        raise ValueError("--backlog, --take, --cost-leases, --batch and --rounds must be >= 1")
+    if min(args.backlog, args.take, args.cost_leases, args.batch, args.slice_calls) < 1:
+        raise ValueError("--backlog, --take, --cost-leases, --batch and --slice-calls must be >= 1")
     out = run(measure, args)
     if args.json:
         dump_json(out)
@@ -226,7 +262,7 @@ def main(args: argparse.Namespace) -> int:
     print_table("shares under saturation (both namespaces backlogged throughout)", out["shares"],
                 [("weights", "A:B"), ("leases", "leases"), ("a", "A"), ("b", "B"), ("a_share", "A's share"),
                  ("a_weight_share", "by weight"), ("off_pct", "off by %")])
-    print_table(f"server cost per lease (medians of {args.rounds} rounds, ratio to main's scripts, same run)",
+    print_table(f"server cost per lease (modes taking turns every {args.slice_calls} calls; ratio to main's, same run)",
                 out["cost"], [("mode", "mode"), ("script_us_per_lease", "acquire script µs"), ("script_ratio", "× main"),
                               ("cpu_us_per_lease", "acquire CPU µs"), ("cpu_ratio", "× main"),
                               ("complete_cpu_us_per_lease", "complete CPU µs"), ("complete_cpu_ratio", "× main")])
