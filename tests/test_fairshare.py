@@ -116,13 +116,17 @@ async def test_limits_hold_under_concurrent_workers_proved_from_the_log(one):
             tg.start_soon(worker, i)
     running: collections.Counter = collections.Counter()
     peak: collections.Counter = collections.Counter()
+    live: set[str] = set()   # refs running now, in log order
     for entry in await EventLog(one).read_all():
         e = entry.event
+        ref = f"{e.ns}/{getattr(e, 'run', '')}/{getattr(e, 'action', '')}"
         if isinstance(e, ev.ActionLeased):
+            live.add(ref)
             running[e.ns] += 1
             running["*"] += 1
         elif isinstance(e, (ev.ActionSucceeded, ev.ActionFailed, ev.ActionRequeued, ev.ActionAborted,
-                            ev.ActionTimedOut)) and getattr(e, "action", None):
+                            ev.ActionTimedOut)) and ref in live:
+            live.discard(ref)
             running[e.ns] -= 1
             running["*"] -= 1
         for k, v in running.items():
