@@ -89,6 +89,7 @@ def templates(ref: str, token: int) -> dict[str, list]:
         "tick": ["w1", "0", 1000, 500, "tick", ns, "s5", 1000, "rs1", 1, 2000],
         "settings": ["*/production", 0, '{"run.default_retries":1,"run.labels":{"a":"b"}}'],
         "trigger": ["create", ns, "trig", "t", "q", 1000],
+        "fair_sync": [1, ns, "q", "q"],
     }
 
 

@@ -22,6 +22,7 @@ from lessor.core.keyspace import key_name
 from lessor.errors import StaleToken
 from lessor.leasing.client import LeaseClient
 from lessor.leasing.config import LeaseConfig
+from lessor.leasing import fairshare
 from lessor.leasing.eventlog import EventLog
 from lessor.leasing.reaper import Reaper
 from lessor.leasing.replay import verify
@@ -49,8 +50,11 @@ async def _every_path(b) -> None:
     await submit_run(b, "t", namespace=NS, run_id="same")
     await submit_run(b, "t", namespace=NS, run_id="same")                 # a repeat
     await submit_run(b, "t", namespace=NS, cache_key="ck", cached_result=b"r")  # a cache hit
-    leases = await w1.acquire(NS, "default", 8)
+    await fairshare.set_fair_share(b, "default", NS, weight=2, max_running=100)
+    leases = await w1.acquire(NS, "default", 7)
+    leases += await w1.acquire("*", "default", 1)                           # by fair share
     await w1.acquire(NS, "nothing-here", 1)                                 # an idle poll
+    await w1.acquire("*", "nothing-here", 1)
     a, c, d, e, f, g, h, i = leases
     await w1.complete(a, b"ok")                                             # stores the cache entry
     await w1.complete(a, b"ok")                                             # a repeat
@@ -101,6 +105,7 @@ async def _every_path(b) -> None:
     await v.advance(10_000)                                                 # a window that ended, delete
     await fire(b, "hook", 1, dedup_key="k2", namespace=NS)
     await delete_trigger(b, "hook", namespace=NS)
+    await fairshare.sync(b)                                                 # fair-share repair
 
 
 async def _touched(b) -> dict[str, set[str]]:
@@ -264,6 +269,7 @@ async def _each_script_once(b, failing: Scripts) -> dict[str, str]:
         "tick": lambda: b.call("tick", [b.keys(0).prefix], ["w1", 0, 10_000, 5_000]),
         "settings": lambda: write_scope(b, "*/production", {"run.default_retries": 2}, 0),
         "trigger": lambda: create_trigger(b, "hook", "t", namespace=NS),
+        "fair_sync": lambda: b.call("fair_sync", [b.keys(0).prefix], [1, NS, "default", "default"]),
     }
     errors = {}
     working = b.scripts

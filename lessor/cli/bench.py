@@ -9,7 +9,8 @@ from lessor.cli.options import add_url
 
 def benches() -> dict:
     """name: (module with add_arguments and main, help line), in the order --help lists them."""
-    from lessor.benchmarks import defaults, eventlog, failover, heartbeat, reapstorm, retention, schedule, simulate
+    from lessor.benchmarks import (defaults, eventlog, failover, fairness, heartbeat, reapstorm, retention, schedule,
+                                   simulate)
 
     return {"heartbeat": (heartbeat, "lease renewals/s vs the server's limit"),
             "eventlog": (eventlog, "event appends/s vs plain XADD"),
@@ -19,7 +20,8 @@ def benches() -> dict:
             "reap-storm": (reapstorm, "reaping 100k expired leases: call ms, clear time, p99s vs before"),
             "retention": (retention, "memory while runs flow through with retention: the plateau, verify time"),
             "defaults": (defaults, "CPU per submit with settings defaults (cached, uncached) and per trigger "
-                                   "fire, vs a plain submit")}
+                                   "fire, vs a plain submit"),
+            "fairness": (fairness, "fair share: starvation rounds, shares vs weights, acquire cost vs main's")}
 
 
 def add_commands(sub) -> None:

@@ -7,7 +7,7 @@ import os
 
 import anyio
 
-from lessor.cli.options import add_durability, add_namespace, add_url, url_of
+from lessor.cli.options import add_durability, add_url, url_of
 
 
 def add_commands(sub) -> None:
@@ -57,7 +57,9 @@ def _add_worker(sub) -> None:
     p.add_argument("--app", required=True, metavar="MODULE:REGISTRY",
                    help="where the tasks are, e.g. myapp.tasks:registry")
     p.add_argument("--queue", default="default", help="queue to take work from (default: default)")
-    add_namespace(p)
+    p.add_argument("--namespace", default="proj/development",
+                   help="project/domain to take work from (default proj/development), or '*' for every "
+                        "namespace of the queue by fair share (lessor fairshare)")
     p.add_argument("--concurrency", type=int, default=8, help="actions run at once (default 8)")
     p.add_argument("--worker-id", help="default: w-<host>-<pid>")
     p.add_argument("--ttl-ms", type=int, default=30_000, help="lease time to live (default 30000)")

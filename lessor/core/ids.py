@@ -40,6 +40,22 @@ def check_namespace(namespace: str) -> str:
     return namespace
 
 
+#: The namespace a worker names to take work of every namespace of its queue, by fair share.
+ANY_NAMESPACE = "*"
+
+
+def check_worker_namespace(namespace: str) -> str:
+    """Return ``namespace`` if a worker may take work from it: ``project/domain``, or
+    ``*`` (every namespace of the queue, by fair share); raise ValueError saying why not."""
+    if namespace == ANY_NAMESPACE:
+        return namespace
+    try:
+        return check_namespace(namespace)
+    except ValueError:
+        raise ValueError(f"namespace must look like 'project/domain' (letters, digits, _ . -), or be "
+                         f"'*' for every namespace by fair share, got {namespace!r}") from None
+
+
 def check_id(kind: str, value: str) -> str:
     """Return ``value`` if it is a valid run/action/queue/worker id; raise ValueError otherwise."""
     if not isinstance(value, str) or not _ID_RE.match(value):
@@ -155,6 +171,18 @@ class Keys:
     def wake(self, namespace: str, queue: str) -> str:
         """LIST: the queue's wake-up signal (at most one token; idle workers BLPOP it)."""
         return self.prefix + _SUFFIX["wake_key"] + f"{namespace}:{queue}"
+
+    def fair(self, queue: str) -> str:
+        """ZSET: the queue's fair-share rotation: namespaces with queued work -> pass."""
+        return self.prefix + _SUFFIX["fair_key"] + queue
+
+    def share(self, queue: str) -> str:
+        """HASH: the queue's fair-share weights and running limits in this partition."""
+        return self.prefix + _SUFFIX["share_key"] + queue
+
+    def running(self, queue: str) -> str:
+        """HASH: the queue's running leases in this partition: namespace -> count, ``*`` -> total."""
+        return self.prefix + _SUFFIX["running_key"] + queue
 
     def schedule(self, ref: str) -> str:
         """HASH: a schedule's projection (ref: ns/name)."""

@@ -71,11 +71,18 @@ KEY_FAMILIES = (
     KeyFamily("setkey", "set:", ("scope",), "hash",
               "a settings scope's projection: version and document (scope: *, */domain or project/domain; "
               "in the settings partition only, scheduler/settings.py)"),
+    KeyFamily("fair_key", "fq:", ("queue",), "zset",
+              "a queue's fair-share rotation: the namespaces with queued work, by their pass (virtual time)"),
+    KeyFamily("share_key", "fs:", ("queue",), "hash",
+              "a queue's fair-share settings: w:<ns> weight, max:<ns> and max (running limits, this "
+              "partition's share), p:<ns> the pass a namespace left the rotation at, blocked"),
+    KeyFamily("running_key", "running:", ("queue",), "hash",
+              "a queue's leases running in this partition: <ns> -> count, * -> total"),
 )
 
 #: Keys scripts need before the lazily built library (the renewal hot path, an idle
 #: acquire, a skipped reap pass): generated at the top of the prelude.
-HOT = frozenset({"akey", "qkey", "REAP_DUE"})
+HOT = frozenset({"akey", "qkey", "fair_key", "REAP_DUE"})
 
 
 def key_name(prefix: str, key: str) -> str:

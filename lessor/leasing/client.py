@@ -27,7 +27,7 @@ import logging
 import anyio
 import msgpack
 
-from lessor.core.ids import check_id, check_namespace, split_action_ref
+from lessor.core.ids import check_id, check_worker_namespace, split_action_ref
 from lessor.core.limits import check_int, check_text
 from lessor.errors import NotDurable, StoreUnavailable
 from lessor.leasing.backend import Backend
@@ -76,10 +76,12 @@ class LeaseClient:
     async def acquire(self, namespace: str, queue: str, n: int = 1) -> list[Lease]:
         """Lease up to ``n`` queued actions of ``queue``, visiting partitions in turn.
 
+        ``namespace``: ``project/domain``, or ``*`` for every namespace of the queue,
+        by weighted fair share (leasing/fairshare.py); running limits apply to both.
         Returns the leases granted (possibly none). One script call per
         partition visited; stops as soon as ``n`` are granted.
         """
-        check_namespace(namespace)
+        check_worker_namespace(namespace)
         check_id("queue", queue)
         check_int("n", n, 1, 10_000)
         leases: list[Lease] = []

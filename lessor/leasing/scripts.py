@@ -34,7 +34,7 @@ from lessor.leasing import luagen
 
 SCRIPT_NAMES = (
     "append_events", "submit", "submit_child", "acquire", "renew", "complete", "fail", "release",
-    "reap", "abort", "retire", "schedule", "tick", "settings", "trigger",
+    "reap", "abort", "retire", "schedule", "tick", "settings", "trigger", "fair_sync",
 )
 VIRTUAL_CLOCK_KEY = "lessor:vclock"
 
@@ -60,7 +60,8 @@ end"""
 #: and each script's local bindings are both generated from it).
 _LIB_NAMES = (
     # writing events and state
-    "emit", "enqueue", "new_adds", "add_all", "wake", "create_run", "reject", "ended", "end_lease", "abort_actions", "token_source",
+    "emit", "enqueue", "new_adds", "add_all", "wake", "fair_pass", "fair_join", "defer_counts", "create_run",
+    "reject", "ended", "end_lease", "abort_actions", "token_source",
     # the lease rules, once each
     "fence", "check_token", "lease_dead", "lease_expiry", "expire_lease", "ensure_epoch", "server_epoch",
     # the boundary

@@ -23,6 +23,7 @@ from lessor.core.events import Event
 from lessor.core.ids import ROOT_ACTION, check_namespace
 from lessor.core.limits import seconds_to_ms
 from lessor.core.phases import Phase
+from lessor.leasing import fairshare
 from lessor.leasing.backend import Backend, open_backend
 from lessor.leasing.eventlog import EventLog, LogEntry
 from lessor.leasing.durability import Durability
@@ -281,6 +282,22 @@ class Client:
             return await settings_store.update_scope(self.backend, scope, changes, version=version, remove=remove)
         finally:
             self.settings_cache.forget()
+    # --- fair share and running limits (leasing/fairshare.py) ---------------------------------
+
+    async def set_fair_share(self, queue: str, namespace: str, *, weight: float | None = None,
+                             max_running: int | None = None) -> fairshare.NamespaceShare:
+        """Set ``namespace``'s weight (default 1) and/or running limit (0 = none) on ``queue``;
+        None leaves a value as it is. Workers of ``*`` share the queue by these weights."""
+        return await fairshare.set_fair_share(self.backend, queue, namespace, weight=weight,
+                                              max_running=max_running)
+
+    async def set_queue_limit(self, queue: str, max_running: int) -> None:
+        """At most ``max_running`` leases of ``queue`` at once over all namespaces (0 = no limit)."""
+        await fairshare.set_queue_limit(self.backend, queue, max_running)
+
+    async def fair_share(self, queue: str) -> fairshare.QueueShares:
+        """``queue``'s limits, weights, and running and queued counts per namespace."""
+        return await fairshare.show(self.backend, queue)
 
 
 @contextlib.asynccontextmanager

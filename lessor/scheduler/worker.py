@@ -39,7 +39,7 @@ import anyio
 
 from lessor import telemetry
 from lessor.core.clock import MonotonicClock, SystemMonotonicClock
-from lessor.core.ids import check_id, check_namespace
+from lessor.core.ids import check_id, check_worker_namespace
 from lessor.core.limits import seconds_to_ms
 from lessor.errors import ActionAborted, StaleToken, StoreUnavailable
 from lessor.leasing.backend import Backend
@@ -109,7 +109,7 @@ class WorkerConfig:
     tune_gc: bool = True
 
     def __post_init__(self) -> None:
-        check_namespace(self.namespace)
+        check_worker_namespace(self.namespace)   # '*': every namespace of the queue, by fair share
         check_id("queue", self.queue)
         check_id("worker", self.worker_id)
         # A blocking read must end well inside the client's 30 s socket timeout.

@@ -46,6 +46,8 @@ class Switch(str, enum.Enum):
     NO_EPOCH_EXTENSION = "no_epoch_extension"        # a new epoch extends no live lease
     TOKEN_EPOCH_RUN_ID_ONLY = "token_epoch_run_id_only"  # tokens jump on a new run_id only (not a promotion)
     SKIP_DURABILITY_WAIT = "skip_durability_wait"    # durability fsync claimed, no WAITAOF sent
+    ACQUIRE_IGNORES_WEIGHTS = "acquire_ignores_weights"  # fair share takes turns, whatever the weights
+    RELEASE_ONLY_ON_COMPLETE = "release_only_on_complete"  # a running count is given back on success only
     # The outcome policy, shared by the real Worker and the simulated one:
     ERROR_REPORTED_AS_SUCCESS = "error_reported_as_success"  # a task's error is committed as its result
 
@@ -59,6 +61,10 @@ _PATCHES: dict[Switch, dict[str, list[tuple[str, str]]]] = {
     Switch.REAPER_IGNORES_GRACE: {"*": [(
         "local function lease_expiry(h) return tonumber(h.deadline_ms) + tonumber(h.grace_ms) end",
         "local function lease_expiry(h) return tonumber(h.deadline_ms) end")]},
+    Switch.ACQUIRE_IGNORES_WEIGHTS: {"acquire": [("  c = {stride = 1 / weight,", "  c = {stride = 1,")]},
+    Switch.RELEASE_ONLY_ON_COMPLETE: {"*": [(
+        "      count_running(key, ev.ns, nxt == 'running' and 1 or -1)\n",
+        "      if nxt == 'running' or ev.type == 'action_succeeded' then count_running(key, ev.ns, nxt == 'running' and 1 or -1) end\n")]},
     Switch.REAPER_DOUBLE_EXPIRES: {"reap": [("  if expiry and not lease_dead(h) then", "  if false then")]},
     Switch.RENEW_IGNORES_ABORT: {"renew": [("h[4] ~= '1' and NOW <= tonumber(h[3])", "NOW <= tonumber(h[3])"),
                                            ("    elseif h[4] == '1' then", "    elseif false then")]},

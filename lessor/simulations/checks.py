@@ -8,10 +8,10 @@ from lessor.core import events as ev
 from lessor.leasing.backend import Backend
 from lessor.leasing.replay import verify
 from lessor.simulations.checkers import (
-    Violation, abort_respected, durable_acks_survive, expiry_respected, liveness, no_overlap, no_runaway,
-    outcomes_faithful, refusals_recorded, reports_persist, single_owner, tokens_unique,
+    Violation, abort_respected, durable_acks_survive, expiry_respected, fair_share, liveness, no_overlap, no_runaway,
+    outcomes_faithful, refusals_recorded, reports_persist, running_released, single_owner, tokens_unique,
 )
-from lessor.simulations.simulator import SimResult
+from lessor.simulations.simulator import SimResult, Simulator
 from lessor.simulations.truth import Truth
 
 
@@ -55,7 +55,9 @@ async def check_all(result: SimResult, backend: Backend) -> Verdict:
         + reports_persist.check(truth, plan.config.report_timeout_ms)
         + durable_acks_survive.check(pairs, truth)
         + outcomes_faithful.check(pairs, truth.produced)
+        + fair_share.check(pairs)   # weights 1; judges queues with two or more namespaces
         + liveness.check(pairs, truth.submitted, result.quiesced_ms, result.liveness_deadline_ms, lost_runs)
     )
+    violations += await running_released.check(backend, Simulator.queue, result.quiesced_ms is not None)
     violations += [Violation("replay_verify", d.key, str(d)) for d in await verify(backend)]
     return Verdict(violations, sum(no_overlap.overlap_ms(truth, lost_grants).values()))

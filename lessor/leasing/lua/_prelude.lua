@@ -25,8 +25,9 @@
   Where the rules live, once each: lease_dead() (the grace rule), check_token() (the
   token check), expire_lease(), fence(). ]]
 -- Per call (set by enter_call): the script's name, the partition prefix (KEYS[1]),
--- the clock read once, the partition's key names, the queues already woken.
-local SCRIPT, PREFIX, NOW, woken
+-- the clock read once, the partition's key names, the queues already woken, the fair-share
+-- rotations already joined, acquire's deferred running counts.
+local SCRIPT, PREFIX, NOW, woken, joined, deferred
 --@@GENERATED_TRACER@@
 
 --@@GENERATED_CLOCK@@
@@ -41,7 +42,7 @@ local function S(n) return string.format('%.0f', n) end   -- exact integer text 
 -- and lib() are built once per library load, not once per call: what depends on the
 -- call is set here, and every function of the library sees it.
 local function enter_call(name, prefix)
-  SCRIPT, PREFIX, woken = name, prefix, nil
+  SCRIPT, PREFIX, woken, joined, deferred = name, prefix, nil, nil, nil
   NOW = now_ms()
   --@@GENERATED_BIND@@
 end
@@ -141,6 +142,51 @@ local function lib()
 
   local abort_actions, abort_descendants  -- defined after emit (they emit, and emit calls them)
 
+  -- Fair share (docs/operations.md, "Fair share and limits"). Each queue keeps, per partition,
+  -- a rotation (fair_key) of the namespaces that have queued work, each with a pass (virtual
+  -- time): acquire takes from the lowest pass and advances it by 1/weight per lease (stride
+  -- scheduling). A namespace (re)joins at the rotation's lowest pass (or, the rotation empty, the
+  -- pass of the queue's last pick: 'vt'), or where it left if that is later: idle time earns no
+  -- credit, and a newcomer is next in turn, not behind the backlog.
+  local function fair_pass(ns, queue)
+    local low = redis.call('ZRANGE', fair_key(queue), 0, 0, 'WITHSCORES')[2]
+    local s = redis.call('HMGET', share_key(queue), 'p:' .. ns, 'vt')
+    return math.max(tonumber(low or '0'), tonumber(s[1] or '0'), tonumber(s[2] or '0'))
+  end
+  local function fair_join(ns, queue)
+    local fq = fair_key(queue)
+    if joined == nil then joined = {} end   -- per call (enter_call resets it)
+    if joined[fq .. ns] then return end
+    joined[fq .. ns] = true
+    if not redis.call('ZSCORE', fq, ns) then redis.call('ZADD', fq, fair_pass(ns, queue), ns) end
+  end
+  local wake  -- defined with enqueue
+
+  -- The running counters (running_key) follow the action's phase inside emit(), so every path
+  -- into and out of 'running' (lease; complete, fail, timeout, reap, abort, release) counts,
+  -- in the same script as its event. A counter at 0 is deleted (and never goes below it: leases
+  -- granted before the counters existed; lessor fairshare sync recounts).
+  -- acquire counts its own leases, once per namespace per call (defer_counts): it knows their
+  -- queue, and a HGET and two HINCRBY per lease cost a third of the rest of a lease (measured).
+  -- (deferred is per call: enter_call resets it)
+  local function defer_counts() deferred = {}; return deferred end
+  local function count_running(key, ns, by)
+    if by > 0 and deferred then deferred[ns] = (deferred[ns] or 0) + by; return end
+    local queue = redis.call('HGET', key, 'queue')
+    local rk = running_key(queue)
+    for _, field in ipairs({ns, '*'}) do
+      if redis.call('HINCRBY', rk, field, by) <= 0 then redis.call('HDEL', rk, field) end
+    end
+    if by > 0 then return end
+    -- Held back by a limit (acquire marked it): a namespace that stepped aside rejoins the
+    -- rotation, and the queue's waiting workers are woken. One HDEL when nothing was held back.
+    if redis.call('HDEL', share_key(queue), 'blocked', 'parked:' .. ns) > 0 then
+      if redis.call('ZCARD', qkey(ns, queue)) > 0 then fair_join(ns, queue) end
+      wake('*', queue)
+      wake(ns, queue)
+    end
+  end
+
   -- Append the event and update its projection. Returns the stream id.
   -- ``cur``: the subject's current phase if the caller just read it (optional).
   -- Correct by construction: the event is checked against its definition, its
@@ -160,6 +206,10 @@ local function lib()
       error('lessor bug: illegal transition ' .. tostring(cur) .. ' --' .. ev.type .. '--> ? for ' .. key)
     end
     if handler == nil then error('lessor bug: no projection handler for ' .. ev.type) end
+    if key ~= nil and (cur == 'running') ~= (nxt == 'running') and SUBJECT[ev.type] ~= 'schedule'
+        and not is_run_event(ev) then
+      count_running(key, ev.ns, nxt == 'running' and 1 or -1)
+    end
     local packed = cmsgpack.pack(ev)
     local id = redis.call('XADD', STREAM, '*', 'e', packed)
     if nxt == RETIRED then   -- the subject leaves the state (its actions: the caller, retire.lua)
@@ -224,7 +274,8 @@ local function lib()
   -- Put a queued action on its queue (priority first, then FIFO), and wake an idle
   -- worker: the queue's wake list holds at most one token, pushed once per queue per
   -- call; an idle worker BLPOPs it instead of polling. A token no one pops costs nothing.
-  local function wake(ns, queue)
+  -- Workers of every namespace ('*', by fair share) wait on the queue's '*' list.
+  wake = function(ns, queue)
     local key = wake_key(ns, queue)
     if woken == nil then woken = {} end   -- per call (enter_call resets it)
     if woken[key] then return end
@@ -268,7 +319,9 @@ local function lib()
       local seq = redis.call('INCR', SEQ)
       redis.call('ZADD', qkey(ns, queue), seq - tonumber(priority) * 1e12, ref)
     end
+    fair_join(ns, queue)
     wake(ns, queue)
+    wake('*', queue)
   end
 
   -- Create a run and queue its root action a0 (what submit does for one run without a cache

@@ -3,7 +3,7 @@
   (code ABORTED), cancel, and confirm with release (or the lease expires).
   Nothing is requeued after an abort.
   KEYS[1]  partition prefix (string)
-  Touches: DELAYED, STREAM, akey, children_key, done_key, qkey, rkey, run_actions_key, setkey, skey, tkey
+  Touches: DELAYED, STREAM, akey, children_key, done_key, fair_key, qkey, rkey, run_actions_key, running_key, setkey, share_key, skey, tkey, wake_key
   ARGV[1] ns  ARGV[2] run id  ARGV[3] reason
   Returns: {aborted now, abort requested} or error LESSOR_UNKNOWN_RUN. A run already
   terminal has its live actions (descendants that outlived the root) aborted too.

@@ -1,6 +1,6 @@
 --[[ Append events, each with its projection update, all or none.
   KEYS[1]  partition prefix (string), e.g. "lessor:{p3}:"; keys derived from it
-  Touches: DELAYED, STREAM, akey, children_key, done_key, qkey, rkey, run_actions_key, setkey, skey, tkey
+  Touches: DELAYED, STREAM, akey, children_key, done_key, fair_key, qkey, rkey, run_actions_key, running_key, setkey, share_key, skey, tkey, wake_key
   ARGV[1..n]  events in wire form (msgpack maps, core/codec.py); ts is set here
   Returns: array of stream ids, one per event
   Errors (nothing written): "LESSOR_BAD_EVENT <i> <why>", "LESSOR_ILLEGAL <i> <phase> <type>"

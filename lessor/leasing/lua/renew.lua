@@ -1,6 +1,6 @@
 --[[ Renew every lease a worker holds, in one call (the heartbeat hot path).
   KEYS[1]  partition prefix (string)
-  Touches: DELAYED, EPOCH, LEASES, SEQ, STREAM, TIMEOUTS, akey, children_key, done_key, qkey, rkey, run_actions_key, setkey, skey, tkey, wake_key
+  Touches: DELAYED, EPOCH, LEASES, SEQ, STREAM, TIMEOUTS, akey, children_key, done_key, fair_key, qkey, rkey, run_actions_key, running_key, setkey, share_key, skey, tkey, wake_key
   ARGV[1] worker id  ARGV[2] ttl_ms  ARGV[3..] pairs: action ref, token
   Returns: {now_ms, then one code per lease (leasing/codes.py)}:
     0 OK       renewed on time: deadline = now + ttl (no event: the hot path)

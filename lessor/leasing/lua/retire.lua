@@ -1,6 +1,6 @@
 --[[ Retention for one namespace of one partition: retire finished runs, bound the cache.
   KEYS[1]  partition prefix (string)
-  Touches: DELAYED, STREAM, akey, cache_hash, cache_times, children_key, done_key, qkey, rkey, run_actions_key, runs_key, setkey, skey, tkey
+  Touches: DELAYED, STREAM, akey, cache_hash, cache_times, children_key, done_key, fair_key, qkey, rkey, run_actions_key, running_key, runs_key, setkey, share_key, skey, tkey, wake_key
   ARGV[1] namespace  ARGV[2] keep_ms (finished longer ago than this are retired; 0 = no age limit)
   ARGV[3] keep_runs (beyond the newest this many finished runs are retired; -1 = no count limit)
   ARGV[4] limit (max runs, and max cache entries, handled in this call)

@@ -2,7 +2,7 @@
   one call submits any number of runs of one partition. Idempotent by run id
   (the client derives the run id from an idempotency key when one is given).
   KEYS[1]  partition prefix (string)
-  Touches: DELAYED, SEQ, STREAM, akey, children_key, done_key, qkey, rkey, run_actions_key, runs_key, setkey, skey, tkey, wake_key
+  Touches: DELAYED, SEQ, STREAM, akey, children_key, done_key, fair_key, qkey, rkey, run_actions_key, running_key, runs_key, setkey, share_key, skey, tkey, wake_key
   ARGV: 14 values per run:
     ns, run id, task, queue, inputs (bytes, may be ""), idempotency key (or ""),
     system retries, user retries, backoff_ms, priority, timeout_ms (0 = none),

@@ -1,6 +1,6 @@
 --[[ Fire the due ticks of this partition's schedules, under the partition's ticker lease.
   KEYS[1]  partition prefix (string)
-  Touches: DELAYED, EPOCH, LEASES, SCHEDULES, SEQ, STREAM, TICKER, TOKENS, akey, children_key, done_key, qkey, rkey, run_actions_key, runs_key, setkey, skey, tkey, wake_key
+  Touches: DELAYED, EPOCH, LEASES, SCHEDULES, SEQ, STREAM, TICKER, TOKENS, akey, children_key, done_key, fair_key, qkey, rkey, run_actions_key, running_key, runs_key, setkey, share_key, skey, tkey, wake_key
   ARGV[1] worker id  ARGV[2] ticker token ("0": none yet)  ARGV[3] ttl_ms  ARGV[4] grace_ms
   ARGV[5..] groups of 7: kind ("tick" | "skip"), namespace, schedule name, tick_ms (skip: the last
     skipped tick), run id (skip: the first skipped tick, as text), count (tick: 1), next due ms
