@@ -64,3 +64,15 @@ def test_the_golden_logs_cover_every_event_type():
         with open(os.path.join(HERE, log + ".json")) as f:
             covered |= set(json.load(f)["types"])
     assert covered == set(EVENT_TYPES), "record a golden log holding the new event type (make_golden.py)"
+
+
+@pytest.mark.parametrize("log", _logs())
+def test_logs_recorded_before_tracebacks_fold_with_none(log):
+    """The traceback field (added to action_requeued and action_failed) is optional: a log
+    written without it decodes and folds, with no traceback on any action."""
+    with open(os.path.join(HERE, log + ".msgpack"), "rb") as f:
+        raw = msgpack.unpackb(f.read(), raw=False)
+    events = [decode(data, f"{log}#{i}") for i, (_, data) in enumerate(raw)]
+    if log <= "v1-2026-11-27-3":  # recorded before the field existed
+        assert all(getattr(e, "traceback", None) is None for e in events)
+        assert all(a.traceback is None for a in fold(events).actions.values())

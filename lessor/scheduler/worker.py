@@ -31,6 +31,7 @@ import re
 import socket
 import tempfile
 import time
+import traceback
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -522,7 +523,7 @@ class Worker:
             self.keeper.check_self_fence()
             if held.fenced is not None:  # the process ended itself at the self-fence deadline
                 return None
-            return Outcome(error=f"{type(exc).__name__}: {exc}")
+            return Outcome(error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         try:
             return Outcome(result=pack_value(result))
         except ValueEncodingError as exc:

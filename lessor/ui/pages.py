@@ -12,6 +12,7 @@ from html import escape
 from urllib.parse import quote, urlencode
 
 from lessor.core import events as ev
+from lessor.core.limits import MAX_TRACEBACK
 from lessor.core.phases import Phase
 from lessor.scheduler.query import ActionInfo, ActionNode, RunInfo
 from lessor.ui import chart
@@ -267,6 +268,15 @@ def _error_item(phase: str, error: str | None) -> str:
     return f"<dt>{label}</dt><dd class=err>{escape(error)}</dd>"
 
 
+def _traceback(a: ActionInfo | None) -> str:
+    """The traceback of the action's last failed attempt (its tail, as the worker stored it), if any."""
+    if a is None or not a.traceback or a.phase == Phase.SUCCEEDED:
+        return ""
+    return (f'<details class="traceback" open><summary>traceback of {escape(a.action_id)} (its last failed '
+            f'attempt; the last {MAX_TRACEBACK // 1024} KiB are kept)</summary>'
+            f'<pre class="mono traceback">{escape(a.traceback)}</pre></details>')
+
+
 def _value(v) -> str:
     try:
         text = json.dumps(v, default=repr)
@@ -287,7 +297,7 @@ def run_page(info: RunInfo, root: ActionNode, window: RunWindow, timeline_svg: s
             f'<dl class="kv"><dt>task</dt><dd>{escape(info.task)}</dd><dt>queue</dt><dd>{escape(info.queue)}</dd>'
             f'<dt>created</dt><dd>{fmt_time(info.created_ms)} ({fmt_age(max(now_ms - info.created_ms, 0))} ago)</dd>'
             f'{"<dt>aborting</dt><dd>yes</dd>" if info.aborting else ""}{result}'
-            f'{_error_item(info.phase, info.error)}</dl>'
+            f'{_error_item(info.phase, info.error)}</dl>{_traceback(info.root)}'
             f'<h2>Actions</h2><table class="tree" id="tree"><thead><tr><th>action</th><th>task</th><th>phase</th>'
             f'<th>attempt</th><th>worker</th><th>token</th><th>expired</th><th>refused</th><th>error</th></tr></thead>'
             f'<tbody>{"".join(_tree_rows(root))}</tbody></table>'
@@ -332,7 +342,7 @@ def action_page(a: ActionInfo, children: list[ActionInfo], tl: Timeline, events:
             f'<dt>retries left</dt><dd>user {a.user_left}, system {a.sys_left}</dd>'
             f'<dt>lease expiries</dt><dd>{a.expirations}</dd><dt>refused reports</dt><dd>{a.rejected}</dd>'
             f'<dt>parent</dt><dd>{parent}</dd><dt>children</dt><dd>{kids}</dd>{result}'
-            f'{_error_item(a.phase, a.error)}</dl>'
+            f'{_error_item(a.phase, a.error)}</dl>{_traceback(a)}'
             f'<h2>Attempts</h2>{_attempts_table(tl, a.action_id)}'
             f'<h2>Lease timeline</h2><div class="svgbox" id="timeline">{timeline_svg}</div>'
             f'{_window_note(window, run_href(a.namespace, a.run_id, a.action_id))}'
