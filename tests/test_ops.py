@@ -107,3 +107,54 @@ async def test_a_traceback_past_the_limit_is_refused_by_the_client_and_by_the_sc
                              traceback=tail_text("y" * 20_000)) == 0
         a = await client.get_action(lease.ref.split("/")[2], "a0")
         assert a.phase.value == "failed" and a.traceback.endswith("y" * 100) and len(a.traceback) <= MAX_TRACEBACK
+
+
+async def test_the_worker_logs_one_json_line_per_task_start_and_end(flushed, worker, tmp_path):
+    out = open(tmp_path / "worker.log", "w")
+    proc = worker("logs", "--log-format", "json", "--worker-id", "w-json", stdout=out)
+    async with lessor.connect(flushed) as client:
+        ok = await client.submit_run("square", {"x": 4}, queue="logs")
+        bad = await client.submit_run("boom", queue="logs")
+        assert (await ok.wait(timeout_s=WAIT_S)).phase.value == "succeeded"
+        assert (await bad.wait(timeout_s=WAIT_S)).phase.value == "failed"
+    proc.terminate()   # SIGTERM: drain, stop, flush
+    proc.wait(timeout=WAIT_S)
+    out.close()
+    lines = [json.loads(line) for line in (tmp_path / "worker.log").read_text().splitlines()]  # every line is JSON
+    tasks = [x for x in lines if x["event"] in ("task_started", "task_ended")]
+    assert any(x["event"] == "log" and "worker w-json" in x["message"] for x in lines)
+    by_run = {}
+    for x in tasks:
+        by_run.setdefault(x["run"], []).append(x)
+    assert set(by_run) == {ok.run_id, bad.run_id}
+    for run_id, outcome in ((ok.run_id, "succeeded"), (bad.run_id, "failed")):
+        start, end = by_run[run_id]
+        assert (start["event"], end["event"]) == ("task_started", "task_ended")
+        for x in (start, end):
+            assert x["namespace"] == DEFAULT_NAMESPACE and x["action"] == "a0" and x["worker"] == "w-json"
+            assert x["attempt"] == 1 and x["token"] >= 1 and x["ts"].endswith("+00:00")
+        assert end["outcome"] == outcome and end["duration_ms"] >= 0 and "duration_ms" not in start
+    assert by_run[bad.run_id][1]["error"] == "ValueError: bad things"
+    bad_format = subprocess.run(worker_command(flushed, "tests.app:registry", extra=("--log-format", "yaml")),
+                                cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad_format.returncode == 2 and "--log-format" in bad_format.stderr and "json" in bad_format.stderr
+
+
+def test_text_task_lines_are_one_line_each_whatever_the_width():
+    import io
+    from types import SimpleNamespace
+
+    from lessor.scheduler import tasklog
+
+    lease = SimpleNamespace(ref="proj/development/r0123456789ab/a0.1", task="noop", attempt=2, token=9)
+    buf = io.StringIO()
+    tasklog.write_to(buf, "text")
+    try:
+        tasklog.started(lease, "w-1")
+        tasklog.ended(lease, "w-1", 1.25, "failed", "ValueError: x\nmore")
+    finally:
+        tasklog.write_to(None)
+    start, end = buf.getvalue().splitlines()
+    assert start.endswith(" INFO started proj/development/r0123456789ab/a0.1 noop attempt 2 token 9")
+    assert end.endswith("ended proj/development/r0123456789ab/a0.1 noop attempt 2 token 9: failed after 1.2 ms "
+                        "(ValueError: x)") or end.endswith("failed after 1.3 ms (ValueError: x)")

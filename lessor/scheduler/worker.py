@@ -54,6 +54,7 @@ from lessor.leasing.reaper import Reaper
 from lessor.scheduler.api import CacheKey, lookup_cache
 from lessor.scheduler.outcome import (POLICY, Call, Ending, Outcome, Policy, Report, duplicate_lease, end_attempt,
                                       retry_gap_ms)
+from lessor.scheduler import tasklog
 from lessor.scheduler.query import ActionInfo
 from lessor.scheduler.registry import Registry, TaskContext, UnknownTask, invoke, publish_fence
 from lessor.scheduler.submit import Retries, RunSpec
@@ -466,26 +467,35 @@ class Worker:
     async def _attempt(self, lease: Lease, scope: anyio.CancelScope, held: HeldLease) -> None:
         """Run the task in ``scope`` (which the keeper cancels when the lease is lost), then report."""
         outcome: Outcome | None = None
+        worker_id = self.config.worker_id
         try:
             if self.on_attempt is not None:
                 self._evidence(lease, "start")
+            tasklog.started(lease, worker_id)
+            began_ms = self.clock.now_ms()
             try:
                 with scope:
                     outcome = await self._run_task(lease, held)
             except asyncio.CancelledError:
                 # Cancelled from outside (the worker is being torn down and its grace is over):
                 # give the lease back so it fails over now, not after ttl + grace.
+                ended = "unsent"
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                    await self._send(lease, self.policy.report(Ending(held.fenced, shutting_down=True)))
+                    ended = await self._send(lease, self.policy.report(Ending(held.fenced, shutting_down=True)))
+                tasklog.ended(lease, worker_id, self.clock.now_ms() - began_ms,
+                              "released" if ended == "committed" else ended)
                 raise
+            ran_ms = self.clock.now_ms() - began_ms
             self.keeper.work_ended(held)
             if self.on_attempt is not None:
                 self._evidence(lease, "end", held, outcome)
+            how = "unsent"  # stays so only if the worker's last 2 s ran out before the report did
             if self._torn_down:  # the worker is going: a report gets 2 s, not the report timeout
                 with anyio.move_on_after(2):
-                    await self._finish(lease, held, outcome)
+                    how = await self._finish(lease, held, outcome)
             else:
-                await self._finish(lease, held, outcome)
+                how = await self._finish(lease, held, outcome)
+            tasklog.ended(lease, worker_id, ran_ms, how, outcome.error if outcome is not None else None)
         finally:
             if end_attempt(self.keeper, self._running, lease.ref, lease.token, lambda entry: entry[0]):
                 self._shutting_down.discard(lease.ref)
@@ -559,9 +569,15 @@ class Worker:
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
-    async def _finish(self, lease: Lease, held: HeldLease, outcome: Outcome | None) -> None:
-        """Report how the attempt ended, as the outcome policy decides: commit, fail, release or drop."""
-        await self._send(lease, self.policy.report(Ending(held.fenced, lease.ref in self._shutting_down, outcome)))
+    async def _finish(self, lease: Lease, held: HeldLease, outcome: Outcome | None) -> str:
+        """Report how the attempt ended, as the outcome policy decides: commit, fail, release or drop.
+
+        Returns the outcome the task log shows: the report's kind (succeeded, failed, released,
+        aborted, dropped) once the server confirmed it, else how it ended (refused, unconfirmed, error).
+        """
+        report = self.policy.report(Ending(held.fenced, lease.ref in self._shutting_down, outcome))
+        ended = await self._send(lease, report)
+        return report.kind.value if ended == "committed" else ended
 
     async def _send(self, lease: Lease, report: Report) -> str:
         """Make the fenced write ``report`` names; returns how it ended (see ``_report``, or ``dropped``).
