@@ -158,3 +158,71 @@ def test_text_task_lines_are_one_line_each_whatever_the_width():
     assert start.endswith(" INFO started proj/development/r0123456789ab/a0.1 noop attempt 2 token 9")
     assert end.endswith("ended proj/development/r0123456789ab/a0.1 noop attempt 2 token 9: failed after 1.2 ms "
                         "(ValueError: x)") or end.endswith("failed after 1.3 ms (ValueError: x)")
+
+
+async def test_workers_and_queues_show_a_real_worker_and_its_queue(flushed, worker, tmp_path):
+    """`lessor workers` / `queues` (tables and --json) and the dashboard's pages read fleet.py alike."""
+    from lessor.ui import fleet
+
+    proc = worker("fleet", "--worker-id", "w-fleet", "--concurrency", "2", "--drain-s", "0.5")
+    flag = tmp_path / "sleepy.txt"
+    async with lessor.connect(flushed) as client:
+        # Two long runs hold the worker's two slots; then three more wait on the queue.
+        held = [await client.submit_run("sleepy", {"seconds": 120, "path": str(flag)}, queue="fleet")
+                for _ in range(2)]
+
+        async def both_started() -> bool:
+            return flag.exists() and flag.read_text().count("started") == 2
+
+        with anyio.fail_after(WAIT_S):
+            while not await both_started():
+                await anyio.sleep(0.05)
+        for _ in range(3):
+            await client.submit_run("square", {"x": 1}, queue="fleet")
+        found = await fleet.workers(client.backend)
+        queues = await fleet.queues(client.backend, DEFAULT_NAMESPACE)
+    [me] = [w for w in found.rows if w.worker == "w-fleet"]
+    assert me.presence.pid == proc.pid and me.presence.version and len(me.leases) == 2
+    assert {lease.ref.split("/")[2] for lease in me.leases} == {h.run_id for h in held}
+    [q] = [v for v in queues.rows if v.row.queue == "fleet"]
+    assert (q.row.depth, q.leased) == (3, 2) and q.per_s > 0
+
+    out = json.loads(cli("workers", "--json", url=flushed).stdout)
+    [w] = [w for w in out["workers"] if w["worker"] == "w-fleet"]
+    assert (w["pid"], w["leases_held"], w["queue"]) == (proc.pid, 2, "fleet") and w["host"] and w["version"]
+    assert 0 <= w["last_heartbeat_age_ms"] < 600_000
+    out = json.loads(cli("queues", "--json", url=flushed).stdout)
+    [qj] = [x for x in out["queues"] if x["queue"] == "fleet"]
+    assert (qj["depth"], qj["leased_now"]) == (3, 2) and qj["oldest_waiting_age_ms"] >= 0
+    table = cli("workers", url=flushed, columns="80").stdout.splitlines()
+    row = next(line for line in table if "w-fleet" in line)
+    assert str(proc.pid) in row and max(map(len, table)) <= 80   # one line per worker, at 80 columns
+    table = cli("queues", "--queue", "empty-one", url=flushed).stdout
+    assert any(line.split()[:2] == ["fleet", "3"] for line in table.splitlines() if line.strip())
+    assert any(line.split()[:2] == ["empty-one", "0"] for line in table.splitlines() if line.strip())
+    # --watch --json: one object per refresh, until stopped.
+    env = {k: v for k, v in os.environ.items() if k != "LESSOR_REDIS_URL"} | {"LESSOR_REDIS_URL": flushed}
+    watch = subprocess.Popen([sys.executable, "-m", "lessor", "workers", "--json", "--watch", "0.2"], cwd=ROOT,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first, second = watch.stdout.readline(), watch.stdout.readline()
+    finally:
+        watch.terminate()
+        watch.wait(timeout=30)
+    assert all(any(x["worker"] == "w-fleet" for x in json.loads(line)["workers"]) for line in (first, second))
+
+    # A clean stop withdraws the worker's presence.
+    proc.terminate()
+    proc.wait(timeout=WAIT_S)
+    async with lessor.connect(flushed) as client:
+        assert not any(w.worker == "w-fleet" for w in (await fleet.workers(client.backend)).rows)
+
+
+def test_watch_takes_a_positive_number_of_seconds(capsys):
+    from lessor.cli import build_parser
+
+    for bad in ("0", "-1", "nan", "soon"):
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args(["workers", "--watch", bad])
+        assert exit_.value.code == 2 and "--watch" in capsys.readouterr().err
+    assert build_parser().parse_args(["queues", "--watch"]).watch == 2.0

@@ -48,13 +48,13 @@ from lessor.leasing.client import Lease, LeaseClient
 from lessor.leasing.codes import raise_for
 from lessor.leasing.config import LeaseConfig
 from lessor.leasing.keeper import FenceReason, HeldLease, LeaseKeeper
-from lessor.leasing.outage import Outage, is_transient
+from lessor.leasing.outage import Outage, is_transient, keep_running
 from lessor.leasing.housekeeping import Housekeeper
 from lessor.leasing.reaper import Reaper
 from lessor.scheduler.api import CacheKey, lookup_cache
 from lessor.scheduler.outcome import (POLICY, Call, Ending, Outcome, Policy, Report, duplicate_lease, end_attempt,
                                       retry_gap_ms)
-from lessor.scheduler import tasklog
+from lessor.scheduler import presence, tasklog
 from lessor.scheduler.query import ActionInfo
 from lessor.scheduler.registry import Registry, TaskContext, UnknownTask, invoke, publish_fence
 from lessor.scheduler.submit import Retries, RunSpec
@@ -327,6 +327,7 @@ class Worker:
                     service.start_soon(self.reaper.run)
                 if self.housekeeper is not None:
                     service.start_soon(self.housekeeper.run)
+                service.start_soon(self._announce)
                 try:
                     task_status.started()
                     await self._acquire_loop()
@@ -338,9 +339,28 @@ class Worker:
                     with anyio.CancelScope(shield=True):
                         await self._end_attempts()
                         await self.client.stop_waiting()
+                        with anyio.move_on_after(2), contextlib.suppress(Exception):
+                            # suppress: a server that is gone keeps the entry, which then ages out (STALE_MS)
+                            await presence.withdraw(self.backend, self.config.worker_id)
                 service.cancel_scope.cancel()
         if self._crashed is not None:
             raise self._crashed
+
+    async def _announce(self) -> None:
+        """Keep this worker's presence entry (host, pid, version, last seen) fresh: `lessor workers`."""
+        me = presence.this_process(self.config.worker_id, self.config.namespace, self.config.queue,
+                                   self.config.concurrency, started_ms=0)
+        first = [True]
+
+        async def step() -> bool:
+            nonlocal me
+            me = await presence.announce(self.backend, me)
+            if first[0]:
+                first[0] = False
+                await presence.forget_stale(self.backend, me.seen_ms)
+            return False
+
+        await keep_running(step, presence.ANNOUNCE_MS, self.outage)
 
     async def _acquire_loop(self) -> None:
         woken: int | None = None   # the partition whose wake-up token this worker just took
