@@ -27,7 +27,7 @@ from lessor.leasing.backend import Backend
 ANNOUNCE_MS = 10_000           # how often a worker rewrites its entry
 STALE_MS = 3 * ANNOUNCE_MS     # an entry older than this is of a worker that stopped without saying so
 FORGET_MS = 3_600_000          # a starting worker deletes entries older than this
-READ_CAP = 2_000               # entries a reader takes at most (HSCAN past this many)
+READ_CAP = 2_000               # entries a reader parses at most
 
 
 @dataclass(frozen=True)
@@ -109,16 +109,8 @@ def _parse(worker: str, raw: bytes) -> Presence | None:
 
 
 async def read(backend: Backend, cap: int = READ_CAP) -> list[Presence]:
-    """Every announced worker (at most ``cap``): HGETALL, or HSCAN up to ``cap`` past that size."""
-    key = _key(backend)
-    if await backend.redis.hlen(key) <= cap:
-        raw = await backend.redis.hgetall(key)
-    else:
-        raw, cursor = {}, 0
-        while len(raw) < cap:
-            cursor, chunk = await backend.redis.hscan(key, cursor, count=500)
-            raw.update(chunk)
-            if cursor == 0:
-                break
+    """Every announced worker (at most ``cap`` parsed): one HGETALL. The hash holds about one
+    entry per worker of the last hour (FORGET_MS), so it is as large as the fleet, not the store."""
+    raw = await backend.redis.hgetall(_key(backend))
     found = (_parse(k.decode("utf-8", "replace"), v) for k, v in list(raw.items())[:cap])
     return sorted((p for p in found if p is not None), key=lambda p: p.worker)

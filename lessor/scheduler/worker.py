@@ -360,7 +360,11 @@ class Worker:
                 await presence.forget_stale(self.backend, me.seen_ms)
             return False
 
-        await keep_running(step, presence.ANNOUNCE_MS, self.outage)
+        try:
+            await keep_running(step, presence.ANNOUNCE_MS, self.outage)
+        except Exception as exc:  # safe: presence is for people reading `lessor workers`; nothing decides by it
+            log.warning("worker %s stops announcing itself (`lessor workers` lists it only while it holds "
+                        "leases): %s", self.config.worker_id, exc)
 
     async def _acquire_loop(self) -> None:
         woken: int | None = None   # the partition whose wake-up token this worker just took
