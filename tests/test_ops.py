@@ -226,3 +226,26 @@ def test_watch_takes_a_positive_number_of_seconds(capsys):
             build_parser().parse_args(["workers", "--watch", bad])
         assert exit_.value.code == 2 and "--watch" in capsys.readouterr().err
     assert build_parser().parse_args(["queues", "--watch"]).watch == 2.0
+
+
+async def test_presence_ages_out_workers_that_stopped_without_saying_so(backend):
+    from dataclasses import asdict
+
+    from lessor.scheduler import presence
+    from lessor.ui import fleet
+
+    now = await presence.server_ms(backend)
+    key = backend.keys(0).named("WORKERS")
+    me = await presence.announce(backend, presence.this_process("w-live", DEFAULT_NAMESPACE, "q", 4, 0))
+    assert me.seen_ms >= now and me.started_ms == me.seen_ms and me.pid == os.getpid()
+    for name, age_ms in (("w-quiet", presence.STALE_MS + 5_000), ("w-ancient", presence.FORGET_MS + 5_000)):
+        old = presence.Presence(**{**asdict(me), "worker": name, "seen_ms": now - age_ms})
+        await backend.redis.hset(key, name, json.dumps(asdict(old)))
+    await backend.redis.hset(key, "w-foreign", b"not json")   # not a lessor worker's: skipped
+    found = await fleet.workers(backend)
+    assert [w.worker for w in found.rows] == ["w-live"] and found.gone == 2
+    assert found.rows[0].last_heartbeat_ms == me.seen_ms
+    assert await presence.forget_stale(backend, now) == 1      # only the one past FORGET_MS
+    assert {p.worker for p in await presence.read(backend)} == {"w-live", "w-quiet"}
+    await presence.withdraw(backend, "w-live")
+    assert {p.worker for p in await presence.read(backend)} == {"w-quiet"}
