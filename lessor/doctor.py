@@ -28,7 +28,8 @@ from lessor.leasing.urls import is_cluster, redact
 # Commands the client sends outside the scripts (reads, follows, durability waits).
 CLIENT_COMMANDS = ("fcall", "function|load", "xread", "xrange", "xrevrange", "xlen", "hget", "hmget", "hgetall",
                    "hsetnx", "smembers", "zrange", "zrevrangebyscore", "zcard", "scan", "info", "ping", "wait",
-                   "waitaof", "blpop", "rpush")   # blpop, rpush: idle workers wait on the wake-up lists
+                   "waitaof", "blpop", "rpush",   # blpop, rpush: idle workers wait on the wake-up lists
+                   "hset", "hdel", "time")        # workers' presence entries (scheduler/presence.py)
 
 
 @dataclass(frozen=True)

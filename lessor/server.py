@@ -65,6 +65,57 @@ def find_server_binary() -> str:
     )
 
 
+#: Where `lessor server` keeps its data by default (under platformdirs' user data dir).
+SERVER_SUBDIR = "server"
+_PORT_FILE = "lessor-server.json"
+_SOCKET_PATH_MAX = 107   # bytes in sockaddr_un.sun_path, less the terminating NUL (Linux)
+
+
+def default_data_dir() -> str:
+    """`lessor server`'s data dir when none is given: <user data dir>/lessor/server
+    (~/.local/share/lessor/server on Linux, or under $XDG_DATA_HOME)."""
+    import platformdirs
+
+    return os.path.join(platformdirs.user_data_dir("lessor", appauthor=False), SERVER_SUBDIR)
+
+
+def check_data_dir(workdir: str) -> None:
+    """Raise ServerError if a server already answers on ``workdir``'s socket, or if the socket
+    path would be too long for a unix socket; nothing is started or changed."""
+    sock = os.path.join(workdir, "valkey.sock")
+    if len(os.fsencode(sock)) > _SOCKET_PATH_MAX:
+        raise ServerError(f"the server's socket would be {sock} ({len(os.fsencode(sock))} bytes), longer than a "
+                          f"unix socket path may be ({_SOCKET_PATH_MAX}): give a shorter --data-dir")
+    if os.path.exists(sock) and _answers_ping(sock):
+        raise ServerError(f"a server already runs on {workdir} (export LESSOR_REDIS_URL=unix://{sock}): use it, "
+                          "stop it first, or start another with --data-dir DIR or --ephemeral")
+
+
+def remembered_port(workdir: str) -> int:
+    """The TCP port the server on ``workdir`` used last, if it is free now; else 0 (pick a free one)."""
+    import json
+
+    try:
+        with open(os.path.join(workdir, _PORT_FILE)) as f:
+            port = int(json.load(f)["port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0  # none yet, or unreadable: a fresh port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return 0  # taken by something else meanwhile
+    return port
+
+
+def remember_port(workdir: str, port: int) -> None:
+    """Note ``port`` in ``workdir`` so the next `lessor server` on it listens there again."""
+    import json
+
+    with open(os.path.join(workdir, _PORT_FILE), "w") as f:
+        json.dump({"port": port}, f)
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:

@@ -35,6 +35,11 @@ def pytest_configure(config):
     # `flushed` fixture FLUSHALL, the user's real server. The suite's server is named by
     # LESSOR_TEST_REDIS_URL only (see server_url); tests pass URLs explicitly.
     os.environ.pop("LESSOR_REDIS_URL", None)
+    # `lessor server` keeps its data under the user data dir by default: point that (and the
+    # subprocesses', which inherit it) at a temp dir, so no test writes into the real one.
+    import tempfile
+
+    os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="lessor-test-xdg-")
 
 
 @pytest.fixture(scope="session")

@@ -80,7 +80,7 @@ def templates(ref: str, token: int) -> dict[str, list]:
         "renew": ["w1", 1000, ref, token],
         "complete": ["w1", ref, token, b"\x01"],
         "complete/packed": ["w1", ref, token, b"\x01", 1],   # as leasing/client.py sends it
-        "fail": [ref, token, "w1", "boom", 1, 0.5],
+        "fail": [ref, token, "w1", "boom", 1, 0.5, "Traceback (most recent call last):\n  boom\n"],
         "release": [ref, token, "w1", "bye"],
         "reap": [100, 0],
         "abort": [ns, run, "stop"],

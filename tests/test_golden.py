@@ -64,3 +64,21 @@ def test_the_golden_logs_cover_every_event_type():
         with open(os.path.join(HERE, log + ".json")) as f:
             covered |= set(json.load(f)["types"])
     assert covered == set(EVENT_TYPES), "record a golden log holding the new event type (make_golden.py)"
+
+
+@pytest.mark.parametrize("log", _logs())
+def test_tracebacks_are_optional_and_kept_where_recorded(log):
+    """The traceback field (added to action_requeued and action_failed) is optional: a log
+    written without it decodes and folds with no traceback on any action; one written with it
+    keeps it."""
+    with open(os.path.join(HERE, log + ".msgpack"), "rb") as f:
+        raw = msgpack.unpackb(f.read(), raw=False)
+    events = [decode(data, f"{log}#{i}") for i, (_, data) in enumerate(raw)]
+    tracebacks = [e.traceback for e in events if getattr(e, "traceback", None)]
+    if log <= "v1-2026-11-27-5":  # recorded before the field existed (-6 is the first with it)
+        assert tracebacks == []
+        assert all(a.traceback is None for a in fold(events).actions.values())
+    else:  # make_golden.py records one with each of its two failed attempts; the fold keeps the last
+        assert len(tracebacks) == 2 and all(t.startswith("Traceback (most recent call last):") for t in tracebacks)
+        [failed] = [a for a in fold(events).actions.values() if a.traceback]
+        assert failed.phase.value == "failed" and failed.traceback == tracebacks[-1]

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 
 import pytest
@@ -133,7 +134,7 @@ def test_a_killed_child_is_restarted_on_the_same_url_with_its_data(start_server,
 
 
 def test_on_crash_exit_exits_non_zero_at_once_naming_the_log(start_server):
-    srv = start_server("--on-crash", "exit")  # a temp data dir: kept, so the log can be read
+    srv = start_server("--on-crash", "exit", "--ephemeral")  # a temp data dir: kept, so the log can be read
     try:
         pid = srv.child_pid()
         os.kill(pid, signal.SIGKILL)
@@ -168,3 +169,46 @@ def test_ctrl_c_stops_the_child_and_exits_0_it_is_not_a_crash(start_server, tmp_
     assert srv.wait_exit() == 0
     wait_for(lambda: gone(pid), f"valkey-server {pid} to be stopped")
     assert not srv.lines_with("died unexpectedly")
+
+
+def test_the_server_keeps_its_data_and_url_across_a_restart_under_the_user_data_dir(start_server, tmp_path):
+    """`lessor server` with no dir: the user data dir (here a temp $XDG_DATA_HOME, as for every test),
+    the same socket URL and TCP port after a stop and a start, and the run submitted before is there."""
+    import json as json_
+
+    import redis
+
+    xdg = os.environ["XDG_DATA_HOME"]
+    assert xdg.startswith(tempfile.gettempdir())   # conftest: never the user's real data dir
+    first = start_server()
+    assert first.data_dir == os.path.join(xdg, "lessor", "server") and "(kept" in "\n".join(first.stdout)
+    env = {k: v for k, v in os.environ.items() if k != "LESSOR_REDIS_URL"} | {"LESSOR_REDIS_URL": first.url}
+    submitted = subprocess.run([*lessor_command(), "submit", "square", "--inputs", '{"x": 3}', "--json"], cwd=ROOT,
+                               env=env, capture_output=True, text=True, timeout=120)
+    assert submitted.returncode == 0, submitted.stderr
+    run = json_.loads(submitted.stdout)["run"]
+    tcp = next(line for line in first.stdout if "tcp: " in line).split("tcp: ")[1].split()[0]
+    # A second server on the same dir is refused, naming the one that runs.
+    twice = subprocess.run([*lessor_command(), "server"], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=60)
+    assert twice.returncode == 3 and "already runs on" in twice.stderr and first.url in twice.stderr
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.wait_exit() == 0
+
+    second = start_server()
+    assert second.url == first.url and second.data_dir == first.data_dir
+    assert next(line for line in second.stdout if "tcp: " in line).split("tcp: ")[1].split()[0] == tcp
+    shown = subprocess.run([*lessor_command(), "run", "show", run, "--json"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and json_.loads(shown.stdout)["run"] == run, shown.stderr
+    second.proc.send_signal(signal.SIGTERM)
+    assert second.wait_exit() == 0
+
+    # --ephemeral: a temp dir, removed on exit.
+    third = start_server("--ephemeral")
+    assert third.url != first.url and not third.data_dir.startswith(xdg)
+    with redis.Redis.from_url(third.url) as client:
+        assert client.dbsize() == 0
+    third.proc.send_signal(signal.SIGTERM)
+    assert third.wait_exit() == 0
+    assert not os.path.exists(third.data_dir)

@@ -121,3 +121,20 @@ def test_live_chaos_runs_real_workers_through_faults_and_passes_the_checkers():
     assert proc.returncode == 0 and out["violations"] == [], out
     assert out["runs"] > 10 and out["runs_succeeded"] > 0 and sum(out["faults"].values()) >= 2, out
     assert out["quiesce_after_heal_s"] is not None
+
+
+def test_save_plan_writes_the_plan_it_ran_without_a_violation_and_it_replays(tmp_path):
+    plan_path = tmp_path / "plan.json"
+    env = {k: v for k, v in os.environ.items() if k != "LESSOR_REDIS_URL"}
+    proc = subprocess.run([sys.executable, "-m", "lessor", "simulate", "--examples", "1", "--seed", "3",
+                           "--save-plan", str(plan_path), "--json"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["violation"] is False
+    assert "the last plan explored" in proc.stderr and str(plan_path) in proc.stderr
+    plan = Plan.from_json(plan_path.read_text())
+    replayed = subprocess.run([sys.executable, "-m", "lessor", "simulate", "--replay", str(plan_path), "--json"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert replayed.returncode == 0, replayed.stderr
+    out = json.loads(replayed.stdout)
+    assert out["violations"] == [] and out["stats"]["runs"] == len(plan.submits)

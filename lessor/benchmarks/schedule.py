@@ -178,7 +178,8 @@ async def create_peer_stream(url: str, stream: str) -> None:
 def start_worker(url: str, concurrency: int, durability: str = "memory") -> subprocess.Popen:
     return subprocess.Popen(
         worker_command(url, "lessor.benchmarks.schedule:registry", worker_id="bench-worker", queue=QUEUE,
-                       namespace=NAMESPACE, concurrency=concurrency, durability=durability),
+                       namespace=NAMESPACE, concurrency=concurrency, durability=durability,
+                       extra=("--no-task-log",)),  # measures scheduling; tasklog's cost is measured apart
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
         preexec_fn=_die_with_parent, env=os.environ | {"PYTHONUNBUFFERED": "1"})
 

@@ -1,7 +1,7 @@
 """The ``lessor`` command (``lessor.cli:main``; ``python -m lessor`` is the same).
 
 Commands that share a server with other processes (events, replay, submit,
-runs, run, abort, worker, reaper, doctor) need one: ``--redis-url``, else
+runs, run, abort, workers, queues, worker, reaper, doctor) need one: ``--redis-url``, else
 $LESSOR_REDIS_URL; ``lessor server`` starts one and prints it. ``demo`` and
 ``chaos`` start a private one, ``simulate`` and ``bench`` too unless given
 ``--redis-url``. ``--json`` prints what a script would read. Client commands
@@ -15,7 +15,7 @@ given; a silent or non-Redis service at the URL: ``options.probe_server``),
 130 Ctrl-C. Every command's --help ends with its own (``exit_codes``).
 
 The package: ``parser`` builds the argument parser from the command modules
-(``server``: server, doctor; ``logs``: events, replay; ``runs``: submit, runs,
+(``server``: server, doctor; ``logs``: events, replay; ``fleet``: workers, queues; ``runs``: submit, runs,
 run show, abort; ``processes``: worker, reaper, demo, simulate, chaos;
 ``bench``), ``options`` holds the options they share, ``render`` what they
 print, ``demo`` the demo, ``reference`` the CLI reference (docs/cli.md) it

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lessor.cli import bench, fairshare, logs, processes, retention, runs, schedule, server, settings, trigger, ui
+from lessor.cli import bench, fairshare, fleet, logs, processes, retention, runs, schedule, server, settings, trigger, ui
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +20,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"lessor {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (server, logs, runs, schedule, trigger, settings, processes, retention, fairshare, bench, ui):
+    for module in (server, logs, runs, fleet, schedule, trigger, settings, processes, retention, fairshare, bench, ui):
         module.add_commands(sub)
     return parser

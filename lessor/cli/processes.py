@@ -75,6 +75,12 @@ def _add_worker(sub) -> None:
     p.add_argument("--otel", choices=["console", "otlp"], help="turn on OpenTelemetry")
     p.add_argument("--truth-log", metavar="PATH",
                    help="append one JSON line per attempt: when it really ran (evidence for `lessor chaos`)")
+    p.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="the log on stdout, with one line per task start and end: text (default), or json: one "
+                        "object per line (ts, event, namespace, run, action, task, attempt, token, worker; at the "
+                        "end duration_ms and outcome)")
+    p.add_argument("--no-task-log", action="store_true",
+                   help="no per-task lines (they cost a few us per action; benchmarks turn them off)")
     p.add_argument("--no-uvloop", action="store_true")
     p.set_defaults(handler=cmd_worker)
 

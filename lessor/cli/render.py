@@ -13,6 +13,7 @@ from typing import Any
 from rich.markup import escape
 
 from lessor.core import events as ev
+from lessor.core.limits import MAX_TRACEBACK
 
 
 def describe(e: ev.Event) -> str:
@@ -119,6 +120,7 @@ def action_to_json(a) -> dict:
 
     return {"action": a.action_id, "task": a.task, "phase": a.phase.value, "attempt": a.attempt,
             "token": a.token, "worker": a.worker or None, "parent": a.parent, "error": a.error,
+            "traceback": a.traceback,
             "result": show_value(a.result_bytes) if a.result_bytes else None,
             "expirations": a.expirations, "refused_reports": a.rejected, "created_ms": a.created_ms}
 
@@ -256,7 +258,21 @@ def print_tree(info, root) -> None:
             add(child, c)
 
     add(top, root)
-    Console().print(top)
+    console = Console()
+    console.print(top)
+    for a in _walk(root):
+        if a.traceback and a.phase.value != "succeeded":
+            # After the tree, unwrapped: a traceback is read (and copied) whole.
+            console.print(f"\ntraceback of {a.action_id} {a.task} (its last failed attempt; the last "
+                          f"{MAX_TRACEBACK // 1024} KiB are kept):", style="bold red", markup=False, highlight=False)
+            console.print(a.traceback.rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
+
+
+def _walk(node):
+    """The ActionInfo of ``node`` and of every descendant, depth first."""
+    yield node.info
+    for c in node.children:
+        yield from _walk(c)
 
 
 # --- replay and doctor -------------------------------------------------------------------

@@ -16,8 +16,17 @@ def add_commands(sub) -> None:
     p = sub.add_parser("server", help="run an embedded Valkey server in the foreground, print its URL")
     p.add_argument("--appendfsync", choices=["always", "everysec", "no"], default="everysec",
                    help="AOF fsync policy (default everysec: at most ~1 s of writes lost on a crash)")
-    p.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (default: a free one)")
-    p.add_argument("--dir", help="data dir to keep (default: a temp dir removed on exit)")
+    p.add_argument("--port", type=int, default=0,
+                   help="TCP port on 127.0.0.1 (default: the one this data dir used last, if free, else a "
+                        "free one)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--data-dir", "--dir", dest="dir", metavar="DIR",
+                       help="where the server keeps its data (AOF), socket and log (default: the user data "
+                            "dir, e.g. ~/.local/share/lessor/server; $XDG_DATA_HOME is honoured), so data and "
+                            "URL outlive a restart. With --cluster or --sentinel: their data dir (default: a "
+                            "temp dir)")
+    where.add_argument("--ephemeral", action="store_true",
+                       help="a temp dir removed on exit: nothing is kept, and the URL changes every time")
     p.add_argument("--on-crash", choices=["restart", "exit"], default="restart",
                    help="when valkey-server dies by itself: restart it on the same dir, port and socket (it "
                         "reloads its AOF; clients reconnect to the same URL), or exit non-zero at once "
@@ -65,14 +74,24 @@ def cmd_server(args: argparse.Namespace) -> int:
         return _serve_sentinel(args)
     if args.max_crashes < 1:
         raise ValueError(f"--max-crashes must be at least 1, got {args.max_crashes}")
-    server = EmbeddedServer(appendfsync=args.appendfsync, port=args.port, workdir=args.dir,
+    from lessor.server import check_data_dir, default_data_dir, remember_port, remembered_port
+
+    workdir = None if args.ephemeral else args.dir or default_data_dir()
+    port = args.port
+    if workdir is not None:
+        check_data_dir(workdir)   # a server already on it, or a socket path too long: say so, start nothing
+        port = port or remembered_port(workdir)
+    server = EmbeddedServer(appendfsync=args.appendfsync, port=port, workdir=workdir,
                             own_process_group=True)
     with server:
+        if workdir is not None:
+            remember_port(workdir, server.port)
         print(f"lessor server (valkey) ready, appendfsync={args.appendfsync}, on crash: {args.on_crash}",
               flush=True)
         print(f"  export LESSOR_REDIS_URL={server.url}", flush=True)
-        print(f"  tcp: {server.tcp_url}   data: {server.workdir}   log: {server.log_path}   (Ctrl-C to stop)",
-              flush=True)
+        kept = "kept: the same URL next time" if workdir is not None else "ephemeral: removed on exit"
+        print(f"  tcp: {server.tcp_url}   data: {server.workdir} ({kept})   log: {server.log_path}   "
+              "(Ctrl-C to stop)", flush=True)
         signal.signal(signal.SIGTERM, _interrupt)
         try:
             supervise(server, on_crash=args.on_crash, max_crashes=args.max_crashes)

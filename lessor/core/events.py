@@ -172,12 +172,13 @@ class ActionRequeued(ActionEvent):
     TYPE: ClassVar[str] = "action_requeued"
     MOVES = {_R: _Q}
     PROJECT = (Const("worker", ""), Copy("sys_left"), Copy("user_left"), Copy("ready_at_ms"),
-               FirstOf("error", ("error",)))
+               FirstOf("error", ("error",)), Copy("traceback"))
     reason: str
     ready_at_ms: int = 0
     sys_left: int = 0
     user_left: int = 0
     error: str | None = None
+    traceback: str | None = None  # the failed attempt's traceback, its tail (limits.MAX_TRACEBACK); absent in old logs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -192,9 +193,10 @@ class ActionSucceeded(LeaseEvent):
 class ActionFailed(ActionEvent):
     TYPE: ClassVar[str] = "action_failed"
     MOVES = {_R: Phase.FAILED}
-    PROJECT = (FirstOf("error", ("error", "reason")),)
+    PROJECT = (FirstOf("error", ("error", "reason")), Copy("traceback"))
     reason: str
     error: str | None = None
+    traceback: str | None = None  # as ActionRequeued's
     attempt: int = 0
     token: int = 0
     worker: str = ""

@@ -54,6 +54,7 @@ class ActionState:
     aborting: bool = False
     result: bytes | None = None
     error: str | None = None
+    traceback: str | None = None   # of the failure that last requeued or failed it (None: none recorded)
     ready_at_ms: int = 0
     expirations: int = 0
     rejected: int = 0

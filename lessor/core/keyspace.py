@@ -49,6 +49,9 @@ PARTITION_KEYS = (
     PartitionKey("COMPACTING", "compacting", "string", "held by the one compactor of this partition (a lock)"),
     PartitionKey("SCHEDULES", "schedules", "zset", "this partition's schedules (ns/name) by next due tick (ms)"),
     PartitionKey("TICKER", "ticker", "hash", "the ticker lease of this partition: token, worker, deadline_ms"),
+    PartitionKey("WORKERS", "workers", "hash",
+                 "partition 0 only: worker id -> its presence (JSON: host, pid, version, seen_ms); "
+                 "scheduler/presence.py"),
 )
 
 KEY_FAMILIES = (

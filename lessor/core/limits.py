@@ -9,7 +9,9 @@ the raw ARGV again (a foreign client may call them directly).
   survives Lua's doubles and msgpack exactly: |x| <= 2^53 - 1;
 - durations given in seconds: finite, >= 0, at most ``MAX_DURATION_S``
   (a year), converted to whole milliseconds;
-- texts (error messages, reasons): ``str``, at most ``MAX_TEXT`` bytes as UTF-8.
+- texts (error messages, reasons): ``str``, at most ``MAX_TEXT`` bytes as UTF-8;
+- a task's traceback: at most ``MAX_TRACEBACK`` bytes; the worker keeps its
+  tail (the frame that raised and the exception are at the end).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ MAX_DURATION_S = 366 * 24 * 3600  # a timeout longer than a year is a mistake
 MAX_RETRIES = 1000              # budgets beyond this are a mistake
 MAX_BACKOFF_MS = 24 * 3600 * 1000
 MAX_TEXT = 4096
+MAX_TRACEBACK = 8192            # bytes of a failed attempt's traceback kept with its event (the tail)
 
 
 def check_int(name: str, value: object, low: int = -SAFE_INT, high: int = SAFE_INT) -> int:
@@ -59,3 +62,12 @@ def clip_text(value: str, max_bytes: int = MAX_TEXT) -> str:
     if len(data) <= max_bytes:
         return value
     return data[: max_bytes - 16].decode("utf-8", "ignore") + " …(clipped)"
+
+
+def tail_text(value: str, max_bytes: int = MAX_TRACEBACK) -> str:
+    """``value``'s last ``max_bytes`` bytes of UTF-8, marked where it was cut (a traceback's end says the most)."""
+    data = value.encode("utf-8", "replace")
+    if len(data) <= max_bytes:
+        return value
+    marker = f"…({len(data) - max_bytes + 64} bytes cut)\n"
+    return marker + data[len(data) - max_bytes + 64:].decode("utf-8", "ignore")

@@ -28,7 +28,7 @@ import anyio
 import msgpack
 
 from lessor.core.ids import check_id, check_worker_namespace, split_action_ref
-from lessor.core.limits import check_int, check_text
+from lessor.core.limits import MAX_TRACEBACK, check_int, check_text
 from lessor.errors import NotDurable, StoreUnavailable
 from lessor.leasing.backend import Backend
 from lessor.leasing.codes import Code, raise_for
@@ -271,10 +271,14 @@ class LeaseClient:
         reply = await self.backend.call("complete", [self.backend.keys(partition).prefix], args)
         return [(int(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
 
-    async def fail(self, lease: Lease, error: str, retryable: bool = True) -> int:
-        """Record a failed attempt; returns when it is ready to retry (server ms, 0 = failed for good)."""
+    async def fail(self, lease: Lease, error: str, retryable: bool = True, traceback: str | None = None) -> int:
+        """Record a failed attempt, with the task's traceback if given (at most MAX_TRACEBACK
+        bytes: clip it with ``limits.tail_text``); returns when it is ready to retry (server
+        ms, 0 = failed for good)."""
         check_text("error", error)
-        reply = await self._call("fail", lease, [error, int(retryable), self._rng.random()])
+        if traceback is not None:
+            check_text("traceback", traceback, MAX_TRACEBACK)
+        reply = await self._call("fail", lease, [error, int(retryable), self._rng.random(), traceback or ""])
         raise_for(int(reply[0]), lease.ref, lease.token, int(reply[1]))
         return int(reply[2])
 

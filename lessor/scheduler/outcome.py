@@ -22,7 +22,7 @@ import enum
 from dataclasses import dataclass
 from typing import Callable, MutableMapping, TypeVar
 
-from lessor.core.limits import clip_text
+from lessor.core.limits import clip_text, tail_text
 from lessor.errors import StaleToken, UnknownAction
 from lessor.leasing.keeper import FenceReason, LeaseKeeper
 from lessor.leasing.outage import is_transient
@@ -42,6 +42,7 @@ class Outcome:
     result: bytes | None = None
     error: str | None = None
     retryable: bool = True
+    traceback: str | None = None   # the task's, when it raised (the report keeps its tail)
 
 
 class Call(str, enum.Enum):
@@ -80,7 +81,7 @@ class Ending:
 @dataclass(frozen=True)
 class Report:
     """The report to make: what it counts as, which fenced write, and that write's arguments
-    after the lease (``complete(lease, result)``, ``fail(lease, error, retryable)``,
+    after the lease (``complete(lease, result)``, ``fail(lease, error, retryable, traceback)``,
     ``release(lease, reason)``)."""
 
     kind: Kind
@@ -106,7 +107,9 @@ def decide_report(ending: Ending) -> Report:
         return Report(Kind.RELEASED, Call.RELEASE, (SHUTDOWN_REASON,))
     if ending.outcome.error is None:
         return Report(Kind.SUCCEEDED, Call.COMPLETE, (ending.outcome.result or b"",))
-    return Report(Kind.FAILED, Call.FAIL, (clip_text(ending.outcome.error), ending.outcome.retryable))
+    tb = ending.outcome.traceback  # its tail: the raising frame and the exception are at the end
+    return Report(Kind.FAILED, Call.FAIL, (clip_text(ending.outcome.error), ending.outcome.retryable)
+                  + ((tail_text(tb),) if tb else ()))
 
 
 def duplicate_lease() -> Report:

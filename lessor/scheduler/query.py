@@ -38,6 +38,7 @@ class ActionInfo:
     sys_left: int
     user_left: int
     aborting: bool
+    traceback: str | None = None   # the last failed attempt's (its tail), if the task raised
 
     @property
     def result(self):
@@ -95,6 +96,7 @@ def action_info(h: dict) -> ActionInfo:
         task=_text(h, "task"), queue=_text(h, "queue"), phase=Phase(_text(h, "phase")),
         attempt=ints["attempt"], token=ints["token"], worker=_text(h, "worker"),
         parent=_text(h, "parent") or None, error=_text(h, "error") or None,
+        traceback=_text(h, "traceback") or None,
         result_bytes=h.get(b"result") or None, deadline_ms=ints["deadline_ms"],
         created_ms=ints["created_ms"], expirations=ints["expirations"], rejected=ints["rejected"],
         sys_left=ints["sys_left"], user_left=ints["user_left"], aborting=h.get(b"aborting") == b"1",

@@ -31,6 +31,7 @@ import re
 import socket
 import tempfile
 import time
+import traceback
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -47,12 +48,13 @@ from lessor.leasing.client import Lease, LeaseClient
 from lessor.leasing.codes import raise_for
 from lessor.leasing.config import LeaseConfig
 from lessor.leasing.keeper import FenceReason, HeldLease, LeaseKeeper
-from lessor.leasing.outage import Outage, is_transient
+from lessor.leasing.outage import Outage, is_transient, keep_running
 from lessor.leasing.housekeeping import Housekeeper
 from lessor.leasing.reaper import Reaper
 from lessor.scheduler.api import CacheKey, lookup_cache
 from lessor.scheduler.outcome import (POLICY, Call, Ending, Outcome, Policy, Report, duplicate_lease, end_attempt,
                                       retry_gap_ms)
+from lessor.scheduler import presence, tasklog
 from lessor.scheduler.query import ActionInfo
 from lessor.scheduler.registry import Registry, TaskContext, UnknownTask, invoke, publish_fence
 from lessor.scheduler.submit import Retries, RunSpec
@@ -325,6 +327,7 @@ class Worker:
                     service.start_soon(self.reaper.run)
                 if self.housekeeper is not None:
                     service.start_soon(self.housekeeper.run)
+                service.start_soon(self._announce)
                 try:
                     task_status.started()
                     await self._acquire_loop()
@@ -336,9 +339,32 @@ class Worker:
                     with anyio.CancelScope(shield=True):
                         await self._end_attempts()
                         await self.client.stop_waiting()
+                        with anyio.move_on_after(2), contextlib.suppress(Exception):
+                            # suppress: a server that is gone keeps the entry, which then ages out (STALE_MS)
+                            await presence.withdraw(self.backend, self.config.worker_id)
                 service.cancel_scope.cancel()
         if self._crashed is not None:
             raise self._crashed
+
+    async def _announce(self) -> None:
+        """Keep this worker's presence entry (host, pid, version, last seen) fresh: `lessor workers`."""
+        me = presence.this_process(self.config.worker_id, self.config.namespace, self.config.queue,
+                                   self.config.concurrency, started_ms=0)
+        first = [True]
+
+        async def step() -> bool:
+            nonlocal me
+            me = await presence.announce(self.backend, me)
+            if first[0]:
+                first[0] = False
+                await presence.forget_stale(self.backend, me.seen_ms)
+            return False
+
+        try:
+            await keep_running(step, presence.ANNOUNCE_MS, self.outage)
+        except Exception as exc:  # safe: presence is for people reading `lessor workers`; nothing decides by it
+            log.warning("worker %s stops announcing itself (`lessor workers` lists it only while it holds "
+                        "leases): %s", self.config.worker_id, exc)
 
     async def _acquire_loop(self) -> None:
         woken: int | None = None   # the partition whose wake-up token this worker just took
@@ -465,26 +491,35 @@ class Worker:
     async def _attempt(self, lease: Lease, scope: anyio.CancelScope, held: HeldLease) -> None:
         """Run the task in ``scope`` (which the keeper cancels when the lease is lost), then report."""
         outcome: Outcome | None = None
+        worker_id = self.config.worker_id
         try:
             if self.on_attempt is not None:
                 self._evidence(lease, "start")
+            tasklog.started(lease, worker_id)
+            began_ms = self.clock.now_ms()
             try:
                 with scope:
                     outcome = await self._run_task(lease, held)
             except asyncio.CancelledError:
                 # Cancelled from outside (the worker is being torn down and its grace is over):
                 # give the lease back so it fails over now, not after ttl + grace.
+                ended = "unsent"
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                    await self._send(lease, self.policy.report(Ending(held.fenced, shutting_down=True)))
+                    ended = await self._send(lease, self.policy.report(Ending(held.fenced, shutting_down=True)))
+                tasklog.ended(lease, worker_id, self.clock.now_ms() - began_ms,
+                              "released" if ended == "committed" else ended)
                 raise
+            ran_ms = self.clock.now_ms() - began_ms
             self.keeper.work_ended(held)
             if self.on_attempt is not None:
                 self._evidence(lease, "end", held, outcome)
+            how = "unsent"  # stays so only if the worker's last 2 s ran out before the report did
             if self._torn_down:  # the worker is going: a report gets 2 s, not the report timeout
                 with anyio.move_on_after(2):
-                    await self._finish(lease, held, outcome)
+                    how = await self._finish(lease, held, outcome)
             else:
-                await self._finish(lease, held, outcome)
+                how = await self._finish(lease, held, outcome)
+            tasklog.ended(lease, worker_id, ran_ms, how, outcome.error if outcome is not None else None)
         finally:
             if end_attempt(self.keeper, self._running, lease.ref, lease.token, lambda entry: entry[0]):
                 self._shutting_down.discard(lease.ref)
@@ -522,7 +557,7 @@ class Worker:
             self.keeper.check_self_fence()
             if held.fenced is not None:  # the process ended itself at the self-fence deadline
                 return None
-            return Outcome(error=f"{type(exc).__name__}: {exc}")
+            return Outcome(error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         try:
             return Outcome(result=pack_value(result))
         except ValueEncodingError as exc:
@@ -558,9 +593,15 @@ class Worker:
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
-    async def _finish(self, lease: Lease, held: HeldLease, outcome: Outcome | None) -> None:
-        """Report how the attempt ended, as the outcome policy decides: commit, fail, release or drop."""
-        await self._send(lease, self.policy.report(Ending(held.fenced, lease.ref in self._shutting_down, outcome)))
+    async def _finish(self, lease: Lease, held: HeldLease, outcome: Outcome | None) -> str:
+        """Report how the attempt ended, as the outcome policy decides: commit, fail, release or drop.
+
+        Returns the outcome the task log shows: the report's kind (succeeded, failed, released,
+        aborted, dropped) once the server confirmed it, else how it ended (refused, unconfirmed, error).
+        """
+        report = self.policy.report(Ending(held.fenced, lease.ref in self._shutting_down, outcome))
+        ended = await self._send(lease, report)
+        return report.kind.value if ended == "committed" else ended
 
     async def _send(self, lease: Lease, report: Report) -> str:
         """Make the fenced write ``report`` names; returns how it ended (see ``_report``, or ``dropped``).

@@ -40,7 +40,19 @@ def load_registry(spec: str) -> Registry:
     return registry
 
 
-def setup_logging() -> None:
+def setup_logging(log_format: str = "text", task_lines: bool = True) -> None:
+    """The worker's log on stdout: rich text lines, or (``json``) one JSON object per line
+    (tasklog.JsonLines); the per-task lines in the same format, written directly (tasklog.write_to)."""
+    from lessor.scheduler import tasklog
+
+    tasklog.write_to(sys.stdout if task_lines else None, log_format)
+    if not task_lines:
+        tasklog.task_log.setLevel(logging.WARNING)
+    if log_format == "json":
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(tasklog.JsonLines())
+        logging.basicConfig(level=logging.INFO, handlers=[handler])
+        return
     from rich.logging import RichHandler
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", datefmt="[%X]",
@@ -82,7 +94,7 @@ async def serve(args: argparse.Namespace, registry: Registry) -> dict:
 
 def run_worker(args: argparse.Namespace) -> int:
     """Entry of `lessor worker`."""
-    setup_logging()
+    setup_logging(getattr(args, "log_format", "text"), not getattr(args, "no_task_log", False))
     telemetry.setup(args.otel)
     registry = load_registry(args.app)
     options = {}

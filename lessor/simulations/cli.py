@@ -28,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="every plan uses this durability mode (default memory; with --store-faults drawn per plan)")
     p.add_argument("--shrink-runs", type=int, default=300, help="plans run while shrinking a failure (default 300)")
     p.add_argument("--save", metavar="PATH", help="where to save a failing plan (default lessor-plan-SEED.json)")
+    p.add_argument("--save-plan", metavar="PATH",
+                   help="always write the plan it ran here: the shrunk failing plan after a violation, else the "
+                        "last plan explored (with --examples 1, the one plan); replay it with --replay PATH")
     p.add_argument("--replay", metavar="PLAN_JSON", help="run this plan once, exactly, and check it")
     p.add_argument("--timeline", metavar="SVG", help="with --replay: draw the run's timeline")
     p.add_argument("--redis-url", metavar="URL", help="server to use (default: a private embedded one, "
@@ -87,8 +90,10 @@ def run_explore(args: argparse.Namespace, breakage: Breakage = Breakage(),
     with Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[note]}"), console=console, disable=args.json) as progress:
         task = progress.add_task("sim", total=args.examples, note="")
+        last: list[Outcome] = []
 
         def on_example(found: Exploration, outcome: Outcome) -> None:
+            last[:] = [outcome]
             progress.update(task, completed=found.examples,
                             note="" if outcome.verdict.ok else "violation found: shrinking…")
 
@@ -97,6 +102,16 @@ def run_explore(args: argparse.Namespace, breakage: Breakage = Breakage(),
                         max_runs=max(1, args.actions), max_faults=max(0, args.faults),
                         store_faults=getattr(args, "store_faults", False), durability=getattr(args, "durability", None))
     rows = summary_rows(found)
+    save_plan = getattr(args, "save_plan", None)
+    if save_plan:
+        ran = found.shrunk or (last[0] if last else None)
+        if ran is not None:  # hypothesis always runs at least one example; guard anyway
+            with open(save_plan, "w") as f:
+                f.write(ran.plan.to_json())
+            Console(stderr=True).print(f"plan written to {save_plan} ("
+                                       + ("the shrunk failing plan" if found.shrunk else "the last plan explored")
+                                       + f"); replay it exactly with: {replay_command} --replay {save_plan}",
+                                       markup=False, highlight=False, soft_wrap=True)
     if args.json:
         print(json.dumps(rows | ({"shrunk_plan": json.loads(found.shrunk.plan.to_json()),
                                   "violations": [str(v) for v in found.shrunk.verdict.violations]}
@@ -104,7 +119,7 @@ def run_explore(args: argparse.Namespace, breakage: Breakage = Breakage(),
     else:
         print_summary(console, rows)
     if found.shrunk:
-        path = args.save or f"lessor-plan-{args.seed if args.seed is not None else 'random'}.json"
+        path = save_plan or args.save or f"lessor-plan-{args.seed if args.seed is not None else 'random'}.json"
         report_failure(Console(stderr=True) if args.json else console, found.shrunk, path, replay_command)
         return 1
     return 0

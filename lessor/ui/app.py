@@ -34,12 +34,11 @@ from lessor.errors import LessorError, ServerError, StoreUnavailable, UnknownAct
 from lessor.scheduler.api import DEFAULT_NAMESPACE, Client
 from lessor.scheduler.control import UnknownRun
 from lessor.scheduler.query import ActionNode
-from lessor.ui import chart, pages, reads, stream, timeline
+from lessor.ui import chart, fleet, pages, reads, stream, timeline
 
 RELATIVE = re.compile(r"^(\d{1,6})(m|h|d)$")
 UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000}
 TAIL_BACKLOG = 50        # events shown on the tail page from before it opened (per partition, newest)
-RATE_WINDOW_MS = 60_000  # leases/s on the queues page: over the last minute of the activity read
 
 
 class Dashboard:
@@ -106,26 +105,14 @@ class Dashboard:
         return self.html(pages.action_page(a, children, tl, mine, window, svg, now_ms, **self.chrome()))
 
     async def workers(self, request: Request) -> Response:
-        live = await reads.live_leases(self.backend)
-        return self.html(pages.workers_page(live, namespace=self.ns(request), **self.chrome()))
+        found = await fleet.workers(self.backend)
+        return self.html(pages.workers_page(found, namespace=self.ns(request), **self.chrome()))
 
     async def queues(self, request: Request) -> Response:
         ns = self.ns(request)
         typed = {q.strip() for q in (request.query_params.get("queues") or "").split(",") if q.strip()}
-        for q in typed:
-            check_id("queue", q)
-        live = await reads.live_leases(self.backend)
-        from_runs = await reads.recent_queues(self.backend, ns)
-        leased_queues = {lease.queue for lease in live.leases if lease.ref.startswith(ns + "/")}
-        rows = await reads.queue_stats(self.backend, ns, from_runs | leased_queues | typed)
-        now_ms = await reads.server_ms(self.backend)
-        recent = await reads.recent_events(self.backend, types=("action_leased",), since_ms=now_ms - RATE_WINDOW_MS)
-        rates = await _lease_rates(self.backend, ns, recent)
-        found = (f"{len(from_runs)} named by the namespace's newest runs (50 per partition), "
-                 f"{len(leased_queues - from_runs)} more by live leases, {len(typed)} typed in; "
-                 "no SCAN of the keyspace")
-        return self.html(pages.queues_page(ns, rows, rates, live, await reads.delayed_count(self.backend), found,
-                                           ", ".join(sorted(typed)), RATE_WINDOW_MS / 1000, **self.chrome()))
+        found = await fleet.queues(self.backend, ns, typed)
+        return self.html(pages.queues_page(found, ", ".join(sorted(typed)), **self.chrome()))
 
     async def activity(self, request: Request) -> Response:
         recent = await reads.recent_events(self.backend, types=chart.TYPES)
@@ -234,25 +221,6 @@ def _iso_ms(text: str) -> int:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.timezone.utc)
     return int(when.timestamp() * 1000)
-
-
-async def _lease_rates(backend, ns: str, recent: reads.RecentEvents) -> dict[str, float]:
-    """Leases per second per queue over the last RATE_WINDOW_MS (or the part of it the read covers)."""
-    from lessor.core.events import ActionLeased
-
-    start = max(recent.now_ms - RATE_WINDOW_MS, recent.since_ms or 0)
-    leased = [e for e in recent.events if isinstance(e, ActionLeased) and e.ns == ns and e.ts >= start]
-    refs = sorted({f"{e.ns}/{e.run}/{e.action}" for e in leased})
-    pipe = backend.redis.pipeline(transaction=False)
-    for ref in refs:
-        pipe.hget(backend.keys_for_ref(ref).action(ref), "queue")
-    queue_of = {ref: (q or b"?").decode() for ref, q in zip(refs, await pipe.execute() if refs else [])}
-    seconds = max((recent.now_ms - start) / 1000, 1)
-    rates: dict[str, float] = {}
-    for e in leased:
-        q = queue_of[f"{e.ns}/{e.run}/{e.action}"]
-        rates[q] = rates.get(q, 0) + 1 / seconds
-    return rates
 
 
 def _errors(dash: Dashboard):

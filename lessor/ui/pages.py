@@ -12,10 +12,13 @@ from html import escape
 from urllib.parse import quote, urlencode
 
 from lessor.core import events as ev
+from lessor.core.limits import MAX_TRACEBACK
 from lessor.core.phases import Phase
 from lessor.scheduler.query import ActionInfo, ActionNode, RunInfo
 from lessor.ui import chart
-from lessor.ui.reads import LiveLeases, QueueRow, RecentEvents, RunsPage, RunWindow
+from lessor.scheduler.presence import ANNOUNCE_MS, STALE_MS
+from lessor.ui.fleet import Queues, Workers
+from lessor.ui.reads import RecentEvents, RunsPage, RunWindow
 from lessor.ui.timeline import Timeline
 
 ERROR_CUT = 160     # characters of an error shown in a table cell (all of it in its tooltip)
@@ -271,6 +274,15 @@ def _error_item(phase: str, error: str | None) -> str:
     return f"<dt>{label}</dt><dd class=err>{escape(error)}</dd>"
 
 
+def _traceback(a: ActionInfo | None) -> str:
+    """The traceback of the action's last failed attempt (its tail, as the worker stored it), if any."""
+    if a is None or not a.traceback or a.phase == Phase.SUCCEEDED:
+        return ""
+    return (f'<details class="traceback" open><summary>traceback of {escape(a.action_id)} (its last failed '
+            f'attempt; the last {MAX_TRACEBACK // 1024} KiB are kept)</summary>'
+            f'<pre class="mono traceback">{escape(a.traceback)}</pre></details>')
+
+
 def _value(v) -> str:
     try:
         text = json.dumps(v, default=repr)
@@ -291,7 +303,7 @@ def run_page(info: RunInfo, root: ActionNode, window: RunWindow, timeline_svg: s
             f'<dl class="kv"><dt>task</dt><dd>{escape(info.task)}</dd><dt>queue</dt><dd>{escape(info.queue)}</dd>'
             f'<dt>created</dt><dd>{fmt_time(info.created_ms)} ({fmt_age(max(now_ms - info.created_ms, 0))} ago)</dd>'
             f'{"<dt>aborting</dt><dd>yes</dd>" if info.aborting else ""}{result}'
-            f'{_error_item(info.phase, info.error)}</dl>'
+            f'{_error_item(info.phase, info.error)}</dl>{_traceback(info.root)}'
             f'<h2>Actions</h2><table class="tree" id="tree"><thead><tr><th>action</th><th>task</th><th>phase</th>'
             f'<th>attempt</th><th>worker</th><th>token</th><th>expired</th><th>refused</th><th>error</th></tr></thead>'
             f'<tbody>{"".join(_tree_rows(root))}</tbody></table>'
@@ -336,7 +348,7 @@ def action_page(a: ActionInfo, children: list[ActionInfo], tl: Timeline, events:
             f'<dt>retries left</dt><dd>user {a.user_left}, system {a.sys_left}</dd>'
             f'<dt>lease expiries</dt><dd>{a.expirations}</dd><dt>refused reports</dt><dd>{a.rejected}</dd>'
             f'<dt>parent</dt><dd>{parent}</dd><dt>children</dt><dd>{kids}</dd>{result}'
-            f'{_error_item(a.phase, a.error)}</dl>'
+            f'{_error_item(a.phase, a.error)}</dl>{_traceback(a)}'
             f'<h2>Attempts</h2>{_attempts_table(tl, a.action_id)}'
             f'<h2>Lease timeline</h2><div class="svgbox" id="timeline">{timeline_svg}</div>'
             f'{_window_note(window, run_href(a.namespace, a.run_id, a.action_id))}'
@@ -346,33 +358,40 @@ def action_page(a: ActionInfo, children: list[ActionInfo], tl: Timeline, events:
 
 # ---- workers, queues, activity, tail -----------------------------------------------------------
 
-def workers_page(live: LiveLeases, **kw) -> str:
+def workers_page(found: Workers, **kw) -> str:
+    now_ms = found.now_ms
     rows = []
-    for w in live.workers:
+    for w in found.rows:
+        p = w.presence
         tasks = sorted({lease.task for lease in w.leases})
-        overdue = w.overdue(live.now_ms)
+        overdue = w.overdue(now_ms)
         leases = "".join(f'<li><a href="{run_href(*_ref_parts(lease.ref))}">{escape(lease.ref)}</a> token '
                          f'{lease.token} · attempt {lease.attempt} · deadline in '
-                         f'{fmt_age(lease.deadline_ms - live.now_ms) if lease.deadline_ms > live.now_ms else "—"}</li>'
+                         f'{fmt_age(lease.deadline_ms - now_ms) if lease.deadline_ms > now_ms else "—"}</li>'
                          for lease in w.leases[:50])
         rows.append(f'<tr class="worker-row" data-worker="{escape(w.worker)}"><td class="mono">{escape(w.worker)}</td>'
-                    f'<td>{len(w.leases)}</td><td>{fmt_age(max(live.now_ms - w.last_heartbeat_ms, 0))} ago</td>'
+                    f'<td>{escape(p.host) if p else "—"}</td><td>{p.pid if p else "—"}</td>'
+                    f'<td>{escape(p.version) if p else "—"}</td>'
+                    f'<td>{len(w.leases)}</td><td>{fmt_age(max(now_ms - w.last_heartbeat_ms, 0))} ago</td>'
                     f'<td{" class=warn" if overdue else ""}>{overdue}</td><td>{escape(", ".join(tasks[:4]))}</td>'
                     f'<td>{escape(", ".join(sorted({lease.queue for lease in w.leases})))}</td>'
                     f'<td><details><summary>leases</summary><ul>{leases}</ul></details></td></tr>')
-    empty = '<tr><td colspan="7">no worker holds a lease now</td></tr>' if not rows else ""
+    empty = '<tr><td colspan="10">no worker holds a lease or announced itself lately</td></tr>' if not rows else ""
+    live = found.live
     cut = (f'<p class="warn">{live.total} leases are live; this page read {len(live.leases)} of them (the '
            f'oldest grants of each partition): the counts above are of those</p>' if live.truncated else "")
-    body = (f'<h1>Workers</h1><table id="workers"><thead><tr><th>worker id</th><th>leases held</th>'
-            f'<th>last heartbeat</th><th>past deadline</th><th>tasks</th><th>queues</th><th></th></tr></thead>'
+    gone = (f' {found.gone} more announced themselves but have not been seen for over {STALE_MS // 1000} s '
+            f'(stopped without saying so) and hold no lease.' if found.gone else "")
+    body = (f'<h1>Workers</h1><table id="workers"><thead><tr><th>worker id</th><th>host</th><th>pid</th>'
+            f'<th>version</th><th>leases held</th><th>last heartbeat</th><th>past deadline</th><th>tasks</th>'
+            f'<th>queues</th><th></th></tr></thead>'
             f'<tbody>{"".join(rows)}{empty}</tbody></table>{cut}'
-            f'<p class="note">Derived from the lease index (<code>LEASES</code>, one sorted set per partition) and '
-            f'the held actions\' hashes. The last heartbeat is the latest grant or renewal over a worker\'s leases '
-            f'(a renewal sets <code>deadline = now + ttl</code>, so it is <code>deadline_ms − ttl_ms</code>); '
-            f'"past deadline" counts leases inside their grace window or awaiting the reaper. '
-            f'<b>Host and version are not shown: the server does not store them</b> (a worker\'s id defaults to '
-            f'<code>w-&lt;host&gt;-&lt;pid&gt;</code>). The server keeps no registry of workers, so a worker that '
-            f'holds no lease right now does not appear. Server time {fmt_time(live.now_ms)}.</p>')
+            f'<p class="note">From the lease index (<code>LEASES</code>, one sorted set per partition) and the held '
+            f'actions\' hashes, joined with each worker\'s presence entry (<code>WORKERS</code>: host, pid, version, '
+            f'rewritten every {ANNOUNCE_MS // 1000} s and deleted on a clean stop). The last heartbeat is the later '
+            f'of the latest grant or renewal over a worker\'s leases (<code>deadline_ms − ttl_ms</code>) and its '
+            f'latest announcement; "past deadline" counts leases inside their grace window or awaiting the '
+            f'reaper.{gone} Same as <code>lessor workers</code>. Server time {fmt_time(now_ms)}.</p>')
     return layout("Workers", "workers", body, **kw)
 
 
@@ -381,22 +400,18 @@ def _ref_parts(ref: str) -> tuple[str, str, str]:
     return f"{parts[0]}/{parts[1]}", parts[2], parts[3]
 
 
-def queues_page(namespace: str, rows: list[QueueRow], rates: dict[str, float], live: LiveLeases,
-                delayed: int, found: str, queue_text: str, window_s: float, **kw) -> str:
-    leased: dict[str, int] = {}
-    for lease in live.leases:
-        if lease.ref.startswith(namespace + "/"):
-            leased[lease.queue] = leased.get(lease.queue, 0) + 1
-    now_ms = live.now_ms
+def queues_page(found: Queues, queue_text: str, **kw) -> str:
+    namespace, now_ms, window_s, live = found.namespace, found.now_ms, found.window_s, found.live
     lines = []
-    for q in rows:
+    for v in found.rows:
+        q = v.row
         head = (f'<a href="{run_href(*_ref_parts(q.head_ref))}">{escape(q.head_ref.split("/", 2)[2])}</a>'
                 if q.head_ref else "—")
         wait = fmt_age(max(now_ms - q.head_created_ms, 0)) if q.head_created_ms else "—"
         lines.append(f'<tr class="queue-row" data-queue="{escape(q.queue)}"><td>{escape(q.queue)}</td>'
                      f'<td class="depth">{q.depth}</td><td>{head}</td><td>{wait}</td>'
-                     f'<td>{q.head_attempt or ""}</td><td>{leased.get(q.queue, 0)}</td>'
-                     f'<td>{rates.get(q.queue, 0):.2f}</td></tr>')
+                     f'<td>{q.head_attempt or ""}</td><td>{v.leased}</td>'
+                     f'<td>{v.per_s:.2f}</td></tr>')
     empty = '<tr><td colspan="7">no queue found</td></tr>' if not lines else ""
     body = (f'<h1>Queues in {escape(namespace)}</h1><form class="filters" method="get" action="/queues">'
             f'<label>namespace<input name="ns" value="{escape(namespace)}" size="22"></label>'
@@ -407,11 +422,11 @@ def queues_page(namespace: str, rows: list[QueueRow], rates: dict[str, float], l
             f'<th>leases/s (last {window_s:.0f} s)</th></tr></thead><tbody>{"".join(lines)}{empty}</tbody></table>'
             f'<p class="note">Depth: <code>ZCARD</code> of the queue\'s key in every partition, summed. The head is '
             f'the action the next acquire takes (top priority, then first in); its age counts from the action\'s '
-            f'creation. {delayed} action(s) wait out a retry backoff (all queues, not counted in depth). '
-            f'Queues found: {escape(found)}. Leases/s: <code>action_leased</code> events in the newest events of '
-            f'each partition (the activity read), over the last {window_s:.0f} s they cover.'
+            f'creation. {found.delayed} action(s) wait out a retry backoff (all queues, not counted in depth). '
+            f'Queues found: {escape(found.found)}. Leases/s: <code>action_leased</code> events in the newest events '
+            f'of each partition (the activity read), over the last {window_s:.0f} s they cover.'
             f'{f" Leased now: of the {len(live.leases)} of {live.total} live leases read." if live.truncated else ""}'
-            f'</p>')
+            f' Same as <code>lessor queues</code>.</p>')
     return layout("Queues", "queues", body, namespace=namespace, **kw)
 
 

@@ -145,8 +145,12 @@ def test_workers_queues_and_activity_pages(stack, browser, shots):
     rows = WebDriverWait(browser, WAIT_S).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.worker-row"))
     holders = {r.get_attribute("data-worker") for r in rows}
     assert holders & {"w-alpha", "w-beta"}  # the long task's lease
-    # Host and version: said to be unknown, not invented.
-    assert "the server does not store them" in browser.find_element(By.TAG_NAME, "main").text
+    # Host, pid and version: from the workers' presence entries (scheduler/presence.py).
+    import socket
+    from importlib.metadata import version
+
+    row = css(browser, f'tr.worker-row[data-worker="{sorted(holders & {"w-alpha", "w-beta"})[0]}"]').text
+    assert socket.gethostname()[:20] in row and version("lessor") in row
     shot(browser, shots, "workers")
 
     browser.get(base + "/queues")

@@ -46,6 +46,9 @@ def test_every_page_answers(stack):
         status, body = get(base + page)
         assert status == 200, (page, body[:500])
     assert story.failed in get(base + "/runs?phase=failed")[1]
+    for page in (f"/runs/{NS}/{story.failed}", f"/runs/{NS}/{story.failed}/a0"):  # the task's traceback, stored
+        body = get(base + page)[1]
+        assert "traceback of a0" in body and "raise ValueError(&quot;bad things&quot;)" in body, page
     assert story.succeeded[0] not in get(base + "/runs?phase=failed")[1]
     assert all(r in get(base + "/runs?phase=queued")[1] for r in story.backlog)
 
