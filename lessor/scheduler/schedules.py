@@ -231,24 +231,54 @@ class Ticker:
         self.ttl_ms, self.grace_ms, self.limit = ttl_ms, grace_ms, limit
         self.tokens: dict[int, int] = {}   # partition -> our ticker token there
 
-    async def run(self, interval_ms: int = 1000, outage=None) -> None:
+    async def run(self, interval_ms: int = 1000, outage=None, *, idle_check_ms: int = 10_000) -> None:
         """Pass after pass, forever (every worker and reaper runs one); store faults are waited
-        out (one log line each way), and a lost ticker lease is simply taken again later."""
+        out (one log line each way), and a lost ticker lease is simply taken again later.
+
+        Cheap where nothing is scheduled: a ticker that holds no ticker lease first asks
+        whether any partition has an active schedule (one ZCARD each), and after a "no" asks
+        again only every ``idle_check_ms``. So an idle fleet sends P commands per 10 s per
+        process, and a schedule created meanwhile starts ticking within ``idle_check_ms``."""
+        if interval_ms <= 0 or idle_check_ms < interval_ms:
+            raise ValueError(f"interval_ms must be > 0 and idle_check_ms >= interval_ms, got {interval_ms} "
+                             f"and {idle_check_ms}")
+        quiet_passes = 0
+
         async def step() -> bool:
+            nonlocal quiet_passes
+            if not self.tokens:
+                if quiet_passes > 0:
+                    quiet_passes -= 1
+                    return False
+                if not await self.anything_scheduled():
+                    quiet_passes = idle_check_ms // interval_ms - 1
+                    return False
             await self.tick_once()
             return False
 
         await keep_running(step, interval_ms, outage or Outage(f"ticker {self.worker_id}", self.backend.url, log=log))
+
+    async def anything_scheduled(self) -> bool:
+        """Whether any partition indexes an active schedule (one pipelined ZCARD per partition)."""
+        pipe = self.backend.redis.pipeline(transaction=False)
+        for keys in self.backend.all_keys():
+            pipe.zcard(keys.named("SCHEDULES"))
+        return any(await pipe.execute())
 
     async def tick_once(self) -> TickResult:
         """One pass: every partition's due schedules (a ticker that holds no lease tries to take it)."""
         result = TickResult()
         now = await server_now_ms(self.backend)
         for partition in range(self.backend.partitions):
-            await self._partition(partition, now, result)
+            args = await self.due(partition, now)
+            if args or self.tokens.get(partition, 0):
+                self.heard(partition, args, await self.send(partition, args), result)
         return result
 
-    async def _partition(self, partition: int, now: int, result: TickResult) -> None:
+    async def due(self, partition: int, now: int) -> list:
+        """What this ticker would send for ``partition`` at ``now``: the tick/skip groups of its due
+        schedules, read from the server (the read and the send are apart: whatever happens in
+        between, a pause or a partition, the fence and the last-tick guard in tick.lua decide)."""
         keys = self.backend.keys(partition)
         refs = await self.backend.redis.zrangebyscore(keys.named("SCHEDULES"), "-inf", now, start=0, num=self.limit)
         args: list = []
@@ -259,11 +289,17 @@ class Ticker:
             if h.get(b"phase") != b"active":
                 continue
             args += self._groups(ns, name, {k.decode(): v.decode(errors="replace") for k, v in h.items()}, now)
-        token = self.tokens.get(partition, 0)
-        if not args and token == 0:
-            return   # nothing due, and no lease to keep
-        code, token, fired, skipped = await self.backend.call(
-            "tick", [keys.prefix], [self.worker_id, token, self.ttl_ms, self.grace_ms, *args])
+        return args
+
+    async def send(self, partition: int, args: list) -> list:
+        """tick.lua on ``partition`` with our token there (0: none) and ``args``; its raw answer."""
+        return await self.backend.call("tick", [self.backend.keys(partition).prefix],
+                                       [self.worker_id, self.tokens.get(partition, 0), self.ttl_ms, self.grace_ms,
+                                        *args])
+
+    def heard(self, partition: int, args: list, answer: list, result: TickResult) -> None:
+        """Take in tick.lua's answer: our token there (kept, or forgotten when refused), and counts."""
+        code, token, fired, skipped = answer
         if code == Code.OK:
             self.tokens[partition] = int(token)
             result.partitions_held += 1

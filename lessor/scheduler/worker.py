@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -55,6 +56,7 @@ from lessor.scheduler.outcome import (POLICY, Call, Ending, Outcome, Policy, Rep
                                       retry_gap_ms)
 from lessor.scheduler.query import ActionInfo
 from lessor.scheduler.registry import Registry, TaskContext, UnknownTask, invoke, publish_fence
+from lessor.scheduler.schedules import Ticker
 from lessor.scheduler.submit import Retries, RunSpec
 from lessor.scheduler.values import ValueEncodingError, pack_value, unpack_value
 from lessor.scheduler.watcher import CompletionWatcher
@@ -274,6 +276,9 @@ class Worker:
         # Reaping workers also keep the store bounded: retention by each namespace's policy
         # (one pass for the whole fleet per interval). Compaction needs an archive: lessor reaper.
         self.housekeeper = Housekeeper(backend, outage=self.outage) if self.config.reap else None
+        # And they run the schedule pass (a Ticker: at most one per partition ticks at a time, under
+        # the ticker lease), so schedules fire while any reaping worker or reaper is alive.
+        self.ticker = Ticker(backend, self.config.worker_id) if self.config.reap else None
         self.watcher: CompletionWatcher | None = None
         # ref -> (token, cancel scope) of every attempt still running here, fenced or not:
         # a fenced attempt that ignores cancellation still occupies a slot.
@@ -325,6 +330,8 @@ class Worker:
                     service.start_soon(self.reaper.run)
                 if self.housekeeper is not None:
                     service.start_soon(self.housekeeper.run)
+                if self.ticker is not None:
+                    service.start_soon(functools.partial(self.ticker.run, outage=self.outage))
                 try:
                     task_status.started()
                     await self._acquire_loop()

@@ -9,7 +9,7 @@ from lessor.leasing.backend import Backend
 from lessor.leasing.replay import verify
 from lessor.simulations.checkers import (
     Violation, abort_respected, durable_acks_survive, expiry_respected, liveness, no_overlap, no_runaway,
-    outcomes_faithful, refusals_recorded, reports_persist, single_owner, tokens_unique,
+    outcomes_faithful, refusals_recorded, reports_persist, single_owner, ticks_exactly_once, tokens_unique,
 )
 from lessor.simulations.simulator import SimResult
 from lessor.simulations.truth import Truth
@@ -55,6 +55,7 @@ async def check_all(result: SimResult, backend: Backend) -> Verdict:
         + reports_persist.check(truth, plan.config.report_timeout_ms)
         + durable_acks_survive.check(pairs, truth)
         + outcomes_faithful.check(pairs, truth.produced)
+        + ticks_exactly_once.check(pairs, truth.ticks_due_by_ms)
         + liveness.check(pairs, truth.submitted, result.quiesced_ms, result.liveness_deadline_ms, lost_runs)
     )
     violations += [Violation("replay_verify", d.key, str(d)) for d in await verify(backend)]
