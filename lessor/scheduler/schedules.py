@@ -235,25 +235,24 @@ class Ticker:
         """Pass after pass, forever (every worker and reaper runs one); store faults are waited
         out (one log line each way), and a lost ticker lease is simply taken again later.
 
-        Cheap where nothing is scheduled: a ticker that holds no ticker lease first asks
-        whether any partition has an active schedule (one ZCARD each), and after a "no" asks
-        again only every ``idle_check_ms``. So an idle fleet sends P commands per 10 s per
-        process, and a schedule created meanwhile starts ticking within ``idle_check_ms``."""
+        Cheap where nothing is scheduled: a ticker that holds no ticker lease asks, once every
+        ``idle_check_ms``, whether any partition has an active schedule (one ZCARD each), and
+        makes passes only while the answer is yes (or while it holds a ticker lease). So an idle
+        process sends P commands per 10 s, and a schedule created meanwhile starts ticking within
+        ``idle_check_ms``."""
         if interval_ms <= 0 or idle_check_ms < interval_ms:
             raise ValueError(f"interval_ms must be > 0 and idle_check_ms >= interval_ms, got {interval_ms} "
                              f"and {idle_check_ms}")
-        quiet_passes = 0
+        every = idle_check_ms // interval_ms
+        passes, next_probe, busy = 0, 0, False
 
         async def step() -> bool:
-            nonlocal quiet_passes
-            if not self.tokens:
-                if quiet_passes > 0:
-                    quiet_passes -= 1
-                    return False
-                if not await self.anything_scheduled():
-                    quiet_passes = idle_check_ms // interval_ms - 1
-                    return False
-            await self.tick_once()
+            nonlocal passes, next_probe, busy
+            passes += 1
+            if not self.tokens and passes >= next_probe:
+                busy, next_probe = await self.anything_scheduled(), passes + every
+            if busy or self.tokens:
+                await self.tick_once()
             return False
 
         await keep_running(step, interval_ms, outage or Outage(f"ticker {self.worker_id}", self.backend.url, log=log))

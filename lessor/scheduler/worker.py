@@ -101,6 +101,9 @@ class WorkerConfig:
     # pass per partition per interval): leases expire as long as any worker is alive.
     reap: bool = True
     reap_interval_ms: int = 500
+    # How often a reaping worker runs the schedule pass (with no schedule anywhere it only looks
+    # every 10 s: see Ticker.run).
+    tick_interval_ms: int = 1000
     # How long a report (complete, fail, release) that gets no answer is sent again with the
     # same token. Not only until the self-fence deadline: the token makes a late report
     # harmless (refused if the lease was reaped meanwhile), and a server that comes back from
@@ -116,9 +119,10 @@ class WorkerConfig:
         check_id("worker", self.worker_id)
         # A blocking read must end well inside the client's 30 s socket timeout.
         if (self.concurrency < 1 or not 0 < self.idle_poll_ms <= 20_000 or self.drain_s < 0
-                or self.reap_interval_ms <= 0 or self.report_timeout_s < 0):
+                or self.reap_interval_ms <= 0 or not 0 < self.tick_interval_ms <= 10_000
+                or self.report_timeout_s < 0):
             raise ValueError("concurrency must be >= 1, 0 < idle_poll_ms <= 20000, drain_s >= 0, "
-                             "reap_interval_ms > 0 and report_timeout_s >= 0")
+                             "reap_interval_ms > 0, 0 < tick_interval_ms <= 10000 and report_timeout_s >= 0")
 
 
 @dataclass(frozen=True)
@@ -331,7 +335,8 @@ class Worker:
                 if self.housekeeper is not None:
                     service.start_soon(self.housekeeper.run)
                 if self.ticker is not None:
-                    service.start_soon(functools.partial(self.ticker.run, outage=self.outage))
+                    service.start_soon(functools.partial(self.ticker.run, self.config.tick_interval_ms,
+                                                         outage=self.outage))
                 try:
                     task_status.started()
                     await self._acquire_loop()
