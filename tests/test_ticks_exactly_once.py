@@ -1,12 +1,18 @@
 """The ticks_exactly_once checker on hand-made logs: each way of breaking the guarantee is named.
 
-(The simulator shows it catching a broken tick.lua: tests/test_simulations.py, tick_unfenced.)
+The simulator, on a plan that pauses the ticker lease holder past its grace, records the deposed
+ticker's write as refused, and catches tick_unfenced on the same plan (the exploration catches
+it too: tests/test_simulations.py).
 """
 
 from __future__ import annotations
 
 from lessor.core import events as ev
+from lessor.simulations.breakage import Breakage, Switch
 from lessor.simulations.checkers import ticks_exactly_once
+from lessor.simulations.checkers.ticks_exactly_once import NAME
+from lessor.simulations.explore import simulation_portal
+from lessor.simulations.plan import Fault, Plan, Submit
 
 NS, MIN = "proj/development", 60_000
 START = 1_767_225_600_000     # 2026-01-01T00:00Z, a whole minute
@@ -54,3 +60,19 @@ def test_each_breach_is_named():
     assert any("never handled" in p for p in problems([created(), ticked(1)], due_by=START + 3 * MIN))
     assert any("no tick then" in p for p in problems([created(), (0, ev.ScheduleTicked(
         ns=NS, schedule="s", run="x", tick_ms=START + 90_000, token=1, worker="a"))]))
+
+
+def holder_paused_plan():
+    """The ticker lease holder (w0 ticks first) paused past its ttl + grace: w1 takes the lease,
+    and w0, resumed, sends a due tick with its old token."""
+    return Plan(seed=1, workers=2, submits=(Submit(0, 10),), faults=(Fault("pause", 2000, worker=0, duration_ms=4000),))
+
+
+def test_in_the_simulator_a_deposed_ticker_is_refused_and_without_the_fence_caught():
+    with simulation_portal() as (run, _):
+        real = run(holder_paused_plan())
+        broken = run(holder_paused_plan(), Breakage(Switch.TICK_UNFENCED))
+    stats = real.result.stats
+    assert real.verdict.ok, [str(v) for v in real.verdict.violations]
+    assert stats["stale_ticks_refused"] > 0 and stats["schedule_ticks"] > 0, stats
+    assert {v.checker for v in broken.verdict.violations} == {NAME}, [str(v) for v in broken.verdict.violations]
