@@ -59,6 +59,10 @@ async def test_submit_run_refuses_bad_values_or_leaves_a_sound_log(backend, task
     await assert_log_is_sound(backend)
 
 
+# Scripts whose subject lives in the partition of a (namespace, id) in their ARGV: (index of namespace, of id).
+# The script trusts KEYS[1] to be that partition (as every lessor client computes it), so the fuzz sends it there.
+HOMED = {"submit": (0, 1), "schedule": (1, 2), "tick": (5, 6)}
+
 # Scripts that also take a batch packed as one msgpack array: (index of its first value, values per item).
 PACKED = {"submit/packed": (0, 14), "complete/packed": (1, 3)}
 
@@ -104,13 +108,16 @@ async def test_raw_script_calls_refuse_bad_argv_or_leave_a_sound_log(backend, sc
     # each value of a valid ARGV is kept (None) or replaced by anything.
     args = [value if new is None else new
             for value, new in zip(templates(lease.ref, lease.token)[script], replace)] + extra
+    name = script.split("/")[0]
+    keys = backend.keys(lease.partition)
+    if name in HOMED:  # a client sends these to the partition of the (namespace, id) they name
+        ns_at, id_at = HOMED[name]
+        home = [v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in (args[ns_at], args[id_at])]
+        keys = backend.keys_for_run(*home)
     if script in PACKED:  # the values of a batch as one msgpack array, the rest as they are
         start, width = PACKED[script]
         args = [*args[:start], msgpack.packb(args[start:start + width], use_bin_type=False), *args[start + width:]]
     try:
-        # A client derives a run's partition from its id; submit goes where r2 lives.
-        name = script.split("/")[0]
-        keys = backend.keys_for_run("proj/development", "r2") if name == "submit" else backend.keys(lease.partition)
         await backend.call(name, [keys.prefix], args)
     except LessorError as exc:
         assert str(exc)

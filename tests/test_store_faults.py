@@ -203,7 +203,9 @@ async def test_a_forced_promotion_loses_no_acknowledged_write_reuses_no_token_an
                 backends.append(Backend(redis=redis_, url=f"redis://127.0.0.1:{proxy.port}",
                                         partitions=await read_partitions(redis_, 4), durability=durability))
             control = backends[0]
-            runs = await submit_naps(control, 14, 1.2, "fo")          # acknowledged: on the replica too
+            # Naps long enough that B still holds leases at the cut on a loaded machine (the filler and
+            # the pause before the failover can take seconds): its leases must then expire.
+            runs = await submit_naps(control, 14, 3.0, "fo")          # acknowledged: on the replica too
             a, b = (RecordingWorker(backends[i], registry, WorkerConfig(
                 queue=QUEUE, namespace=NS, concurrency=3, worker_id=f"w{'ab'[i]}", lease=lease,
                 drain_s=1, reap_interval_ms=100)) for i in range(2))

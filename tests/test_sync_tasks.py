@@ -77,7 +77,9 @@ async def test_an_aborted_or_timed_out_sync_task_has_its_process_killed_and_its_
                                                       lease=LeaseConfig(ttl_ms=1500, grace_ms=500),
                                                       reap_interval_ms=100))
     run = await submit_run(backend, "spin", namespace=NS, queue=QUEUE, inputs=pack_value({"path": path}),
-                           timeout_ms=1500 if stop == "timeout" else 0, retries=Retries(user=0))
+                           # long enough for the task's process to start on a loaded machine (the spawn
+                           # imports lessor: seconds at a load of 15), else it times out before its pid is known
+                           timeout_ms=5000 if stop == "timeout" else 0, retries=Retries(user=0))
     async with anyio.create_task_group() as tg:
         tg.start_soon(worker.run)
         await until(lambda: _exists(path))

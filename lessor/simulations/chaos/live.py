@@ -38,6 +38,7 @@ from lessor.scheduler.control import abort_run
 from lessor.scheduler.launch import worker_command
 from lessor.scheduler.submit import Retries, RunSpec, submit_runs
 from lessor.scheduler.values import pack_value
+from lessor.scheduler.worker import WorkerConfig
 from lessor.server import EmbeddedServer, _die_with_parent
 from lessor.simulations.chaos.app import APP
 from lessor.simulations.chaos.proxy import ChaosProxy
@@ -237,7 +238,10 @@ class Chaos:
             if proc.popen.poll() is not None:
                 self.procs[i] = await self.spawn(i, proc.incarnation + 1, proc.proxy)
         healed = time.monotonic()  # clock: chaos pacing
-        with anyio.move_on_after((TTL_MS + GRACE_MS) / 1000 + 15):
+        # A run finishes within ttl + grace of its last failover, but a wake-up token taken by a
+        # worker that was then paused or killed is found again only by an idle worker's safety
+        # poll (idle_poll_ms): that is part of the liveness bound, plus slack for a loaded machine.
+        with anyio.move_on_after((TTL_MS + GRACE_MS + WorkerConfig.idle_poll_ms) / 1000 + 15):
             while not await _tolerant(self.all_finished(backend)):
                 await anyio.sleep(0.2)
             return time.monotonic() - healed  # clock: chaos pacing
