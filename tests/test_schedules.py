@@ -282,3 +282,32 @@ async def test_a_worker_runs_the_schedule_pass(vbackend):
         worker.stop()
     fired = await logged(b, ev.ScheduleTicked)
     assert [e.worker for e in fired] == ["w-ticks"] * 3 and (await get_schedule(b, "hourly", namespace=NS)).ticks == 3
+
+
+async def test_jitter_delays_each_tick_the_same_for_every_ticker_and_runs_get_the_schedules_retries(vbackend):
+    """jitter_s: a tick fires at its time plus a delay from (schedule, tick) only, within the bound,
+    whichever ticker fires it; it keeps its time and run id. retries: each run's user retries."""
+    from lessor.scheduler.schedules import schedule_run_id, tick_jitter_ms
+    b = vbackend
+    start = ms(2026, 6, 1, 9, 0, tz=ZoneInfo("UTC"))
+    await b.vclock.set(start)
+    await create_schedule(b, "spread", "t", "0 * * * *", namespace=NS, catchup="all", jitter_s=600, retries=2)
+    tick = start + 3_600_000
+    delay = tick_jitter_ms(NS, "spread", tick, 600_000)
+    assert 0 < delay <= 600_000 and delay == tick_jitter_ms(NS, "spread", tick, 600_000)
+    assert (await get_schedule(b, "spread", namespace=NS)).next_due_ms == tick + delay
+    a, c = Ticker(b, "a"), Ticker(b, "c")
+    await b.vclock.set(tick + delay - 1)
+    assert (await a.tick_once()).fired == 0 and (await c.tick_once()).fired == 0   # its time came, its delay not
+    await b.vclock.set(tick + delay)
+    assert sum([(await a.tick_once()).fired, (await c.tick_once()).fired]) == 1
+    [fired] = await logged(b, ev.ScheduleTicked)
+    assert (fired.tick_ms, fired.run) == (tick, schedule_run_id(NS, "spread", tick, b.partitions))
+    [action] = [e for e in await logged(b, ev.ActionCreated) if e.run == fired.run]
+    assert action.user_retries == 2
+    info = await get_schedule(b, "spread", namespace=NS)
+    assert (info.jitter_ms, info.retries) == (600_000, 2)
+    assert info.next_due_ms == tick + 3_600_000 + tick_jitter_ms(NS, "spread", tick + 3_600_000, 600_000)
+    with pytest.raises(ConfigError, match="jitter_s must be within 0..3600"):
+        await create_schedule(b, "x", "t", "0 * * * *", namespace=NS, jitter_s=7200)
+    assert await verify(b) == []
