@@ -254,6 +254,7 @@ class Ticker:
         self.backend, self.worker_id = backend, worker_id
         self.ttl_ms, self.grace_ms, self.limit = ttl_ms, grace_ms, limit
         self.tokens: dict[int, int] = {}   # partition -> our ticker token there
+        self.passes = 0                    # passes run() has made, quiet ones included
 
     async def run(self, interval_ms: int = 1000, outage=None, *, idle_check_ms: int = 10_000) -> None:
         """Pass after pass, forever (every worker and reaper runs one); store faults are waited
@@ -268,16 +269,18 @@ class Ticker:
             raise ValueError(f"interval_ms must be > 0 and idle_check_ms >= interval_ms, got {interval_ms} "
                              f"and {idle_check_ms}")
         every = idle_check_ms // interval_ms
-        passes, next_probe, busy = 0, 0, False
+        next_probe, busy = self.passes, False
 
-        async def step() -> bool:
-            nonlocal passes, next_probe, busy
-            passes += 1
-            if not self.tokens and passes >= next_probe:
-                busy, next_probe = await self.anything_scheduled(), passes + every
+        async def step() -> bool | None:
+            nonlocal next_probe, busy
+            self.passes += 1
+            quiet = True
+            if not self.tokens and self.passes > next_probe:
+                busy, next_probe, quiet = await self.anything_scheduled(), self.passes + every - 1, False
             if busy or self.tokens:
                 await self.tick_once()
-            return False
+                quiet = False
+            return None if quiet else False   # None: nothing was sent (keep_running then tells the outage nothing)
 
         await keep_running(step, interval_ms, outage or Outage(f"ticker {self.worker_id}", self.backend.url, log=log))
 
