@@ -17,6 +17,7 @@ from lessor.scheduler.schedules import (
     ticks_between,
 )
 from tests.test_leasing import NS
+from tests.waiting import until_logged
 
 pytestmark = pytest.mark.anyio
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -215,3 +216,100 @@ def test_the_schedule_commands_end_to_end(flushed):
     assert bad.returncode == 2 and "bad cron expression" in bad.stderr
     assert "deleted" in lessor("schedule", "delete", "nightly", url=flushed, check=True).stdout
     assert lessor("schedule", "delete", "nightly", url=flushed).returncode == 2
+
+
+class CountingOutage:
+    """An Outage stand-in that counts the passes that told it the server answered."""
+
+    def __init__(self) -> None:
+        self.oks = 0
+
+    def ok(self) -> None:
+        self.oks += 1
+
+    def failed(self, exc) -> float:
+        raise exc
+
+
+async def test_an_idle_ticker_only_probes_and_notices_a_new_schedule(vbackend):
+    """With no schedule, a ticker sends one ZCARD per partition every idle_check_ms and makes no
+    pass; its quiet passes tell the outage nothing (a lost server is not reported back by a pass
+    that sent nothing); a schedule created meanwhile is ticked after the next probe. Counted, not timed."""
+    b = vbackend
+    ticker, outage = Ticker(b, "idle"), CountingOutage()
+    probes, passes = [], []
+    probe, tick_once = ticker.anything_scheduled, ticker.tick_once
+
+    async def counted_probe() -> bool:
+        probes.append(ticker.passes)
+        return await probe()
+
+    async def counted_tick():
+        passes.append(ticker.passes)
+        return await tick_once()
+
+    ticker.anything_scheduled, ticker.tick_once = counted_probe, counted_tick
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: ticker.run(2, outage, idle_check_ms=20))
+        with anyio.fail_after(30):
+            while ticker.passes < 40:
+                await anyio.sleep(0.01)
+        assert passes == [] and len(probes) >= 4                 # no pass; a probe every 10 passes:
+        assert [b - a for a, b in zip(probes, probes[1:])] == [10] * (len(probes) - 1)
+        assert outage.oks in (len(probes) - 1, len(probes))      # only the probes reached the server
+        await create_schedule(b, "hourly", "t", "0 * * * *", namespace=NS, catchup="all")
+        await b.vclock.advance(3_600_000)
+        await until_logged(b, lambda: _ticked(b), "the ticker to notice the new schedule", 30)
+        assert passes and passes[0] - probes[-2] <= 10           # within one idle check
+        tg.cancel_scope.cancel()
+
+
+async def _ticked(b) -> bool:
+    return bool(await logged(b, ev.ScheduleTicked))
+
+
+async def test_a_worker_runs_the_schedule_pass(vbackend):
+    """Every reaping Worker ticks schedules (and a non-reaping one does not)."""
+    from lessor.scheduler.registry import Registry
+    from lessor.scheduler.worker import Worker, WorkerConfig
+    b = vbackend
+    await create_schedule(b, "hourly", "t", "0 * * * *", namespace=NS, catchup="all", queue="scheduled")
+    assert Worker(b, Registry(), WorkerConfig(queue="elsewhere", reap=False)).ticker is None
+    worker = Worker(b, Registry(), WorkerConfig(queue="elsewhere", worker_id="w-ticks", tick_interval_ms=10,
+                                                tune_gc=False))
+    async with anyio.create_task_group() as tg:
+        await tg.start(worker.run)
+        await b.vclock.advance(3 * 3_600_000)
+        await until_logged(b, lambda: _ticked(b), "the worker's ticker to fire", 30)
+        worker.stop()
+    fired = await logged(b, ev.ScheduleTicked)
+    assert [e.worker for e in fired] == ["w-ticks"] * 3 and (await get_schedule(b, "hourly", namespace=NS)).ticks == 3
+
+
+async def test_jitter_delays_each_tick_the_same_for_every_ticker_and_runs_get_the_schedules_retries(vbackend):
+    """jitter_s: a tick fires at its time plus a delay from (schedule, tick) only, within the bound,
+    whichever ticker fires it; it keeps its time and run id. retries: each run's user retries."""
+    from lessor.scheduler.schedules import schedule_run_id, tick_jitter_ms
+    b = vbackend
+    start = ms(2026, 6, 1, 9, 0, tz=ZoneInfo("UTC"))
+    await b.vclock.set(start)
+    await create_schedule(b, "spread", "t", "0 * * * *", namespace=NS, catchup="all", jitter_s=600, retries=2)
+    tick = start + 3_600_000
+    delay = tick_jitter_ms(NS, "spread", tick, 600_000)
+    assert 0 < delay <= 600_000 and delay == tick_jitter_ms(NS, "spread", tick, 600_000)
+    assert (await get_schedule(b, "spread", namespace=NS)).next_due_ms == tick + delay
+    a, c = Ticker(b, "a"), Ticker(b, "c")
+    await b.vclock.set(tick + delay - 1)
+    assert (await a.tick_once()).fired == 0 and (await c.tick_once()).fired == 0   # its time came, its delay not
+    await b.vclock.set(tick + delay)
+    assert sum([(await a.tick_once()).fired, (await c.tick_once()).fired]) == 1
+    [fired] = await logged(b, ev.ScheduleTicked)
+    assert (fired.tick_ms, fired.run) == (tick, schedule_run_id(NS, "spread", tick, b.partitions))
+    [action] = [e for e in await logged(b, ev.ActionCreated) if e.run == fired.run]
+    assert action.user_retries == 2
+    info = await get_schedule(b, "spread", namespace=NS)
+    assert (info.jitter_ms, info.retries) == (600_000, 2)
+    assert info.next_due_ms == tick + 3_600_000 + tick_jitter_ms(NS, "spread", tick + 3_600_000, 600_000)
+    with pytest.raises(ConfigError, match="jitter_s must be within 0..3600"):
+        await create_schedule(b, "x", "t", "0 * * * *", namespace=NS, jitter_s=7200)
+    assert await verify(b) == []

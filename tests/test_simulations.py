@@ -80,6 +80,8 @@ SWITCH_CASES = [
     (Switch.RENEW_IGNORES_ABORT, None, {"abort_respected"}),
     # The outcome policy the real Worker shares (tests/test_outcome.py catches it there too).
     (Switch.ERROR_REPORTED_AS_SUCCESS, None, {"outcomes_faithful"}),
+    # Schedules: a tick.lua without its ticker fence and last-tick guard fires ticks twice.
+    (Switch.TICK_UNFENCED, ("pause", "partition"), {"ticks_exactly_once"}),
 ]
 
 

@@ -32,6 +32,10 @@ def add_commands(sub) -> None:
                    help="after downtime: fire all missed ticks, only the latest (default), or none")
     s.add_argument("--misfire-grace-s", type=float, default=60.0,
                    help="with --catchup none: a tick this late still fires (default 60)")
+    s.add_argument("--jitter-s", type=float, default=0.0,
+                   help="each tick fires up to this long after its time, the same delay for every "
+                        "ticker (spreads schedules that share a time; default 0, at most 3600)")
+    s.add_argument("--retries", type=int, default=0, help="user retries of each run a tick starts (default 0)")
     s.set_defaults(handler=cmd_create)
 
     s = verbs.add_parser("list", help="every schedule: phase, last tick, next due")
@@ -59,7 +63,8 @@ def cmd_create(args: argparse.Namespace) -> int:
         async with lessor.connect(url_of(args)) as client:
             return await client.create_schedule(args.name, args.task, args.cron, timezone=args.timezone,
                                                 inputs=inputs, namespace=args.namespace, queue=args.queue,
-                                                catchup=args.catchup, misfire_grace_s=args.misfire_grace_s)
+                                                catchup=args.catchup, misfire_grace_s=args.misfire_grace_s,
+                                                jitter_s=args.jitter_s, retries=args.retries)
 
     created = anyio.run(run)
     print(f"schedule {args.namespace}/{args.name}: {'created' if created else 'exists, unchanged'} "

@@ -276,6 +276,8 @@ class ScheduleCreated(ScheduleEvent):
     start_ms: int                # ticks after this instant fire (the creation time, or later)
     inputs: bytes | None = None
     misfire_grace_ms: int = 60_000
+    jitter_ms: int = 0           # each tick fires up to this much after its time (the same for every ticker)
+    retries: int = 0             # user retries of each run a tick starts
 
 
 @dataclass(frozen=True, kw_only=True)

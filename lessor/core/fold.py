@@ -93,6 +93,8 @@ class ScheduleState:
     start_ms: int = 0
     inputs: bytes | None = None
     misfire_grace_ms: int = 0
+    jitter_ms: int = 0
+    retries: int = 0
     last_tick_ms: int = 0
     last_run: str = ""
     ticks: int = 0

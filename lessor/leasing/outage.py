@@ -142,11 +142,13 @@ class Outage:
 async def keep_running(step, interval_ms: int, outage: Outage | None = None) -> None:
     """Call ``step()`` forever, ``interval_ms`` apart, or again at once when it returns True
     (more is due). Transient store faults are waited out through ``outage`` (one log line
-    each way); anything else, or any fault without an ``outage``, is raised."""
+    each way); anything else, or any fault without an ``outage``, is raised. A step that
+    returns None sent nothing to the server, so it tells the outage nothing (a quiet pass
+    must not report a lost server as back)."""
     while True:
         try:
             more = await step()
-            if outage is not None:
+            if outage is not None and more is not None:
                 outage.ok()
             delay_ms = 0 if more else interval_ms
         except Exception as exc:  # sorted here: transient ones are waited out, the rest are bugs to see

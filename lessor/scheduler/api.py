@@ -209,12 +209,15 @@ class Client:
 
     async def create_schedule(self, name: str, task: str, cron: str, *, timezone: str = "UTC", inputs: Any = None,
                               namespace: str = DEFAULT_NAMESPACE, queue: str = "default", catchup: str = "latest",
-                              misfire_grace_s: float = 60.0) -> bool:
+                              misfire_grace_s: float = 60.0, jitter_s: float = 0.0, retries: int = 0) -> bool:
         """Create a cron schedule of ``task``; True if new, False if the same one existed
-        (ScheduleConflict if another one has the name). Workers and reapers tick it."""
+        (ScheduleConflict if another one has the name). Workers and reapers tick it. Each tick
+        fires up to ``jitter_s`` after its time (the same delay for every ticker); each run
+        gets ``retries`` user retries."""
         return await schedules.create_schedule(self.backend, name, task, cron, timezone=timezone, inputs=inputs,
                                                namespace=namespace, queue=queue, catchup=catchup,
-                                               misfire_grace_s=misfire_grace_s)
+                                               misfire_grace_s=misfire_grace_s, jitter_s=jitter_s,
+                                               retries=retries)
 
     async def pause_schedule(self, name: str, *, namespace: str = DEFAULT_NAMESPACE, reason: str = "") -> bool:
         """Pause a schedule (its ticks during the pause never fire); False if it was paused."""

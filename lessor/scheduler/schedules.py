@@ -17,10 +17,16 @@ Catch-up after downtime (``catchup``):
 * ``latest``: only the most recent missed tick fires; the others are recorded
   as ``schedule_skipped``;
 * ``none``: a tick more than ``misfire_grace_s`` late is skipped; one within it fires.
+
+``jitter_s`` spreads a fleet of schedules that share a cron time: each tick fires up to that
+long after its time, by an amount derived from (schedule, tick) only, so every ticker agrees
+on it; the tick keeps its identity (its time and run id). Each run a tick starts gets the
+schedule's ``retries`` (user retries).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import zlib
 from dataclasses import dataclass
@@ -100,6 +106,14 @@ def schedule_run_id(namespace: str, name: str, tick_ms: int, partitions: int) ->
     raise AssertionError("no run id in the schedule's partition")   # 1 - (1 - 1/P)^(100P): never
 
 
+def tick_jitter_ms(namespace: str, name: str, tick_ms: int, jitter_ms: int) -> int:
+    """How long after its time a tick fires, within 0..jitter_ms: derived from (schedule, tick)
+    only, so every ticker computes the same delay for it."""
+    if jitter_ms <= 0:
+        return 0
+    return zlib.crc32(f"{namespace}/{name}/{tick_ms}".encode()) % (jitter_ms + 1)
+
+
 async def server_now_ms(backend: Backend) -> int:
     """Now on the clock the scripts judge by: the server's TIME, or the simulations' virtual clock."""
     if backend.clock is ClockMode.VIRTUAL:
@@ -120,6 +134,8 @@ class ScheduleInfo:
     timezone: str
     catchup: str
     phase: str
+    jitter_ms: int
+    retries: int
     last_tick_ms: int
     last_run: str
     ticks: int
@@ -129,9 +145,11 @@ class ScheduleInfo:
 
 async def create_schedule(backend: Backend, name: str, task: str, cron: str, *, timezone: str = "UTC",
                           inputs=None, namespace: str, queue: str = "default", catchup: str = "latest",
-                          misfire_grace_s: float = 60.0, start_ms: int | None = None) -> bool:
+                          misfire_grace_s: float = 60.0, start_ms: int | None = None, jitter_s: float = 0.0,
+                          retries: int = 0) -> bool:
     """Create a schedule; True if created now, False if the same one existed (ScheduleConflict
-    if another one has that name). Ticks after ``start_ms`` (default: now) fire."""
+    if another one has that name). Ticks after ``start_ms`` (default: now) fire, each up to
+    ``jitter_s`` late (the same delay for every ticker); each run gets ``retries`` user retries."""
     check_namespace(namespace)
     check_id("schedule name", name)
     check_id("task", task)
@@ -141,12 +159,17 @@ async def create_schedule(backend: Backend, name: str, task: str, cron: str, *, 
         raise ConfigError(f"catchup must be one of {', '.join(CATCHUP)}, got {catchup!r}")
     if not 0 <= misfire_grace_s <= 86_400:
         raise ConfigError(f"misfire_grace_s must be within 0..86400, got {misfire_grace_s!r}")
+    if not 0 <= jitter_s <= 3600:
+        raise ConfigError(f"jitter_s must be within 0..3600, got {jitter_s!r}")
+    if not (isinstance(retries, int) and 0 <= retries <= 100):
+        raise ConfigError(f"retries must be a whole number within 0..100, got {retries!r}")
+    jitter_ms = int(jitter_s * 1000)
     start = start_ms if start_ms is not None else await server_now_ms(backend)
     keys = backend.keys_for_run(namespace, name)
     (code,) = await backend.call("schedule", [keys.prefix], [
         "create", namespace, name, task, queue, cron, timezone, catchup, start,
         pack_value(inputs) if inputs is not None else b"", int(misfire_grace_s * 1000),
-        next_tick(cron, timezone, start)])
+        _jittered(namespace, name, next_tick(cron, timezone, start), jitter_ms), jitter_ms, retries])
     if code == SubmitCode.CONFLICT:
         raise ScheduleConflict(f"schedule {namespace}/{name} exists with another definition: "
                                "delete it first, or choose another name")
@@ -172,7 +195,8 @@ async def resume_schedule(backend: Backend, name: str, *, namespace: str) -> boo
     """Resume from now: the ticks of the pause never fire. False if it was active already."""
     info = await get_schedule(backend, name, namespace=namespace)
     now = await server_now_ms(backend)
-    return await _verb(backend, namespace, name, "resume", now, next_tick(info.cron, info.timezone, now)) == Code.OK
+    first = _jittered(namespace, name, next_tick(info.cron, info.timezone, now), info.jitter_ms)
+    return await _verb(backend, namespace, name, "resume", now, first) == Code.OK
 
 
 async def delete_schedule(backend: Backend, name: str, *, namespace: str) -> None:
@@ -195,7 +219,7 @@ def _info(namespace: str, name: str, h: dict, due) -> ScheduleInfo:
     text = {k.decode(): v.decode(errors="replace") for k, v in h.items() if k != b"inputs"}
     return ScheduleInfo(namespace, name, text.get("task", ""), text.get("queue", ""), text.get("cron", ""),
                         text.get("timezone", ""), text.get("catchup", ""), text.get("phase", ""),
-                        int(text.get("last_tick_ms") or 0), text.get("last_run", ""), int(text.get("ticks") or 0),
+                        int(text.get("jitter_ms") or 0), int(text.get("retries") or 0), int(text.get("last_tick_ms") or 0), text.get("last_run", ""), int(text.get("ticks") or 0),
                         int(text.get("skips") or 0), int(due) if due is not None else None)
 
 
@@ -230,25 +254,57 @@ class Ticker:
         self.backend, self.worker_id = backend, worker_id
         self.ttl_ms, self.grace_ms, self.limit = ttl_ms, grace_ms, limit
         self.tokens: dict[int, int] = {}   # partition -> our ticker token there
+        self.passes = 0                    # passes run() has made, quiet ones included
 
-    async def run(self, interval_ms: int = 1000, outage=None) -> None:
+    async def run(self, interval_ms: int = 1000, outage=None, *, idle_check_ms: int = 10_000) -> None:
         """Pass after pass, forever (every worker and reaper runs one); store faults are waited
-        out (one log line each way), and a lost ticker lease is simply taken again later."""
-        async def step() -> bool:
-            await self.tick_once()
-            return False
+        out (one log line each way), and a lost ticker lease is simply taken again later.
+
+        Cheap where nothing is scheduled: a ticker that holds no ticker lease asks, once every
+        ``idle_check_ms``, whether any partition has an active schedule (one ZCARD each), and
+        makes passes only while the answer is yes (or while it holds a ticker lease). So an idle
+        process sends P commands per 10 s, and a schedule created meanwhile starts ticking within
+        ``idle_check_ms``."""
+        if interval_ms <= 0 or idle_check_ms < interval_ms:
+            raise ValueError(f"interval_ms must be > 0 and idle_check_ms >= interval_ms, got {interval_ms} "
+                             f"and {idle_check_ms}")
+        every = idle_check_ms // interval_ms
+        next_probe, busy = self.passes, False
+
+        async def step() -> bool | None:
+            nonlocal next_probe, busy
+            self.passes += 1
+            quiet = True
+            if not self.tokens and self.passes > next_probe:
+                busy, next_probe, quiet = await self.anything_scheduled(), self.passes + every - 1, False
+            if busy or self.tokens:
+                await self.tick_once()
+                quiet = False
+            return None if quiet else False   # None: nothing was sent (keep_running then tells the outage nothing)
 
         await keep_running(step, interval_ms, outage or Outage(f"ticker {self.worker_id}", self.backend.url, log=log))
+
+    async def anything_scheduled(self) -> bool:
+        """Whether any partition indexes an active schedule (one pipelined ZCARD per partition)."""
+        pipe = self.backend.redis.pipeline(transaction=False)
+        for keys in self.backend.all_keys():
+            pipe.zcard(keys.named("SCHEDULES"))
+        return any(await pipe.execute())
 
     async def tick_once(self) -> TickResult:
         """One pass: every partition's due schedules (a ticker that holds no lease tries to take it)."""
         result = TickResult()
         now = await server_now_ms(self.backend)
         for partition in range(self.backend.partitions):
-            await self._partition(partition, now, result)
+            args = await self.due(partition, now)
+            if args or self.tokens.get(partition, 0):
+                self.heard(partition, args, await self.send(partition, args), result)
         return result
 
-    async def _partition(self, partition: int, now: int, result: TickResult) -> None:
+    async def due(self, partition: int, now: int) -> list:
+        """What this ticker would send for ``partition`` at ``now``: the tick/skip groups of its due
+        schedules, read from the server (the read and the send are apart: whatever happens in
+        between, a pause or a partition, the fence and the last-tick guard in tick.lua decide)."""
         keys = self.backend.keys(partition)
         refs = await self.backend.redis.zrangebyscore(keys.named("SCHEDULES"), "-inf", now, start=0, num=self.limit)
         args: list = []
@@ -259,11 +315,17 @@ class Ticker:
             if h.get(b"phase") != b"active":
                 continue
             args += self._groups(ns, name, {k.decode(): v.decode(errors="replace") for k, v in h.items()}, now)
-        token = self.tokens.get(partition, 0)
-        if not args and token == 0:
-            return   # nothing due, and no lease to keep
-        code, token, fired, skipped = await self.backend.call(
-            "tick", [keys.prefix], [self.worker_id, token, self.ttl_ms, self.grace_ms, *args])
+        return args
+
+    async def send(self, partition: int, args: list) -> list:
+        """tick.lua on ``partition`` with our token there (0: none) and ``args``; its raw answer."""
+        return await self.backend.call("tick", [self.backend.keys(partition).prefix],
+                                       [self.worker_id, self.tokens.get(partition, 0), self.ttl_ms, self.grace_ms,
+                                        *args])
+
+    def heard(self, partition: int, args: list, answer: list, result: TickResult) -> None:
+        """Take in tick.lua's answer: our token there (kept, or forgotten when refused), and counts."""
+        code, token, fired, skipped = answer
         if code == Code.OK:
             self.tokens[partition] = int(token)
             result.partitions_held += 1
@@ -275,26 +337,37 @@ class Ticker:
 
     def _groups(self, ns: str, name: str, h: dict, now: int) -> list:
         """The tick/skip groups of one schedule, by its catch-up policy."""
-        cron, tz = h["cron"], h["timezone"]
+        cron, tz, jitter = h["cron"], h["timezone"], int(h.get("jitter_ms") or 0)
         last = max(int(h.get("last_tick_ms") or 0), int(h.get("start_ms") or 0))
         due = ticks_between(cron, tz, last, now, MAX_TICKS_PER_CALL)
-        if not due:
+        # A tick is ready once its jittered time has come; ticks go in order, so one not ready
+        # holds back those after it (a jitter longer than the cron's period never reorders them).
+        ready = list(itertools.takewhile(lambda t: _jittered(ns, name, t, jitter) <= now, due))
+        if not ready:
             return []
         policy, grace = h.get("catchup", "latest"), int(h.get("misfire_grace_ms") or 0)
         if policy == "latest":
-            fire, skip = due[-1:], due[:-1]
+            fire, skip = ready[-1:], ready[:-1]
         elif policy == "none":
-            fire = [t for t in due if now - t <= grace]
-            skip = [t for t in due if now - t > grace]
+            fire = [t for t in ready if now - _jittered(ns, name, t, jitter) <= grace]
+            skip = [t for t in ready if now - _jittered(ns, name, t, jitter) > grace]
         else:
-            fire, skip = due, []
+            fire, skip = ready, []
         groups: list = []
-        nxt = next_tick(cron, tz, max(due[-1], now) if len(due) < MAX_TICKS_PER_CALL else due[-1])
+        if len(ready) < len(due):
+            nxt = due[len(ready)]
+        else:
+            nxt = next_tick(cron, tz, max(due[-1], now) if len(due) < MAX_TICKS_PER_CALL else due[-1])
+        nxt = _jittered(ns, name, nxt, jitter)
         if skip:   # one event for a run of skipped ticks, ordered before any fired one
             groups += ["skip", ns, name, skip[-1], skip[0], len(skip), nxt]
         for t in fire:
             groups += ["tick", ns, name, t, schedule_run_id(ns, name, t, self.backend.partitions), 1, nxt]
         return groups
+
+
+def _jittered(namespace: str, name: str, tick_ms: int, jitter_ms: int) -> int:
+    return tick_ms + tick_jitter_ms(namespace, name, tick_ms, jitter_ms)
 
 
 def tick_time(ms: int, timezone: str = "UTC") -> str:
@@ -304,4 +377,4 @@ def tick_time(ms: int, timezone: str = "UTC") -> str:
 
 __all__ = ["Ticker", "ScheduleInfo", "ScheduleConflict", "UnknownSchedule", "create_schedule", "pause_schedule",
            "resume_schedule", "delete_schedule", "get_schedule", "list_schedules", "ticks_between", "next_tick",
-           "schedule_run_id"]
+           "schedule_run_id", "tick_jitter_ms"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -57,6 +58,7 @@ from lessor.scheduler.outcome import (POLICY, Call, Ending, Outcome, Policy, Rep
 from lessor.scheduler import presence, tasklog
 from lessor.scheduler.query import ActionInfo
 from lessor.scheduler.registry import Registry, TaskContext, UnknownTask, invoke, publish_fence
+from lessor.scheduler.schedules import Ticker
 from lessor.scheduler.submit import Retries, RunSpec
 from lessor.scheduler.values import ValueEncodingError, pack_value, unpack_value
 from lessor.scheduler.watcher import CompletionWatcher
@@ -101,6 +103,9 @@ class WorkerConfig:
     # pass per partition per interval): leases expire as long as any worker is alive.
     reap: bool = True
     reap_interval_ms: int = 500
+    # How often a reaping worker runs the schedule pass (with no schedule anywhere it only looks
+    # every 10 s: see Ticker.run).
+    tick_interval_ms: int = 1000
     # How long a report (complete, fail, release) that gets no answer is sent again with the
     # same token. Not only until the self-fence deadline: the token makes a late report
     # harmless (refused if the lease was reaped meanwhile), and a server that comes back from
@@ -116,9 +121,10 @@ class WorkerConfig:
         check_id("worker", self.worker_id)
         # A blocking read must end well inside the client's 30 s socket timeout.
         if (self.concurrency < 1 or not 0 < self.idle_poll_ms <= 20_000 or self.drain_s < 0
-                or self.reap_interval_ms <= 0 or self.report_timeout_s < 0):
+                or self.reap_interval_ms <= 0 or not 0 < self.tick_interval_ms <= 10_000
+                or self.report_timeout_s < 0):
             raise ValueError("concurrency must be >= 1, 0 < idle_poll_ms <= 20000, drain_s >= 0, "
-                             "reap_interval_ms > 0 and report_timeout_s >= 0")
+                             "reap_interval_ms > 0, 0 < tick_interval_ms <= 10000 and report_timeout_s >= 0")
 
 
 @dataclass(frozen=True)
@@ -276,6 +282,9 @@ class Worker:
         # Reaping workers also keep the store bounded: retention by each namespace's policy
         # (one pass for the whole fleet per interval). Compaction needs an archive: lessor reaper.
         self.housekeeper = Housekeeper(backend, outage=self.outage) if self.config.reap else None
+        # And they run the schedule pass (a Ticker: at most one per partition ticks at a time, under
+        # the ticker lease), so schedules fire while any reaping worker or reaper is alive.
+        self.ticker = Ticker(backend, self.config.worker_id) if self.config.reap else None
         self.watcher: CompletionWatcher | None = None
         # ref -> (token, cancel scope) of every attempt still running here, fenced or not:
         # a fenced attempt that ignores cancellation still occupies a slot.
@@ -328,6 +337,9 @@ class Worker:
                 if self.housekeeper is not None:
                     service.start_soon(self.housekeeper.run)
                 service.start_soon(self._announce)
+                if self.ticker is not None:
+                    service.start_soon(functools.partial(self.ticker.run, self.config.tick_interval_ms,
+                                                         outage=self.outage))
                 try:
                     task_status.started()
                     await self._acquire_loop()

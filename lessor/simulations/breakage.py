@@ -50,6 +50,8 @@ class Switch(str, enum.Enum):
     RELEASE_ONLY_ON_COMPLETE = "release_only_on_complete"  # a running count is given back on success only
     # The outcome policy, shared by the real Worker and the simulated one:
     ERROR_REPORTED_AS_SUCCESS = "error_reported_as_success"  # a task's error is committed as its result
+    # Schedules:
+    TICK_UNFENCED = "tick_unfenced"                  # tick.lua takes any ticker token and any tick, old or not
 
 
 # script -> [(text, replacement)] per switch
@@ -76,6 +78,12 @@ _PATCHES: dict[Switch, dict[str, list[tuple[str, str]]]] = {
     Switch.TOKEN_EPOCH_RUN_ID_ONLY: {"*": [(
         "        epoch = server_epoch()\n",
         "        epoch = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '?'\n")]},
+    # No fence (a deposed or a second ticker is let through) and no last-tick guard (a tick
+    # computed from a stale read fires again): the two things that make a tick fire once.
+    Switch.TICK_UNFENCED: {"tick": [("if token ~= '0' and token ~= lease.token then", "if false then"),
+                                    ("if token == '0' and not free then", "if false then"),
+                                    ("if h.phase == 'active' and tick_ms > tonumber(h.last_tick_ms) then",
+                                     "if h.phase == 'active' then")]},
 }
 
 

@@ -9,7 +9,8 @@ from lessor.leasing.backend import Backend
 from lessor.leasing.replay import verify
 from lessor.simulations.checkers import (
     Violation, abort_respected, durable_acks_survive, expiry_respected, fair_share, liveness, no_overlap, no_runaway,
-    outcomes_faithful, refusals_recorded, reports_persist, running_released, single_owner, tokens_unique,
+    outcomes_faithful, refusals_recorded, reports_persist, running_released, single_owner, ticks_exactly_once,
+    tokens_unique,
 )
 from lessor.simulations.simulator import SimResult, Simulator
 from lessor.simulations.truth import Truth
@@ -56,6 +57,7 @@ async def check_all(result: SimResult, backend: Backend) -> Verdict:
         + durable_acks_survive.check(pairs, truth)
         + outcomes_faithful.check(pairs, truth.produced)
         + fair_share.check(pairs)   # weights 1; judges queues with two or more namespaces
+        + ticks_exactly_once.check(pairs, truth.ticks_due_by_ms)
         + liveness.check(pairs, truth.submitted, result.quiesced_ms, result.liveness_deadline_ms, lost_runs)
     )
     violations += await running_released.check(backend, Simulator.queue, result.quiesced_ms is not None)

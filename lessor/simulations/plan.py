@@ -98,10 +98,13 @@ class Config:
     report_timeout_ms: int = 2000  # an unanswered report is sent again for this long (WorkerConfig.report_timeout_s
                                    # is 60 s for a 30 s ttl: the same ratio)
     durability: str = "memory"     # the backend's durability mode: memory or fsync (leasing/durability.py)
+    schedules: int = 3             # every-second schedules ticked by the workers (catch-up all, latest, none)
 
     def __post_init__(self) -> None:
         if self.durability not in DURABILITY_MODES:
             raise ValueError(f"durability must be one of {', '.join(DURABILITY_MODES)}, got {self.durability!r}")
+        if not 0 <= self.schedules <= 3:
+            raise ValueError(f"schedules must be within 0..3 (one per catch-up policy), got {self.schedules}")
         if self.worker_reap_ms <= 0 or self.report_timeout_ms < 0:
             raise ValueError(f"worker_reap_ms must be > 0 and report_timeout_ms >= 0, got {self.worker_reap_ms} "
                              f"and {self.report_timeout_ms}")

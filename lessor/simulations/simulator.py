@@ -37,6 +37,7 @@ from lessor.leasing.reaper import Reaper
 from lessor.leasing.scripts import VIRTUAL_CLOCK_KEY
 from lessor.scheduler.control import UnknownRun, abort_run
 from lessor.scheduler.outcome import POLICY, Outcome, Policy
+from lessor.scheduler.schedules import Ticker, create_schedule
 from lessor.scheduler.submit import Retries, RunSpec, submit_runs
 from lessor.simulations.network import FaultSchedule, InjectedErrors
 from lessor.simulations.plan import Fault, Plan
@@ -44,6 +45,8 @@ from lessor.simulations.simworker import SimWorker
 from lessor.simulations.truth import DataLoss, Execution, Grant, Report, ReportChain, Truth
 
 SERVER_EPOCH_MS = 1_000_000_000  # the virtual server clock at t = 0
+SCHEDULE_QUEUE = "sim-schedules"   # where scheduled runs wait (no simulated worker takes from it)
+CATCHUP_ORDER = ("all", "latest", "none")
 
 
 def liveness_bound_ms(plan: Plan) -> int:
@@ -325,9 +328,16 @@ class Simulator:
                 await w.reap()
                 self.at(self.now_ms + int(cfg.worker_reap_ms / max(w.clock.rate, 1e-3)), reap, w)
 
+        async def tick_schedules() -> None:
+            if self.now_ms < self.end_ms:
+                await w.tick_schedules()
+                self.at(self.now_ms + int(cfg.worker_reap_ms / max(w.clock.rate, 1e-3)), tick_schedules, w)
+
         self.at(self.now_ms + cfg.heartbeat_ms, heartbeat, w)
         self.at(self.now_ms, poll, w)
         self.at(self.now_ms + cfg.worker_reap_ms, reap, w)
+        if cfg.schedules:
+            self.at(self.now_ms + cfg.worker_reap_ms // 2, tick_schedules, w)
 
     def _new_worker(self, index: int, incarnation: int) -> SimWorker:
         w = SimWorker(self, index, incarnation, self.keeper_cls)
@@ -540,8 +550,32 @@ class Simulator:
         if self.disk is not None:
             self.disk.record(0, 0)
 
+    async def _create_schedules(self) -> None:
+        """The plan's schedules: every second, one per catch-up policy, from t = 0. Their runs go
+        to a queue no simulated worker takes from: what is checked is the ticking."""
+        await self.sync_clock()
+        for catchup in CATCHUP_ORDER[:self.plan.config.schedules]:
+            await create_schedule(self.backend, f"every-second-{catchup}", "scheduled", "* * * * * *",
+                                  namespace=self.namespace, queue=SCHEDULE_QUEUE, catchup=catchup,
+                                  misfire_grace_s=1, start_ms=self.server_ms())
+
+    async def _final_ticks(self) -> None:
+        """After the run, one fault-free schedule pass once every ticker lease has run out, so every
+        tick due by then must be handled: a tick lost on the way (not only doubled) is caught too."""
+        cfg = self.plan.config
+        if not cfg.schedules:
+            return
+        self._clock_set = self.server_ms() + cfg.ttl_ms + cfg.grace_ms + 1
+        await self.backend.redis.set(VIRTUAL_CLOCK_KEY, self._clock_set)
+        ticker = Ticker(self.backend, "final-ticker", ttl_ms=cfg.ttl_ms, grace_ms=cfg.grace_ms)
+        for _ in range(10):   # at most MAX_TICKS_PER_CALL per schedule and call
+            if (await ticker.tick_once()).fired == 0:
+                break
+        self.truth.ticks_due_by_ms = self._clock_set
+
     async def _run(self) -> SimResult:
         deadline = self.end_ms
+        await self._create_schedules()
         for i, s in enumerate(self.plan.submits):
             self.at(s.at_ms, lambda i=i: self._submit(i))
         for a in self.plan.aborts:
@@ -562,6 +596,7 @@ class Simulator:
                 if attempt.segment is not None:
                     w.suspend_attempt(attempt, "end of simulation")
         self.truth.end_ms = self.now_ms
+        await self._final_ticks()
         entries = await EventLog(self.backend).read_all()
         raw = []
         for p in range(self.backend.partitions):
@@ -598,4 +633,7 @@ def summarize(entries: list[LogEntry], truth: Truth) -> dict[str, int]:
         "data_losses": len(truth.data_loss),
         "report_retries": sum(max(0, c.tries - 1) for c in truth.chains),
         "unconfirmed_reports": sum(1 for c in truth.chains if c.outcome == "unconfirmed"),
+        "schedule_ticks": count(ev.ScheduleTicked),
+        "schedule_ticks_skipped": sum(e.event.count for e in entries if isinstance(e.event, ev.ScheduleSkipped)),
+        "stale_ticks_refused": count(ev.ScheduleTickRejected),
     }

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol
 
 from lessor.core.clock import ManualClock
-from lessor.errors import StaleToken, UnknownAction
+from lessor.errors import StaleToken, StoreUnavailable, UnknownAction
 from lessor.leasing.backend import Backend
 from lessor.leasing.client import Lease, LeaseClient
 from lessor.leasing.codes import Code
@@ -39,6 +39,7 @@ from lessor.leasing.outage import Backoff, Outage, is_transient
 from lessor.leasing.reaper import Reaper
 from lessor.scheduler import outcome
 from lessor.scheduler.outcome import Call, Ending, Outcome, Policy, duplicate_lease, end_attempt, retry_gap_ms
+from lessor.scheduler.schedules import Ticker, TickResult
 from lessor.simulations.network import FaultSchedule
 from lessor.simulations.plan import Plan
 from lessor.simulations.truth import Execution, Report, ReportChain
@@ -58,6 +59,7 @@ class Simulation(Protocol):
     plan: Plan
     faults: FaultSchedule
     backend: Backend
+    reaper_backend: Backend   # the reapers' (and tickers') connections: store_errors faults fail them
     rng: random.Random
     policy: Policy
     namespace: str
@@ -127,6 +129,9 @@ class SimWorker:
                              backoff=Backoff(rng=random.Random(rng.getrandbits(64))))
         self.reaper = sim.new_reaper(interval_ms=cfg.worker_reap_ms, shared=True, name=f"worker {self.id} reaper",
                                      clock=self.clock)
+        # As Worker: a schedule pass beside the reaper's (on the same connections).
+        self.ticker = Ticker(sim.reaper_backend, self.id, ttl_ms=cfg.ttl_ms, grace_ms=cfg.grace_ms)
+        self.ticking = False
         self.attempts: dict[str, Attempt] = {}
         self.chains: list[ReportChain] = []
         self.alive = True
@@ -214,6 +219,53 @@ class SimWorker:
             self.reaping = False
 
         await self.sim.send(self, self.reaper.reap_once, on_reply)
+
+    async def tick_schedules(self) -> None:
+        """One schedule pass (Worker runs a Ticker), as the real Ticker makes it: a read of what is
+        due, then one tick.lua call per partition with this ticker's token, as separate messages,
+        so a pause, a partition or a lost reply can fall between the read and the write."""
+        if self.ticking:
+            return
+        self.ticking = True
+        partitions = range(self.ticker.backend.partitions)
+
+        async def read():
+            try:
+                now = self.sim.server_ms()
+                return {p: await self.ticker.due(p, now) for p in partitions}
+            except Exception as exc:  # a transient store error is the answer (store_errors); the rest raise
+                if not is_transient(exc):
+                    raise
+                raise StoreUnavailable(f"simulated store error: {exc}") from None
+
+        def on_read(due, error) -> None:
+            sends = {p: args for p, args in (due or {}).items() if args or self.ticker.tokens.get(p, 0)}
+            if not sends:
+                self.ticking = False
+                return
+            left = [len(sends)]
+            for p, args in sends.items():
+                self.sim.at(self.sim.now_ms, lambda p=p, args=args: self._send_ticks(p, args, left), self)
+
+        await self.sim.send(self, read, on_read)
+
+    async def _send_ticks(self, partition: int, args: list, left: list[int]) -> None:
+        async def op():
+            try:
+                return await self.ticker.send(partition, args)
+            except Exception as exc:  # as in read(): transient errors are answers
+                if not is_transient(exc):
+                    raise
+                raise StoreUnavailable(f"simulated store error: {exc}") from None
+
+        def on_reply(answer, error) -> None:
+            if answer is not None:   # a lost answer teaches nothing: the token stays what it was
+                self.ticker.heard(partition, args, answer, TickResult())
+            left[0] -= 1
+            if left[0] == 0:
+                self.ticking = False
+
+        await self.sim.send(self, op, on_reply)
 
     # --- work ------------------------------------------------------------------------------
 

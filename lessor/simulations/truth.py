@@ -118,6 +118,9 @@ class Truth:
     # (action ref, token) -> what that attempt's task itself produced: "result" or "error"
     # (only attempts whose work ran to its end; what the worker then reported is the log's to say).
     produced: dict[tuple[str, int], str] = field(default_factory=dict)
+    # The server time by which every schedule tick must have been handled (fired or skipped):
+    # the simulator's final, fault-free schedule pass ran then (None: no schedules).
+    ticks_due_by_ms: int | None = None
 
     def lost(self, step: int | None) -> DataLoss | None:
         """The data loss that rolled back a write made in ``step`` (None: it survived, or never ran)."""

@@ -4,6 +4,7 @@
   ARGV[1] verb, ARGV[2] namespace, ARGV[3] schedule name, then per verb:
     create: ARGV[4] task  ARGV[5] queue  ARGV[6] cron  ARGV[7] timezone  ARGV[8] catchup (all|latest|none)
             ARGV[9] start_ms  ARGV[10] inputs (bytes, may be "")  ARGV[11] misfire_grace_ms  ARGV[12] first due ms
+            ARGV[13] jitter_ms  ARGV[14] retries (user retries of each run); both "0" if left out
     pause:  ARGV[4] reason
     resume: ARGV[4] from_ms (ticks after it fire again)  ARGV[5] next due ms
     delete: nothing more
@@ -23,7 +24,8 @@ if verb == 'create' then
     bad_text('timezone', ARGV[7], 64),
     (ARGV[8] ~= 'all' and ARGV[8] ~= 'latest' and ARGV[8] ~= 'none') and 'catchup must be all, latest or none',
     bad_int('start_ms', ARGV[9], 0, SAFE_INT), bad_bytes('inputs', ARGV[10], 65536),
-    bad_int('misfire_grace_ms', ARGV[11], 0, 86400000), bad_int('first due ms', ARGV[12], 0, SAFE_INT))
+    bad_int('misfire_grace_ms', ARGV[11], 0, 86400000), bad_int('first due ms', ARGV[12], 0, SAFE_INT),
+    bad_int('jitter_ms', ARGV[13] or '0', 0, 3600000), bad_int('retries', ARGV[14] or '0', 0, 100))
 elseif verb == 'pause' then
   err = refuse('schedule', bad_text('reason', ARGV[4], 4096))
 elseif verb == 'resume' then
@@ -33,11 +35,11 @@ if err then return err end
 checked()
 
 local ref = ns .. '/' .. name
-local h = hget(skey(ref), 'phase', 'task', 'queue', 'cron', 'timezone', 'catchup', 'inputs')
+local h = hget(skey(ref), 'phase', 'task', 'queue', 'cron', 'timezone', 'catchup', 'inputs', 'jitter_ms', 'retries')
 if verb == 'create' then
   if h.phase then
     local same = h.task == ARGV[4] and h.queue == ARGV[5] and h.cron == ARGV[6] and h.timezone == ARGV[7]
-      and h.catchup == ARGV[8] and h.inputs == ARGV[10]
+      and h.catchup == ARGV[8] and h.inputs == ARGV[10] and h.jitter_ms == (ARGV[13] or '0') and h.retries == (ARGV[14] or '0')
     if same then redis.call('HINCRBY', skey(ref), '_repeats', 1) return {EXISTED} end
     return {CONFLICT}
   end
@@ -45,7 +47,7 @@ if verb == 'create' then
   if inputs == '' then inputs = nil end
   emit({type = 'schedule_created', ns = ns, schedule = name, task = ARGV[4], queue = ARGV[5], cron = ARGV[6],
     timezone = ARGV[7], catchup = ARGV[8], start_ms = tonumber(ARGV[9]), inputs = inputs,
-    misfire_grace_ms = tonumber(ARGV[11])}, NO_PHASE)
+    misfire_grace_ms = tonumber(ARGV[11]), jitter_ms = tonumber(ARGV[13] or '0'), retries = tonumber(ARGV[14] or '0')}, NO_PHASE)
   redis.call('ZADD', SCHEDULES, tonumber(ARGV[12]), ref)
   return {CREATED}
 end

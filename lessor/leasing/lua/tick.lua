@@ -58,7 +58,7 @@ local fired, skipped = 0, 0
 for i = 5, #ARGV, 7 do
   local kind, ns, name, tick_ms = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
   local ref = ns .. '/' .. name
-  local h = hget(skey(ref), 'phase', 'last_tick_ms', 'task', 'queue', 'inputs')
+  local h = hget(skey(ref), 'phase', 'last_tick_ms', 'task', 'queue', 'inputs', 'retries')
   -- Only an active schedule ticks, and only forward: a tick at or before the last one handled
   -- was fired (or skipped) already.
   if h.phase == 'active' and tick_ms > tonumber(h.last_tick_ms) then
@@ -67,7 +67,7 @@ for i = 5, #ARGV, 7 do
       if redis.call('EXISTS', rkey(ns .. '/' .. run)) == 0 then
         local inputs = h.inputs
         if inputs == '' then inputs = nil end
-        create_run(ns, run, h.task, h.queue, inputs, nil, 3, 0, 1000, 0, 0, nil)
+        create_run(ns, run, h.task, h.queue, inputs, nil, 3, tonumber(h.retries), 1000, 0, 0, nil)   -- the schedule's retries
         enqueue(ns .. '/' .. run .. '/a0', ns, h.queue, 0)
       end
       emit({type = 'schedule_ticked', ns = ns, schedule = name, run = run, tick_ms = tick_ms,
