@@ -236,3 +236,43 @@ async def test_a_primary_killed_mid_run_loses_nothing_and_runs_nothing_twice(clu
     assert [r.phase.value for r in results] == ["succeeded"] * 12      # 0 lost, 0 stuck
     check_log(entries, 12 * 5)                                          # once each, tokens increasing
     assert cluster.primary_ports() and victim.port not in cluster.primary_ports()  # a replica took over
+
+
+async def test_an_idle_worker_on_a_cluster_is_woken_by_every_partition(cluster_url):
+    """The blocking reads outlive the waits: a worker woken by one partition and idle again
+    still watches the others once their reads time out at the server (they are sent again
+    at once). Before, it watched only the partition that woke it until its safety poll:
+    a submit elsewhere waited up to idle_poll_ms (10 s). Asserted without a clock: run B
+    starts from a wake-up, not from a safety poll (the poll here is 20 s away)."""
+    started: dict = {}
+    registry = Registry()
+
+    @registry.task
+    async def mark(ctx) -> None:
+        started[ctx.run_id] = anyio.current_time()
+
+    async with open_backend(cluster_url) as backend:
+        client = Client(backend, None)
+        worker = Worker(backend, registry, WorkerConfig(queue=QUEUE, namespace=NS, worker_id="idle", reap=False,
+                                                        idle_poll_ms=20_000))
+        worker.client.wake_read_s = 3.0   # each partition's BLPOP times out after 3 s and is sent again
+        async with anyio.create_task_group() as tg:
+            client.watcher = type(client.watcher)(backend, tg)
+            tg.start_soon(worker.run)
+            await anyio.sleep(2.0)          # idle since about t0: a read in flight on every partition
+            a = await client.submit_run("mark", {}, queue=QUEUE)
+            with anyio.fail_after(60):
+                await a.wait()              # woken by a's partition at t1 (t0 + 2 s); its read sent anew
+            # The other partitions' first reads time out at t0 + 3 s, a's at t1 + 3 s; submit b
+            # between the two (at about t1 + 2 s), where the old wait watched a's partition only.
+            await anyio.sleep(2.0)
+            b_partition = a_partition = backend.keys_for_run(NS, a.run_id).partition
+            while b_partition == a_partition:
+                b = await client.submit_run("mark", {}, queue=QUEUE)
+                b_partition = backend.keys_for_run(NS, b.run_id).partition
+                sent = anyio.current_time()
+                with anyio.fail_after(60):
+                    await b.wait()
+            tg.cancel_scope.cancel()
+    print(f"submit-to-start on another partition: {(started[b.run_id] - sent) * 1000:.1f} ms")
+    assert worker.client.waits_timed_out == 0   # every run was picked up by a wake-up, none by a safety poll

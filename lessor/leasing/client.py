@@ -72,6 +72,10 @@ class LeaseClient:
         self._reads: dict[str, asyncio.Task] = {}          # a cluster's blocking reads in flight
         self._handing_back: set[asyncio.Task] = set()
         self._waiting = False
+        # A cluster's per-partition blocking reads end after this long without a token and are
+        # sent again (tests shorten it; the safety poll, idle_poll_ms, is separate).
+        self.wake_read_s = 10.0
+        self.waits_timed_out = 0   # waits that ended with no token (the caller then polls every partition)
 
     async def acquire(self, namespace: str, queue: str, n: int = 1) -> list[Lease]:
         """Lease up to ``n`` queued actions of ``queue``, visiting partitions in turn.
@@ -147,24 +151,34 @@ class LeaseClient:
             keys = {self.backend.keys(p).wake(namespace, queue): p for p in range(self.backend.partitions)}
             self._wake_keys[(namespace, queue)] = keys
         if self.backend.cluster:
-            return await self._wait_each(keys, timeout_s)
-        reply = await self.backend.redis.blpop(list(keys), timeout=timeout_s)
-        return None if reply is None else keys[reply[0].decode()]
+            woken = await self._wait_each(keys, timeout_s)
+        else:
+            reply = await self.backend.redis.blpop(list(keys), timeout=timeout_s)
+            woken = None if reply is None else keys[reply[0].decode()]
+        self.waits_timed_out += woken is None
+        return woken
 
     async def _wait_each(self, keys: dict[str, int], timeout_s: float) -> int | None:
         """One BLPOP per partition, kept in flight from one wait to the next rather than
         cancelled when another partition wakes first: a read cancelled while its reply is on
-        the way would lose the token. A token popped while nobody waits is handed back."""
+        the way would lose the token. A token popped while nobody waits is handed back.
+
+        A read that the server timed out (no token within its ``wake_read_s``) is sent again
+        at once, even mid-wait: reads outlive waits, so one wait can outlast the reads it
+        found in flight, and a partition without a read in flight would not wake anyone
+        (before this, a worker woken by one partition left the others unwatched until its
+        safety poll: submits stalled up to 10 s on a cluster)."""
         reads = self._reads
-        for key in keys:
-            if key not in reads:
-                read = asyncio.ensure_future(self.backend.redis.blpop([key], timeout=timeout_s))
-                read.add_done_callback(functools.partial(self._read_done, key))
-                reads[key] = read
+        read_s = min(timeout_s, self.wake_read_s)
         self._waiting = True
         try:
             with anyio.move_on_after(timeout_s):
-                while reads:
+                while True:
+                    for key in keys:
+                        if key not in reads:
+                            read = asyncio.ensure_future(self.backend.redis.blpop([key], timeout=read_s))
+                            read.add_done_callback(functools.partial(self._read_done, key))
+                            reads[key] = read
                     woken, failed = [], None
                     for key, read in list(reads.items()):
                         if read.done():
@@ -181,7 +195,7 @@ class LeaseClient:
                         return keys[woken[0]]
                     if failed is not None:
                         raise failed
-                    if reads:
+                    if all(key in reads for key in keys):   # else a read timed out: send it again first
                         await asyncio.wait(list(reads.values()), return_when=asyncio.FIRST_COMPLETED)
             return None
         finally:
