@@ -16,7 +16,7 @@ Measured in the same run, per durability mode:
 
 ``--idle`` measures an idle worker instead, in the same run for both ways of
 idling: ``block`` (today's: BLPOP on the queue's wake-up lists, a safety poll
-every 10 s) and ``poll`` (the old way, every 100 ms, as the baseline). For each:
+every 30 s) and ``poll`` (the old way, every 100 ms, as the baseline). For each:
 the commands/s one idle worker sends (``INFO commandstats`` delta over
 ``--idle-s``; commands run inside scripts count too, as commandstats counts them),
 without and with its reaper, and the latency from a submit to
@@ -265,7 +265,7 @@ def start_idle_worker(url: str, mode: str, reap: bool) -> subprocess.Popen:
 async def idle_commands(url: str, seconds: float) -> dict:
     """Commands/s the server ran over ``seconds`` (INFO itself left out), in total and by command."""
     async with open_backend(url) as backend:
-        await anyio.sleep(1.0)  # let the worker start and settle into idling
+        await anyio.sleep(3.0)  # let the worker start and settle into idling (its connections' HELLOs not counted)
         before = await command_stats(backend.redis)
         await anyio.sleep(seconds)
         after = await command_stats(backend.redis)

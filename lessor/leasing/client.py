@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import random
 from collections import defaultdict
 from dataclasses import dataclass
@@ -72,8 +73,9 @@ class LeaseClient:
         self._reads: dict[str, asyncio.Task] = {}          # a cluster's blocking reads in flight
         self._handing_back: set[asyncio.Task] = set()
         self._waiting = False
-        # A cluster's per-partition blocking reads end after this long without a token and are
-        # sent again (tests shorten it; the safety poll, idle_poll_ms, is separate).
+        # A blocking read for a wake-up ends after at most this long without a token, well inside
+        # the client's 30 s socket timeout, and is sent again until the wait's own timeout (the
+        # worker's safety poll, idle_poll_ms) is up. Tests shorten it.
         self.wake_read_s = 10.0
         self.waits_timed_out = 0   # waits that ended with no token (the caller then polls every partition)
 
@@ -153,8 +155,13 @@ class LeaseClient:
         if self.backend.cluster:
             woken = await self._wait_each(keys, timeout_s)
         else:
-            reply = await self.backend.redis.blpop(list(keys), timeout=timeout_s)
-            woken = None if reply is None else keys[reply[0].decode()]
+            # Each BLPOP ends inside the client's socket timeout: a long wait is a few reads.
+            woken, reads = None, max(1, math.ceil(timeout_s / self.wake_read_s))
+            for _ in range(reads):
+                reply = await self.backend.redis.blpop(list(keys), timeout=timeout_s / reads)
+                if reply is not None:
+                    woken = keys[reply[0].decode()]
+                    break
         self.waits_timed_out += woken is None
         return woken
 
