@@ -230,14 +230,21 @@ class LeaseClient:
             with anyio.CancelScope(shield=True):
                 await asyncio.gather(*pending, return_exceptions=True)
 
-    async def renew(self, leases: Iterable[Lease]) -> dict[str, Code]:
+    async def renew(self, leases: Iterable[Lease], timeout_s: float | None = None) -> dict[str, Code]:
         """Renew every given lease: one script call per partition, all concurrently.
 
         Returns ref -> Code (OK, RESUMED, ABORTED, STALE, UNKNOWN); leases of a
-        partition whose call failed are missing from it (no answer). Raises the
-        error if no partition answered (the caller counts a failed renewal), and
-        ValueError if two of the leases are of one action (answers are keyed by
-        action; a worker holds at most one lease of an action at a time).
+        partition whose call failed, or did not answer within ``timeout_s``, are
+        missing from it (no answer). Raises the error if no partition answered
+        (the caller counts a failed renewal), and ValueError if two of the leases
+        are of one action (answers are keyed by action; a worker holds at most one
+        lease of an action at a time).
+
+        ``timeout_s`` bounds each partition's call apart, so that one node that does
+        not answer (a primary killed, not yet failed over) costs only its own leases
+        their answer: cancelling the whole call from outside would drop the answers
+        the other nodes gave, and their leases would self-fence for nothing (seen on
+        a 3-primary cluster with one primary killed).
         """
         by_partition: dict[int, list[Lease]] = defaultdict(list)
         seen: set[str] = set()
@@ -251,7 +258,8 @@ class LeaseClient:
 
         async def one(partition: int, group: list[Lease]) -> None:
             try:
-                codes.update(await self.renew_partition(partition, group))
+                with anyio.fail_after(timeout_s):
+                    codes.update(await self.renew_partition(partition, group))
             except Exception as exc:  # this partition's leases get no answer; the others still do
                 errors.append(exc)
 
