@@ -16,7 +16,7 @@ Measured in the same run, per durability mode:
 
 ``--idle`` measures an idle worker instead, in the same run for both ways of
 idling: ``block`` (today's: BLPOP on the queue's wake-up lists, a safety poll
-every 30 s) and ``poll`` (the old way, every 100 ms, as the baseline). For each:
+every 10 s) and ``poll`` (the old way, every 100 ms, as the baseline). For each:
 the commands/s one idle worker sends (``INFO commandstats`` delta over
 ``--idle-s``; commands run inside scripts count too, as commandstats counts them),
 without and with its reaper, and the latency from a submit to

@@ -13,7 +13,7 @@ error; they never crash the worker.
 
 An idle worker does not poll: it blocks (BLPOP) on its queue's wake-up lists,
 where every enqueue leaves a token, and polls every partition only every
-``idle_poll_ms`` (30 s) in case a wake-up was lost.
+``idle_poll_ms`` (10 s) in case a wake-up was lost.
 
 Shutdown (``stop()``): stop acquiring, let running attempts finish within
 ``drain_s``, then cancel the rest and release their leases so they fail over
@@ -96,9 +96,12 @@ class WorkerConfig:
     # polls every partition only every idle_poll_ms, in case a wake-up was lost (a woken
     # worker that died before it acquired). wake=False polls every idle_poll_ms instead, as
     # workers did before the wake-up lists (benchmarks measure the two side by side). The
-    # blocking reads themselves end every 10 s at most (LeaseClient.wake_read_s) and are sent
-    # again: a 30 s poll costs an idle worker 0.4 commands/s on 4 partitions, not 1.2.
-    idle_poll_ms: int = 30_000
+    # blocking reads end every 10 s at most (LeaseClient.wake_read_s) and are sent again, so a
+    # longer poll is possible, but a wake-up is lost whenever the server hands it to a worker
+    # that is paused or dead while blocked (SIGSTOP, kill -9): only the poll then finds a
+    # failover's requeued work. Tried at 30 s (0.4 commands/s instead of 1.2 on 4 partitions):
+    # the demo's SIGSTOPped worker swallowed the failover's wake-up and the demo timed out.
+    idle_poll_ms: int = 10_000
     wake: bool = True
     drain_s: float = 10.0
     # Every worker reaps (through the partitions' pass throttle, so the fleet costs one
