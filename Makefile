@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test mutants fuzz bench bench-tools bench-heartbeat bench-eventlog bench-schedule bench-simulate bench-failover bench-reap-storm explore chaos clean
+.PHONY: demo test mutants fuzz bench bench-tools bench-heartbeat bench-eventlog bench-schedule bench-simulate bench-failover bench-reap-storm bench-capacity bench-cluster bench-idle explore chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,18 @@ bench-simulate: $(STAMP)
 # 100k leases expire at once: the budgeted reaper against the old one (500 a call, no budget), alternating.
 bench-reap-storm: $(STAMP)
 	$(BIN)/lessor bench reap-storm --rounds 3
+
+# The README's sizing figures: memory per live lease and per finished run, event-log bytes per action.
+bench-capacity: $(STAMP)
+	$(BIN)/python -m lessor.benchmarks.capacity --runs 20000
+
+# bench heartbeat and bench schedule on a local 3x2 cluster against one server, alternating, same run.
+bench-cluster: $(STAMP) bench-tools
+	$(BIN)/python -m lessor.benchmarks.versus_cluster --rounds 2
+
+# An idle worker's commands/s with and without its reaper (120 s windows: the reaper sleeps up to 40 s).
+bench-idle: $(STAMP)
+	$(BIN)/lessor bench schedule --idle --idle-s 120
 
 ## the mutation gate: small bugs of our own in the Lua scripts and the keeper; lessor simulate must
 ## catch each within 200 examples on seeds 1 and 2 (prints the catch table and rate; several minutes)

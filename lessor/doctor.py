@@ -176,7 +176,8 @@ async def _topology(redis) -> list[Check]:
     primaries = {n.name for n in redis.get_primaries()}
     covered = sum(1 for slot in range(CLUSTER_SLOTS) if redis.nodes_manager.slots_cache.get(slot))
     checks = [Check("cluster", "ok" if covered == CLUSTER_SLOTS else "fail",
-                    f"{len(primaries)} primaries cover {covered} of {CLUSTER_SLOTS} slots")]
+                    f"{len(primaries)} primaries cover {covered} of {CLUSTER_SLOTS} slots"),
+              await _full_coverage(redis)]
     if stored and (placement or b"") == b"spread":
         per = {name: 0 for name in primaries}
         for tag in spread_tags(int(stored)):
@@ -187,6 +188,21 @@ async def _topology(redis) -> list[Check]:
                             + ", ".join(f"{k} {v}" for k, v in sorted(per.items()))
                             + ("" if spread <= 1 else "; uneven: choose P >= 8 x primaries on a fresh server")))
     return checks
+
+
+async def _full_coverage(redis) -> Check:
+    """cluster-require-full-coverage yes (the default) stops every primary while one shard is
+    down: no lease anywhere is renewed until it has failed over, and leases self-fence."""
+    try:
+        value = config_value(await _cmd(redis, "CONFIG", "GET", "cluster-require-full-coverage"),
+                             "cluster-require-full-coverage")
+    except Exception as exc:  # no +config permission: say what to check by hand
+        return Check("coverage", "warn", f"cannot read cluster-require-full-coverage ({exc}); set it to no")
+    if value == "yes":
+        return Check("coverage", "warn", "cluster-require-full-coverage yes: while one shard fails over every "
+                     "node answers CLUSTERDOWN and no lease anywhere is renewed; lessor's partitions are "
+                     "independent: set it to no on every node")
+    return Check("coverage", "ok", f"cluster-require-full-coverage {value}: a failing shard stops only its partitions")
 
 
 async def _replication(redis, durability: Durability) -> list[Check]:

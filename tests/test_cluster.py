@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections import Counter
 
 import anyio
 import pytest
@@ -21,13 +22,16 @@ from lessor.core.ids import partition_of, slot_of, spread_tags
 from lessor.doctor import run_checks
 from lessor.errors import StoreUnavailable
 from lessor.leasing.backend import open_backend
+from lessor.leasing.client import LeaseClient
+from lessor.leasing.codes import Code
 from lessor.leasing.config import LeaseConfig
 from lessor.leasing.eventlog import EventLog
 from lessor.leasing.replay import verify
 from lessor.scheduler.api import Client
 from lessor.scheduler.query import get_run
 from lessor.scheduler.registry import Registry
-from lessor.scheduler.submit import idempotent_run_id
+from lessor.scheduler.submit import idempotent_run_id, submit_run
+from lessor.scheduler.values import pack_value
 from lessor.scheduler.worker import Worker, WorkerConfig
 from tests.servers import wait_for
 
@@ -206,7 +210,7 @@ async def test_a_partition_slot_migrated_while_workers_run_loses_and_doubles_not
 async def test_a_primary_killed_mid_run_loses_nothing_and_runs_nothing_twice(cluster, cluster_url):
     """durability replicas:1: what a worker heard committed is on a replica when the primary dies."""
     ran: list = []
-    lease = LeaseConfig(ttl_ms=3000, grace_ms=1000)
+    lease = LeaseConfig(ttl_ms=10_000, grace_ms=2000)   # longer than a failover: no attempt self-fences
     async with open_backend(cluster_url, durability="replicas:1") as backend:
         client = Client(backend, None)
         workers = [Worker(backend, fanout_registry(ran), WorkerConfig(queue=QUEUE, namespace=NS, concurrency=8,
@@ -223,9 +227,11 @@ async def test_a_primary_killed_mid_run_loses_nothing_and_runs_nothing_twice(clu
                 while len(ran) < 10:
                     await anyio.sleep(0.05)
             os.kill(victim.pid, signal.SIGKILL)               # kill -9 a primary mid-run
+            killed = anyio.current_time()
             with anyio.fail_after(60):                        # its replica is promoted
                 while victim.port in await anyio.to_thread.run_sync(cluster.primary_ports):
                     await anyio.sleep(0.2)
+            promoted_after_s = anyio.current_time() - killed
             # The promoted shard has no replica left, so replicas:1 writes to it wait (NotDurable)
             # until the dead node is back: restarted, it rejoins as the new primary's replica.
             await anyio.to_thread.run_sync(victim.start)
@@ -233,6 +239,90 @@ async def test_a_primary_killed_mid_run_loses_nothing_and_runs_nothing_twice(clu
                 results = [await run.wait() for run in runs]
             tg.cancel_scope.cancel()
         entries = [e.event for e in await EventLog(backend).read_all()]
+    starts = Counter((run_id, action) for run_id, action, _ in ran)
+    print(f"primary kill: replica promoted {promoted_after_s:.1f} s after the kill; {len(starts)} actions, {sum(n > 1 for n in starts.values())} started again "
+          f"(a lease that expired during the failover: fenced, committed once)")
     assert [r.phase.value for r in results] == ["succeeded"] * 12      # 0 lost, 0 stuck
-    check_log(entries, 12 * 5)                                          # once each, tokens increasing
+    check_log(entries, 12 * 5)                                          # committed once each, tokens increasing
     assert cluster.primary_ports() and victim.port not in cluster.primary_ports()  # a replica took over
+
+
+async def test_an_idle_worker_on_a_cluster_is_woken_by_every_partition(cluster_url):
+    """The blocking reads outlive the waits: a worker woken by one partition and idle again
+    still watches the others once their reads time out at the server (they are sent again
+    at once). Before, it watched only the partition that woke it until its safety poll:
+    a submit elsewhere waited up to idle_poll_ms (10 s). Asserted without a clock: run B
+    starts from a wake-up, not from a safety poll (the poll here is 20 s away)."""
+    started: dict = {}
+    registry = Registry()
+
+    @registry.task
+    async def mark(ctx) -> None:
+        started[ctx.run_id] = anyio.current_time()
+
+    async with open_backend(cluster_url) as backend:
+        client = Client(backend, None)
+        worker = Worker(backend, registry, WorkerConfig(queue=QUEUE, namespace=NS, worker_id="idle", reap=False,
+                                                        idle_poll_ms=20_000))
+        worker.client.wake_read_s = 3.0   # each partition's BLPOP times out after 3 s and is sent again
+        async with anyio.create_task_group() as tg:
+            client.watcher = type(client.watcher)(backend, tg)
+            tg.start_soon(worker.run)
+            await anyio.sleep(2.0)          # idle since about t0: a read in flight on every partition
+            a = await client.submit_run("mark", {}, queue=QUEUE)
+            with anyio.fail_after(60):
+                await a.wait()              # woken by a's partition at t1 (t0 + 2 s); its read sent anew
+            # The other partitions' first reads time out at t0 + 3 s, a's at t1 + 3 s; submit b
+            # between the two (at about t1 + 2 s), where the old wait watched a's partition only.
+            await anyio.sleep(2.0)
+            b_partition = a_partition = backend.keys_for_run(NS, a.run_id).partition
+            while b_partition == a_partition:
+                b = await client.submit_run("mark", {}, queue=QUEUE)
+                b_partition = backend.keys_for_run(NS, b.run_id).partition
+                sent = anyio.current_time()
+                with anyio.fail_after(60):
+                    await b.wait()
+            tg.cancel_scope.cancel()
+    print(f"submit-to-start on another partition: {(started[b.run_id] - sent) * 1000:.1f} ms")
+    assert worker.client.waits_timed_out == 0   # every run was picked up by a wake-up, none by a safety poll
+
+
+async def test_a_silent_primary_costs_only_its_own_leases_their_renewal(cluster, cluster_url):
+    """A primary that does not answer (SIGSTOP, shorter than the node timeout: no failover) holds
+    up only the renewals of its own partitions: each partition's call is bounded apart, so the
+    other primaries' answers are kept. (Bounded from outside as a whole, a heartbeat dropped
+    them all, and leases on healthy primaries self-fenced while one primary failed over.)"""
+    async with open_backend(cluster_url) as backend:
+        client = LeaseClient(backend, "w-silent", LeaseConfig(ttl_ms=30_000, grace_ms=10_000))
+        for i in range(12):
+            await submit_run(backend, "leaf", namespace=NS, queue="silent", run_id=idempotent_run_id(NS, f"s{i}"),
+                             inputs=pack_value({"i": i}))
+        leases = await client.acquire(NS, "silent", 12)
+        owner = {lease.ref: cluster.slot_owner(slot_of(backend.keys(lease.partition).tag)) for lease in leases}
+        silent = sorted(owner.values())[0]
+        assert len(leases) == 12 and len(set(owner.values())) > 1
+        node = cluster.node_on(silent)
+        os.kill(node.pid, signal.SIGSTOP)
+        try:
+            codes = await client.renew(leases, timeout_s=0.5)
+        finally:
+            os.kill(node.pid, signal.SIGCONT)
+        assert codes == {ref: Code.OK for ref, port in owner.items() if port != silent}
+
+
+async def test_doctor_warns_when_one_failing_shard_would_stop_every_partition(cluster):
+    """LocalCluster sets cluster-require-full-coverage no; the default (yes) is named as a warning."""
+    assert {c.name: c for c in await run_checks(cluster.url)}["coverage"].status == "ok"
+    live = [n for n in cluster.nodes if n.poll() is None]
+
+    def set_all(value: str) -> None:
+        for n in live:
+            with redis.Redis(unix_socket_path=n.socket_path) as c:
+                c.config_set("cluster-require-full-coverage", value)
+
+    set_all("yes")
+    try:
+        check = {c.name: c for c in await run_checks(cluster.url)}["coverage"]
+    finally:
+        set_all("no")
+    assert check.status == "warn" and "set it to no" in check.detail

@@ -84,8 +84,9 @@ KEY_FAMILIES = (
 )
 
 #: Keys scripts need before the lazily built library (the renewal hot path, an idle
-#: acquire, a skipped reap pass): generated at the top of the prelude.
-HOT = frozenset({"akey", "qkey", "fair_key", "REAP_DUE"})
+#: acquire, a skipped reap pass, which still answers when the partition's next item
+#: falls due): generated at the top of the prelude.
+HOT = frozenset({"akey", "qkey", "fair_key", "REAP_DUE", "LEASES", "TIMEOUTS", "DELAYED"})
 
 
 def key_name(prefix: str, key: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import random
 from collections import defaultdict
 from dataclasses import dataclass
@@ -72,6 +73,11 @@ class LeaseClient:
         self._reads: dict[str, asyncio.Task] = {}          # a cluster's blocking reads in flight
         self._handing_back: set[asyncio.Task] = set()
         self._waiting = False
+        # A blocking read for a wake-up ends after at most this long without a token, well inside
+        # the client's 30 s socket timeout, and is sent again until the wait's own timeout (the
+        # worker's safety poll, idle_poll_ms) is up. Tests shorten it.
+        self.wake_read_s = 10.0
+        self.waits_timed_out = 0   # waits that ended with no token (the caller then polls every partition)
 
     async def acquire(self, namespace: str, queue: str, n: int = 1) -> list[Lease]:
         """Lease up to ``n`` queued actions of ``queue``, visiting partitions in turn.
@@ -149,24 +155,39 @@ class LeaseClient:
             keys = {self.backend.keys(p).wake(namespace, queue): p for p in range(self.backend.partitions)}
             self._wake_keys[(namespace, queue)] = keys
         if self.backend.cluster:
-            return await self._wait_each(keys, timeout_s)
-        reply = await self.backend.redis.blpop(list(keys), timeout=timeout_s)
-        return None if reply is None else keys[reply[0].decode()]
+            woken = await self._wait_each(keys, timeout_s)
+        else:
+            # Each BLPOP ends inside the client's socket timeout: a long wait is a few reads.
+            woken, reads = None, max(1, math.ceil(timeout_s / self.wake_read_s))
+            for _ in range(reads):
+                reply = await self.backend.redis.blpop(list(keys), timeout=timeout_s / reads)
+                if reply is not None:
+                    woken = keys[reply[0].decode()]
+                    break
+        self.waits_timed_out += woken is None
+        return woken
 
     async def _wait_each(self, keys: dict[str, int], timeout_s: float) -> int | None:
         """One BLPOP per partition, kept in flight from one wait to the next rather than
         cancelled when another partition wakes first: a read cancelled while its reply is on
-        the way would lose the token. A token popped while nobody waits is handed back."""
+        the way would lose the token. A token popped while nobody waits is handed back.
+
+        A read that the server timed out (no token within its ``wake_read_s``) is sent again
+        at once, even mid-wait: reads outlive waits, so one wait can outlast the reads it
+        found in flight, and a partition without a read in flight would not wake anyone
+        (before this, a worker woken by one partition left the others unwatched until its
+        safety poll: submits stalled up to 10 s on a cluster)."""
         reads = self._reads
-        for key in keys:
-            if key not in reads:
-                read = asyncio.ensure_future(self.backend.redis.blpop([key], timeout=timeout_s))
-                read.add_done_callback(functools.partial(self._read_done, key))
-                reads[key] = read
+        read_s = min(timeout_s, self.wake_read_s)
         self._waiting = True
         try:
             with anyio.move_on_after(timeout_s):
-                while reads:
+                while True:
+                    for key in keys:
+                        if key not in reads:
+                            read = asyncio.ensure_future(self.backend.redis.blpop([key], timeout=read_s))
+                            read.add_done_callback(functools.partial(self._read_done, key))
+                            reads[key] = read
                     woken, failed = [], None
                     for key, read in list(reads.items()):
                         if read.done():
@@ -183,7 +204,7 @@ class LeaseClient:
                         return keys[woken[0]]
                     if failed is not None:
                         raise failed
-                    if reads:
+                    if all(key in reads for key in keys):   # else a read timed out: send it again first
                         await asyncio.wait(list(reads.values()), return_when=asyncio.FIRST_COMPLETED)
             return None
         finally:
@@ -211,14 +232,21 @@ class LeaseClient:
             with anyio.CancelScope(shield=True):
                 await asyncio.gather(*pending, return_exceptions=True)
 
-    async def renew(self, leases: Iterable[Lease]) -> dict[str, Code]:
+    async def renew(self, leases: Iterable[Lease], timeout_s: float | None = None) -> dict[str, Code]:
         """Renew every given lease: one script call per partition, all concurrently.
 
         Returns ref -> Code (OK, RESUMED, ABORTED, STALE, UNKNOWN); leases of a
-        partition whose call failed are missing from it (no answer). Raises the
-        error if no partition answered (the caller counts a failed renewal), and
-        ValueError if two of the leases are of one action (answers are keyed by
-        action; a worker holds at most one lease of an action at a time).
+        partition whose call failed, or did not answer within ``timeout_s``, are
+        missing from it (no answer). Raises the error if no partition answered
+        (the caller counts a failed renewal), and ValueError if two of the leases
+        are of one action (answers are keyed by action; a worker holds at most one
+        lease of an action at a time).
+
+        ``timeout_s`` bounds each partition's call apart, so that one node that does
+        not answer (a primary killed, not yet failed over) costs only its own leases
+        their answer: cancelling the whole call from outside would drop the answers
+        the other nodes gave, and their leases would self-fence for nothing (seen on
+        a 3-primary cluster with one primary killed).
         """
         by_partition: dict[int, list[Lease]] = defaultdict(list)
         seen: set[str] = set()
@@ -232,7 +260,8 @@ class LeaseClient:
 
         async def one(partition: int, group: list[Lease]) -> None:
             try:
-                codes.update(await self.renew_partition(partition, group))
+                with anyio.fail_after(timeout_s):
+                    codes.update(await self.renew_partition(partition, group))
             except Exception as exc:  # this partition's leases get no answer; the others still do
                 errors.append(exc)
 

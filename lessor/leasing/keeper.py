@@ -150,9 +150,13 @@ class LeaseKeeper:
         live, sent_ms = self.begin_heartbeat()
         codes = None
         if live:
-            with anyio.move_on_after(self.renew_timeout_ms / 1000):
+            timeout_s = self.renew_timeout_ms / 1000
+            with anyio.move_on_after(timeout_s):
                 try:
-                    codes = await (renew or self.client.renew)([h.lease for h in live])
+                    if renew is None:   # each partition's call bounded apart: a silent node drops only its own
+                        codes = await self.client.renew([h.lease for h in live], timeout_s=0.9 * timeout_s)
+                    else:
+                        codes = await renew([h.lease for h in live])
                     self.outage.ok()
                 except Exception as exc:  # any failure is a failed renewal: self-fencing covers it
                     self.outage.failed(exc)  # one line per outage, not one per heartbeat
@@ -203,8 +207,14 @@ class LeaseKeeper:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watchdog)
             while True:
+                started_ms = self.clock.now_ms()
                 await self.heartbeat()
-                await anyio.sleep(self.config.heartbeat_ms / 1000)
+                # A steady cadence: a heartbeat that waited on a silent node (up to its timeout)
+                # does not push the next one back by as much. Slept after it, the next try came
+                # up to two heartbeats later, and leases granted just before a primary was killed
+                # self-fenced with one renewal tried in their ttl (seen on a 3-primary cluster).
+                elapsed_ms = self.clock.now_ms() - started_ms
+                await anyio.sleep(max(0.0, self.config.heartbeat_ms - elapsed_ms) / 1000)
 
     async def _watchdog(self) -> None:
         while True:

@@ -29,6 +29,7 @@ itself after moving the virtual clock.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -75,11 +76,15 @@ class PassResult:
     failovers: int = 0
     failed: int = 0       # partitions whose call failed in this pass (skipped until the next)
     call_ms: tuple[float, ...] = ()   # server CPU ms of each reap.lua call of the pass, as the script timed it
+    # In how many ms (server clock) the earliest item left in the partitions' indexes falls
+    # due; None if they are all empty (or no call answered).
+    next_due_ms: int | None = None
 
     def __add__(self, r: "PassResult") -> "PassResult":
+        due = [d for d in (self.next_due_ms, r.next_due_ms) if d is not None]
         return PassResult(self.expired + r.expired, self.timed_out + r.timed_out, self.promoted + r.promoted,
                           max(self.lag_ms, r.lag_ms), self.more or r.more, self.failovers + r.failovers,
-                          self.failed + r.failed, self.call_ms + r.call_ms)
+                          self.failed + r.failed, self.call_ms + r.call_ms, min(due, default=None))
 
     @property
     def max_call_ms(self) -> float:
@@ -124,13 +129,28 @@ class Reaper:
     run): one in flight cleared the storm in 0.84 s, one per partition in 1.07 s;
     PING p99 rose ×1.2 against ×2.7. On a Cluster, raise it towards the number of
     primaries so that nodes reap in parallel.
+
+    ``max_sleep_ms``: how long ``run()`` may sleep between passes when nothing is
+    due sooner (None: ``interval_ms``, a pass every interval). Each pass learns
+    from reap.lua when the partitions' earliest item (a lease's expiry, an
+    attempt's timeout, a backoff's end) falls due, and the reaper sleeps until
+    then, at least ``interval_ms`` and at most ``max_sleep_ms``. That is what
+    makes an idle worker's reaper cheap. It stays on time as long as
+    ``max_sleep_ms`` <= the ttl + grace of any lease granted while it sleeps (such
+    a lease falls due no sooner than the next pass, which then sees it) and
+    ``poke()`` is called when something may fall due sooner: a worker pokes its
+    own reaper when it is granted leases (their timeouts) and when an attempt
+    ends (a backoff).
     """
 
     def __init__(self, backend: Backend, *, limit: int = 500, interval_ms: int = 200, max_batches: int = 20,
                  shared: bool = False, name: str = "reaper", clock: MonotonicClock | None = None,
-                 budget_ms: float | None = 2.0, max_in_flight: int | None = 1) -> None:
+                 budget_ms: float | None = 2.0, max_in_flight: int | None = 1,
+                 max_sleep_ms: int | None = None) -> None:
         if limit < 1 or interval_ms <= 0 or max_batches < 1:
             raise ValueError("reaper needs limit >= 1, interval_ms > 0, max_batches >= 1")
+        if max_sleep_ms is not None and max_sleep_ms < interval_ms:
+            raise ValueError(f"reaper needs max_sleep_ms >= interval_ms ({interval_ms}), got {max_sleep_ms}")
         if (budget_ms is not None and not 0 < budget_ms <= 60_000) or (max_in_flight is not None
                                                                        and max_in_flight < 1):
             raise ValueError("reaper needs 0 < budget_ms <= 60000 (or None), max_in_flight >= 1 (or None)")
@@ -150,6 +170,8 @@ class Reaper:
         self._totals = dict(passes=0, expired=0, timed_out=0, promoted=0, max_lag_ms=0, last_lag_ms=0,
                             failed_calls=0, calls=0, max_call_ms=0.0)
         self._last_error: Exception | None = None
+        self.max_sleep_ms = interval_ms if max_sleep_ms is None else max_sleep_ms
+        self._poked = asyncio.Event()   # plain asyncio: made outside a running loop, cleared after each sleep
 
     async def reap_partition(self, partition: int) -> PassResult:
         """One reap.lua call on one partition (StoreUnavailable, NotDurable, ServerRefused pass through)."""
@@ -168,8 +190,10 @@ class Reaper:
             self.durability_outage.ok()
         expired, timed_out, promoted, lag, more, failovers = (int(x) for x in reply[:6])
         call_ms = int(reply[7]) / 1000
+        next_due = int(reply[8])
         telemetry.instruments().reap_call_ms.record(call_ms)
-        return PassResult(expired, timed_out, promoted, lag, bool(more), failovers, call_ms=(call_ms,))
+        return PassResult(expired, timed_out, promoted, lag, bool(more), failovers, call_ms=(call_ms,),
+                          next_due_ms=None if next_due < 0 else next_due)
 
     async def _reap_partition_batches(self, partition: int) -> PassResult:
         total = PassResult()
@@ -227,7 +251,9 @@ class Reaper:
         self._call_ms.extend(r.call_ms)
 
     async def run(self, *, on_pass=None) -> None:
-        """Reap forever, every ``interval_ms`` (sooner while work is left). Cancel to stop.
+        """Reap forever: a pass, then sleep until the next item falls due (at least
+        ``interval_ms``, at most ``max_sleep_ms``; at once while work is left; sooner
+        if poked). Cancel to stop.
 
         Never returns on a store fault: a pass in which every partition failed
         counts as an outage (logged once, with its length when it ends) and the
@@ -243,7 +269,29 @@ class Reaper:
                 continue
             self.outage.ok()
             if not result.more:
-                await anyio.sleep(self.interval_ms / 1000)
+                await self._sleep_ms(self.sleep_ms(result))
+
+    def sleep_ms(self, result: PassResult) -> int:
+        """How long to sleep after ``result`` (its work done): until its next due item,
+        within [interval_ms, max_sleep_ms]; a partition that failed is retried in an interval."""
+        if result.failed:
+            return self.interval_ms
+        due = self.max_sleep_ms if result.next_due_ms is None else result.next_due_ms
+        return max(self.interval_ms, min(due, self.max_sleep_ms))
+
+    async def _sleep_ms(self, ms: int) -> None:
+        # Always a full interval (the throttle's spacing, however often poked); the rest only
+        # until poked.
+        await anyio.sleep(self.interval_ms / 1000)
+        if ms > self.interval_ms and not self._poked.is_set():
+            with anyio.move_on_after((ms - self.interval_ms) / 1000):
+                await self._poked.wait()
+        self._poked.clear()
+
+    def poke(self) -> None:
+        """Something may fall due before the reaper's planned wake-up: make the next pass
+        come an interval after the last one at the latest."""
+        self._poked.set()
 
     def statistics(self) -> ReaperStatistics:
         """Totals since start."""

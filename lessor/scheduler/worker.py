@@ -65,6 +65,10 @@ from lessor.scheduler.watcher import CompletionWatcher
 
 log = logging.getLogger("lessor.worker")
 
+# The cap on an idle worker's reaper sleep (reap_max_sleep_ms=None): the default lease's
+# ttl + grace (40 s) is under it. Each pass costs about 8 commands per partition.
+REAP_MAX_SLEEP_MS = 60_000
+
 
 def _wall_ms() -> int:
     return int(time.time() * 1000)  # clock: evidence timestamps for live chaos, compared with server TIME
@@ -95,7 +99,12 @@ class WorkerConfig:
     # An idle worker blocks on its queue's wake-up lists (every enqueue leaves a token) and
     # polls every partition only every idle_poll_ms, in case a wake-up was lost (a woken
     # worker that died before it acquired). wake=False polls every idle_poll_ms instead, as
-    # workers did before the wake-up lists (benchmarks measure the two side by side).
+    # workers did before the wake-up lists (benchmarks measure the two side by side). The
+    # blocking reads end every 10 s at most (LeaseClient.wake_read_s) and are sent again, so a
+    # longer poll is possible, but a wake-up is lost whenever the server hands it to a worker
+    # that is paused or dead while blocked (SIGSTOP, kill -9): only the poll then finds a
+    # failover's requeued work. Tried at 30 s (0.4 commands/s instead of 1.2 on 4 partitions):
+    # the demo's SIGSTOPped worker swallowed the failover's wake-up and the demo timed out.
     idle_poll_ms: int = 10_000
     wake: bool = True
     drain_s: float = 10.0
@@ -106,6 +115,11 @@ class WorkerConfig:
     # How often a reaping worker runs the schedule pass (with no schedule anywhere it only looks
     # every 10 s: see Ticker.run).
     tick_interval_ms: int = 1000
+    # An idle reaper sleeps until the next item falls due, at most this long (None: the
+    # lease's ttl + grace, capped at REAP_MAX_SLEEP_MS). A lease granted while it sleeps falls
+    # due no sooner than its next pass as long as this is <= that lease's ttl + grace; the
+    # worker pokes its reaper for what it makes due sooner (timeouts, backoffs). See Reaper.
+    reap_max_sleep_ms: int | None = None
     # How long a report (complete, fail, release) that gets no answer is sent again with the
     # same token. Not only until the self-fence deadline: the token makes a late report
     # harmless (refused if the lease was reaped meanwhile), and a server that comes back from
@@ -122,9 +136,17 @@ class WorkerConfig:
         # A blocking read must end well inside the client's 30 s socket timeout.
         if (self.concurrency < 1 or not 0 < self.idle_poll_ms <= 20_000 or self.drain_s < 0
                 or self.reap_interval_ms <= 0 or not 0 < self.tick_interval_ms <= 10_000
-                or self.report_timeout_s < 0):
+                or self.report_timeout_s < 0
+                or (self.reap_max_sleep_ms is not None and self.reap_max_sleep_ms < self.reap_interval_ms)):
             raise ValueError("concurrency must be >= 1, 0 < idle_poll_ms <= 20000, drain_s >= 0, "
-                             "reap_interval_ms > 0, 0 < tick_interval_ms <= 10000 and report_timeout_s >= 0")
+                             "reap_interval_ms > 0, 0 < tick_interval_ms <= 10000, reap_max_sleep_ms >= "
+                             "reap_interval_ms (or None) and report_timeout_s >= 0")
+
+    def reap_max_sleep(self) -> int:
+        """The longest an idle reaper of this worker sleeps (see ``reap_max_sleep_ms``)."""
+        if self.reap_max_sleep_ms is not None:
+            return self.reap_max_sleep_ms
+        return max(self.reap_interval_ms, min(REAP_MAX_SLEEP_MS, self.lease.ttl_ms + self.lease.grace_ms))
 
 
 @dataclass(frozen=True)
@@ -271,7 +293,8 @@ class Worker:
         self.reporter = Reporter(self.client)
         self.outage = Outage(f"worker {self.config.worker_id}", backend.url, clock=self.clock, log=log)
         self.reaper = (Reaper(backend, interval_ms=self.config.reap_interval_ms, shared=True,
-                              name=f"worker {self.config.worker_id} reaper", clock=self.clock)
+                              name=f"worker {self.config.worker_id} reaper", clock=self.clock,
+                              max_sleep_ms=self.config.reap_max_sleep())
                        if self.config.reap else None)
         # One view of the server per worker process: the keeper, the reaper, acquiring and
         # reporting share it, so an outage is one line when lost and one when back, whichever
@@ -445,6 +468,8 @@ class Worker:
                 self._idle_scope = None
 
     def _start(self, leases: list[Lease], sent_ms: float) -> None:
+        if self.reaper is not None:
+            self.reaper.poke()   # the grants may carry timeouts due before the reaper's wake-up
         for lease in leases:
             if lease.ref in self._running:
                 # An earlier attempt of this action is still running here (fenced, not yet
@@ -535,6 +560,8 @@ class Worker:
         finally:
             if end_attempt(self.keeper, self._running, lease.ref, lease.token, lambda entry: entry[0]):
                 self._shutting_down.discard(lease.ref)
+            if self.reaper is not None:
+                self.reaper.poke()   # a failure may have left a backoff due before the reaper's wake-up
             self._wake.set()
 
     def _evidence(self, lease: Lease, event: str, held: HeldLease | None = None,

@@ -7,13 +7,16 @@
           workers and reapers then cost one pass per partition per interval)
   ARGV[3] budget_us (optional, default 0 = none): stop once the call has used this
           much server CPU time (µs, os.clock) and answer more = 1
-  Returns: {expired, timed_out, promoted, lag_ms, more, failovers, skipped, call_us}
+  Returns: {expired, timed_out, promoted, lag_ms, more, failovers, skipped, call_us, next_due_ms}
     failovers: expired leases whose action was requeued (the rest failed or were aborted)
     lag_ms: how long past its expiry the latest-reaped lease was (reaper lag)
     more:   1 if a kind hit the limit or the budget ran out (call again now)
     skipped: 1 if the partition was reaped less than an interval ago (nothing done)
     call_us: server CPU time this call used from the throttle check on (µs, os.clock;
              0 where the server's Lua has no os.clock)
+    next_due_ms: in how many ms (server clock) the earliest item left in the partition's
+             indexes falls due (0: now), or -1 if they are empty; skipped calls answer it
+             too. A reaper sleeps until then (bounded) instead of calling every interval.
   Events: lease_expired + (action_requeued | action_failed | action_aborted);
           action_timed_out or action_requeued (reason timeout)
   Expires leases whose deadline + grace has passed on the server clock. The
@@ -34,9 +37,10 @@
   and replay the same way every time. Where the server's Lua has no os.clock the
   budget becomes an item count at BUDGET_ITEM_US each (the measured cost of an
   expiry that requeues).
-  Cost: two INFO calls, an os.clock per item (~0.5 µs), a
-  ZRANGEBYSCORE per CHUNK items of each index, and per due item its hash reads
-  and writes. ]]
+  Cost: two INFO calls, an os.clock per item (~0.5 µs), a ZRANGE of each index's
+  first item (the only read of an index with nothing due: it also gives next_due_ms),
+  a ZRANGEBYSCORE per CHUNK items of an index with items due, and per due item its
+  hash reads and writes. ]]
 local function whole(v, default)   -- a non-negative integer argument (digits only), or nil
   if v == nil then return default end
   if not string.match(v, '^%d+$') or #v > 12 then return nil end
@@ -57,13 +61,30 @@ local function clock_us()
   return handled * BUDGET_ITEM_US
 end
 local started_us = clock_us()
+-- In how many ms the first item of ``index`` falls due (nil: empty). Leases are due
+-- strictly past their score (see drain(LEASES, ...)), timeouts and backoffs at it.
+local function due_in(index, strict)
+  local first = redis.call('ZRANGE', index, 0, 0, 'WITHSCORES')
+  if #first == 0 then return nil end
+  return math.max(0, tonumber(first[2]) - NOW + (strict and 1 or 0))
+end
+local function earliest(...)
+  local best = -1
+  for _, d in ipairs({...}) do
+    if d and (best < 0 or d < best) then best = d end
+  end
+  return best
+end
+local function next_due()
+  return earliest(due_in(LEASES, true), due_in(TIMEOUTS, false), due_in(DELAYED, false))
+end
 -- The partition's pass throttle. No token is needed: the pass is atomic and judged
 -- on server state alone, so a second reaper in the same interval could only repeat
 -- work, never undo it; the throttle only saves that work. A due time further off
 -- than one interval means the server clock went back: it is ignored.
 local due_at = tonumber(redis.call('GET', REAP_DUE) or '0')
 if interval_ms > 0 and NOW < due_at and due_at - NOW <= interval_ms then
-  return {0, 0, 0, 0, 0, 0, 1, cpu_clock and clock_us() - started_us or 0}
+  return {0, 0, 0, 0, 0, 0, 1, cpu_clock and clock_us() - started_us or 0, next_due()}
 end
 --@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
 local expired, timed_out, promoted, lag, more, failovers = 0, 0, 0, 0, 0, 0
@@ -79,7 +100,11 @@ local CHUNK = 32
 -- ``limit``, until the budget is spent. Each handled item leaves the range
 -- (removed, or re-scored past NOW), so every fetch starts at the front. At least one
 -- item per index per call, so the timeouts and backoffs move on during a lease storm.
-local function drain(index, upper, handle)
+-- Returns when the index's first item left falls due (due_in); an index whose first
+-- item is not due yet costs that one ZRANGE and nothing more.
+local function drain(index, upper, strict, handle)
+  local due = due_in(index, strict)
+  if due ~= 0 then return due end
   local n = 0
   while n < limit do
     local want = math.min(CHUNK, limit - n)
@@ -89,18 +114,19 @@ local function drain(index, upper, handle)
       n, handled = n + 1, handled + 1
       if budget_us > 0 and clock_us() - started_us >= budget_us then
         more = 1
-        return
+        return 0
       end
     end
-    if #refs < want then return end   -- nothing more is due
+    if #refs < want then return due_in(index, strict) end   -- nothing more is due
   end
   more = 1   -- the limit was reached
+  return 0
 end
 
 -- The index score is a lower bound of the expiry (renewals do not touch it):
 -- a lease found renewed is re-scored to its real expiry and left alone.
 -- Strictly past: at now == deadline + grace the lease is still valid (as renew.lua and fence() judge).
-drain(LEASES, '(' .. S(NOW), function(ref)
+local leases_due = drain(LEASES, '(' .. S(NOW), true, function(ref)
   local h = hget(akey(ref), 'phase', 'deadline_ms', 'grace_ms')
   local expiry = h.phase == 'running' and lease_expiry(h)
   if expiry and not lease_dead(h) then
@@ -115,7 +141,7 @@ drain(LEASES, '(' .. S(NOW), function(ref)
   end
 end)
 
-drain(TIMEOUTS, S(NOW), function(ref)
+local timeouts_due = drain(TIMEOUTS, S(NOW), false, function(ref)
   end_lease(ref)
   local h = hget(akey(ref), 'phase', 'attempt', 'token', 'worker', 'timeout_ms', 'user_left', 'sys_left', 'queue', 'priority', 'aborting')
   if h.phase == 'running' then
@@ -134,7 +160,7 @@ drain(TIMEOUTS, S(NOW), function(ref)
   end
 end)
 
-drain(DELAYED, S(NOW), function(ref)
+local delayed_due = drain(DELAYED, S(NOW), false, function(ref)
   redis.call('ZREM', DELAYED, ref)
   local h = hget(akey(ref), 'phase', 'aborting', 'queue', 'priority')
   if h.phase == 'queued' then
@@ -150,4 +176,5 @@ end)
 -- A pass that stopped on its limit or budget is not done: the throttle is only set
 -- once a call found nothing more due, so other reapers keep helping until then.
 if interval_ms > 0 and more == 0 then redis.call('SET', REAP_DUE, S(NOW + interval_ms)) end
-return {expired, timed_out, promoted, lag, more, failovers, 0, cpu_clock and clock_us() - started_us or 0}
+return {expired, timed_out, promoted, lag, more, failovers, 0, cpu_clock and clock_us() - started_us or 0,
+  earliest(leases_due, timeouts_due, delayed_due)}
