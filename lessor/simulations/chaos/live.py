@@ -31,7 +31,6 @@ import anyio
 from lessor.core import events as ev
 from lessor.leasing.backend import Backend, open_backend
 from lessor.leasing.eventlog import EventLog
-from lessor.leasing.outage import is_transient
 from lessor.leasing.reaper import Reaper
 from lessor.leasing.replay import verify
 from lessor.scheduler.control import abort_run
@@ -41,6 +40,7 @@ from lessor.scheduler.values import pack_value
 from lessor.server import EmbeddedServer, _die_with_parent
 from lessor.simulations.chaos.app import APP
 from lessor.simulations.chaos.proxy import ChaosProxy
+from lessor.simulations.chaos.tolerate import tolerant as _tolerant
 from lessor.simulations.checkers import Violation, liveness, no_runaway, single_owner
 from lessor.simulations.truth import Execution, Truth
 
@@ -73,6 +73,7 @@ class Proc:
     paused_since: int | None = None
     pauses: list[tuple[int, int]] = field(default_factory=list)
     killed_at: int | None = None
+    exited_at: int | None = None    # it exited on its own (a crash): when chaos saw it gone
 
     @property
     def worker_id(self) -> str:
@@ -203,6 +204,15 @@ class Chaos:
 
     # --- the run ----------------------------------------------------------------------------
 
+    async def watch_exits(self) -> None:
+        """Notice a worker process that exits on its own (it must outlive every fault)."""
+        while True:
+            for proc in self.all_procs:
+                if proc.exited_at is None and proc.killed_at is None and proc.popen.poll() is not None:
+                    proc.exited_at = wall_ms()
+                    self.say(f"worker {proc.worker_id} exited on its own (status {proc.popen.returncode})")
+            await anyio.sleep(0.1)
+
     async def run(self) -> ChaosReport:
         started = time.monotonic()  # clock: chaos pacing
         self.server.start()
@@ -213,6 +223,7 @@ class Chaos:
                     tg.start_soon(self.reaper, backend)
                     tg.start_soon(self.submitter, backend)
                     tg.start_soon(self.injector)
+                    tg.start_soon(self.watch_exits)
                     await anyio.sleep(self.duration_s)
                     self.stop_faults.set()
                     quiesce_s = await self.heal_and_wait(backend)
@@ -274,7 +285,8 @@ class Chaos:
                     elif key in starts:
                         truth.executions += _minus_pauses(proc, key, starts.pop(key), r["at_ms"], r["ended"])
             for key, start in starts.items():  # killed mid-attempt: it stopped when it was killed
-                truth.executions += _minus_pauses(proc, key, start, proc.killed_at or wall_ms(), "killed")
+                end = proc.killed_at or proc.exited_at or wall_ms()
+                truth.executions += _minus_pauses(proc, key, start, end, "killed" if proc.killed_at else "exited")
         return truth
 
     async def judge(self, backend: Backend, quiesce_s: float | None, seconds: float) -> ChaosReport:
@@ -282,7 +294,10 @@ class Chaos:
         pairs = [(e.partition, e.event) for e in entries]
         truth = _counted(self.truth())
         overlaps = _overlaps(truth)
-        violations = single_owner.check(pairs)
+        violations = [Violation("workers_survive", proc.worker_id, f"exited on its own (status "
+                                                                   f"{proc.popen.returncode}): {_last_error(proc)}")
+                      for proc in self.all_procs if proc.exited_at is not None]
+        violations += single_owner.check(pairs)
         violations += [Violation("no_overlap", ref, f"two attempts executed at once for {ms} ms")
                        for ref, ms in overlaps.items() if ms > TOLERANCE_MS]
         violations += no_runaway.check_wall_clock(pairs, truth, TOLERANCE_MS)
@@ -297,26 +312,14 @@ class Chaos:
         return ChaosReport(self.faults, stats, violations, sum(overlaps.values()), quiesce_s, seconds)
 
 
-async def _tolerant(awaitable):
-    """Await; None if the store was down, restarting or reloading (a pass to retry later).
-
-    Raises anything else. A call that fans out over a task group (``submit_runs``,
-    the keeper) raises an ExceptionGroup: one whose every member is a transient
-    store error counts as one (``transient``).
-    """
+def _last_error(proc: Proc) -> str:
+    """The last line of a worker's log that names an exception (what it died of)."""
+    path = os.path.join(os.path.dirname(proc.truth_path), f"{proc.worker_id}.log")
     try:
-        return await awaitable
-    except Exception as exc:  # only transient store errors are tolerated; the rest re-raised below
-        if not transient(exc):
-            raise
-        return None
-
-
-def transient(exc: BaseException) -> bool:
-    """``is_transient``, looking inside exception groups: transient if every member is."""
-    if isinstance(exc, BaseExceptionGroup):
-        return all(transient(e) for e in exc.exceptions)
-    return is_transient(exc)
+        lines = [line.strip(" |\n") for line in open(path, errors="replace") if "Error" in line or "Exception" in line]
+    except OSError:
+        return "no log"
+    return lines[-1][:300] if lines else "no exception in its log"
 
 
 def _minus_pauses(proc: Proc, key: tuple[str, int], start: int, end: int, ended: str) -> list[Execution]:
