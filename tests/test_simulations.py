@@ -179,6 +179,36 @@ def test_every_switch_and_mutant_still_finds_what_it_breaks():
                    if patched_source(n, ClockMode.VIRTUAL, patch, name) != script_source(n, ClockMode.VIRTUAL)]
         assert changed, f"{name} changes no script"
     assert all(m.keeper or m.patches for m in MUTANTS) and len({m.name for m in MUTANTS}) == len(MUTANTS)
+    # Exactly once: in the script it names, or for "*" in the prelude (and then in every script's
+    # source once), so a mutant is the one slip it says, not several.
+    from lessor.leasing.scripts import compose
+    prelude = compose("none", "", ClockMode.VIRTUAL)
+    for name, patch in patches.items():
+        for target, pairs in patch.items():
+            for old, _ in pairs:
+                if target == "*":
+                    assert prelude.count(old) == 1, (name, old)
+                    assert all(script_source(n, ClockMode.VIRTUAL).count(old) == 1 for n in SCRIPT_NAMES), (name, old)
+                else:
+                    assert script_source(target, ClockMode.VIRTUAL).count(old) == 1, (name, target, old)
+
+
+def test_every_broken_class_overrides_a_method_that_exists():
+    """A switch or mutant written as a subclass (keeper, backend, reaper) must override methods
+    its base still has: SKIP_DURABILITY_WAIT once overrode ``Backend._call_durable`` after it was
+    renamed, so the switch silently waited after all (the store-fault test could not catch it)."""
+    import inspect
+
+    from lessor.simulations import breakage, mutants
+
+    classes = [c for module in (breakage, mutants) for _, c in inspect.getmembers(module, inspect.isclass)
+               if c.__module__ == module.__name__ and c.__bases__[0].__module__.startswith("lessor.leasing")]
+    assert len(classes) >= 8, classes
+    for cls in classes:
+        base = cls.__bases__[0]
+        for attr in vars(cls):
+            if not attr.startswith("__") and callable(vars(cls)[attr]) and attr != "dead":
+                assert hasattr(base, attr), f"{cls.__name__}.{attr} overrides nothing on {base.__name__}"
 
 
 def test_drift_at_the_bound_is_within_it():
