@@ -84,9 +84,10 @@ def test_the_real_system_passes_a_bounded_exploration():
         assert found.totals[figure] > 0, (figure, found.totals)
 
 
-# Each switch breaks one mechanism; the fault profile aims the search at it.
+# Each switch breaks one mechanism; the fault profile aims the search at it. (SKIP_TOKEN_CHECK is
+# in TARGETED: with the whole API in the workload, the search finds it through the edge
+# strategies only, at example 53 / 3 on seeds 1 / 2 of `lessor simulate`, too slow for make test.)
 SWITCH_CASES = [
-    (Switch.SKIP_TOKEN_CHECK, ("delay", "partition", "clock_jump"), {"single_owner"}),
     (Switch.SKIP_SELF_FENCING, ("partition",), {"no_runaway", "no_overlap"}),
     (Switch.REAPER_IGNORES_GRACE, ("partition", "pause"), {"expiry_respected", "no_runaway", "no_overlap"}),
     (Switch.REAPER_DOUBLE_EXPIRES, None, {"expiry_respected", "no_runaway", "no_overlap"}),
@@ -113,6 +114,10 @@ def test_each_broken_switch_is_caught_with_a_shrunk_plan(switch, kinds, checkers
 # One plan per switch of a checker that rebuilds the truth from the log, aimed at its mechanism
 # (fast, no search; `python -m lessor.simulations.mutants --switches` explores for each).
 TARGETED = [
+    # w0's completion is held in the network until w1 runs the action's next attempt: a write
+    # with the old token while the action is running again; only the token check refuses it.
+    (Switch.SKIP_TOKEN_CHECK, Plan(seed=1, workers=2, heal_ms=6000, submits=(Submit(0, 1000),), faults=(
+        Fault("delay", 950, worker=0, duration_ms=2000, delay_ms=2000),)), "single_owner"),
     # w0's completion is held in the network until after its lease's deadline + grace, with no
     # reaper passing meanwhile: only the write's own check can refuse it.
     (Switch.FENCE_IGNORES_EXPIRY, Plan(seed=1, workers=1, heal_ms=6000, submits=(Submit(0, 1900),), faults=(
