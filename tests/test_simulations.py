@@ -265,6 +265,6 @@ def test_live_chaos_runs_real_workers_through_faults_and_passes_the_checkers():
     proc = subprocess.run([sys.executable, "-m", "lessor", "chaos", "--duration", "8", "--seed", "2", "--json"],
                           cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
     out = json.loads(proc.stdout)
-    assert proc.returncode == 0 and out["violations"] == [], out
+    assert proc.returncode == 0 and out["violations"] == [], (out["violations"][:10], out)
     assert out["runs"] > 10 and out["runs_succeeded"] > 0 and sum(out["faults"].values()) >= 2, out
     assert out["quiesce_after_heal_s"] is not None
