@@ -147,6 +147,21 @@ TARGETED = [
 ]
 
 
+def test_a_deadline_off_the_rule_is_caught_by_deadlines_by_rule(sim):
+    """The mutant that resumes a lease in grace from its old deadline (make mutants) moves the
+    deadline every other checker reads; deadlines_by_rule recomputes it from the event's time."""
+    from lessor.simulations.mutants import MUTANTS
+
+    mutant = next(m for m in MUTANTS if m.name == "resume_extends_from_deadline")
+    # w0 stops for 1.1 s: its next renewal lands in grace and resumes the lease.
+    plan = Plan(seed=1, workers=2, heal_ms=5000, submits=(Submit(0, 3000),),
+                faults=(Fault("pause", 500, worker=0, duration_ms=1100),))
+    broken = sim(plan, mutant.breakage())
+    assert "deadlines_by_rule" in {v.checker for v in broken.verdict.violations}, broken.verdict.violations
+    real = sim(plan)
+    assert real.verdict.ok and real.result.stats["resumed_in_grace"] == 1, real.verdict.violations
+
+
 @pytest.mark.parametrize("switch, plan, checker", TARGETED, ids=[c[0].value for c in TARGETED])
 def test_each_checker_that_rebuilds_the_truth_catches_its_switch(sim, switch, plan, checker):
     broken = sim(plan, Breakage(switch))

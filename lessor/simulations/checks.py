@@ -9,7 +9,7 @@ from lessor.errors import LessorError
 from lessor.leasing.backend import Backend
 from lessor.leasing.replay import verify
 from lessor.simulations.checkers import (
-    Violation, abort_respected, cache_faithful, current_token, durable_acks_survive, expiry_respected, history,
+    Violation, abort_respected, cache_faithful, current_token, deadlines_by_rule, durable_acks_survive, expiry_respected, history,
     liveness, no_overlap, no_runaway, no_server_errors, outcomes_faithful, ready_respected, refusals_recorded,
     reports_persist, retry_budgets, single_owner, submits_idempotent, tokens_unique, writes_within_lease,
 )
@@ -51,6 +51,7 @@ def check_result(result: SimResult, partitions: int) -> list[Violation]:
         + single_owner.check(pairs)
         + current_token.check(past)
         + writes_within_lease.check(past)
+        + deadlines_by_rule.check(pairs)
         + tokens_unique.check(truth)
         + refusals_recorded.check(pairs, truth)
         + no_overlap.check(past, plan, lost_grants)
