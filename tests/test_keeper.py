@@ -93,7 +93,9 @@ async def test_self_fences_when_renewals_stop_before_the_reap_could_happen(vback
         await cancelled.wait()
         await dead.redis.aclose()
     assert keeper.held[lease.ref].fenced is FenceReason.SELF_FENCED
-    assert fenced_at == 250 + CFG.self_fence_after_ms  # ttl + grace - margin after the last good send
+    # ttl 1000 + grace 500 - margin 150 after the last good send (at 250), written out: a test
+    # that computed it with the code's own formula (self_fence_after_ms) could not catch a wrong one.
+    assert fenced_at == 250 + 1350
     assert keeper.statistics().renew_failures > 0
     # Only later does the server's own clock reach deadline + grace and the reaper fail it over.
     await step.advance(CFG.margin_ms + 1)
@@ -133,3 +135,32 @@ async def test_keeper_answers_are_applied_per_lease(vbackend):
     assert [codes[lease.ref] for lease in leases] == [Code.OK, Code.ABORTED, Code.OK]
     await keeper.heartbeat()
     assert [keeper.usable(lease.ref) for lease in leases] == [True, False, True]
+
+
+async def test_the_watchdog_fences_at_its_exact_instant_and_not_before(vbackend):
+    """The self-fence deadline is ttl + grace - margin after the send of the last good renewal
+    (here the acquire's send, at 100): usable 1 ms before, fenced at it; the watchdog's sleep
+    lands on it exactly, however far off it is and whatever else the keeper holds."""
+    client, (first, second) = await leased_work(vbackend, 2)
+    clock = ManualClock()
+    keeper = LeaseKeeper(client, clock)
+    clock.advance(100)
+    keeper.hold(first, None, clock.now_ms())      # due at 100 + 1350 = 1450
+    clock.advance(200)
+    keeper.hold(second, None, clock.now_ms())     # due at 300 + 1350 = 1650
+    slept = []
+    while keeper.usable(first.ref):
+        wait = keeper.until_next_fence_ms()
+        assert wait <= CFG.heartbeat_ms
+        slept.append(clock.now_ms() + wait)
+        clock.advance(wait)
+        if clock.now_ms() < 1450:
+            assert keeper.check_self_fence() == [] and keeper.usable(first.ref)
+        else:
+            keeper.check_self_fence()
+    assert clock.now_ms() == 1450 and slept[-1] == 1450
+    assert keeper.usable(second.ref)  # its own deadline is 200 ms later
+    clock.advance(199)
+    assert keeper.check_self_fence() == [] and keeper.until_next_fence_ms() == 1
+    clock.advance(1)
+    assert [h.lease.ref for h in keeper.check_self_fence()] == [second.ref]

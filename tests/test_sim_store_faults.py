@@ -61,15 +61,10 @@ SWITCH_PLANS = [
      {"tokens_unique"}),
     # fsync claimed but no WAITAOF sent: a crash cuts the AOF back to the last everysec sync
     # and takes acknowledged grants and completions with it.
-    pytest.param(Switch.SKIP_DURABILITY_WAIT, Plan(seed=1, workers=2, heal_ms=5000, config=Config(durability="fsync"),
-                                                   submits=(Submit(600, 50), Submit(700, 50), Submit(800, 50)),
-                                                   faults=(Fault("server_crash", 900),)),
-                 {"durable_acks_survive"}, id="skip_durability_wait",
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "regression found at the end of this session: this plan (and 12 variants of its timing) "
-                     "no longer loses an acknowledged write in the crash window with the switch on, so "
-                     "durable_acks_survive has nothing to catch; it passed before the schedules/batching "
-                     "commits. To find: which report path no longer records its acknowledgement in the truth"))),
+    (Switch.SKIP_DURABILITY_WAIT, Plan(seed=1, workers=2, heal_ms=5000, config=Config(durability="fsync"),
+                                       submits=(Submit(600, 50), Submit(700, 50), Submit(800, 50)),
+                                       faults=(Fault("server_crash", 900),)),
+     {"durable_acks_survive"}),
 ]
 
 
@@ -97,7 +92,7 @@ def test_the_real_system_passes_store_fault_examples():
 
 
 @pytest.mark.parametrize("switch, plan, checkers", SWITCH_PLANS,
-                         ids=[getattr(c, "id", None) or c[0].value for c in SWITCH_PLANS])
+                         ids=[c[0].value for c in SWITCH_PLANS])
 def test_each_store_fault_switch_is_caught_by_a_targeted_plan(sim, switch, plan, checkers):
     broken = sim(plan, Breakage(switch))
     caught_by = {v.checker for v in broken.verdict.violations}
@@ -109,7 +104,7 @@ def test_each_store_fault_switch_is_caught_by_a_targeted_plan(sim, switch, plan,
 def test_store_fault_plans_round_trip_through_json():
     assert Plan.from_json(STORE_PLAN.to_json()) == STORE_PLAN
     for case in SWITCH_PLANS:
-        plan = (case.values if hasattr(case, "values") else case)[1]
+        plan = case[1]
         assert Plan.from_json(plan.to_json()) == plan
     with pytest.raises(ValueError, match="durability"):
         Config(durability="sometimes")

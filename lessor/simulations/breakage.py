@@ -17,6 +17,18 @@ SKIP_DURABILITY_WAIT.
 The policy switches break the outcome policy (scheduler/outcome.py) that the
 real Worker and the simulated one both run: REPORT_GIVES_UP (its retry
 decision) and ERROR_REPORTED_AS_SUCCESS (its report decision).
+
+Each checker that rebuilds the truth from the log has a switch it catches:
+FENCE_IGNORES_EXPIRY (writes_within_lease), REPEAT_IGNORES_TOKEN
+(current_token), EXPIRY_SPENDS_NO_RETRY (retry_budgets), BACKOFF_SKIPPED
+(ready_respected), CACHE_WRITTEN_WHEN_REFUSED (cache_faithful),
+RESUBMIT_CREATES_AGAIN (submits_idempotent), FAIL_EVENT_MISSES_REASON
+(no_server_errors), PARENT_END_SPARES_CHILDREN (abort_respected, for the
+subtree), and SELF_FENCE_NO_MARGIN (no_runaway judged against deadline + grace).
+
+``Breakage`` also takes any other set of Lua patches and a keeper class: the
+mutation gate (``lessor/simulations/mutants.py``, ``make mutants``) builds its
+mutants that way.
 """
 
 from __future__ import annotations
@@ -26,9 +38,9 @@ from dataclasses import dataclass, field, fields
 
 from lessor.leasing.backend import Backend
 from lessor.leasing.durability import Durability
-from lessor.leasing.keeper import HeldLease, LeaseKeeper
+from lessor.leasing.keeper import FenceReason, HeldLease, LeaseKeeper
 from lessor.leasing.reaper import PassResult, Reaper
-from lessor.leasing.scripts import Scripts
+from lessor.leasing.scripts import Scripts, script_source
 from lessor.scheduler.outcome import POLICY, Call, Ending, Kind, Policy, Report, decide_report, decide_retry
 
 
@@ -52,6 +64,20 @@ class Switch(str, enum.Enum):
     ERROR_REPORTED_AS_SUCCESS = "error_reported_as_success"  # a task's error is committed as its result
     # Schedules:
     TICK_UNFENCED = "tick_unfenced"                  # tick.lua takes any ticker token and any tick, old or not
+    # One per checker that rebuilds the truth from the log:
+    FENCE_IGNORES_EXPIRY = "fence_ignores_expiry"    # a write to a lease past deadline + grace that no reaper
+                                                     # expired yet is accepted
+    REPEAT_IGNORES_TOKEN = "repeat_ignores_token"    # a completion of an action already succeeded is answered
+                                                     # OK (a repeat), whoever's token it carries
+    EXPIRY_SPENDS_NO_RETRY = "expiry_spends_no_retry"  # an expired lease is requeued without spending a retry
+    BACKOFF_SKIPPED = "backoff_skipped"              # a failed attempt is requeued ready at once (ready_at_ms
+                                                     # still says when it should have been)
+    CACHE_WRITTEN_WHEN_REFUSED = "cache_written_when_refused"  # a refused completion still writes the cache
+    RESUBMIT_CREATES_AGAIN = "resubmit_creates_again"  # a repeated submit creates its run again
+    FAIL_EVENT_MISSES_REASON = "fail_event_misses_reason"  # a final user failure's event lacks its reason
+    PARENT_END_SPARES_CHILDREN = "parent_end_spares_children"  # an action that ends leaves its children live
+    SELF_FENCE_NO_MARGIN = "self_fence_no_margin"    # workers stop at ttl + grace after the last good
+                                                     # renewal, with no margin for drift
 
 
 # script -> [(text, replacement)] per switch
@@ -84,16 +110,56 @@ _PATCHES: dict[Switch, dict[str, list[tuple[str, str]]]] = {
                                     ("if token == '0' and not free then", "if false then"),
                                     ("if h.phase == 'active' and tick_ms > tonumber(h.last_tick_ms) then",
                                      "if h.phase == 'active' then")]},
+    # fence() no longer expires a lease that is dead on the server clock: until a reaper
+    # passes, its holder's late writes are accepted.
+    Switch.FENCE_IGNORES_EXPIRY: {"*": [("    if check_token(h, token) and lease_dead(h) and not ensure_epoch() then",
+                                         "    if false then")]},
+    Switch.REPEAT_IGNORES_TOKEN: {"*": [("(kind == 'complete' and h.phase == 'succeeded' and h.token == token)",
+                                         "(kind == 'complete' and h.phase == 'succeeded')")]},
+    Switch.EXPIRY_SPENDS_NO_RETRY: {"*": [("base.sys_left, base.user_left, base.ready_at_ms = sys_left - 1,",
+                                           "base.sys_left, base.user_left, base.ready_at_ms = sys_left,")]},
+    Switch.BACKOFF_SKIPPED: {"fail": [("  if ready_at > NOW then redis.call('ZADD', DELAYED, ready_at, ref)",
+                                       "  if false then redis.call('ZADD', DELAYED, ready_at, ref)")]},
+    # The cache write moves before the token check's verdict is looked at.
+    Switch.CACHE_WRITTEN_WHEN_REFUSED: {"complete": [(
+        "  if code == OK then\n    local ns, run, action = split_ref(ref)",
+        "  if h.cache_key ~= '' and h.cache_key ~= nil and code ~= OK and code ~= REPEATED then\n"
+        "    redis.call('HSET', cache_hash((split_ref(ref))), h.cache_key, result)\n  end\n"
+        "  if code == OK then\n    local ns, run, action = split_ref(ref)")]},
+    Switch.RESUBMIT_CREATES_AGAIN: {"submit": [("  if existing[1] then", "  if existing[1] and false then")]},
+    Switch.FAIL_EVENT_MISSES_REASON: {"fail": [(
+        "emit({type = 'action_failed', ns = ns, run = run, action = action, reason = 'user_error',",
+        "emit({type = 'action_failed', ns = ns, run = run, action = action,")]},
+    Switch.PARENT_END_SPARES_CHILDREN: {"*": [("      abort_descendants(ev.ns, ev.run, ev.action, nxt)\n", "")]},
 }
 
 
-class _PatchedScripts(Scripts):
-    """The FUNCTION library with a switch's patches: its own library, next to the real one."""
+Patches = dict[str, list[tuple[str, str]]]  # script name ("*": every script) -> [(text, replacement)]
 
-    def __init__(self, redis, clock, switch: Switch) -> None:
-        patches = tuple((target, old, new) for target, pairs in _PATCHES.get(switch, {}).items()
-                        for old, new in pairs)
-        super().__init__(redis, clock, patches=patches)  # library() asserts each target text exists
+
+def patched_source(name: str, clock, patches: Patches, label: str) -> str:
+    """Script ``name``'s source with ``patches`` applied. Asserts each target text is there
+    (in the script, or for "*" in the prelude every script shares), so a change to the
+    scripts cannot silently turn a switch or a mutant into a no-op."""
+    source = script_source(name, clock)
+    for target in ("*", name):
+        for old, new in patches.get(target, ()):
+            if target == name:
+                assert old in source, f"{label}: {name}.lua no longer contains {old!r}"
+            source = source.replace(old, new)
+    return source
+
+
+class _PatchedScripts(Scripts):
+    """The FUNCTION library with patches (a switch's or a mutant's): its own library, next to
+    the real one (library() asserts each target text is there)."""
+
+    def __init__(self, redis, clock, patches: Patches, label: str) -> None:
+        flat = tuple((target, old, new) for target, pairs in patches.items() for old, new in pairs)
+        try:
+            super().__init__(redis, clock, patches=flat)
+        except AssertionError as exc:
+            raise AssertionError(f"{label}: {exc}") from None
 
 
 def copy_backend(backend: Backend, cls: type[Backend] = Backend, durability: str | Durability | None = None) -> Backend:
@@ -102,18 +168,23 @@ def copy_backend(backend: Backend, cls: type[Backend] = Backend, durability: str
     return cls(**same | {"durability": backend.durability if durability is None else durability})
 
 
-def broken_backend(backend: Backend, switch: Switch, durability: str | Durability | None = None) -> Backend:
-    """A copy of ``backend`` whose scripts carry ``switch`` (Lua switches only)."""
+def broken_backend(backend: Backend, switch: Switch, durability: str | Durability | None = None,
+                   patches: Patches | None = None) -> Backend:
+    """A copy of ``backend`` whose scripts carry ``switch`` (Lua switches), or ``patches``."""
     broken = copy_backend(backend, durability=durability)
-    broken.scripts = _PatchedScripts(backend.redis, backend.clock, switch)
+    broken.scripts = _PatchedScripts(backend.redis, backend.clock, patches if patches is not None else
+                                     _PATCHES[switch], f"switch {switch.value}" if switch else "patch")
     return broken
 
 
 class NoWaitBackend(Backend):
-    """SKIP_DURABILITY_WAIT: claims its durability mode but never sends the WAITAOF."""
+    """SKIP_DURABILITY_WAIT: claims its durability mode but never sends the WAITAOF.
 
-    async def _call_durable(self, name: str, keys: list, args: list):
-        return await getattr(self.scripts, name)(keys=keys, args=args)
+    Through ``call``'s own ``durable`` flag (its public contract), so a change to how the
+    backend sends the wait cannot quietly make this switch wait after all."""
+
+    async def call(self, name: str, keys: list, args: list, *, durable: bool = True, durability=None):
+        return await super().call(name, keys, args, durable=False)
 
 
 class DyingReaper(Reaper):
@@ -152,16 +223,47 @@ class UnfencedKeeper(LeaseKeeper):
     def check_self_fence(self) -> list[HeldLease]:
         return []
 
+    def until_next_fence_ms(self) -> float:
+        return self.config.heartbeat_ms  # its watchdog has nothing to wait for
+
+
+class NoMarginKeeper(LeaseKeeper):
+    """SELF_FENCE_NO_MARGIN: fences ttl + grace after the last good renewal's send, the margin
+    left out (as if ``self_fence_after_ms`` were ``ttl + grace``): right only while the
+    worker's clock runs no slower than the server's."""
+
+    def check_self_fence(self) -> list[HeldLease]:
+        now = self.clock.now_ms()
+        after = self.config.ttl_ms + self.config.grace_ms
+        late = [h for h in self.held.values() if h.fenced is None and now - h.last_ok_send_ms >= after]
+        for h in late:
+            self.fence(h, FenceReason.SELF_FENCED)
+        return late
+
+    def until_next_fence_ms(self) -> float:
+        return super().until_next_fence_ms() + self.config.margin_ms
+
+
+_KEEPERS = {Switch.SKIP_SELF_FENCING: UnfencedKeeper, Switch.SELF_FENCE_NO_MARGIN: NoMarginKeeper}
+
 
 @dataclass(frozen=True)
 class Breakage:
-    """What a simulation runs with: a switch, or none (the real system)."""
+    """What a simulation runs with: a switch, or none (the real system); or, for a mutant,
+    its own Lua ``patches`` and ``keeper`` class."""
 
     switch: Switch | None = None
     notes: list[str] = field(default_factory=list)
+    patches: Patches | None = None
+    keeper: type[LeaseKeeper] | None = None
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.name or (self.switch.value if self.switch else "the real system")
 
     def keeper_cls(self) -> type[LeaseKeeper]:
-        return UnfencedKeeper if self.switch is Switch.SKIP_SELF_FENCING else LeaseKeeper
+        return self.keeper or _KEEPERS.get(self.switch, LeaseKeeper)
 
     def reaper_cls(self) -> type[Reaper]:
         return DyingReaper if self.switch is Switch.REAPER_DIES else Reaper
@@ -180,6 +282,8 @@ class Breakage:
         (default: ``backend``'s own), and this switch's scripts or class."""
         if self.switch is Switch.SKIP_DURABILITY_WAIT:
             return copy_backend(backend, NoWaitBackend, durability)
+        if self.patches is not None:
+            return broken_backend(backend, None, durability, self.patches)
         if self.switch in _PATCHES:
             return broken_backend(backend, self.switch, durability)
         return copy_backend(backend, durability=durability)

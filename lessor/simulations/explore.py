@@ -23,11 +23,13 @@ from lessor.leasing.backend import Backend, check_server, make_redis
 from lessor.leasing.scripts import ClockMode
 from lessor.server import EmbeddedServer
 from lessor.simulations.breakage import Breakage
+from lessor.simulations.checkers import Violation
 from lessor.simulations.checks import Verdict, check_all
 from lessor.simulations.network import InjectedErrors, flaky_client
 from lessor.simulations.plan import Plan
 from lessor.simulations.simulator import SimResult, Simulator
 from lessor.simulations.strategies import plans
+from lessor.simulations.truth import Truth
 
 SIM_PARTITIONS = 2
 
@@ -202,7 +204,7 @@ def explore(examples: int, *, seed: int | None = None, breakage: Breakage = Brea
                 _violated(failed[plan])
             if not generating[0] and found.runs - found.examples >= shrink_runs:
                 return  # shrink budget spent: only plans already seen failing still fail
-            outcome = run(plan, breakage)
+            outcome = _run_or_crash(run, plan, breakage)
             found.runs += 1
             if generating[0]:
                 found.examples += 1
@@ -222,11 +224,45 @@ def explore(examples: int, *, seed: int | None = None, breakage: Breakage = Brea
         if seed is not None:
             test = hypothesis_seed(seed)(test)
         try:
-            test()
+            with _no_local_constants():
+                test()
         except AssertionError:
             pass
     found.seconds = time.perf_counter() - started  # clock: reporting only
     return found
+
+
+@contextlib.contextmanager
+def _no_local_constants() -> Iterator[None]:
+    """Hypothesis (6.13x on) sometimes draws a literal found in the source of any local module
+    loaded at the time. The plans a seed names would then depend on which lessor modules the
+    process happened to import (``lessor simulate`` imports every command; a test imports less)
+    and on every constant anyone adds to lessor's code. Without them a seed names the same plans
+    wherever it runs. (A hypothesis internal: without it, nothing to do.)"""
+    try:
+        from hypothesis.internal.conjecture import providers
+        empty = providers.Constants()
+        saved = providers._get_local_constants
+    except (ImportError, AttributeError):
+        yield
+        return
+    providers._get_local_constants = lambda: empty
+    providers.CONSTANTS_CACHE.cache.clear()
+    try:
+        yield
+    finally:
+        providers._get_local_constants = saved
+        providers.CONSTANTS_CACHE.cache.clear()
+
+
+def _run_or_crash(run: Callable, plan: Plan, breakage: Breakage) -> Outcome:
+    """Run one plan; a simulation that raises is itself a violation (named, with the plan kept)."""
+    try:
+        return run(plan, breakage)
+    except Exception as exc:  # noqa: BLE001 - whatever broke, the plan that broke it is what we report
+        result = SimResult(plan, [], [], Truth(), None, 0, stats={})
+        return Outcome(plan, result, Verdict([Violation("simulation_crashed", type(exc).__name__,
+                                                        str(exc)[:500])], 0))
 
 
 def _violated(outcome: Outcome) -> None:

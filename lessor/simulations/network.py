@@ -61,6 +61,10 @@ class FaultSchedule:
     def delay_ms(self, worker: int, t: int) -> int:
         return max((f.delay_ms for f in self._active("delay", worker, t)), default=0)
 
+    def reply_delay_ms(self, worker: int, t: int) -> int:
+        """How long a reply sent to ``worker`` at ``t`` takes (delay and slow_reply faults)."""
+        return self.delay_ms(worker, t) + max((f.delay_ms for f in self._active("slow_reply", worker, t)), default=0)
+
     def reaper_down(self, t: int) -> bool:
         return bool(self._active("reaper_down", None, t))
 

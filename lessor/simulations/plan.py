@@ -14,6 +14,7 @@ FAULT_KINDS = (
     "partition",       # worker: requests dropped both ways, for duration_ms
     "lost_reply",      # worker: the next `count` requests run, their replies are lost
     "delay",           # worker: each message takes delay_ms each way (reorders against others)
+    "slow_reply",      # worker: each reply to it takes delay_ms (its requests are not delayed)
     "pause",           # worker: stop-the-world (GC pause, SIGSTOP) for duration_ms
     "crash",           # worker: memory lost; it restarts (new id) after duration_ms
     "clock_jump",      # server: its clock jumps by delta_ms (may be negative)
@@ -37,6 +38,12 @@ SYSTEM_FAULT_KINDS = frozenset({"clock_jump", "server_restart", "slow_reaper", "
 # Faults that lose acknowledged writes (a rollback of the server's data).
 DATA_LOSS_KINDS = frozenset({"server_crash", "failover"})
 DURABILITY_MODES = ("memory", "fsync")
+
+
+def drift_within(rate: float, bound: float) -> bool:
+    """True if a clock rate is within ``bound`` of 1, the bound itself included (rates are
+    written to the thousandth: ``abs(0.95 - 1.0)`` is 0.05000000000000004 in floating point)."""
+    return round(abs(rate - 1.0), 9) <= round(bound, 9)
 
 
 @dataclass(frozen=True)
@@ -63,13 +70,30 @@ class Fault:
 
 @dataclass(frozen=True)
 class Submit:
-    """The control plane submits a run at ``at_ms``; its task runs for ``work_ms`` of CPU."""
+    """The control plane submits a run at ``at_ms``; its task runs for ``work_ms`` of CPU.
+
+    The rest of the API, each off by default: the task submits ``children`` child actions
+    (fenced by its token, ``ctx.submit``) of ``child_work_ms`` each, and with
+    ``awaits_children`` waits for them (``ctx.call``) and raises if one did not succeed;
+    runs of one ``cache`` group share a cache key (the first to succeed fills the cache,
+    later submits hit it); with ``resubmit_ms`` the run is submitted with an idempotency
+    key and the same request is sent again then.
+    """
 
     at_ms: int
     work_ms: int
     user_retries: int = 0
     system_retries: int = 3
     fail_attempts: int = 0   # the first N attempts raise (a user error)
+    children: int = 0
+    child_work_ms: int = 100
+    awaits_children: bool = False
+    cache: int | None = None
+    resubmit_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.children < 0 or self.child_work_ms < 0 or (self.resubmit_ms is not None and self.resubmit_ms < 0):
+            raise ValueError(f"children, child_work_ms and resubmit_ms must be >= 0: {self}")
 
 
 @dataclass(frozen=True)
@@ -168,6 +192,6 @@ class Plan:
         the server's clock jumping forward by more than the self-fencing margin
         (leases then expire before the worker's own count says they could).
         """
-        return any((f.kind == "drift" and abs(f.rate - 1.0) > self.config.drift_bound)
+        return any((f.kind == "drift" and not drift_within(f.rate, self.config.drift_bound))
                    or (f.kind == "clock_jump" and f.delta_ms > self.config.margin_ms and f.at_ms < self.heal_ms)
                    for f in self.faults)

@@ -10,6 +10,18 @@ log, byte for byte. A 30 s lease expires in microseconds of real time.
 Two phases: safety (faults on, until ``plan.heal_ms``), then liveness (faults
 healed; every run must finish within ``liveness_bound_ms``).
 
+The workload is the whole API: runs whose tasks submit children (fenced by
+their token) and may await them, runs that share a cache key, runs submitted
+again with their idempotency key, aborts that reach a subtree. Each worker's
+watchdog is a timer at its exact instant (``LeaseKeeper._watchdog``'s sleep, on
+the worker's own clock), not a check made at other events.
+
+Before every script call the simulator notes the step, the true time, the
+server's clock and where each partition's stream ends (``truth.calls``, one
+pipelined round trip with setting the clock): the checkers place every event
+of the final log at the call that wrote it (``checkers/history.py``), and so
+rebuild what was true at each instant without trusting the server's answers.
+
 Store faults: the server may crash and come back from an AOF cut back to a
 point after the last modelled fsync (``DiskModel``), or be replaced by a
 lagging replica (its data rolled back ``lag_ms``, a new replication id); the
@@ -20,7 +32,9 @@ on purpose (memory durability, a failover) from one it promised to keep.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
@@ -28,21 +42,23 @@ from typing import Any, Awaitable, Callable, Protocol
 import anyio
 
 from lessor.core import events as ev
-from lessor.errors import LessorError
+from lessor.errors import IdempotencyConflict, LessorError, ServerRefused
 from lessor.leasing.backend import Backend
 from lessor.leasing.client import Lease
 from lessor.leasing.eventlog import EventLog, LogEntry
 from lessor.leasing.keeper import LeaseKeeper
 from lessor.leasing.reaper import Reaper
 from lessor.leasing.scripts import VIRTUAL_CLOCK_KEY
+from lessor.scheduler.api import CacheKey, lookup_cache
 from lessor.scheduler.control import UnknownRun, abort_run
 from lessor.scheduler.outcome import POLICY, Outcome, Policy
 from lessor.scheduler.schedules import Ticker, create_schedule
-from lessor.scheduler.submit import Retries, RunSpec, submit_runs
+from lessor.scheduler.submit import Retries, RunSpec, idempotent_run_id, submit_runs
+from lessor.scheduler.values import pack_value
 from lessor.simulations.network import FaultSchedule, InjectedErrors
-from lessor.simulations.plan import Fault, Plan
-from lessor.simulations.simworker import SimWorker
-from lessor.simulations.truth import DataLoss, Execution, Grant, Report, ReportChain, Truth
+from lessor.simulations.plan import Fault, Plan, Submit
+from lessor.simulations.simworker import ChildSpec, SimWorker
+from lessor.simulations.truth import Call, DataLoss, Execution, Grant, Report, ReportChain, Resubmit, Truth
 
 SERVER_EPOCH_MS = 1_000_000_000  # the virtual server clock at t = 0
 SCHEDULE_QUEUE = "sim-schedules"   # where scheduled runs wait (no simulated worker takes from it)
@@ -53,7 +69,8 @@ def liveness_bound_ms(plan: Plan) -> int:
     """How long after heal every run must be finished (guarantee 3, plus the work itself)."""
     c = plan.config
     per_run = [(s.fail_attempts + 1) * (s.work_ms + 8 * c.poll_ms + c.rpc_timeout_ms)
-               + s.fail_attempts * c.backoff_ms * 2 ** s.fail_attempts * 1.5 for s in plan.submits] or [0]
+               + s.fail_attempts * c.backoff_ms * 2 ** s.fail_attempts * 1.5
+               + s.children * (s.child_work_ms + 8 * c.poll_ms + 2 * c.rpc_timeout_ms) for s in plan.submits] or [0]
     return int(c.ttl_ms + c.grace_ms + c.reaper_interval_ms + c.heartbeat_ms + max(per_run) + 2 * c.rpc_timeout_ms)
 
 
@@ -158,6 +175,8 @@ class Simulator:
         self._seq = 0
         self.workers: list[SimWorker] = []
         self._submit_of: dict[str, int] = {}
+        self.run_ids = [run_id_of(self.namespace, i, s) for i, s in enumerate(plan.submits)]
+        self._streams = [backend.keys(p).stream for p in range(backend.partitions)]
         self._lost_replies: dict[int, int] = {}
         self.reaper: Reaper | None = self.new_reaper()
         self.end_ms = plan.heal_ms + liveness_bound_ms(plan)   # the liveness deadline
@@ -175,10 +194,29 @@ class Simulator:
         return SERVER_EPOCH_MS + self.now_ms + self.server_offset_ms
 
     async def sync_clock(self) -> None:
-        """Set the server's virtual clock before a script reads it."""
+        """Set the server's virtual clock (a server that came back has none)."""
         if self._clock_set != self.server_ms():
             self._clock_set = self.server_ms()
             await self.backend.redis.set(VIRTUAL_CLOCK_KEY, self._clock_set)
+
+    async def before_call(self) -> int:
+        """Before each script call: set the server's virtual clock and note where every
+        partition's stream ends, in one round trip. Returns the call's index in ``truth.calls``
+        (what the call appends is at those positions and after: ``checkers/history.py``)."""
+        pipe = self.backend.redis.pipeline(transaction=False)
+        if self._clock_set != self.server_ms():
+            self._clock_set = self.server_ms()
+            pipe.set(VIRTUAL_CLOCK_KEY, self._clock_set)
+        for stream in self._streams:
+            pipe.xlen(stream)
+        lens = await pipe.execute()
+        self.truth.calls.append(Call(self.step_no, self.now_ms, self.server_ms(),
+                                     tuple(int(n) for n in lens[-len(self._streams):])))
+        return len(self.truth.calls) - 1
+
+    def server_error(self, what: str, exc: LessorError) -> None:
+        """A script refused a call lessor's own code built (or failed inside): always a bug."""
+        self.truth.server_errors.append((what, self.now_ms, str(exc)))
 
     def new_reaper(self, **kwargs) -> Reaper:
         """A reaper process (the real Reaper class, or the switch's) on the reapers' connections."""
@@ -194,9 +232,6 @@ class Simulator:
             for w in self.workers:
                 if w.alive:
                     w.tick(delta)
-            for w in self.workers:
-                if w.running:
-                    w.keeper.check_self_fence()  # the watchdog: it wakes at its own deadline
 
     async def _step(self) -> bool:
         if not self._queue:
@@ -226,11 +261,13 @@ class Simulator:
     # --- the network ------------------------------------------------------------------------
 
     async def send(self, w: SimWorker, op: Callable[[], Awaitable[Any]], on_reply: Callable[[Any, Any], None],
-                   on_server: Callable[[Any], None] | None = None, reports: list[Report] | None = None) -> None:
+                   on_server: Callable[[Any], None] | None = None, reports: list[Report] | None = None,
+                   reads_only: bool = False) -> None:
         """Send a request from worker ``w``: dropped, delayed, run, answered or answer lost.
 
         ``on_server(result)`` runs when the server executed it; ``on_reply(result, error)``
         when the worker hears back, or (None, "timeout") after ``rpc_timeout_ms``.
+        ``reads_only``: it runs no script (nothing to note in ``truth.calls``).
         """
         answered = [False]
         sent = self.now_ms
@@ -248,19 +285,22 @@ class Simulator:
         async def deliver() -> None:
             if self.faults.partitioned(w.index, self.now_ms):
                 return
-            await self.sync_clock()
+            call = None if reads_only else await self.before_call()
             try:
                 result, error = await op(), None
             except LessorError as exc:  # the store's own answer (StoreUnavailable, NotDurable, ...): sent back
                 result, error = None, exc
+                if isinstance(exc, ServerRefused):
+                    self.server_error(f"a request of {w.id}", exc)
             for report in reports or ():
                 report.server_ms, report.ran_ms, report.ran_step = self.server_ms(), self.now_ms, self.step_no
+                report.ran_call = call
             if on_server is not None and error is None:
                 on_server(result)
             if self._lost_replies.get(w.index, 0) > 0:
                 self._lost_replies[w.index] -= 1
                 return
-            back = self.faults.delay_ms(w.index, self.now_ms)
+            back = self.faults.reply_delay_ms(w.index, self.now_ms)
             if not self.faults.partitioned(w.index, self.now_ms + back):
                 self.at(self.now_ms + back, lambda: reply(result, error), w)
 
@@ -285,23 +325,43 @@ class Simulator:
     def truth_grant(self, w: SimWorker, lease: Lease, ran_step: int, ran_ms: int) -> None:
         self.truth.grants.append(Grant(w.id, lease.ref, lease.token, lease.partition, self.now_ms, ran_step, ran_ms))
 
+    def calls_so_far(self) -> int:
+        return len(self.truth.calls)
+
     def truth_execution(self, w: SimWorker, lease: Lease) -> Execution:
         execution = Execution(w.id, lease.ref, lease.token, self.now_ms, start_server_ms=self.server_ms())
         self.truth.executions.append(execution)
         return execution
 
-    def work_ms_of(self, lease: Lease) -> int:
-        return self.plan.submits[self._submit_of[lease.ref.split("/")[2]]].work_ms
+    def _submit_for(self, lease: Lease) -> Submit:
+        return self.plan.submits[self._submit_of[lease.ref.split("/")[2]]]
 
-    def run_task(self, w: SimWorker, lease: Lease) -> Outcome:
-        """The attempt's task did its work: the plan's first ``fail_attempts`` attempts raise (a user
-        error), later ones return. What it produced is recorded before any report is decided."""
-        submit = self.plan.submits[self._submit_of[lease.ref.split("/")[2]]]
-        if lease.attempt <= submit.fail_attempts:
+    def work_ms_of(self, lease: Lease) -> int:
+        submit = self._submit_for(lease)
+        return submit.work_ms if lease.action == "a0" else submit.child_work_ms
+
+    def children_of(self, lease: Lease) -> ChildSpec | None:
+        """The children a root action's task submits (ctx.submit, or ctx.call if it awaits them)."""
+        submit = self._submit_for(lease)
+        if lease.action != "a0" or not submit.children:
+            return None
+        ids = tuple(f"{lease.action}.{n + 1}" for n in range(submit.children))  # as TaskContext.submit names them
+        return ChildSpec(ids, "child", pack_value({"of": lease.ref}), submit.awaits_children)
+
+    def run_task(self, w: SimWorker, lease: Lease, children_failed: str | None = None) -> Outcome:
+        """The attempt's task did its work: the plan's first ``fail_attempts`` attempts of a root
+        action raise (a user error), as does a task whose awaited child did not succeed
+        (ChildFailed); later ones return a result naming the attempt. What it produced is
+        recorded before any report is decided."""
+        if lease.action == "a0" and lease.attempt <= self._submit_for(lease).fail_attempts:
             produced = Outcome(error=f"RuntimeError: attempt {lease.attempt} failed on purpose")
+        elif children_failed is not None:
+            produced = Outcome(error=f"ChildFailed: {children_failed}")
         else:
-            produced = Outcome(result=b"\xa2ok")
+            produced = Outcome(result=pack_value(f"{lease.ref}#{lease.token}"))
         self.truth.produced[(lease.ref, lease.token)] = "result" if produced.error is None else "error"
+        if produced.result is not None:
+            self.truth.results[(lease.ref, lease.token)] = produced.result
         return produced
 
     # --- scheduled happenings ----------------------------------------------------------------
@@ -333,11 +393,18 @@ class Simulator:
                 await w.tick_schedules()
                 self.at(self.now_ms + int(cfg.worker_reap_ms / max(w.clock.rate, 1e-3)), tick_schedules, w)
 
+        def watchdog() -> None:
+            # LeaseKeeper._watchdog: sleep (on the worker's own clock) until the earliest self-fence
+            # deadline, at most a heartbeat, then check: a timer at its exact instant, to the ms.
+            w.keeper.check_self_fence()
+            self.at(self.now_ms + true_ms(w.keeper.until_next_fence_ms(), w.clock.rate), watchdog, w)
+
         self.at(self.now_ms + cfg.heartbeat_ms, heartbeat, w)
         self.at(self.now_ms, poll, w)
         self.at(self.now_ms + cfg.worker_reap_ms, reap, w)
         if cfg.schedules:
             self.at(self.now_ms + cfg.worker_reap_ms // 2, tick_schedules, w)
+        self.at(self.now_ms + true_ms(w.keeper.until_next_fence_ms(), w.clock.rate), watchdog, w)
 
     def _new_worker(self, index: int, incarnation: int) -> SimWorker:
         w = SimWorker(self, index, incarnation, self.keeper_cls)
@@ -348,33 +415,72 @@ class Simulator:
         self._schedule_worker(w)
         return w
 
-    async def _submit(self, i: int) -> None:
+    async def _spec(self, i: int) -> RunSpec:
+        """Submit ``i`` as the embedding API makes it (``Client.submit_run``): with an idempotency
+        key if the plan submits it again, and with a cache key (and a cached result if the cache
+        has one: then the run completes at once with cache_hit) if it is in a cache group."""
         s = self.plan.submits[i]
-        run_id = f"s{i}"
+        spec = RunSpec("task", namespace=self.namespace, queue=self.queue,
+                       retries=Retries(user=s.user_retries, system=s.system_retries,
+                                       backoff_ms=self.plan.config.backoff_ms))
+        if s.resubmit_ms is not None:
+            spec = dataclasses.replace(spec, idempotency_key=f"k{i}")
+        else:
+            spec = dataclasses.replace(spec, run_id=f"s{i}")
+        if s.cache is not None:
+            inputs = pack_value({"cache group": s.cache})
+            key = CacheKey("sim").key_for(inputs)
+            spec = dataclasses.replace(spec, inputs=inputs, cache_key=key,
+                                       cached_result=await lookup_cache(self.backend, self.namespace, key))
+        return spec
+
+    async def _submit(self, i: int) -> None:
+        run_id = self.run_ids[i]
         self._submit_of[run_id] = i
-        await self.sync_clock()
-        await submit_runs(self.backend, [RunSpec(
-            "task", namespace=self.namespace, queue=self.queue, run_id=run_id,
-            retries=Retries(user=s.user_retries, system=s.system_retries, backoff_ms=self.plan.config.backoff_ms))])
+        spec = await self._spec(i)
+        await self.before_call()
+        try:
+            await submit_runs(self.backend, [spec])
+        except ServerRefused as exc:
+            self.server_error(f"the submit of {run_id}", exc)
+            return
         self.truth.submitted.append(run_id)
         self.truth.submit_steps[run_id] = self.step_no
 
+    async def _resubmit(self, i: int) -> None:
+        """The same request again, with the same idempotency key: the same run comes back."""
+        run_id = self.run_ids[i]
+        if run_id not in self.truth.submit_steps:
+            return
+        spec = await self._spec(i)
+        call = await self.before_call()
+        try:
+            (submitted,) = await submit_runs(self.backend, [spec])
+        except (ServerRefused, IdempotencyConflict) as exc:  # the same request is never a conflict
+            self.server_error(f"the resubmit of {run_id}", exc)
+            return
+        self.truth.resubmits.append(Resubmit(run_id, call, self.step_no, submitted.created))
+
     async def _abort(self, run: int) -> None:
-        run_id = f"s{run}"
+        run_id = self.run_ids[run]
         if run_id in self._submit_of:
-            await self.sync_clock()
+            call = await self.before_call()
             try:
                 outcome = await abort_run(self.backend, self.namespace, run_id,
                                           "aborted by the simulated control plane")
             except UnknownRun:  # its submit was rolled back (a crash or failover lost it)
                 return
+            except ServerRefused as exc:
+                self.server_error(f"the abort of {run_id}", exc)
+                return
             self.truth.aborted_at_ms.setdefault(run_id, self.now_ms)
-            self.truth.abort_calls.append((run_id, self.now_ms, self.step_no, outcome.aborted + outcome.requested > 0))
+            self.truth.abort_calls.append((run_id, self.now_ms, self.step_no,
+                                           outcome.aborted + outcome.requested > 0, call))
 
     async def _reap(self) -> None:
         cfg = self.plan.config
         if self.reaper is not None and not self.faults.reaper_down(self.now_ms):
-            await self.sync_clock()
+            await self.before_call()
             await self.reaper.reap_once()
         if self.now_ms < self.end_ms:
             self.at(self.now_ms + int(cfg.reaper_interval_ms * self.faults.reaper_factor(self.now_ms)), self._reap)
@@ -443,6 +549,7 @@ class Simulator:
         self.truth.clock_offsets.append((self.now_ms, self.server_offset_ms))
 
     async def _restart(self) -> None:
+        self.truth.resets.append(len(self.truth.calls))
         await self.restart_server()
         if self.disk is not None:
             self.disk.restarted(self.step_no)
@@ -453,6 +560,7 @@ class Simulator:
         """SIGKILL; the AOF is cut back to a seeded point after the last sync; restart from it."""
         rng = random.Random(f"{self.plan.seed}:crash:{index}")
         step, size, step_ms = self.disk.cut(rng)
+        self.truth.resets.append(len(self.truth.calls))
         await self.store.crash_to(size)
         self.disk.restarted(self.step_no)
         self._lost(DataLoss("server_crash", self.now_ms, self.step_no, step, step_ms))
@@ -553,8 +661,8 @@ class Simulator:
     async def _create_schedules(self) -> None:
         """The plan's schedules: every second, one per catch-up policy, from t = 0. Their runs go
         to a queue no simulated worker takes from: what is checked is the ticking."""
-        await self.sync_clock()
         for catchup in CATCHUP_ORDER[:self.plan.config.schedules]:
+            await self.before_call()   # sets the clock; places the call's events (checkers/history.py)
             await create_schedule(self.backend, f"every-second-{catchup}", "scheduled", "* * * * * *",
                                   namespace=self.namespace, queue=SCHEDULE_QUEUE, catchup=catchup,
                                   misfire_grace_s=1, start_ms=self.server_ms())
@@ -565,19 +673,21 @@ class Simulator:
         cfg = self.plan.config
         if not cfg.schedules:
             return
-        self._clock_set = self.server_ms() + cfg.ttl_ms + cfg.grace_ms + 1
-        await self.backend.redis.set(VIRTUAL_CLOCK_KEY, self._clock_set)
+        self.server_offset_ms += cfg.ttl_ms + cfg.grace_ms + 1   # every ticker lease has run out
         ticker = Ticker(self.backend, "final-ticker", ttl_ms=cfg.ttl_ms, grace_ms=cfg.grace_ms)
         for _ in range(10):   # at most MAX_TICKS_PER_CALL per schedule and call
+            await self.before_call()   # sets the clock; places the pass's events (checkers/history.py)
             if (await ticker.tick_once()).fired == 0:
                 break
-        self.truth.ticks_due_by_ms = self._clock_set
+        self.truth.ticks_due_by_ms = self.server_ms()
 
     async def _run(self) -> SimResult:
         deadline = self.end_ms
         await self._create_schedules()
         for i, s in enumerate(self.plan.submits):
             self.at(s.at_ms, lambda i=i: self._submit(i))
+            if s.resubmit_ms is not None:
+                self.at(max(s.resubmit_ms, s.at_ms), lambda i=i: self._resubmit(i))
         for a in self.plan.aborts:
             self.at(a.at_ms, lambda a=a: self._abort(a.run))
         for i in range(self.plan.workers):
@@ -597,12 +707,19 @@ class Simulator:
                     w.suspend_attempt(attempt, "end of simulation")
         self.truth.end_ms = self.now_ms
         await self._final_ticks()
+        await self._read_cache()
         entries = await EventLog(self.backend).read_all()
         raw = []
         for p in range(self.backend.partitions):
             raw += [(p, fields[b"e"]) for _, fields in await self.backend.redis.xrange(self.backend.keys(p).stream)]
         stats = summarize(entries, self.truth) | {"store_errors": self.injected.failed_calls - self._failed_before}
         return SimResult(self.plan, entries, raw, self.truth, quiesced, deadline, stats=stats)
+
+    async def _read_cache(self) -> None:
+        """What each partition's cache holds at the end (cache_faithful judges it)."""
+        for p in range(self.backend.partitions):
+            entries = await self.backend.redis.hgetall(self.backend.keys(p).cache(self.namespace))
+            self.truth.cache.update({(p, k.decode()): v for k, v in entries.items()})
 
     async def _all_done(self) -> bool:
         """Every submitted run finished? Asked at most every 50 ms of virtual time, for the runs not yet done."""
@@ -620,9 +737,24 @@ class Simulator:
         return len(self._done) == len(self.truth.submitted)
 
 
+def run_id_of(namespace: str, i: int, submit: Submit) -> str:
+    """The run id of the plan's submit ``i``: derived from its idempotency key if it is submitted
+    again (as the client derives it), else ``s<i>``."""
+    return idempotent_run_id(namespace, f"k{i}") if submit.resubmit_ms is not None else f"s{i}"
+
+
+def true_ms(worker_ms: float, rate: float) -> int:
+    """True (simulator) milliseconds until a worker's clock, running at ``rate``, has moved
+    ``worker_ms``: rounded up, so a timer never fires before its instant."""
+    return math.ceil(worker_ms / max(rate, 1e-3))
+
+
 def summarize(entries: list[LogEntry], truth: Truth) -> dict[str, int]:
     """The counts a person wants after a run."""
     count = lambda cls: sum(1 for e in entries if isinstance(e.event, cls))  # noqa: E731
+    cached = {(e.event.run, e.event.action) for e in entries
+              if isinstance(e.event, ev.ActionCreated) and e.event.cache_key}
+    child = lambda e: isinstance(e.event, ev.ActionEvent) and e.event.action not in ("", "a0")  # noqa: E731
     return {
         "runs": len(truth.submitted), "events": len(entries), "attempts": count(ev.ActionLeased),
         "failovers": sum(1 for e in entries if isinstance(e.event, ev.ActionRequeued)
@@ -636,4 +768,16 @@ def summarize(entries: list[LogEntry], truth: Truth) -> dict[str, int]:
         "schedule_ticks": count(ev.ScheduleTicked),
         "schedule_ticks_skipped": sum(e.event.count for e in entries if isinstance(e.event, ev.ScheduleSkipped)),
         "stale_ticks_refused": count(ev.ScheduleTickRejected),
+        # The whole API: each figure is a part of it the workload used (a zero is a blind spot).
+        "children": sum(1 for e in entries if isinstance(e.event, ev.ActionCreated) and e.event.parent),
+        "child_submits_refused": sum(1 for e in entries if isinstance(e.event, ev.ReportRejected)
+                                     and e.event.kind == "submit"),
+        "cached_results": sum(1 for e in entries if isinstance(e.event, ev.ActionSucceeded)
+                              and (e.event.run, e.event.action) in cached),
+        "cache_hits": count(ev.CacheHit),
+        "idempotent_resubmits": len(truth.resubmits),
+        "aborts": len(truth.abort_calls),
+        "subtree_aborts": sum(1 for e in entries if child(e) and isinstance(e.event, (ev.ActionAborted,
+                                                                                       ev.AbortRequested))),
+        "server_errors": len(truth.server_errors),
     }

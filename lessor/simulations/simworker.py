@@ -16,6 +16,12 @@ then dropped as unconfirmed. An attempt lets go of its lease through the same
 ``end_attempt`` as Worker, with its token check. Like a real Worker, each one
 also runs reaper passes (the real Reaper, shared throttle) through the network.
 
+A task may submit child actions (``ctx.submit``) as ``Worker.submit_child`` does:
+one fenced ``submit_child`` call each, checked usable right before it is sent and
+sent again while the lease is usable when it gets no answer; a task that awaits
+its children (``ctx.call``) keeps its attempt running until they are terminal and
+raises (ChildFailed) if one did not succeed.
+
 The simulator is reached only through ``Simulation``, the narrow interface
 below: this module does not import the simulator.
 """
@@ -25,10 +31,11 @@ from __future__ import annotations
 import logging
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
 
 from lessor.core.clock import ManualClock
+from lessor.core.phases import TERMINAL
 from lessor.errors import StaleToken, StoreUnavailable, UnknownAction
 from lessor.leasing.backend import Backend
 from lessor.leasing.client import Lease, LeaseClient
@@ -74,8 +81,12 @@ class Simulation(Protocol):
         """The server's clock now."""
 
     async def send(self, w: "SimWorker", op: Callable[[], Awaitable[Any]], on_reply: Callable[[Any, Any], None],
-                   on_server: Callable[[Any], None] | None = None, reports: list[Report] | None = None) -> None:
+                   on_server: Callable[[Any], None] | None = None, reports: list[Report] | None = None,
+                   reads_only: bool = False) -> None:
         """Send ``op`` from ``w`` through the network; ``on_reply(result, error)`` when (if) it hears back."""
+
+    def calls_so_far(self) -> int:
+        """How many script calls have run (orders a moment against them)."""
 
     def new_reaper(self, **kwargs: Any) -> Reaper:
         """A reaper on the reapers' connections."""
@@ -95,8 +106,22 @@ class Simulation(Protocol):
     def work_ms_of(self, lease: Lease) -> int:
         """How long the attempt's task computes."""
 
-    def run_task(self, w: "SimWorker", lease: Lease) -> Outcome:
+    def children_of(self, lease: Lease) -> "ChildSpec | None":
+        """The child actions the attempt's task submits (None: none)."""
+
+    def run_task(self, w: "SimWorker", lease: Lease, children_failed: str | None = None) -> Outcome:
         """The attempt's task has done its work: what it produced (recorded as ground truth)."""
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """The children a task submits: their action ids (in call order), their task and inputs,
+    and whether the task waits for them (``ctx.call``) before it ends."""
+
+    ids: tuple[str, ...]
+    task: str
+    inputs: bytes
+    awaits: bool
 
 
 @dataclass
@@ -109,6 +134,12 @@ class Attempt:
     segment: Execution | None = None   # the open stretch of computing, if computing now
     version: int = 0                   # bumps to cancel a scheduled "done"
     reporting: bool = False
+    children: ChildSpec | None = None  # what its task submits
+    spawning: bool = False             # its task has begun submitting them
+    spawned: bool = False              # ... and is done (each acknowledged, or one refused)
+    created: set[str] = field(default_factory=set)  # children the server acknowledged
+    task_error: str | None = None      # a child that did not succeed, or a submission that raised
+    awaited: bool = False              # every awaited child is terminal
 
 
 class SimWorker:
@@ -172,6 +203,7 @@ class SimWorker:
             self.heartbeating = False
             for report, h in zip(reports, live):
                 report.heard = codes is not None
+                report.heard_ms = self.sim.now_ms if codes is not None else None
             self.keeper.finish_heartbeat(live, codes, sent_ms)
 
         def on_server(codes) -> None:
@@ -277,18 +309,21 @@ class SimWorker:
             self.sim.at(self.sim.now_ms, lambda: self.report(lease, duplicate_lease()), self)
             return
         held = self.keeper.hold(lease, None, sent_ms)
-        attempt = Attempt(lease, held, self.sim.work_ms_of(lease))
+        attempt = Attempt(lease, held, self.sim.work_ms_of(lease), children=self.sim.children_of(lease))
         self.attempts[lease.ref] = attempt
         self.resume_attempt(attempt)
 
     def resume_attempt(self, attempt: Attempt) -> None:
-        """Start (or restart after a pause) computing; schedule its end."""
+        """Start (or restart after a pause) computing; schedule its end (its children first)."""
         if not self.keeper.usable(attempt.lease.ref) or attempt.reporting:
             return
         attempt.segment = self.sim.truth_execution(self, attempt.lease)
         attempt.version += 1
         version = attempt.version
-        self.sim.at(self.sim.now_ms + attempt.remaining_ms, lambda: self.finish(attempt, version), self)
+        if attempt.children is not None and not attempt.spawning:
+            attempt.spawning = True
+            self.sim.at(self.sim.now_ms + self._child_gap_ms(attempt), lambda: self._submit_child(attempt, 0), self)
+        self.sim.at(self.sim.now_ms + max(attempt.remaining_ms, 0), lambda: self.finish(attempt, version), self)
 
     def suspend_attempt(self, attempt: Attempt, why: str) -> None:
         """Stop computing now (pause, fence, crash): close the truth segment."""
@@ -296,16 +331,26 @@ class SimWorker:
             attempt.remaining_ms -= self.sim.now_ms - attempt.segment.start_ms
             attempt.segment.end_ms, attempt.segment.ended = self.sim.now_ms, why
             attempt.segment.end_server_ms = self.sim.server_ms()
+            attempt.segment.end_call = self.sim.calls_so_far()
             attempt.segment = None
         attempt.version += 1
 
     async def finish(self, attempt: Attempt, version: int) -> None:
-        """The task's work is done: report how it ended, as the outcome policy decides."""
+        """The task's work is done: report how it ended, as the outcome policy decides. A task
+        returns only once its child submissions have (ctx.submit is awaited), and one that
+        awaits its children only once they are terminal: until then it keeps computing."""
         if version != attempt.version or not self.running:
+            return
+        if attempt.children is not None and not attempt.spawned:
+            self.sim.at(self.sim.now_ms + self.sim.plan.config.poll_ms, lambda: self.finish(attempt, version), self)
+            return
+        if attempt.children is not None and attempt.children.awaits and not attempt.awaited \
+                and attempt.task_error is None:
+            await self._await_children(attempt, version)
             return
         self.suspend_attempt(attempt, "completed")
         attempt.reporting = True
-        produced = self.sim.run_task(self, attempt.lease)
+        produced = self.sim.run_task(self, attempt.lease, attempt.task_error)
         decided = self.sim.policy.report(Ending(attempt.held.fenced, shutting_down=False, outcome=produced))
         if decided.call is Call.NONE:
             self._forget(attempt.lease)
@@ -339,7 +384,7 @@ class SimWorker:
 
         def on_reply(answer, error) -> None:
             if answer is not None:
-                report.heard = True
+                report.heard, report.heard_ms = True, self.sim.now_ms
                 self.outage.ok()
                 if answer[1] is None:
                     self._end_report(chain, "committed")
@@ -357,6 +402,85 @@ class SimWorker:
             self.sim.at(self.sim.now_ms + wait_ms, lambda: self._try_report(chain, lease, call), self)
 
         await self.sim.send(self, op, on_reply, on_server, [report])
+
+    # --- children ----------------------------------------------------------------------------
+
+    async def _submit_child(self, attempt: Attempt, n: int) -> None:
+        """Submit child ``n`` of the attempt's task, then the next (``Worker.submit_child``)."""
+        lease, spec = attempt.lease, attempt.children
+        if self.attempts.get(lease.ref) is not attempt or attempt.spawned:
+            return
+        if n >= len(spec.ids) or not self.keeper.usable(lease.ref):  # checked last, right before the write
+            attempt.spawned = True
+            return
+        report = self.sim.truth_report(self, lease, "submit")
+        child = spec.ids[n]
+        # Worker.submit_child's arguments: parent ref and token, worker, child id, task, inputs,
+        # queue, retries (system, user, backoff), priority, timeout, cache key.
+        args = [lease.ref, lease.token, self.id, child, spec.task, spec.inputs, self.sim.queue, 3, 0,
+                self.sim.plan.config.backoff_ms, 0, 0, ""]
+
+        async def op() -> tuple[Code, int]:
+            code, created = await self.sim.backend.call(
+                "submit_child", [self.sim.backend.keys(lease.partition).prefix], args)
+            return Code(int(code)), int(created)
+
+        def on_server(answer) -> None:
+            report.answer = answer[0].name
+
+        def on_reply(answer, error) -> None:
+            if answer is not None:
+                report.heard, report.heard_ms = True, self.sim.now_ms
+                self.outage.ok()
+                if answer[0] is Code.OK:
+                    attempt.created.add(child)
+                    self.sim.at(self.sim.now_ms + self._child_gap_ms(attempt), lambda: self._submit_child(attempt, n + 1),
+                                self)
+                else:  # refused: ctx.submit raises into the task; the keeper hears of it at its next renewal
+                    attempt.spawned, attempt.task_error = True, f"{answer[0].name.lower()}: child {child}"
+                return
+            exc = error if isinstance(error, BaseException) else TimeoutError("no answer")
+            if not is_transient(exc):
+                attempt.spawned, attempt.task_error = True, f"{type(exc).__name__}: {exc}"
+                return
+            wait_ms = math.ceil(self.outage.failed(exc) / max(self.clock.rate, 1e-3))
+            self.sim.at(self.sim.now_ms + wait_ms, lambda: self._submit_child(attempt, n), self)
+
+        await self.sim.send(self, op, on_reply, on_server, [report])
+
+    def _child_gap_ms(self, attempt: Attempt) -> int:
+        """Children are submitted spread over the task's work, one every work / (children + 1)."""
+        return self.sim.work_ms_of(attempt.lease) // (len(attempt.children.ids) + 1)
+
+    async def _await_children(self, attempt: Attempt, version: int) -> None:
+        """ctx.call: read the children's phases; once all are terminal, finish; else look again
+        in a poll interval. A child the server acknowledged and no longer knows (a rollback lost
+        it) did not succeed."""
+        spec, ns_run = attempt.children, attempt.lease.ref.rsplit("/", 1)[0]
+        keys = self.sim.backend.keys(attempt.lease.partition)
+
+        async def op() -> list:
+            pipe = self.sim.backend.redis.pipeline(transaction=False)
+            for child in spec.ids:
+                pipe.hget(keys.action(f"{ns_run}/{child}"), "phase")
+            return await pipe.execute()
+
+        def on_reply(phases, error) -> None:
+            if version != attempt.version:
+                return
+            done = phases is not None and all(
+                (p is not None and p.decode() in TERMINAL) or (p is None and c in attempt.created)
+                for c, p in zip(spec.ids, phases))
+            if done:
+                failed = [f"{c} {p.decode() if p else 'lost'}" for c, p in zip(spec.ids, phases)
+                          if p != b"succeeded"]
+                attempt.awaited, attempt.task_error = True, ("; ".join(failed) or None)
+                self.sim.at(self.sim.now_ms, lambda: self.finish(attempt, version), self)
+            else:
+                self.sim.at(self.sim.now_ms + self.sim.plan.config.poll_ms, lambda: self.finish(attempt, version),
+                            self)
+
+        await self.sim.send(self, op, on_reply, reads_only=True)
 
     def _end_report(self, chain: ReportChain, ended: str) -> None:
         held = self.keeper.held.get(chain.ref)

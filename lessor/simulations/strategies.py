@@ -2,6 +2,12 @@
 
 Shrinking works on the plan's parts: fewer runs, fewer faults, shorter
 durations, smaller numbers, so a failure ends as a small plan a person can read.
+
+The workload uses the whole API: runs whose task submits children (fenced by
+its token) and sometimes awaits them, runs in cache groups, runs submitted again
+with their idempotency key, aborts. Faults are weighted toward guarantee 2's
+edge (``edge``): a worker clock slow at the drift bound, or a last good renewal
+whose reply came slowly, then the lease lost; without them such plans are rare.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from lessor.simulations.plan import DURABILITY_MODES, Abort, Config, Fault, Plan
 # Weighted by repetition: the faults that move ownership come up most. The
 # order matters for shrinking too: hypothesis shrinks toward the first kind.
 WORKER_FAULTS = ("partition", "partition", "partition", "pause", "pause", "delay", "delay", "crash", "crash",
-                 "lost_reply", "drift")
+                 "lost_reply", "drift", "drift", "slow_reply")
 SYSTEM_FAULTS = ("clock_jump", "clock_jump", "slow_reaper", "reaper_down")
 # The store fails (``store_faults=True``). Restarts stay in: a token bug that only shows
 # once the counter is ahead of its time floor needs an earlier epoch jump.
@@ -23,6 +29,14 @@ STORE_FAULTS = ("server_crash", "server_crash", "failover", "failover", "failove
                 "reaper_crash", "server_restart")
 # Of those, the ones that need a server of our own (restarted, cut back, failed over).
 SERVER_FAULTS = frozenset({"server_crash", "failover", "server_restart"})
+
+
+# At most this many runs of a plan await their children (ctx.call): each holds a worker slot
+# while it waits, and a plan's workers have at least 2 x concurrency of them.
+MAX_AWAITING = 2
+
+
+caches = st.sampled_from([None, None, None, 0, 1])  # cache groups: most runs have no cache key
 
 
 def submits(max_runs: int, horizon_ms: int) -> st.SearchStrategy:
@@ -33,8 +47,23 @@ def submits(max_runs: int, horizon_ms: int) -> st.SearchStrategy:
         user_retries=st.integers(0, 2),
         system_retries=st.integers(0, 3),
         fail_attempts=st.integers(0, 2),
+        children=st.sampled_from([0, 0, 1, 2]),
+        child_work_ms=st.integers(20, 400),
+        awaits_children=st.booleans(),
+        cache=caches,
+        resubmit_ms=st.one_of(st.none(), st.none(), st.none(), st.integers(0, horizon_ms)),
     )
-    return st.lists(one, min_size=1, max_size=max_runs).map(tuple)
+    return st.lists(one, min_size=1, max_size=max_runs).map(_bound_awaiting)
+
+
+def _bound_awaiting(runs: list[Submit]) -> tuple[Submit, ...]:
+    """At most MAX_AWAITING runs await their children (the first ones that have any)."""
+    out, awaiting = [], 0
+    for s in runs:
+        waits = s.awaits_children and s.children > 0 and awaiting < MAX_AWAITING
+        awaiting += waits
+        out.append(replace(s, awaits_children=waits) if waits != s.awaits_children else s)
+    return tuple(out)
 
 
 @st.composite
@@ -56,9 +85,13 @@ def fault(draw, workers: int, horizon_ms: int, config: Config, kinds: tuple[str,
         # Up to three lease windows: the worker gives up after rpc_timeout_ms, but the
         # network may still deliver the message later (a delayed packet).
         return Fault(kind, at, worker=worker, duration_ms=draw(long_ms), delay_ms=draw(st.integers(1, 3 * window)))
+    if kind == "slow_reply":  # answers arrive late, mostly still within the rpc timeout
+        return Fault(kind, at, worker=worker, duration_ms=draw(long_ms),
+                     delay_ms=draw(st.integers(1, config.rpc_timeout_ms + 100)))
     if kind == "drift":
-        bound = config.drift_bound if drift_within_bound else 0.5
-        return Fault(kind, at, worker=worker, rate=round(draw(st.floats(1 - bound, 1 + bound)), 3))
+        if not drift_within_bound:
+            return Fault(kind, at, worker=worker, rate=round(draw(st.floats(0.5, 1.5)), 3))
+        return Fault(kind, at, worker=worker, rate=draw(drift_rates(config)))
     if kind == "clock_jump":
         return Fault(kind, at, delta_ms=draw(st.integers(-500, 3000)))
     if kind in ("reaper_crash", "store_errors"):
@@ -67,6 +100,73 @@ def fault(draw, workers: int, horizon_ms: int, config: Config, kinds: tuple[str,
         # The replica's lag: up to two lease windows (renewals, grants and reports lost).
         return Fault(kind, at, lag_ms=draw(st.integers(0, 2 * window)))
     return Fault(kind, at)  # server_restart, server_crash
+
+
+def drift_rates(config: Config) -> st.SearchStrategy:
+    """Clock rates within the drift bound, weighted toward the slow edge (a slow worker clock
+    is the one that eats the self-fencing margin), the bound itself included."""
+    slowest = round(1 - config.drift_bound, 3)
+    return st.one_of(st.sampled_from([slowest, slowest, round(slowest + 0.005, 3)]),
+                     st.floats(1 - config.drift_bound, 1 + config.drift_bound).map(lambda r: round(r, 3)))
+
+
+@st.composite
+def edge(draw, workers: int, horizon_ms: int, config: Config) -> tuple[list[Fault], list[Submit]]:
+    """The edges of guarantees 1 and 2, which independent faults rarely line up. A worker
+    loses its lease (a partition outlasting ttl + grace) right after
+
+    - its clock ran slow at the drift bound, or
+    - the reply to its last good renewal came slowly (within the rpc timeout):
+
+    the correct keeper stops with little slack to spare, a keeper a little wrong does not; or
+
+    - it sent a request the network holds until after the lease expired (every worker's
+      messages are held about a lease window for a moment, then the workers are cut off,
+      while no reaper reaches the store; a short run brought along ends in that moment): a
+      late completion, failure, release or child submission then meets a lease dead on the
+      server's clock that no reaper has expired yet (or one another worker holds, or
+      finished, by then), and only the write's own check can refuse it; or
+
+    - every worker but one is cut off a little longer than a lease window, and a little
+      shorter than a report is sent again (the report timeout), just as a short run
+      submitted for the purpose starts: it ends meanwhile, runs again on the one worker left,
+      and a later try of its first completion arrives after that one's success: a stale
+      report of an action already done.
+
+    And a worker is stopped or cut off just long enough that its next renewal lands in the
+    grace window, before its self-fence deadline: the renewal resumes the lease (and must be
+    logged as late), where one a little later must be refused.
+
+    Returns the faults, and the runs the edge brings along.
+    """
+    worker = draw(st.integers(0, workers - 1))
+    at = draw(st.integers(0, horizon_ms))
+    window = config.ttl_ms + config.grace_ms
+    flavour = draw(st.sampled_from(["slow_clock", "slow_reply", "late_request", "stale_report", "late_renewal"]))
+    if flavour == "late_renewal":
+        out_ms = draw(st.integers(config.ttl_ms, max(config.ttl_ms, config.ttl_ms + config.grace_ms
+                                                      - config.margin_ms - config.heartbeat_ms)))
+        return [Fault(draw(st.sampled_from(["pause", "partition"])), at, worker=worker, duration_ms=out_ms)], []
+    if flavour == "stale_report":
+        cut_ms = draw(st.integers(window + config.heartbeat_ms,
+                                  max(window, config.report_timeout_ms) + config.heartbeat_ms))
+        run = Submit(max(0, at - config.poll_ms), work_ms=draw(st.integers(50, 2 * config.poll_ms)), cache=draw(caches))
+        return [Fault("partition", at, worker=w, duration_ms=cut_ms) for w in range(workers) if w != worker], [run]
+    if flavour == "late_request":
+        held_ms = draw(st.integers(50, 2 * config.heartbeat_ms))
+        delay_ms = draw(st.integers(window, 2 * window))
+        lead_ms = 2 * config.heartbeat_ms  # the run is leased before the moment, and ends in it
+        run = Submit(max(0, at - lead_ms), work_ms=draw(st.integers(lead_ms, lead_ms + held_ms)), cache=draw(caches))
+        return [Fault("store_errors", at, duration_ms=draw(st.integers(window, 3 * window)))] + [
+            f for w in range(workers) for f in (Fault("delay", at, worker=w, duration_ms=held_ms, delay_ms=delay_ms),
+                                                Fault("partition", at + held_ms, worker=w, duration_ms=window))], [run]
+    lose = Fault("partition", at + draw(st.integers(0, 2 * config.heartbeat_ms)), worker=worker,
+                 duration_ms=draw(st.integers(window, 2 * window)))
+    if flavour == "slow_clock":
+        return [Fault("drift", draw(st.integers(0, at)), worker=worker, rate=draw(drift_rates(config))), lose], []
+    slow = Fault("slow_reply", at, worker=worker, duration_ms=2 * config.heartbeat_ms + config.rpc_timeout_ms,
+                 delay_ms=draw(st.integers(config.rpc_timeout_ms // 2, config.rpc_timeout_ms - 1)))
+    return [slow, lose], []
 
 
 @st.composite
@@ -94,7 +194,12 @@ def plans(draw, *, max_workers: int = 5, max_runs: int = 50, max_faults: int = 1
         + (("server_restart",) if server_restarts and not store_faults else ())
     if not server_restarts:
         kinds = tuple(k for k in kinds if k not in SERVER_FAULTS) or ("partition",)
-    faults = draw(st.lists(fault(workers, horizon_ms, config, kinds, drift_within_bound), max_size=max_faults))
+    groups = draw(st.lists(edge(workers, horizon_ms, config), max_size=min(2, max_faults // 3))) \
+        if fault_kinds is None else []
+    edges = [f for faults_of, _ in groups for f in faults_of][:max_faults]
+    runs = (tuple(r for _, brought in groups for r in brought) + runs)[:max(max_runs, 1)]
+    faults = edges + draw(st.lists(fault(workers, horizon_ms, config, kinds, drift_within_bound),
+                                   max_size=max(0, max_faults - len(edges))))
     aborts = draw(st.lists(st.builds(Abort, at_ms=st.integers(0, horizon_ms), run=st.integers(0, len(runs) - 1)),
                            max_size=2))
     return Plan(seed=draw(st.integers(0, 2**32 - 1)), workers=workers, submits=runs,

@@ -21,6 +21,7 @@ class Execution:
     start_server_ms: int | None = None  # the server's clock at start_ms
     end_server_ms: int | None = None  # the server's clock at end_ms (clock jumps included)
     ended: str = ""          # completed | self_fenced | stale | aborted | unknown | crashed | paused
+    end_call: int | None = None  # script calls made before it ended (orders it against them)
 
 
 @dataclass
@@ -36,7 +37,9 @@ class Report:
     ran_ms: int | None = None      # true time when it ran
     answer: str = ""               # OK, RESUMED, ABORTED, STALE, UNKNOWN (what the server said)
     heard: bool = False            # did the worker get the answer
+    heard_ms: int | None = None    # true time it did
     ran_step: int | None = None    # the simulator step in which it ran (orders writes; finds lost ones)
+    ran_call: int | None = None    # the script call it was (an index into Truth.calls)
 
     @property
     def heard_committed(self) -> bool:
@@ -97,6 +100,30 @@ class DataLoss:
         return step is not None and self.after_step < step < self.at_step
 
 
+@dataclass(frozen=True)
+class Call:
+    """One script call the simulator let through to the server, in the order they ran.
+
+    ``stream_lens``: each partition's stream length just before the call, so the events
+    it appended are at those positions and after (``checkers/history.py`` maps every
+    event of the final log back to the call that wrote it)."""
+
+    step: int
+    true_ms: int
+    server_ms: int
+    stream_lens: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Resubmit:
+    """A submit sent again with the same idempotency key, and what the server answered."""
+
+    run: str
+    call: int          # the script call it was
+    step: int
+    created: bool      # the server said it created the run (False: it already existed)
+
+
 @dataclass
 class Truth:
     """Everything the simulator saw happen."""
@@ -114,13 +141,22 @@ class Truth:
     durability: str = "memory"
     epoch_ms: int = 0            # the server clock at true time 0
     submit_steps: dict[str, int] = field(default_factory=dict)   # run id -> step its submit ran (acknowledged)
-    abort_calls: list[tuple[str, int, int, bool]] = field(default_factory=list)  # (run, true ms, step, asked anything)
+    # (run, true ms, step, asked anything, script call): what the control plane's aborts did
+    abort_calls: list[tuple[str, int, int, bool, int]] = field(default_factory=list)
     # (action ref, token) -> what that attempt's task itself produced: "result" or "error"
     # (only attempts whose work ran to its end; what the worker then reported is the log's to say).
     produced: dict[tuple[str, int], str] = field(default_factory=dict)
     # The server time by which every schedule tick must have been handled (fired or skipped):
     # the simulator's final, fault-free schedule pass ran then (None: no schedules).
     ticks_due_by_ms: int | None = None
+    results: dict[tuple[str, int], bytes] = field(default_factory=dict)  # the result bytes it returned
+    calls: list[Call] = field(default_factory=list)       # every script call, in order
+    resets: list[int] = field(default_factory=list)       # calls made before each restart or crash of the
+                                                         # server (it came back from its AOF: soft state lost)
+    resubmits: list[Resubmit] = field(default_factory=list)
+    cache: dict[tuple[int, str], bytes] = field(default_factory=dict)  # (partition, key) -> value at the end
+    server_errors: list[tuple[str, int, str]] = field(default_factory=list)  # (what, true ms, error) a
+                                                         # script refused with arguments lessor built
 
     def lost(self, step: int | None) -> DataLoss | None:
         """The data loss that rolled back a write made in ``step`` (None: it survived, or never ran)."""

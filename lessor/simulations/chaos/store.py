@@ -45,13 +45,13 @@ from lessor.core import events as ev
 from lessor.leasing.backend import Backend, open_backend
 from lessor.leasing.durability import Durability
 from lessor.leasing.eventlog import EventLog
-from lessor.leasing.outage import is_transient
 from lessor.leasing.replay import verify
 from lessor.scheduler.launch import lessor_command, worker_command
 from lessor.scheduler.submit import Retries, RunSpec, submit_runs
 from lessor.scheduler.values import pack_value
 from lessor.server import EmbeddedServer, _die_with_parent
 from lessor.simulations.chaos.app import APP
+from lessor.simulations.chaos.tolerate import tolerant as _tolerant, transient
 from lessor.simulations.checkers import Violation, liveness, no_runaway, single_owner
 from lessor.simulations.truth import Execution, Truth
 
@@ -253,7 +253,7 @@ class StoreChaos:
                     await submit_runs(backend, [spec])
                     break
                 except Exception as exc:  # the server is down or restarting: same run id again
-                    if not is_transient(exc):
+                    if not transient(exc):
                         raise
                     await anyio.sleep(0.2)
             self.submitted.append(spec.run_id)
@@ -446,15 +446,6 @@ class StoreChaos:
                 continue
             out += [f"{run_id}/{a.action_id}" for a in infos if a.phase.value == "running"]
         return out
-
-
-async def _tolerant(awaitable):
-    try:
-        return await awaitable
-    except Exception as exc:  # the server is down or reloading its AOF: try again later
-        if not is_transient(exc):
-            raise
-        return None
 
 
 def render(report: StoreReport, console, workdir: str) -> None:

@@ -70,7 +70,7 @@ def check(entries, truth: Truth) -> list[Violation]:
     for run, step in truth.submit_steps.items():
         if run not in created and not truth.failover_after(step):
             out.append(Violation(NAME, run, "submit acknowledged durable, but the run is not in the log"))
-    for run, at_ms, step, asked in truth.abort_calls:
+    for run, at_ms, step, asked, _ in truth.abort_calls:
         if asked and run not in abort_asked and not truth.failover_after(step):
             out.append(Violation(NAME, run, f"abort at t={at_ms} ms acknowledged durable, but not in the log"))
     return out
