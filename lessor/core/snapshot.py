@@ -12,7 +12,6 @@ Wire form: msgpack ``{"v": 1, "id": "<stream id>", "events": n, "runs": [...],
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import msgpack
@@ -37,7 +36,9 @@ class Snapshot:
 
 
 def _state(state) -> dict:
-    out = dataclasses.asdict(state)
+    # Every state field is a scalar, so a shallow copy is the whole state; dataclasses.asdict
+    # deep-copies each field and cost ~0.3 ms a state (most of a compaction step at 10k runs).
+    out = dict(state.__dict__)
     out["phase"] = state.phase.value
     return out
 
@@ -61,16 +62,17 @@ def decode_snapshot(data: bytes, where: str = "?") -> Snapshot:
         version = body.get("v") if isinstance(body, dict) else None
         raise SnapshotError(f"snapshot {where} has version {version!r}; this lessor reads version "
                             f"{SNAPSHOT_VERSION}: upgrade lessor, or take a new snapshot")
+    phases, schedule_phases = Phase._value2member_map_, SchedulePhase._value2member_map_
     try:
         world = World()
         for r in body["runs"]:
-            run = RunState(**(r | {"phase": Phase(r["phase"])}))
+            run = RunState(**(r | {"phase": phases[r["phase"]]}))
             world.runs[f"{run.ns}/{run.run}"] = run
         for a in body["actions"]:
-            action = ActionState(**(a | {"phase": Phase(a["phase"])}))
+            action = ActionState(**(a | {"phase": phases[a["phase"]]}))
             world.adopt_action(action)
         for x in body.get("schedules", ()):   # absent in snapshots taken before schedules existed
-            schedule = ScheduleState(**(x | {"phase": SchedulePhase(x["phase"])}))
+            schedule = ScheduleState(**(x | {"phase": schedule_phases[x["phase"]]}))
             world.schedules[f"{schedule.ns}/{schedule.schedule}"] = schedule
         world.events = int(body["events"])
         return Snapshot(at=str(body["id"]), world=world)

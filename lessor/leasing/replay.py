@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from lessor.core.fold import World, action_projection, run_projection, schedule_projection
 from lessor.leasing.backend import Backend
-from lessor.leasing.compaction import load_snapshot
+from lessor.leasing.archive import Archive
+from lessor.leasing.snapshots import read_start
 from lessor.leasing.eventlog import EventLog
 
 
@@ -32,24 +33,25 @@ class Difference:
         return f"{self.key} {self.field}: log says {self.from_log!r}, live says {self.live!r}"
 
 
-async def replay(backend: Backend) -> World:
+async def replay(backend: Backend, archive: Archive | None = None) -> World:
     """The state the log gives: each partition's latest snapshot (if compaction took one)
     plus the events after it, folded (IllegalTransition if the log breaks the table).
 
     Its cost follows live state and the tail, not all-time history. Entries that
     do not decode are skipped and listed in ``world.bad_entries`` (``verify``
-    reports each as a difference). A snapshot that does not decode raises
-    SnapshotError, naming what to do.
+    reports each as a difference). A snapshot that does not decode, or has an
+    unknown version, is replaced by the previous one or, given ``archive``, by
+    the archive; each such fallback is listed in ``world.fell_back``. With
+    neither, SnapshotError names what to do.
     """
     world = World()
     log = EventLog(backend)
     for p in range(backend.partitions):
-        snapshot = await load_snapshot(backend, p)
-        after = "-"
-        if snapshot is not None:
-            world.merge(snapshot.world)
-            after = "(" + snapshot.at
-        async for event in log.scan(p, after):
+        start = await read_start(backend.redis, backend.keys(p).named("SNAPSHOT"), p, archive)
+        if start.fell_back:
+            world.fell_back.append(f"partition {p}: {start.fell_back}")
+        world.merge(start.world)
+        async for event in log.scan(p, "(" + start.at if start.at is not None else "-"):
             world.apply(event)
     world.bad_entries = list(log.bad)
     return world
@@ -77,9 +79,10 @@ def _compare(key: str, expected: dict, live: dict) -> list[Difference]:
     return diffs
 
 
-async def verify(backend: Backend, world: World | None = None) -> list[Difference]:
-    """Every difference between the fold of the log and the live projection (empty = equal)."""
-    world = world or await replay(backend)
+async def verify(backend: Backend, world: World | None = None, archive: Archive | None = None) -> list[Difference]:
+    """Every difference between the fold of the log and the live projection (empty = equal).
+    ``archive``: where to rebuild a partition whose snapshots are unusable (see ``replay``)."""
+    world = world or await replay(backend, archive)
     diffs: list[Difference] = [Difference(backend.keys(b.partition).stream, f"entry {b.entry_id}", "decodes", b.why)
                                for b in world.bad_entries]
     expected_keys = set()
