@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 import random
+import zlib
 
 import msgpack
 import pytest
@@ -18,7 +19,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lessor.core.snapshot import SnapshotError, encode_snapshot
+from lessor.core.snapshot import SnapshotError, decode_snapshot, encode_snapshot
 from lessor.core.fold import World
 from lessor.errors import IllegalTransition, LogTrimmed
 from lessor.leasing.archive import Archive
@@ -98,6 +99,9 @@ async def test_a_snapshot_that_does_not_decode_is_named(vbackend, tmp_path):
     await b.redis.hset(key, "data", msgpack.packb({"v": 99}))
     with pytest.raises(SnapshotError, match="version 99"):
         await replay(b)
+    # Version 1 (uncompressed, written before version 2) is still read.
+    body = msgpack.unpackb(zlib.decompress(msgpack.unpackb(encode_snapshot("5-0", World()))["z"]))
+    assert body["v"] == 1 and decode_snapshot(msgpack.packb(body)).at == "5-0"
 
 
 async def test_an_unusable_snapshot_falls_back_to_the_previous_one_then_the_archive(vbackend, flushed, tmp_path):

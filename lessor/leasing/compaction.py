@@ -31,7 +31,7 @@ from redis.exceptions import WatchError
 from lessor.core.codec import decode
 from lessor.core.fold import World
 from lessor.core.ids import stream_id_key as id_key
-from lessor.core.snapshot import Snapshot, SnapshotError, decode_snapshot, encode_snapshot
+from lessor.core.snapshot import SNAPSHOT_VERSION, Snapshot, SnapshotError, decode_snapshot, encode_snapshot
 from lessor.errors import EventDecodeError
 from lessor.leasing.archive import Archive
 from lessor.leasing.backend import Backend
@@ -182,7 +182,7 @@ async def _step(backend: Backend, keys, partition: int, archive: Archive, batch:
         at = max(mark, start.at or mark, key=id_key)
         data = await anyio.to_thread.run_sync(encode_snapshot, at, world)
         pipe.multi()
-        pipe.hset(key, mapping={"data": data, "at": at, "trimmed": trim_to, "v": 1})
+        pipe.hset(key, mapping={"data": data, "at": at, "trimmed": trim_to, "v": SNAPSHOT_VERSION})
         if start.data is not None:
             pipe.hset(key, mapping={"prev": start.data, "prev_at": start.at})
         else:
