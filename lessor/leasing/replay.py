@@ -61,6 +61,7 @@ def _norm(value: object) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
+_READ_BATCH = 500
 _DEFAULTS = (b"", b"0")  # the scripts do not store fields at their default value
 
 
@@ -85,23 +86,24 @@ async def verify(backend: Backend, world: World | None = None, archive: Archive 
     world = world or await replay(backend, archive)
     diffs: list[Difference] = [Difference(backend.keys(b.partition).stream, f"entry {b.entry_id}", "decodes", b.why)
                                for b in world.bad_entries]
-    expected_keys = set()
+    expected: list[tuple[str, dict]] = []
     for ref, state in world.actions.items():
-        key = backend.keys_for_ref(ref).action(ref)
-        expected_keys.add(key)
-        diffs += _compare(key, action_projection(state) | {"phase": state.phase.value},
-                          await backend.redis.hgetall(key))
+        expected.append((backend.keys_for_ref(ref).action(ref), action_projection(state) | {"phase": state.phase.value}))
     for ref, state in world.runs.items():
-        key = backend.keys_for_ref(ref + "/a0").run(ref)
-        expected_keys.add(key)
-        diffs += _compare(key, run_projection(state) | {"phase": state.phase.value},
-                          await backend.redis.hgetall(key))
+        expected.append((backend.keys_for_ref(ref + "/a0").run(ref), run_projection(state) | {"phase": state.phase.value}))
     for ref, state in world.schedules.items():
         ns, name = ref.rsplit("/", 1)
-        key = backend.keys_for_run(ns, name).schedule(ref)
-        expected_keys.add(key)
-        diffs += _compare(key, schedule_projection(state) | {"phase": state.phase.value},
-                          await backend.redis.hgetall(key))
+        expected.append((backend.keys_for_run(ns, name).schedule(ref),
+                         schedule_projection(state) | {"phase": state.phase.value}))
+    expected_keys = {key for key, _ in expected}
+    for i in range(0, len(expected), _READ_BATCH):   # pipelined: one round trip per batch, not per key
+        chunk = expected[i:i + _READ_BATCH]
+        async with backend.redis.pipeline(transaction=False) as pipe:
+            for key, _ in chunk:
+                pipe.hgetall(key)
+            lives = await pipe.execute()
+        for (key, want), live in zip(chunk, lives):
+            diffs += _compare(key, want, live)
     for keys in backend.all_keys():
         for pattern in (keys.action("*"), keys.run("*"), keys.schedule("*")):
             async for raw in backend.redis.scan_iter(match=pattern, count=1000):
