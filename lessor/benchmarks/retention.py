@@ -50,6 +50,7 @@ class RetentionBench:
     runs: int = 0
     seconds: float = 0.0
     verify_s: float = 0.0
+    verify_cpu_s: float = 0.0   # this process's CPU in the verify: less at the mercy of a loaded machine
     differences: int = 0
     archive_bytes: int = 0
     renew_p99_ms: dict[str, float] = field(default_factory=dict)
@@ -65,7 +66,7 @@ async def _used(backend: Backend) -> dict:
     streams = sum([await backend.redis.xlen(k.stream) for k in keys])
     stream_bytes = sum([await backend.redis.memory_usage(k.stream, samples=0) or 0 for k in keys])
     snapshot_bytes = sum([await backend.redis.memory_usage(k.named("SNAPSHOT"), samples=0) or 0 for k in keys])
-    return {"t": time.time(), "used_memory": int(info["used_memory"]), "used_memory_rss": int(info["used_memory_rss"]),
+    return {"t": time.time(), "load1": os.getloadavg()[0], "used_memory": int(info["used_memory"]), "used_memory_rss": int(info["used_memory_rss"]),
             "stream_entries": streams, "stream_bytes": stream_bytes, "snapshot_bytes": snapshot_bytes,
             "keys": await backend.redis.dbsize()}
 
@@ -175,9 +176,9 @@ async def bench_retention(url: str | None, runs: int, keep_runs: int, batch: int
             while any(c.archived >= keeper.batch for c in await keeper.compact()):
                 pass
             out.samples.append({"runs": out.runs, **await _used(backend)})
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()   # measurements of the verify
             out.differences = len(await verify(backend))
-            out.verify_s = time.perf_counter() - t0
+            out.verify_s, out.verify_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
             out.renew_p99_ms = {name: percentile(sorted(ms for at, ms in latencies if lo <= at <= hi), 0.99)
                                 for name, (lo, hi) in windows.items()}
         out.archive_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(archive_dir) for f in fs)
@@ -210,7 +211,10 @@ def report(result: RetentionBench, keep_runs: int, as_json: bool, plot: str | No
            f"{c['events']:,} events in {c['steps']:,} steps, {c['cpu_s']:.0f} s CPU "
            f"({c['cpu_s'] * 1e6 / max(c['events'], 1):.0f} us/event), longest step {c['longest_step_ms']:.0f} ms"]
           for i, c in enumerate(result.compactors)],
-        ["replay --verify", f"{result.verify_s:.2f} s, {result.differences} differences"],
+        ["replay --verify", f"{result.verify_s:.2f} s ({result.verify_cpu_s:.2f} s CPU), "
+                            f"{result.differences} differences"],
+        ["machine load (1 min), median of the samples",
+         f"{sorted(s.get('load1', 0) for s in result.samples)[len(result.samples) // 2]:.1f}"],
         ["archive", f"{result.archive_bytes / max(result.runs, 1):.0f} bytes per run (gzip JSON lines)"],
         ["renewal p99, housekeeping on / off", " / ".join(f"{result.renew_p99_ms.get(k, 0):.1f} ms"
                                                           for k in ("housekeeping on", "housekeeping off"))],
