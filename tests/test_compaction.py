@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 import random
+import zlib
 
 import msgpack
 import pytest
@@ -18,7 +19,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lessor.core.snapshot import SnapshotError, encode_snapshot
+from lessor.core.snapshot import SnapshotError, decode_snapshot, encode_snapshot
 from lessor.core.fold import World
 from lessor.errors import IllegalTransition, LogTrimmed
 from lessor.leasing.archive import Archive
@@ -31,6 +32,7 @@ from lessor.leasing.scripts import ClockMode
 from lessor.server import EmbeddedServer
 from tests.conftest import TEST_MARK, VirtualClock, make_backend
 from tests.test_eventlog import random_workload
+from tests.test_cli import lessor
 from tests.test_leasing import NS
 from tests.test_retention import finish
 
@@ -97,6 +99,41 @@ async def test_a_snapshot_that_does_not_decode_is_named(vbackend, tmp_path):
     await b.redis.hset(key, "data", msgpack.packb({"v": 99}))
     with pytest.raises(SnapshotError, match="version 99"):
         await replay(b)
+    # Version 1 (uncompressed, written before version 2) is still read.
+    body = msgpack.unpackb(zlib.decompress(msgpack.unpackb(encode_snapshot("5-0", World()))["z"]))
+    assert body["v"] == 1 and decode_snapshot(msgpack.packb(body)).at == "5-0"
+
+
+async def test_an_unusable_snapshot_falls_back_to_the_previous_one_then_the_archive(vbackend, flushed, tmp_path):
+    """The latest snapshot corrupted: replay --verify folds the previous one and the stream, and
+    says so; both corrupted: it asks for the archive, and rebuilds from it when given; compaction's
+    next step heals the partition."""
+    b = vbackend
+    archive = Archive(str(tmp_path / "a"))
+    await finish(b, 12)
+    await compact(b, archive, keep_window_ms=0)
+    await finish(b, 12)
+    await compact(b, archive, keep_window_ms=0)   # the second snapshot keeps the first beside it
+    await finish(b, 4)                            # and a tail after it
+    keys = [b.keys(p).named("SNAPSHOT") for p in range(b.partitions)]
+    p = [p for p in range(b.partitions) if await b.redis.hexists(keys[p], "prev")][0]
+    await b.redis.hset(keys[p], "data", msgpack.packb({"v": 99}))
+    proc = lessor("replay", "--verify", "--json", url=flushed)
+    summary = json.loads(proc.stdout)
+    assert proc.returncode == 0 and summary["differences"] == [], proc.stdout + proc.stderr
+    assert len(summary["fell_back"]) == 1 and "version 99" in summary["fell_back"][0]
+    assert "fell back to the previous snapshot" in summary["fell_back"][0]
+    await b.redis.hset(keys[p], "prev", b"\xc1garbage")
+    proc = lessor("replay", "--verify", "--json", url=flushed)
+    assert proc.returncode != 0 and "--archive DIR" in proc.stderr, proc.stdout + proc.stderr
+    proc = lessor("replay", "--verify", "--json", "--archive", archive.directory, url=flushed)
+    summary = json.loads(proc.stdout)
+    assert proc.returncode == 0 and summary["differences"] == [], proc.stdout + proc.stderr
+    assert "fell back to the archive" in summary["fell_back"][0]
+    await finish(b, 8)
+    healed = next(r for r in await compact(b, archive, keep_window_ms=0) if r.partition == p)
+    assert "fell back to the archive" in healed.fell_back and healed.snapshot_at
+    assert (await replay(b)).fell_back == [] and await verify(b) == []
 
 
 async def test_verify_catches_a_trim_past_the_snapshot(vbackend, tmp_path):

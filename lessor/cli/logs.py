@@ -27,6 +27,8 @@ def add_commands(sub) -> None:
     add_url(p)
     p.add_argument("--verify", action="store_true",
                    help="compare with the live projection; exit 1 printing every difference")
+    p.add_argument("--archive", metavar="DIR", help="where to rebuild a partition whose snapshots do not decode "
+                                                    "(the archive compaction writes; see docs/retention.md)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_replay)
 
@@ -73,11 +75,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     """`lessor replay [--verify]`: fold the streams; with --verify, exit 1 if the live state differs."""
     from lessor.cli.render import print_replay, replay_to_json
     from lessor.leasing.backend import open_backend
+    from lessor.leasing.archive import Archive
     from lessor.leasing.replay import replay, verify
 
     async def run() -> dict:
         async with open_backend(url_of(args)) as backend:
-            world = await replay(backend)
+            world = await replay(backend, Archive(args.archive) if args.archive else None)
             diffs = await verify(backend, world) if args.verify else []
         return replay_to_json(world, args.verify, diffs)
 

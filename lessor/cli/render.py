@@ -284,7 +284,7 @@ def replay_to_json(world, verified: bool, diffs: list) -> dict:
 
     return {"events": world.events, "runs": len(world.runs), "actions": len(world.actions),
             "action_phases": dict(Counter(a.phase.value for a in world.actions.values())), "verified": verified,
-            "differences": [str(d) for d in diffs]}
+            "fell_back": list(world.fell_back), "differences": [str(d) for d in diffs]}
 
 
 def print_replay(summary: dict) -> None:
@@ -295,6 +295,8 @@ def print_replay(summary: dict) -> None:
     phases = summary["action_phases"]
     console.print(f"replayed {summary['events']} events: {summary['runs']} runs, "
                   f"{summary['actions']} actions " + ", ".join(f"{k}={v}" for k, v in sorted(phases.items())))
+    for note in summary.get("fell_back", ()):
+        console.print(f"  snapshot unusable, fell back: {note}", style="yellow", markup=False)
     if summary["verified"]:
         diffs = summary["differences"]
         for d in diffs:

@@ -23,7 +23,7 @@ import anyio
 
 from lessor.leasing.archive import Archive
 from lessor.leasing.backend import Backend
-from lessor.leasing.compaction import CompactionResult, compact
+from lessor.leasing.compaction import CompactionResult, SnapshotCache, compact
 from lessor.leasing.outage import Outage, keep_running
 from lessor.leasing.retention import RetentionResult, retire_once
 
@@ -48,10 +48,13 @@ class Housekeeper:
 
     def __init__(self, backend: Backend, archive: Archive | None = None, *, interval_ms: int = 5_000,
                  limit: int = 100, batch: int = 10_000, keep_window_ms: int = 60_000,
-                 outage: Outage | None = None) -> None:
+                 outage: Outage | None = None, partitions: list[int] | None = None) -> None:
+        """``partitions``: the ones this process compacts (default all; compactors in several
+        processes each take their own)."""
         if interval_ms <= 0 or limit <= 0 or batch <= 0 or keep_window_ms < 0:
             raise ValueError("interval_ms, limit and batch must be > 0, keep_window_ms >= 0")
-        self.backend, self.archive = backend, archive
+        self.backend, self.archive, self.partitions = backend, archive, partitions
+        self._snapshots = SnapshotCache()   # this process's last snapshots: not re-read and re-decoded
         self.interval_ms, self.limit, self.batch, self.keep_window_ms = interval_ms, limit, batch, keep_window_ms
         self.outage = outage or Outage("housekeeper", backend.url, log=log)
 
@@ -76,7 +79,11 @@ class Housekeeper:
     async def compact(self) -> list[CompactionResult]:
         """One compaction step of every partition (needs the archive)."""
         assert self.archive is not None, "compaction needs an archive"
-        results = await compact(self.backend, self.archive, batch=self.batch, keep_window_ms=self.keep_window_ms)
+        results = await compact(self.backend, self.archive, self.partitions, batch=self.batch,
+                                keep_window_ms=self.keep_window_ms, cache=self._snapshots)
+        for c in results:
+            if c.fell_back:
+                log.warning("compaction of partition %d: %s", c.partition, c.fell_back)
         if any(c.trimmed for c in results):
             log.info("compaction: %d events archived, %d trimmed", sum(c.archived for c in results),
                      sum(c.trimmed for c in results))

@@ -17,7 +17,8 @@ from lessor.core.fold import (
     World, action_projection, run_projection, schedule_projection, settings_projection, trigger_projection,
 )
 from lessor.leasing.backend import Backend, settings_keys
-from lessor.leasing.compaction import load_snapshot
+from lessor.leasing.archive import Archive
+from lessor.leasing.snapshots import read_start
 from lessor.leasing.eventlog import EventLog
 
 
@@ -34,24 +35,25 @@ class Difference:
         return f"{self.key} {self.field}: log says {self.from_log!r}, live says {self.live!r}"
 
 
-async def replay(backend: Backend) -> World:
+async def replay(backend: Backend, archive: Archive | None = None) -> World:
     """The state the log gives: each partition's latest snapshot (if compaction took one)
     plus the events after it, folded (IllegalTransition if the log breaks the table).
 
     Its cost follows live state and the tail, not all-time history. Entries that
     do not decode are skipped and listed in ``world.bad_entries`` (``verify``
-    reports each as a difference). A snapshot that does not decode raises
-    SnapshotError, naming what to do.
+    reports each as a difference). A snapshot that does not decode, or has an
+    unknown version, is replaced by the previous one or, given ``archive``, by
+    the archive; each such fallback is listed in ``world.fell_back``. With
+    neither, SnapshotError names what to do.
     """
     world = World()
     log = EventLog(backend)
     for p in range(backend.partitions):
-        snapshot = await load_snapshot(backend, p)
-        after = "-"
-        if snapshot is not None:
-            world.merge(snapshot.world)
-            after = "(" + snapshot.at
-        async for event in log.scan(p, after):
+        start = await read_start(backend.redis, backend.keys(p).named("SNAPSHOT"), p, archive)
+        if start.fell_back:
+            world.fell_back.append(f"partition {p}: {start.fell_back}")
+        world.merge(start.world)
+        async for event in log.scan(p, "(" + start.at if start.at is not None else "-"):
             world.apply(event)
     world.bad_entries = list(log.bad)
     return world
@@ -61,6 +63,7 @@ def _norm(value: object) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
+_READ_BATCH = 500
 _DEFAULTS = (b"", b"0")  # the scripts do not store fields at their default value
 
 
@@ -79,39 +82,37 @@ def _compare(key: str, expected: dict, live: dict) -> list[Difference]:
     return diffs
 
 
-async def verify(backend: Backend, world: World | None = None) -> list[Difference]:
-    """Every difference between the fold of the log and the live projection (empty = equal)."""
-    world = world or await replay(backend)
+async def verify(backend: Backend, world: World | None = None, archive: Archive | None = None) -> list[Difference]:
+    """Every difference between the fold of the log and the live projection (empty = equal).
+    ``archive``: where to rebuild a partition whose snapshots are unusable (see ``replay``)."""
+    world = world or await replay(backend, archive)
     diffs: list[Difference] = [Difference(backend.keys(b.partition).stream, f"entry {b.entry_id}", "decodes", b.why)
                                for b in world.bad_entries]
-    expected_keys = set()
+    expected: list[tuple[str, dict]] = []
     for ref, state in world.actions.items():
-        key = backend.keys_for_ref(ref).action(ref)
-        expected_keys.add(key)
-        diffs += _compare(key, action_projection(state) | {"phase": state.phase.value},
-                          await backend.redis.hgetall(key))
+        expected.append((backend.keys_for_ref(ref).action(ref), action_projection(state) | {"phase": state.phase.value}))
     for ref, state in world.runs.items():
-        key = backend.keys_for_ref(ref + "/a0").run(ref)
-        expected_keys.add(key)
-        diffs += _compare(key, run_projection(state) | {"phase": state.phase.value},
-                          await backend.redis.hgetall(key))
+        expected.append((backend.keys_for_ref(ref + "/a0").run(ref), run_projection(state) | {"phase": state.phase.value}))
     for ref, state in world.schedules.items():
         ns, name = ref.rsplit("/", 1)
-        key = backend.keys_for_run(ns, name).schedule(ref)
-        expected_keys.add(key)
-        diffs += _compare(key, schedule_projection(state) | {"phase": state.phase.value},
-                          await backend.redis.hgetall(key))
+        expected.append((backend.keys_for_run(ns, name).schedule(ref),
+                         schedule_projection(state) | {"phase": state.phase.value}))
     for ref, state in world.triggers.items():
         ns, name = ref.rsplit("/", 1)
-        key = backend.keys_for_run(ns, name).trigger(ref)
-        expected_keys.add(key)
-        diffs += _compare(key, trigger_projection(state) | {"phase": state.phase.value},
-                          await backend.redis.hgetall(key))
+        expected.append((backend.keys_for_run(ns, name).trigger(ref),
+                         trigger_projection(state) | {"phase": state.phase.value}))
     for scope, state in world.settings.items():
-        key = settings_keys(backend).settings(scope)
-        expected_keys.add(key)
-        diffs += _compare(key, settings_projection(state) | {"phase": state.phase.value},
-                          await backend.redis.hgetall(key))
+        expected.append((settings_keys(backend).settings(scope),
+                         settings_projection(state) | {"phase": state.phase.value}))
+    expected_keys = {key for key, _ in expected}
+    for i in range(0, len(expected), _READ_BATCH):   # pipelined: one round trip per batch, not per key
+        chunk = expected[i:i + _READ_BATCH]
+        async with backend.redis.pipeline(transaction=False) as pipe:
+            for key, _ in chunk:
+                pipe.hgetall(key)
+            lives = await pipe.execute()
+        for (key, want), live in zip(chunk, lives):
+            diffs += _compare(key, want, live)
     for keys in backend.all_keys():
         for pattern in (keys.action("*"), keys.run("*"), keys.schedule("*"), keys.settings("*"),
                         keys.trigger("*")):
