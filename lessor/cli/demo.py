@@ -27,6 +27,7 @@ from lessor.core import events as ev
 from lessor.leasing.backend import Backend
 from lessor.leasing.eventlog import EventLog
 from lessor.leasing.reaper import Reaper
+from lessor.leasing.urls import redact
 from lessor.leasing.replay import verify
 from lessor.scheduler.launch import worker_command
 from lessor.scheduler.query import run_actions
@@ -234,13 +235,28 @@ async def verify_everything(client: lessor.Client, run_id: str, story: Story, co
     return all(ok for _, ok in checks)
 
 
-async def main(children: int, workers: int, quiet: bool) -> int:
+class _Given:
+    """A server the user named (--redis-url): used as it is, never started or stopped here."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __enter__(self) -> "_Given":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+async def main(children: int, workers: int, quiet: bool, url: str | None = None) -> int:
     console = Console()
     started = time.perf_counter()  # clock: demo wall time
-    with EmbeddedServer() as server, tempfile.TemporaryDirectory(prefix="lessor-demo-") as logdir:
-        console.print(f"[bold]lessor demo[/bold]: embedded Valkey at {server.url}; reaper every 100 ms; "
+    with (_Given(url) if url else EmbeddedServer()) as server, \
+            tempfile.TemporaryDirectory(prefix="lessor-demo-") as logdir:
+        where = f"the server at {redact(server.url)}" if url else f"embedded Valkey at {server.url}"
+        console.print(f"[bold]lessor demo[/bold]: {where}; reaper every 100 ms; "
                       f"{workers} workers (ttl {TTL_MS} ms, grace {GRACE_MS} ms); a run fanning out to "
-                      f"{children} children", highlight=False)
+                      f"{children} children", highlight=False, markup=True)
         async with lessor.connect(server.url) as client:
             procs = spawn_workers(server.url, workers, logdir)
             try:
@@ -260,8 +276,9 @@ async def main(children: int, workers: int, quiet: bool) -> int:
     return 0 if ok else 1
 
 
-def run_demo(children: int = 20, workers: int = 3, quiet: bool = False) -> int:
-    """Entry of `lessor demo`; returns the exit code."""
+def run_demo(children: int = 20, workers: int = 3, quiet: bool = False, url: str | None = None) -> int:
+    """Entry of `lessor demo`; returns the exit code. ``url``: a server to use instead of a
+    private embedded one (any URL lessor takes: a cluster or Sentinel one too)."""
     if children < 1 or workers < 2:
         raise ValueError("the demo needs at least 1 child and 2 workers (one is paused)")
-    return anyio.run(main, children, workers, quiet)
+    return anyio.run(main, children, workers, quiet, url)

@@ -34,6 +34,9 @@ def add_commands(sub) -> None:
     p.add_argument("--children", type=int, default=20, help="children of the root action (default 20)")
     p.add_argument("--workers", type=int, default=3, help="worker processes (default 3)")
     p.add_argument("--quiet", action="store_true", help="only the summary")
+    p.add_argument("--redis-url", metavar="URL",
+                   help="tell the story on this server (redis://, redis+cluster://, redis+sentinel://...) instead "
+                        "of a private embedded one; its runs stay there, in namespace demo/development")
     p.set_defaults(handler=cmd_demo)
 
     from lessor.simulations import cli as sim_cli
@@ -131,4 +134,4 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """`lessor demo` (make demo): cli/demo.py; exit 1 if any of its checks failed."""
     from lessor.cli.demo import run_demo
 
-    return run_demo(children=args.children, workers=args.workers, quiet=args.quiet)
+    return run_demo(children=args.children, workers=args.workers, quiet=args.quiet, url=args.redis_url)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import threading
 
 import anyio
 
@@ -76,6 +77,12 @@ def cmd_server(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-crashes must be at least 1, got {args.max_crashes}")
     from lessor.server import check_data_dir, default_data_dir, remember_port, remembered_port
 
+    # Ctrl-C and SIGTERM set a flag the supervision loop reads, rather than raising
+    # KeyboardInterrupt at an arbitrary point: one raised inside subprocess's wait() can leave
+    # its internal lock taken, and stopping the child then waits forever (seen in make test).
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     workdir = None if args.ephemeral else args.dir or default_data_dir()
     port = args.port
     if workdir is not None:
@@ -92,11 +99,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         kept = "kept: the same URL next time" if workdir is not None else "ephemeral: removed on exit"
         print(f"  tcp: {server.tcp_url}   data: {server.workdir} ({kept})   log: {server.log_path}   "
               "(Ctrl-C to stop)", flush=True)
-        signal.signal(signal.SIGTERM, _interrupt)
-        try:
-            supervise(server, on_crash=args.on_crash, max_crashes=args.max_crashes)
-        except KeyboardInterrupt:
-            pass
+        supervise(server, on_crash=args.on_crash, max_crashes=args.max_crashes, stop=stop)
     return 0
 
 
