@@ -164,3 +164,18 @@ async def test_the_watchdog_fences_at_its_exact_instant_and_not_before(vbackend)
     assert keeper.check_self_fence() == [] and keeper.until_next_fence_ms() == 1
     clock.advance(1)
     assert [h.lease.ref for h in keeper.check_self_fence()] == [second.ref]
+
+
+async def test_a_grant_heard_after_its_self_fence_deadline_is_fenced_on_arrival(vbackend):
+    """The acquire was sent at t=0 and its reply heard only at ttl + grace - margin (a slow reply,
+    or a pause): the server may have reaped it already, so the lease must not start. One heard
+    1 ms earlier is kept."""
+    client, (late, early) = await leased_work(vbackend, 2)
+    clock = ManualClock()
+    keeper = LeaseKeeper(client, clock)
+    sent = clock.now_ms()
+    clock.advance(CFG.ttl_ms + CFG.grace_ms - CFG.margin_ms - 1)   # 1349 ms: inside the deadline
+    assert keeper.hold(early, None, sent).fenced is None and keeper.usable(early.ref)
+    clock.advance(1)                                                # 1350 ms = ttl + grace - margin
+    held = keeper.hold(late, None, sent)
+    assert held.fenced is FenceReason.SELF_FENCED and not keeper.usable(late.ref)

@@ -181,7 +181,6 @@ LATE_GRANT_PLAN = Plan(seed=1, workers=3, heal_ms=6000, submits=(Submit(740, 300
     Fault("slow_reply", 745, worker=0, duration_ms=2000, delay_ms=200), Fault("pause", 760, worker=0, duration_ms=2300)))
 
 
-@pytest.mark.xfail(strict=True, reason="keeper.hold does not fence a lease past its self-fence deadline")
 def test_a_lease_heard_after_its_self_fence_deadline_is_never_started(sim):
     outcome = sim(LATE_GRANT_PLAN)
     assert outcome.verdict.ok, [str(v) for v in outcome.verdict.violations]

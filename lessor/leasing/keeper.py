@@ -89,9 +89,15 @@ class LeaseKeeper:
         self._fenced_counts: dict[str, int] = {}
 
     def hold(self, lease: Lease, scope: anyio.CancelScope | None, acquired_send_ms: float) -> HeldLease:
-        """Start keeping ``lease``; ``acquired_send_ms`` = when the acquire call was sent."""
+        """Start keeping ``lease``; ``acquired_send_ms`` = when the acquire call was sent. The
+        returned lease is already fenced (``fenced`` set) if it arrived past its self-fence deadline."""
         held = HeldLease(lease, scope, last_ok_send_ms=acquired_send_ms)
         self.held[lease.ref] = held
+        # A grant heard after its own self-fence deadline (the acquire's reply was slow, or this
+        # process was paused while it came): the server may already have given the action to
+        # another worker, so it is fenced on arrival and must not start (callers check fenced).
+        if self.clock.now_ms() - acquired_send_ms >= self.config.self_fence_after_ms:
+            self.fence(held, FenceReason.SELF_FENCED)
         return held
 
     def drop(self, ref: str, token: int) -> None:

@@ -479,6 +479,10 @@ class Worker:
             scope = anyio.CancelScope()
             self._running[lease.ref] = (lease.token, scope)
             held = self.keeper.hold(lease, scope, sent_ms)
+            if held.fenced is not None:   # heard past its self-fence deadline: start nothing, send nothing
+                self.keeper.drop(lease.ref, lease.token)
+                del self._running[lease.ref]
+                continue
             self._spawn(self._execute(lease, scope, held))
 
     def _spawn(self, coro) -> None:

@@ -311,6 +311,9 @@ class SimWorker:
         held = self.keeper.hold(lease, None, sent_ms)
         attempt = Attempt(lease, held, self.sim.work_ms_of(lease), children=self.sim.children_of(lease))
         self.attempts[lease.ref] = attempt
+        if held.fenced is not None:   # heard past its self-fence deadline: never started (as Worker)
+            self._on_fence(held)
+            return
         self.resume_attempt(attempt)
 
     def resume_attempt(self, attempt: Attempt) -> None:
