@@ -92,6 +92,18 @@ def partition_of(namespace: str, run_id: str, partitions: int) -> int:
     return zlib.crc32(run_ref(namespace, run_id).encode()) % partitions
 
 
+def run_id_beside(namespace: str, owner: str, base: str, partitions: int) -> str:
+    """A run id derived from ``base`` alone (``base-k``, the first k that fits) that lives in the
+    partition of ``owner`` (a schedule or trigger name): the owner's write and the run it starts
+    are then one atomic script. Deterministic, so every caller derives the same id."""
+    target = partition_of(namespace, owner, partitions)
+    for k in range(100 * partitions):
+        run = f"{base}-{k}"
+        if partition_of(namespace, run, partitions) == target:
+            return run
+    raise AssertionError(f"no run id in the partition of {owner}")   # 1 - (1 - 1/P)^(100P): never
+
+
 CLUSTER_SLOTS = 16384
 PLACEMENTS = ("spread", "legacy")
 

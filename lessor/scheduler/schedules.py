@@ -35,7 +35,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
-from lessor.core.ids import check_id, check_namespace, partition_of
+from lessor.core.ids import check_id, check_namespace, run_id_beside
 from lessor.errors import ConfigError, LessorError
 from lessor.leasing.backend import Backend
 from lessor.leasing.codes import Code, SubmitCode
@@ -97,13 +97,7 @@ def next_tick(cron: str, timezone: str, after_ms: int) -> int:
 def schedule_run_id(namespace: str, name: str, tick_ms: int, partitions: int) -> str:
     """The run id of one tick: derived from (schedule, tick) only, and in the schedule's own
     partition, so that the tick and its run are written by one atomic script."""
-    target = partition_of(namespace, name, partitions)
-    base = f"{name[:24]}-{zlib.crc32(name.encode()):08x}-{tick_ms}"
-    for k in range(100 * partitions):
-        run = f"{base}-{k}"
-        if partition_of(namespace, run, partitions) == target:
-            return run
-    raise AssertionError("no run id in the schedule's partition")   # 1 - (1 - 1/P)^(100P): never
+    return run_id_beside(namespace, name, f"{name[:24]}-{zlib.crc32(name.encode()):08x}-{tick_ms}", partitions)
 
 
 def tick_jitter_ms(namespace: str, name: str, tick_ms: int, jitter_ms: int) -> int:

@@ -19,7 +19,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from lessor.core.ids import check_id, check_namespace, partition_of
+from lessor.core.ids import check_id, check_namespace, run_id_beside
 from lessor.core.limits import check_text, seconds_to_ms
 from lessor.errors import LessorError
 from lessor.leasing.backend import Backend
@@ -65,14 +65,8 @@ class TriggerInfo:
 def trigger_run_id(namespace: str, name: str, dedup_key: str, index: int, partitions: int) -> str:
     """The run id of a fire: derived from (trigger, dedup key, window index) only, and in the
     trigger's own partition, so that the fire and its run are written by one atomic script."""
-    target = partition_of(namespace, name, partitions)
     digest = hashlib.sha256(f"{name}\0{dedup_key}".encode()).hexdigest()[:12]
-    base = f"{name[:20]}-{digest}-{index}"
-    for k in range(100 * partitions):
-        run = f"{base}-{k}"
-        if partition_of(namespace, run, partitions) == target:
-            return run
-    raise AssertionError("no run id in the trigger's partition")   # 1 - (1 - 1/P)^(100P): never
+    return run_id_beside(namespace, name, f"{name[:20]}-{digest}-{index}", partitions)
 
 
 async def create_trigger(backend: Backend, name: str, task: str, *, namespace: str, window_s: float = 3600.0,
