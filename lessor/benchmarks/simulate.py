@@ -16,9 +16,7 @@ import random
 import time
 
 from lessor.benchmarks.common import dump_json, print_table
-from lessor.simulations.explore import simulation_portal
 from lessor.simulations.plan import FAULT_KINDS, Abort, Fault, Plan, Submit
-from lessor.simulations.strategies import _bound_awaiting
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,6 +42,8 @@ def random_plan(rng: random.Random, actions: int, workers: int, faults: int, hor
                            fail_attempts=rng.randint(0, 2), **(_api_fields(rng, horizon_ms) if api else {}))
                     for _ in range(actions))
     if api:
+        from lessor.simulations.strategies import _bound_awaiting   # (hypothesis: imported when used)
+
         submits = _bound_awaiting(list(submits))
     drawn = []
     for _ in range(faults):
@@ -65,6 +65,8 @@ def _api_fields(rng: random.Random, horizon_ms: int) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     """`lessor bench simulate`."""
+    from lessor.simulations.explore import simulation_portal   # (hypothesis: imported when used)
+
     workloads = ("plain", "api") if args.workload == "both" else (args.workload,)
     plans = {w: [random_plan(random.Random(f"{args.seed}:{n}"), args.actions, args.workers, args.faults,
                              api=w == "api") for n in range(args.scenarios)] for w in workloads}

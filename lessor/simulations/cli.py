@@ -6,13 +6,16 @@ import argparse
 import json
 import os
 import statistics
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lessor.simulations.breakage import Breakage
-from lessor.simulations.explore import Exploration, Outcome, explore, simulation_portal
 from lessor.simulations.plan import DURABILITY_MODES, Plan
+
+if TYPE_CHECKING:   # explore imports hypothesis (half a second): only `lessor simulate` needs it
+    from lessor.simulations.explore import Exploration, Outcome
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -95,6 +98,8 @@ def report_failure(console: Console, outcome: Outcome, path: str, replay_command
 
 def run_explore(args: argparse.Namespace, breakage: Breakage = Breakage(),
                 replay_command: str = "lessor simulate") -> int:
+    from lessor.simulations.explore import explore
+
     console = Console(stderr=args.json)
     with Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[note]}"), console=console, disable=args.json) as progress:
@@ -135,6 +140,8 @@ def run_explore(args: argparse.Namespace, breakage: Breakage = Breakage(),
 
 
 def run_replay(args: argparse.Namespace, breakage: Breakage = Breakage()) -> int:
+    from lessor.simulations.explore import simulation_portal
+
     console = Console()
     if not os.path.exists(args.replay):
         raise ValueError(f"no plan file {args.replay!r}: pass the path `lessor simulate` saved")
