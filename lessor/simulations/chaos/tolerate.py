@@ -24,7 +24,7 @@ async def tolerant(awaitable: Awaitable[Any]) -> Any:
     Raises anything else."""
     try:
         return await awaitable
-    except Exception as exc:
+    except Exception as exc:  # re-raised unless a transient store error (then: no answer, the caller retries)
         if not transient(exc):
             raise
         return None
