@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import redis
 
 from lessor.errors import ServerError
-from lessor.server import EmbeddedServer, _die_with_parent, find_server_binary, free_port
+from lessor.server import EmbeddedServer, find_server_binary, free_port, spawn_child
 
 
 def cluster_port() -> int:
@@ -280,9 +280,8 @@ class LocalSentinel:
                     f"sentinel monitor {self.service} 127.0.0.1 {self.servers[0].port} {self.quorum}\n"
                     f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
                     f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}\n")
-        self._procs.append(subprocess.Popen([find_server_binary(), conf, "--sentinel"], stdin=subprocess.DEVNULL,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                            preexec_fn=_die_with_parent))
+        self._procs.append(spawn_child([find_server_binary(), conf, "--sentinel"], stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         self.sentinel_ports.append(port)
 
     def _sentinels_ready(self) -> bool:

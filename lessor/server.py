@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -125,12 +126,65 @@ def free_port() -> int:
 
 def _die_with_parent() -> None:
     # Runs in the child between fork and exec: ask the kernel to SIGKILL the
-    # server when the process that started it dies, even by SIGKILL.
+    # child when the thread that forked it exits, even by SIGKILL. Call it only
+    # through spawn_child(), which forks from a thread that lives as long as we do.
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
     except OSError:
         pass
+
+
+class _Spawner:
+    """One daemon thread that forks every child started off the main thread.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not
+    the process: a server restarted from ``anyio.to_thread`` was SIGKILLed
+    when that pool thread idled out some seconds later (a cluster node died
+    between two tests). This thread never exits before the process does.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: "queue.SimpleQueue[tuple[Callable[[], subprocess.Popen], queue.SimpleQueue]]" | None = None
+
+    def run(self, start: Callable[[], subprocess.Popen]) -> subprocess.Popen:
+        with self._lock:
+            if self._jobs is None:
+                self._jobs = queue.SimpleQueue()
+                threading.Thread(target=self._serve, name="lessor-spawner", daemon=True).start()
+        answer: queue.SimpleQueue = queue.SimpleQueue()
+        self._jobs.put((start, answer))
+        ok, value = answer.get()
+        if not ok:
+            raise value
+        return value
+
+    def _serve(self) -> None:
+        while True:
+            start, answer = self._jobs.get()
+            try:
+                answer.put((True, start()))
+            except BaseException as exc:  # handed to the caller's thread, raised there
+                answer.put((False, exc))
+
+
+_spawner = _Spawner()
+
+
+def spawn_child(args: list[str], **popen_kwargs: object) -> subprocess.Popen:
+    """``subprocess.Popen(args, **popen_kwargs)`` for a child that must die with us.
+
+    The kernel SIGKILLs the child if we die without cleaning up (PR_SET_PDEATHSIG).
+    Forked from the main thread, or from a spawner thread that outlives every
+    other, never from a short-lived thread whose exit would kill the child.
+    """
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(args, preexec_fn=_die_with_parent, **popen_kwargs)
+
+    if threading.current_thread() is threading.main_thread():
+        return start()
+    return _spawner.run(start)
 
 
 @dataclass
@@ -241,9 +295,8 @@ class EmbeddedServer:
             "--logfile", os.path.join(self.workdir, "valkey.log"),
             *self.extra_args,
         ]
-        self._proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+        self._proc = spawn_child(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             process_group=0 if self.own_process_group else None,
         )
         if not self._atexit_registered:  # once, however often it is restarted

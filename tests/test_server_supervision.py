@@ -212,3 +212,20 @@ def test_the_server_keeps_its_data_and_url_across_a_restart_under_the_user_data_
     third.proc.send_signal(signal.SIGTERM)
     assert third.wait_exit() == 0
     assert not os.path.exists(third.data_dir)
+
+
+def test_a_server_started_from_a_short_lived_thread_outlives_that_thread():
+    """PR_SET_PDEATHSIG fires when the forking *thread* exits: a node restarted through
+    anyio.to_thread was SIGKILLed when the pool thread idled out, and the next test found
+    it dead. spawn_child forks off the main thread from a thread that lives as long as we do."""
+    from lessor.server import EmbeddedServer
+
+    server = EmbeddedServer()
+    try:
+        starter = threading.Thread(target=server.start)
+        starter.start()
+        starter.join()                  # the thread that asked for the fork has exited
+        assert server.wait(timeout=2.0) is None, f"the server died with its starting thread: {server.poll()}"
+        assert server.running
+    finally:
+        server.stop()

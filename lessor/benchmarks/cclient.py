@@ -27,7 +27,7 @@ import anyio
 
 from lessor.benchmarks.common import ServerSample, sample_server
 from lessor.errors import ConfigError, ServerError
-from lessor.server import _die_with_parent, find_server_binary
+from lessor.server import find_server_binary, spawn_child
 
 C_CLIENTS = ("valkey-benchmark", "redis-benchmark")
 INSTALL_HINT = "`apt-get install redis-tools` (Debian) gives redis-benchmark; `make bench` installs it"
@@ -136,8 +136,7 @@ async def c_client_load(redis, url: str, command: list, units_per_call: float, d
     argv = [path, *target_args(url), "-c", str(clients), "-P", str(pipeline), "-n", "2000000000", "-q",
             *[str(a) for a in command]]
     with tempfile.TemporaryFile() as output:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                                preexec_fn=_die_with_parent)
+        proc = spawn_child(argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
         try:
             await anyio.sleep(WARMUP_S)
             before = await sample_server(redis)

@@ -36,7 +36,7 @@ from lessor.scheduler.query import get_action, get_run
 from lessor.scheduler.registry import Registry
 from lessor.scheduler.submit import RunSpec, submit_runs
 from lessor.scheduler.values import pack_value
-from lessor.server import EmbeddedServer, _die_with_parent
+from lessor.server import EmbeddedServer, spawn_child
 
 NAMESPACE, QUEUE = "bench/development", "failover"
 registry = Registry()
@@ -58,12 +58,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def start_worker(url: str, worker_id: str, args: argparse.Namespace) -> subprocess.Popen:
-    return subprocess.Popen(
+    return spawn_child(
         [sys.executable, "-m", "lessor", "worker", "--app", "lessor.benchmarks.failover:registry",
          "--queue", QUEUE, "--namespace", NAMESPACE, "--worker-id", worker_id, "--concurrency", str(args.actions),
          "--ttl-ms", str(args.ttl_ms), "--grace-ms", str(args.grace_ms), "--drain-s", "0", "--redis-url", url],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
 
 
 async def server_ms(backend: Backend) -> int:

@@ -21,7 +21,7 @@ import sys
 
 from lessor.leasing.backend import make_redis
 from lessor.leasing.durability import Durability
-from lessor.server import _die_with_parent
+from lessor.server import spawn_child
 
 GROUP = "peer-workers"
 JOB = {"task": "noop", "inputs": b""}
@@ -82,10 +82,9 @@ async def consume(url: str, stream: str, concurrency: int, durability: Durabilit
 
 def start_consumer(url: str, stream: str, concurrency: int, durability: str) -> subprocess.Popen:
     """The consumer as its own process (as `lessor worker` is); terminate it to stop it."""
-    return subprocess.Popen(
+    return spawn_child(
         [sys.executable, "-m", "lessor.benchmarks.peer_queue", url, stream, str(concurrency), durability],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
 
 
 def main(argv: list[str]) -> None:

@@ -216,11 +216,10 @@ class Probes:
 # --- reapers (child processes) ---------------------------------------------------------------
 
 def start_reaper(url: str, mode: Mode) -> subprocess.Popen:
-    from lessor.server import _die_with_parent
+    from lessor.server import spawn_child
 
-    return subprocess.Popen([sys.executable, "-m", "lessor.benchmarks.reapstorm", url, json.dumps(asdict(mode))],
-                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                            preexec_fn=_die_with_parent)
+    return spawn_child([sys.executable, "-m", "lessor.benchmarks.reapstorm", url, json.dumps(asdict(mode))],
+                       stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
 
 
 async def reap_until_clear(url: str, mode: Mode) -> dict:

@@ -45,7 +45,7 @@ from lessor.scheduler.launch import worker_command
 from lessor.scheduler.registry import Registry
 from lessor.scheduler.submit import Retries, RunSpec, idempotent_run_id, submit_run, submit_runs
 from lessor.scheduler.watcher import CompletionWatcher
-from lessor.server import EmbeddedServer, _die_with_parent
+from lessor.server import EmbeddedServer, spawn_child
 
 NAMESPACE, QUEUE = "bench/development", "schedule"
 registry = Registry()
@@ -176,12 +176,12 @@ async def create_peer_stream(url: str, stream: str) -> None:
 
 
 def start_worker(url: str, concurrency: int, durability: str = "memory") -> subprocess.Popen:
-    return subprocess.Popen(
+    return spawn_child(
         worker_command(url, "lessor.benchmarks.schedule:registry", worker_id="bench-worker", queue=QUEUE,
                        namespace=NAMESPACE, concurrency=concurrency, durability=durability,
                        extra=("--no-task-log",)),  # measures scheduling; tasklog's cost is measured apart
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+        env=os.environ | {"PYTHONUNBUFFERED": "1"})
 
 
 def lessor_round(url: str, args: argparse.Namespace, mode: str, round_no: int) -> dict:
@@ -259,9 +259,8 @@ def print_results(args: argparse.Namespace, modes: list[str], results: list[dict
 
 def start_idle_worker(url: str, mode: str, reap: bool) -> subprocess.Popen:
     """A worker process idling the ``mode`` way (``python -m lessor.benchmarks.schedule``)."""
-    return subprocess.Popen([sys.executable, "-m", "lessor.benchmarks.schedule", url, mode, str(int(reap))],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                            preexec_fn=_die_with_parent)
+    return spawn_child([sys.executable, "-m", "lessor.benchmarks.schedule", url, mode, str(int(reap))],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
 
 
 async def idle_commands(url: str, seconds: float) -> dict:

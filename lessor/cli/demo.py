@@ -33,7 +33,7 @@ from lessor.scheduler.launch import worker_command
 from lessor.scheduler.query import run_actions
 from lessor.scheduler.registry import Registry
 from lessor.scheduler.submit import Retries
-from lessor.server import EmbeddedServer, _die_with_parent
+from lessor.server import EmbeddedServer, spawn_child
 from lessor.simulations.checkers import single_owner
 
 NAMESPACE, QUEUE = "demo/development", "demo"
@@ -91,10 +91,10 @@ def spawn_workers(url: str, n: int, logdir: str) -> list[subprocess.Popen]:
     procs = []
     for i in range(1, n + 1):
         log = open(os.path.join(logdir, f"w-{i}.log"), "w")
-        procs.append(subprocess.Popen(
+        procs.append(spawn_child(
             worker_command(url, APP, worker_id=f"w-{i}", queue=QUEUE, namespace=NAMESPACE, concurrency=8,
                            ttl_ms=TTL_MS, grace_ms=GRACE_MS, drain_s=2),
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent))
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
     return procs
 
 

@@ -37,7 +37,7 @@ from lessor.scheduler.control import abort_run
 from lessor.scheduler.launch import worker_command
 from lessor.scheduler.submit import Retries, RunSpec, submit_runs
 from lessor.scheduler.values import pack_value
-from lessor.server import EmbeddedServer, _die_with_parent
+from lessor.server import EmbeddedServer, spawn_child
 from lessor.simulations.chaos.app import APP
 from lessor.simulations.chaos.proxy import ChaosProxy
 from lessor.simulations.chaos.tolerate import tolerant as _tolerant
@@ -122,11 +122,11 @@ class Chaos:
         worker_id = f"c{index}" if incarnation == 0 else f"c{index}-r{incarnation}"
         truth_path = os.path.join(self.dir, f"truth-{worker_id}.jsonl")
         log = open(os.path.join(self.dir, f"{worker_id}.log"), "w")
-        popen = subprocess.Popen(
+        popen = spawn_child(
             worker_command(f"redis://127.0.0.1:{proxy.port}", APP, worker_id=worker_id, queue=QUEUE,
                            namespace=NAMESPACE, concurrency=6, ttl_ms=TTL_MS, grace_ms=GRACE_MS, margin_ms=MARGIN_MS,
                            drain_s=1, truth_log=truth_path, durability=self.durability),
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         proc = Proc(index, incarnation, popen, proxy, truth_path)
         self.all_procs.append(proc)
         return proc

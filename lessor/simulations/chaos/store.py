@@ -49,7 +49,7 @@ from lessor.leasing.replay import verify
 from lessor.scheduler.launch import lessor_command, worker_command
 from lessor.scheduler.submit import Retries, RunSpec, submit_runs
 from lessor.scheduler.values import pack_value
-from lessor.server import EmbeddedServer, _die_with_parent
+from lessor.server import EmbeddedServer, spawn_child
 from lessor.simulations.chaos.app import APP
 from lessor.simulations.chaos.tolerate import tolerant as _tolerant, transient
 from lessor.simulations.checkers import Violation, liveness, no_runaway, single_owner
@@ -178,8 +178,8 @@ class StoreChaos:
 
     def _spawn(self, name: str, argv: list[str], truth_path: str | None = None) -> Process:
         log_path = os.path.join(self.dir, f"{name}.log")
-        popen = subprocess.Popen(argv, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env=self._env(), preexec_fn=_die_with_parent)
+        popen = spawn_child(argv, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 env=self._env())
         proc = Process(name, popen, log_path, truth_path)
         self.all_procs.append(proc)
         return proc
