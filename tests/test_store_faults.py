@@ -117,12 +117,32 @@ class RecordingWorker(Worker):
                 if k == kind and outcome == "committed"]
 
 
-def nap_registry() -> Registry:
+class Gate:
+    """Open by default; a nap that ends while it is closed waits until it opens again."""
+
+    def __init__(self) -> None:
+        self._open = anyio.Event()
+        self._open.set()
+
+    def close(self) -> None:
+        if self._open.is_set():
+            self._open = anyio.Event()
+
+    def open(self) -> None:
+        self._open.set()
+
+    async def passed(self) -> None:
+        await self._open.wait()
+
+
+def nap_registry(gate: Gate | None = None) -> Registry:
     registry = Registry()
 
     @registry.task
     async def nap(ctx, seconds: float) -> float:
         await anyio.sleep(seconds)
+        if gate is not None:
+            await gate.passed()
         return seconds
 
     return registry
@@ -193,7 +213,11 @@ async def test_a_forced_promotion_loses_no_acknowledged_write_reuses_no_token_an
     # A wait longer than the pause: no write is answered "not durable" before the kill (their
     # tries after it go to the new primary).
     durability = Durability.parse("replicas:1", timeout_ms=15_000)
-    registry = nap_registry()
+    # Naps that end while the gate is closed (from the pause until A follows the VIP) wait for it:
+    # what B runs at the pause is still running at the cut however long the filler takes, so B
+    # surely holds leases there (before, a loaded machine let B finish first: nothing to expire).
+    gate = Gate()
+    registry = nap_registry(gate)
     with ReplicatedPair() as pair:
         proxies = [await ChaosProxy(pair.primary.port).start() for _ in range(2)]
         backends: list[Backend] = []
@@ -203,8 +227,6 @@ async def test_a_forced_promotion_loses_no_acknowledged_write_reuses_no_token_an
                 backends.append(Backend(redis=redis_, url=f"redis://127.0.0.1:{proxy.port}",
                                         partitions=await read_partitions(redis_, 4), durability=durability))
             control = backends[0]
-            # Naps long enough that B still holds leases at the cut on a loaded machine (the filler and
-            # the pause before the failover can take seconds): its leases must then expire.
             runs = await submit_naps(control, 14, 3.0, "fo")          # acknowledged: on the replica too
             a, b = (RecordingWorker(backends[i], registry, WorkerConfig(
                 queue=QUEUE, namespace=NS, concurrency=3, worker_id=f"w{'ab'[i]}", lease=lease,
@@ -214,6 +236,7 @@ async def test_a_forced_promotion_loses_no_acknowledged_write_reuses_no_token_an
                 tg.start_soon(b.run)
                 await until(lambda: _true(len(a.committed()) + len(b.committed()) >= 2 and b._running),
                             "two completions committed and worker B running something")
+                gate.close()                                            # no await since B was seen running
                 # The replica stops reading; the primary keeps >= 2 MB of stream in its own memory.
                 pair.pause_replication()
                 with connect(pair.primary) as filler:
@@ -226,6 +249,7 @@ async def test_a_forced_promotion_loses_no_acknowledged_write_reuses_no_token_an
                     proxy.upstream_port = pair.replica.port
                     proxy.cut()
                 proxies[0].heal()                                       # B stays cut off from it
+                gate.open()
                 await anyio.to_thread.run_sync(rejoin_as_replica, pair)
                 async with open_backend(pair.replica.url, durability=durability) as new:
                     await until(lambda: all_succeeded(new, runs), "every run to succeed on the new primary")
