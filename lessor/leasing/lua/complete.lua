@@ -36,8 +36,8 @@ for i = o + 1, o + n, 3 do
   local ref, token, result = A[i], A[i + 1], A[i + 2]
   local h, code = fence(ref, token, worker, 'complete', 'attempt', 'cache_key', 'timeout_ms', 'queue')
   if code == OK then
-    ends.queue_of[akey(ref)] = h.queue
     local ns, run, action = split_ref(ref)
+    ends.queue_of[akey(ref)] = h.queue
     if result == '' then result = nil end
     -- The projection's HSET also marks the attempt ended (what ended() writes), in one call.
     emit({type = 'action_succeeded', ns = ns, run = run, action = action,
