@@ -51,7 +51,9 @@ bench-heartbeat: $(STAMP) bench-tools
 	$(BIN)/lessor bench heartbeat --plot heartbeat.png --durability fsync
 	$(BIN)/lessor bench heartbeat --no-uvloop
 
+# lessor beside taskiq (the [peers] extra) and the minimal queue, alternating rounds in one run.
 bench-schedule: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[peers]'
 	$(BIN)/lessor bench schedule --durability memory,fsync,memory,fsync
 
 bench-failover: $(STAMP)

@@ -52,11 +52,11 @@ async def submit_jobs(redis, stream: str, n: int, pipeline: int, durability: Dur
     return last.decode() if isinstance(last, bytes) else last
 
 
-async def drained(redis, stream: str, last_id: str) -> bool:
-    """True once the group has read up to ``last_id`` and acked everything it read."""
-    for group in await redis.xinfo_groups(stream):
-        if _text(group["name"]) == GROUP:
-            return _text(group["last-delivered-id"]) == last_id and int(group["pending"]) == 0
+async def drained(redis, stream: str, last_id: str, group: str = GROUP) -> bool:
+    """True once ``group`` has read up to ``last_id`` and acked everything it read."""
+    for info in await redis.xinfo_groups(stream):
+        if _text(info["name"]) == group:
+            return _text(info["last-delivered-id"]) == last_id and int(info["pending"]) == 0
     return False
 
 

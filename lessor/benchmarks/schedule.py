@@ -4,6 +4,11 @@ One worker *process* (``lessor worker``, batched acquire and batched complete)
 runs no-op tasks while this process submits ``--actions`` runs in pipelines.
 Measured in the same run, per durability mode:
 - lessor's actions/s from the first submit to the last completion;
+- the same for taskiq (taskiq_peer.py: taskiq's own receiver in one worker
+  process, on taskiq-redis's stream broker, on the same server, with the same
+  concurrency, the same number of jobs and the same submit pipeline), and
+  lessor's ratio to it, when the ``[peers]`` extra is installed (``make
+  bench-schedule`` installs it; without it the taskiq row says what is missing);
 - the same for the minimal queue (peer_queue.py: plain XADD, XREADGROUP and
   XACK, a consumer process at the same concurrency, the same pipeline and the
   same durability wait), and lessor's ratio to it: the peer baseline;
@@ -35,7 +40,7 @@ import time
 
 import anyio
 
-from lessor.benchmarks import peer_queue
+from lessor.benchmarks import peer_queue, taskiq_peer
 from lessor.benchmarks.common import (
     command_stats, dump_json, percentile, print_table, process_cpu_s, run, server_cpu_s, stopwatch,
 )
@@ -79,6 +84,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--idle-s", type=float, default=20.0, help="with --idle: seconds to count commands (default 20)")
     p.add_argument("--latency-runs", type=int, default=50,
                    help="with --idle: runs submitted one at a time to measure latency (default 50)")
+    p.add_argument("--no-taskiq", action="store_true",
+                   help="leave taskiq out even when it is installed (the [peers] extra)")
     p.add_argument("--json", action="store_true")
 
 
@@ -144,6 +151,35 @@ async def measure(url: str, args: argparse.Namespace, worker_pid: int, durabilit
     return out
 
 
+async def measure_taskiq(url: str, args: argparse.Namespace, worker_pid: int, stream: str) -> dict:
+    """taskiq's round, the same way: warm up, then ``--actions`` no-op jobs submitted, run and acked."""
+    async with open_backend(url) as backend:
+        redis = backend.redis
+        try:
+            last = await taskiq_peer.submit_jobs(redis, stream, 500, args.pipeline, args.concurrency)
+            await drain_taskiq(redis, stream, last)
+            before = await cpu_marks(redis, worker_pid)
+            with stopwatch() as t:
+                last = await taskiq_peer.submit_jobs(redis, stream, args.actions, args.pipeline, args.concurrency)
+                await drain_taskiq(redis, stream, last)
+            after = await cpu_marks(redis, worker_pid)
+        finally:
+            await redis.delete(stream)
+    return {"queue": "taskiq", "actions": args.actions, "seconds": t[0],
+            "actions_per_s": args.actions / t[0], "durability": "memory",
+            "worker_concurrency": args.concurrency} | cpu_per_action(before, after, args.actions)
+
+
+async def drain_taskiq(redis, stream: str, last_id: str) -> None:
+    while not await taskiq_peer.drained(redis, stream, last_id):
+        await anyio.sleep(0.02)
+
+
+async def create_taskiq_stream(url: str, stream: str) -> None:
+    async with open_backend(url) as backend:
+        await taskiq_peer.create_stream(backend.redis, stream)
+
+
 async def measure_peer(url: str, args: argparse.Namespace, consumer_pid: int, stream: str,
                        durability: str = "memory") -> dict:
     """The minimal queue's round, the same way: warm up, then ``--actions`` jobs submitted and acked."""
@@ -204,6 +240,18 @@ def peer_round(url: str, args: argparse.Namespace, mode: str, round_no: int) -> 
         consumer.wait(timeout=15)
 
 
+def taskiq_round(url: str, args: argparse.Namespace, round_no: int) -> dict:
+    """taskiq's worker process on its own stream, measured as lessor's round is (taskiq has no durability wait)."""
+    stream = f"lessor-bench:taskiq:{os.getpid()}:{round_no}"
+    run(create_taskiq_stream, url, stream)
+    worker = taskiq_peer.start_worker(url, stream, args.concurrency)
+    try:
+        return run(measure_taskiq, url, args, worker.pid, stream)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=15)
+
+
 def main(args: argparse.Namespace) -> int:
     """`lessor bench schedule`."""
     if args.idle:
@@ -215,18 +263,27 @@ def main(args: argparse.Namespace) -> int:
         Durability.parse(mode)  # a bad mode fails before anything starts
     server = None if args.redis_url else EmbeddedServer().start()
     url = args.redis_url or server.url
-    results, peers = [], []
+    with_taskiq = not args.no_taskiq and taskiq_peer.available()
+    results, peers, taskiqs = [], [], []
     try:
-        for round_no, mode in enumerate(modes):  # lessor and its peer back to back: the same machine load
+        for round_no, mode in enumerate(modes):  # lessor and its peers back to back: the same machine load
             results.append(lessor_round(url, args, mode, round_no))
+            if with_taskiq:
+                taskiqs.append(taskiq_round(url, args, round_no))
             peers.append(peer_round(url, args, mode, round_no))
     finally:
         if server:
             server.stop()
-    for r, peer in zip(results, peers):
+    for i, (r, peer) in enumerate(zip(results, peers)):
         r["ratio_to_first_mode"] = r["actions_per_s"] / results[0]["actions_per_s"]
         r["ratio_to_peer"] = r["actions_per_s"] / peer["actions_per_s"]
         r["peer"] = peer
+        if with_taskiq:
+            r["taskiq"] = taskiqs[i]
+            r["ratio_to_taskiq"] = r["actions_per_s"] / taskiqs[i]["actions_per_s"]
+    if not with_taskiq:
+        print("taskiq left out: " + ("--no-taskiq" if args.no_taskiq else taskiq_peer.missing_reason()),
+              file=sys.stderr)
     if args.json:
         dump_json(results[0] if len(results) == 1 else {"modes": results})
     else:
@@ -238,18 +295,21 @@ def print_results(args: argparse.Namespace, modes: list[str], results: list[dict
     rows = []
     for r in results:
         rows.append({"what": r["durability"], "queue": "lessor", "rate": r["actions_per_s"], "peer": r["ratio_to_peer"],
+                     "taskiq": r.get("ratio_to_taskiq"),
                      "worker": r["worker_cpu_us_per_action"], "submit": r["submitter_cpu_us_per_action"],
                      "cpu": r["server_cpu_us_per_action"], "script": r["script_us_per_action"],
                      "limit": r["server_limit_actions_per_s"], "ratio": r["ratio_to_server_limit"],
                      "vs": r["ratio_to_first_mode"]})
-        p = r["peer"]
-        rows.append({"what": p["durability"], "queue": p["queue"], "rate": p["actions_per_s"], "peer": 1.0,
-                     "worker": p["worker_cpu_us_per_action"], "submit": p["submitter_cpu_us_per_action"],
-                     "cpu": p["server_cpu_us_per_action"]})
+        for p in filter(None, (r.get("taskiq"), r["peer"])):
+            rows.append({"what": p["durability"], "queue": p["queue"], "rate": p["actions_per_s"],
+                         "peer": p["actions_per_s"] / r["peer"]["actions_per_s"],
+                         "taskiq": p["actions_per_s"] / r["taskiq"]["actions_per_s"] if "taskiq" in r else None,
+                         "worker": p["worker_cpu_us_per_action"], "submit": p["submitter_cpu_us_per_action"],
+                         "cpu": p["server_cpu_us_per_action"]})
     print_table(f"schedule: {args.actions:,} no-op jobs end to end, one worker process (concurrency "
-                f"{args.concurrency}), submits of {args.pipeline}; each lessor round beside the minimal queue",
+                f"{args.concurrency}), submits of {args.pipeline}; each lessor round beside taskiq and the minimal queue",
                 rows,
-                [("what", "durability"), ("queue", "queue"), ("rate", "jobs/s"), ("peer", "× minimal queue"),
+                [("what", "durability"), ("queue", "queue"), ("rate", "jobs/s"), ("taskiq", "× taskiq"), ("peer", "× minimal queue"),
                  ("worker", "worker CPU µs/action"), ("submit", "submitter CPU µs/action"),
                  ("cpu", "server CPU µs/action"), ("script", "script wall time µs/action"), ("limit", "server limit/s"),
                  ("ratio", "× limit"), ("vs", f"× {modes[0]}")])

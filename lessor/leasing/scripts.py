@@ -60,7 +60,8 @@ end"""
 #: and each script's local bindings are both generated from it).
 _LIB_NAMES = (
     # writing events and state
-    "emit", "enqueue", "new_adds", "add_all", "wake", "fair_pass", "fair_join", "defer_counts", "create_run",
+    "emit", "enqueue", "new_adds", "add_all", "wake", "fair_pass", "fair_join", "defer_counts", "defer_ends", "flush_ends",
+    "create_run",
     "reject", "ended", "end_lease", "abort_actions", "token_source",
     # the lease rules, once each
     "fence", "check_token", "lease_dead", "lease_expiry", "expire_lease", "ensure_epoch", "server_epoch",

@@ -141,10 +141,10 @@ MUTANTS = (
     Mutant("child_submit_ignores_abort", "a parent being aborted may still submit children",
            {"submit_child": [("if h.aborting == '1' then return {ABORTED, 0} end", "")]}),
     Mutant("complete_caches_before_fence", "a completion writes the cache before its token is checked",
-           {"complete": [("  local h, code = fence(ref, token, worker, 'complete', 'attempt', 'cache_key', 'timeout_ms')",
+           {"complete": [("  local h, code = fence(ref, token, worker, 'complete', 'attempt', 'cache_key', 'timeout_ms', 'queue')",
                           "  local h0 = redis.call('HGET', akey(ref), 'cache_key')\n"
                           "  if h0 and h0 ~= '' then redis.call('HSET', cache_hash((split_ref(ref))), h0, result) end\n"
-                          "  local h, code = fence(ref, token, worker, 'complete', 'attempt', 'cache_key', 'timeout_ms')")]}),
+                          "  local h, code = fence(ref, token, worker, 'complete', 'attempt', 'cache_key', 'timeout_ms', 'queue')")]}),
     Mutant("submit_repeat_creates", "a repeated submit of a run still running creates it again",
            {"submit": [("  if existing[1] then", "  if existing[1] and existing[1] ~= 'running' then")]}),
     # the keeper

@@ -26,13 +26,19 @@
   token check), expire_lease(), fence(). ]]
 -- Per call (set by enter_call): the script's name, the partition prefix (KEYS[1]),
 -- the clock read once, the partition's key names, the queues already woken, the fair-share
--- rotations already joined, acquire's deferred running counts.
-local SCRIPT, PREFIX, NOW, woken, joined, deferred
+-- rotations already joined, acquire's deferred running counts, complete's deferred ends.
+local SCRIPT, PREFIX, NOW, woken, joined, deferred, ending
 --@@GENERATED_TRACER@@
 
 --@@GENERATED_CLOCK@@
 
-local function S(n) return string.format('%.0f', n) end   -- exact integer text (tostring rounds to 14 digits)
+-- Exact integer text (tostring rounds to 14 digits). '%d' for integers within the exact range
+-- of a double: libc's integer printing costs a fifth of '%.0f''s float printing (callgrind: about
+-- 9k instructions per action less); '%.0f' for anything else.
+local function S(n)
+  if n % 1 == 0 and n <= 9007199254740991 and n >= -9007199254740991 then return string.format('%d', n) end
+  return string.format('%.0f', n)
+end
 -- checked(): every script calls it once all its arguments are checked, before its
 -- first write. A no-op; a test-only build makes it raise, to show that everything
 -- that can refuse a call comes before anything is written (tests/test_schema.py).
@@ -42,7 +48,7 @@ local function S(n) return string.format('%.0f', n) end   -- exact integer text 
 -- and lib() are built once per library load, not once per call: what depends on the
 -- call is set here, and every function of the library sees it.
 local function enter_call(name, prefix)
-  SCRIPT, PREFIX, woken, joined, deferred = name, prefix, nil, nil, nil
+  SCRIPT, PREFIX, woken, joined, deferred, ending = name, prefix, nil, nil, nil, nil
   NOW = now_ms()
   --@@GENERATED_BIND@@
 end
@@ -169,10 +175,37 @@ local function lib()
   -- acquire counts its own leases, once per namespace per call (defer_counts): it knows their
   -- queue, and a HGET and two HINCRBY per lease cost a third of the rest of a lease (measured).
   -- (deferred is per call: enter_call resets it)
+  -- complete counts the leases that end the same way (defer_ends): the caller names each
+  -- action's queue (ending.queue_of[key], from the hash it has just read), and flush_ends
+  -- applies the counts once per queue and namespace at the end of the call: an HGET, two
+  -- HINCRBY and an HDEL per action were a seventh of a completion's server work (callgrind).
+  -- Nothing in the same call reads the counts in between, so the result is the same.
   local function defer_counts() deferred = {}; return deferred end
+  local function defer_ends() ending = {queue_of = {}, by = {}, order = {}}; return ending end
+  local apply_running
   local function count_running(key, ns, by)
     if by > 0 and deferred then deferred[ns] = (deferred[ns] or 0) + by; return end
-    local queue = redis.call('HGET', key, 'queue')
+    local queue = ending and ending.queue_of[key]
+    if queue then
+      local group = queue .. ' ' .. ns   -- (ids have no spaces)
+      if not ending.by[group] then
+        ending.by[group] = 0
+        ending.order[#ending.order + 1] = {queue, ns, group}   -- applied in a fixed order
+      end
+      ending.by[group] = ending.by[group] + by
+      return
+    end
+    apply_running(redis.call('HGET', key, 'queue'), ns, by)
+  end
+  local function flush_ends()
+    local e = ending
+    if not e then return end
+    ending = nil
+    for _, g in ipairs(e.order) do
+      if e.by[g[3]] ~= 0 then apply_running(g[1], g[2], e.by[g[3]]) end
+    end
+  end
+  apply_running = function(queue, ns, by)
     local rk = running_key(queue)
     for _, field in ipairs({ns, '*'}) do
       if redis.call('HINCRBY', rk, field, by) <= 0 then redis.call('HDEL', rk, field) end

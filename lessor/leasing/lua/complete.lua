@@ -31,11 +31,13 @@ for i = o + 1, o + n, 3 do
 end
 checked()
 local out, ended_refs = {}, {}
+local ends = defer_ends()   -- running counts: once per queue and namespace, after the loop
 for i = o + 1, o + n, 3 do
   local ref, token, result = A[i], A[i + 1], A[i + 2]
-  local h, code = fence(ref, token, worker, 'complete', 'attempt', 'cache_key', 'timeout_ms')
+  local h, code = fence(ref, token, worker, 'complete', 'attempt', 'cache_key', 'timeout_ms', 'queue')
   if code == OK then
     local ns, run, action = split_ref(ref)
+    ends.queue_of[akey(ref)] = h.queue
     if result == '' then result = nil end
     -- The projection's HSET also marks the attempt ended (what ended() writes), in one call.
     emit({type = 'action_succeeded', ns = ns, run = run, action = action,
@@ -58,4 +60,5 @@ end
 for i = 1, #ended_refs, 1000 do   -- (unpack has a stack limit)
   redis.call('ZREM', LEASES, unpack(ended_refs, i, math.min(i + 999, #ended_refs)))
 end
+flush_ends()
 return out
