@@ -273,13 +273,16 @@ class LeaseClient:
         return codes
 
     async def renew_partition(self, partition: int, leases: list[Lease]) -> dict[str, Code]:
-        """Renew leases of one partition in one script call."""
-        args: list = [self.worker_id, self.config.ttl_ms]
-        for lease in leases:
-            args += (lease.ref, lease.token)
+        """Renew leases of one partition in one script call; ref -> Code. Raises as Backend.call."""
+        reply = await self.renew_reply(partition, leases)
+        # A dict lookup, not Code(code): the enum's call was a fifth of the client's CPU per call.
+        return {lease.ref: _CODES[code] for lease, code in zip(leases, reply[1:])}
+
+    async def renew_reply(self, partition: int, leases: list[Lease]) -> list:
+        """renew.lua's raw reply for ``leases`` (one partition): [server ms, one code per lease]."""
         # Renewals are soft state: never waited for (see leasing/durability.py).
-        reply = await self.backend.call("renew", [self.backend.keys(partition).prefix], args, durable=False)
-        return {lease.ref: Code(code) for lease, code in zip(leases, reply[1:])}
+        return await self.backend.call("renew", [self.backend.keys(partition).prefix],
+                                       renew_args(self.worker_id, self.config.ttl_ms, leases), durable=False)
 
     async def complete(self, lease: Lease, result: bytes = b"") -> None:
         """Commit the attempt's result. Raises StaleToken (refused, recorded) or UnknownAction."""
@@ -327,3 +330,17 @@ class LeaseClient:
 
 
 __all__ = ["Code", "Lease", "LeaseClient"]
+
+
+_CODES = {int(code): code for code in Code}
+
+
+def renew_args(worker_id: str, ttl_ms: int, leases: Iterable[Lease]) -> list:
+    """renew.lua's ARGV for ``leases``: the worker, the ttl, and the (ref, token) pairs packed as one
+    text, ``"ref token "`` repeated (renew.lua's packed form; ids hold no whitespace).
+
+    One argument instead of two per lease: redis-py packs and writes every
+    argument apart in Python, which was two thirds of a renewal call's client
+    CPU at 100 leases a call.
+    """
+    return [worker_id, ttl_ms, "".join([f"{lease.ref} {lease.token} " for lease in leases])]
