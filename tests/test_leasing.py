@@ -65,15 +65,28 @@ async def test_on_time_renewal_logs_nothing_and_moves_the_deadline(vbackend):
 
 
 async def test_packed_and_flat_renewals_answer_alike_and_a_malformed_pack_is_refused(vbackend):
-    """renew.lua's packed form (one "ref token " text, what the client sends) renews as the flat pairs do."""
+    """renew.lua's packed form (one JSON array, what the client sends) renews as the flat pairs do."""
     client, lease = await one_lease(vbackend)
     prefix = [vbackend.keys(lease.partition).prefix]
     flat = await vbackend.scripts.renew(keys=prefix, args=["w1", 1000, lease.ref, lease.token])
     packed = await vbackend.scripts.renew(keys=prefix, args=renew_args("w1", 1000, [lease]))
     assert flat[1:] == packed[1:] == [Code.OK]
-    for bad in (f"{lease.ref} {lease.token}", f"{lease.ref}  {lease.token} ", f"{lease.ref} ", f" {lease.ref} 1 "):
-        with pytest.raises(ResponseError, match='LESSOR_BAD_ARG renew: ARGV.3. must be "ref token " repeated'):
+    for bad in (f'["{lease.ref}"]', f'["{lease.ref}", {lease.token}]', f'["{lease.ref}"', "{}x", "[null, null]",
+                f"{lease.ref} {lease.token}"):
+        with pytest.raises(ResponseError, match="LESSOR_BAD_ARG renew: ARGV.3. must be one JSON array of strings"):
             await vbackend.scripts.renew(keys=prefix, args=["w1", 1000, bad])
+
+
+def test_renew_args_pack_any_ref_as_valid_json():
+    """The fast join and the json.dumps fallback give the same array, whatever a ref holds."""
+    import json
+
+    from lessor.leasing.client import Lease
+
+    leases = [Lease(ref, 7, 1, 0, "t", b"", "", 0) for ref in ("a/b/r1/a0", 'a/b/"q/a0', "a/b/back\\/a0", "a/b/é/a0")]
+    for some in (leases[:1], leases[:2], leases[2:3], leases, []):
+        packed = renew_args("w", 1000, some)[2]
+        assert json.loads(packed) == [v for lease in some for v in (lease.ref, "7")]
 
 
 async def test_renewal_in_grace_resumes_and_after_reap_is_stale(vbackend):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import math
 import random
 from collections import defaultdict
@@ -354,10 +355,18 @@ _CODES = {int(code): code for code in Code}
 
 def renew_args(worker_id: str, ttl_ms: int, leases: Iterable[Lease]) -> list:
     """renew.lua's ARGV for ``leases``: the worker, the ttl, and the (ref, token) pairs packed as one
-    text, ``"ref token "`` repeated (renew.lua's packed form; ids hold no whitespace).
+    JSON array of strings (renew.lua's packed form).
 
     One argument instead of two per lease: redis-py packs and writes every
     argument apart in Python, which was two thirds of a renewal call's client
     CPU at 100 leases a call.
     """
-    return [worker_id, ttl_ms, "".join([f"{lease.ref} {lease.token} " for lease in leases])]
+    values: list[str] = []
+    for lease in leases:
+        values += (lease.ref, str(lease.token))
+    packed = '","'.join(values)
+    # Ids are letters, digits, _ . - and / (checked at submit): joined as they are, they make
+    # valid JSON at a tenth of json.dumps' cost. Anything else is escaped by json.dumps.
+    if "\\" in packed or packed.count('"') != 2 * (len(values) - 1):   # a quote of their own
+        return [worker_id, ttl_ms, json.dumps(values)]
+    return [worker_id, ttl_ms, f'["{packed}"]' if values else "[]"]
