@@ -110,31 +110,3 @@ async def test_a_workers_own_backoff_is_promoted_though_its_reaper_may_sleep_ten
             worker.stop()
         assert info.phase.value == "succeeded" and info.result == {"attempt": 3}
 
-
-async def test_an_idle_reaper_looks_before_it_passes_and_still_reaps_what_comes_later(backend):
-    """With every reap index empty, an idle reaper's next round is one EXISTS, not a reap.lua call per
-    partition; a lease granted meanwhile makes the look find something, and it is reaped in time."""
-    reaper = Reaper(backend, interval_ms=50, max_sleep_ms=100)
-    calls: list[int] = []
-    real = reaper.reap_partition
-
-    async def counted(partition: int):
-        calls.append(partition)
-        return await real(partition)
-
-    reaper.reap_partition = counted
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(reaper.run)
-        await until(lambda: _async(reaper.statistics().idle_looks >= 3), 30)
-        assert len(calls) == backend.partitions          # the first pass only: the looks found nothing
-        client = LeaseClient(backend, "w-1", LeaseConfig(ttl_ms=200, grace_ms=0))
-        await submit_run(backend, "square", namespace="proj/development", queue="default",
-                         run_id=idempotent_run_id("proj/development", "look"), inputs=pack_value({"x": 1}))
-        (lease,) = await client.acquire("proj/development", "default", 1)
-        await until(lambda: _async(reaper.statistics().expired == 1), 30)
-        tg.cancel_scope.cancel()
-    assert len(calls) > backend.partitions
-
-
-async def _async(value):
-    return value

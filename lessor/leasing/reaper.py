@@ -62,7 +62,6 @@ class ReaperStatistics:
     calls: int = 0               # reap.lua calls that answered
     max_call_ms: float = 0.0     # the longest one (server CPU time, as the script timed it)
     call_ms_p99: float = 0.0     # p99 over the last CALL_WINDOW calls
-    idle_looks: int = 0          # passes skipped: a look (one EXISTS) found every reap index empty
 
 
 @dataclass(frozen=True)
@@ -169,7 +168,7 @@ class Reaper:
         self.durability_outage = Outage(f"{name} (durability {backend.durability})", backend.url, clock=clock,
                                         log=log)
         self._totals = dict(passes=0, expired=0, timed_out=0, promoted=0, max_lag_ms=0, last_lag_ms=0,
-                            failed_calls=0, calls=0, max_call_ms=0.0, idle_looks=0)
+                            failed_calls=0, calls=0, max_call_ms=0.0)
         self._last_error: Exception | None = None
         self.max_sleep_ms = interval_ms if max_sleep_ms is None else max_sleep_ms
         self._poked = asyncio.Event()   # plain asyncio: made outside a running loop, cleared after each sleep
@@ -260,12 +259,7 @@ class Reaper:
         counts as an outage (logged once, with its length when it ends) and the
         next pass waits a capped, jittered backoff instead of the interval.
         """
-        result: PassResult | None = None
         while True:
-            if result is not None and self._found_nothing(result) and not await self._anything_indexed():
-                self._totals["idle_looks"] += 1
-                await self._sleep_ms(self.max_sleep_ms)
-                continue
             result = await self.reap_once()
             if on_pass is not None:
                 on_pass(result)
@@ -276,31 +270,6 @@ class Reaper:
             self.outage.ok()
             if not result.more:
                 await self._sleep_ms(self.sleep_ms(result))
-
-    @staticmethod
-    def _found_nothing(result: PassResult) -> bool:
-        """The pass left every partition's indexes empty: nothing was due, nor will be, until something is added."""
-        return result.next_due_ms is None and not result.more and not result.failed
-
-    async def _anything_indexed(self) -> bool:
-        """Whether any partition's reap indexes (leases, timeouts, backoffs) hold anything.
-
-        An idle reaper's look before a pass: one EXISTS naming the three indexes of
-        every partition on one server (one per partition on a cluster, where a
-        command may not span slots), instead of a reap.lua call per partition (about
-        8 commands each: 0.8 of an idle worker's 2.5 commands/s). Anything indexed,
-        or an error, means a full pass. Nothing indexed means nothing can expire:
-        a lease granted now is indexed by the same script that grants it.
-        """
-        groups = [[keys.named(k) for k in ("LEASES", "TIMEOUTS", "DELAYED")] for keys in self.backend.all_keys()]
-        try:
-            if not self.backend.cluster:
-                return await self.backend.redis.exists(*[k for g in groups for k in g]) > 0
-            counts = await asyncio.gather(*(self.backend.redis.exists(*g) for g in groups))
-            return any(counts)
-        except Exception as exc:  # safe: any error means "look properly"; the pass after it handles faults
-            log.debug("reaper: the look before a pass failed (%r); passing instead", exc)
-            return True
 
     def sleep_ms(self, result: PassResult) -> int:
         """How long to sleep after ``result`` (its work done): until its next due item,
