@@ -48,7 +48,7 @@ bench-tools:
 
 bench-heartbeat: $(STAMP) bench-tools
 	$(BIN)/pip install --quiet -e '.[plot]'
-	$(BIN)/lessor bench heartbeat --plot heartbeat.png --durability fsync
+	$(BIN)/lessor bench heartbeat --plot heartbeat.png --durability fsync --processes 2
 	$(BIN)/lessor bench heartbeat --no-uvloop
 
 # lessor beside taskiq (the [peers] extra) and the minimal queue, alternating rounds in one run.

@@ -117,6 +117,39 @@ async def test_one_submit_wakes_as_many_idle_workers_as_it_has_work_for(backend)
     assert sorted(w.statistics().succeeded for w in workers) == [1, 1]
 
 
+async def test_a_safety_poll_that_finds_nothing_acquires_nothing_and_a_lost_wake_up_is_still_found(backend):
+    """The safety poll looks (one EXISTS) before it acquires; a token another client swallowed (a worker
+    paused or killed while blocked, as in `lessor demo`) is made up for by the poll, which then acquires."""
+    started: list = []
+    config = WorkerConfig(queue=QUEUE, namespace=NS, worker_id="w-poll", concurrency=2, reap=False,
+                          idle_poll_ms=100)
+    worker = Worker(backend, registry(started), config)
+    acquires = CountingAcquires(worker)
+    wake_keys = [backend.keys(p).wake(NS, QUEUE) for p in range(backend.partitions)]
+    async with anyio.create_task_group() as tg:
+        # A "dead worker" blocked first: the server hands it the token the submit below leaves.
+        tg.start_soon(backend.redis.blpop, wake_keys, 0)
+        await until_blocked(backend, 1)
+        tg.start_soon(worker.run)
+        await until_blocked(backend, 2)
+        polled = len(acquires.partitions)
+        timed_out = worker.client.waits_timed_out
+        with anyio.fail_after(20):
+            while worker.client.waits_timed_out < timed_out + 3:   # three safety polls, queues empty
+                await anyio.sleep(0.01)
+        assert len(acquires.partitions) == polled
+        await submit_run(backend, "note", namespace=NS, queue=QUEUE, run_id="r-lost")
+
+        async def ran() -> bool:
+            return bool(started)
+
+        await until_logged(backend, ran, "the run whose wake-up was lost to start", 15)
+        assert len(acquires.partitions) > polled and await blocked_on_blpop(backend) >= 1
+        worker.stop()
+        tg.cancel_scope.cancel()
+    assert started == ["r-lost"]
+
+
 async def test_a_wake_list_holds_at_most_one_token(backend):
     for batch in range(5):
         await submit_runs(backend, [RunSpec("note", namespace=NS, queue=QUEUE) for _ in range(20)])

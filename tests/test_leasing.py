@@ -7,10 +7,11 @@ import shutil
 
 import anyio
 import pytest
+from redis.exceptions import ResponseError
 
 from lessor.core import events as ev
 from lessor.errors import ConfigError, StaleToken, UnknownAction
-from lessor.leasing.client import LeaseClient
+from lessor.leasing.client import LeaseClient, renew_args
 from lessor.leasing.codes import Code
 from lessor.leasing.config import LeaseConfig
 from lessor.leasing.eventlog import EventLog
@@ -61,6 +62,31 @@ async def test_on_time_renewal_logs_nothing_and_moves_the_deadline(vbackend):
     assert await log_length(vbackend) == n_before
     key = vbackend.keys_for_ref(lease.ref).action(lease.ref)
     assert int(await vbackend.redis.hget(key, "deadline_ms")) == vbackend.vclock.now_ms + 1000
+
+
+async def test_packed_and_flat_renewals_answer_alike_and_a_malformed_pack_is_refused(vbackend):
+    """renew.lua's packed form (one JSON array, what the client sends) renews as the flat pairs do."""
+    client, lease = await one_lease(vbackend)
+    prefix = [vbackend.keys(lease.partition).prefix]
+    flat = await vbackend.scripts.renew(keys=prefix, args=["w1", 1000, lease.ref, lease.token])
+    packed = await vbackend.scripts.renew(keys=prefix, args=renew_args("w1", 1000, [lease]))
+    assert flat[1:] == packed[1:] == [Code.OK]
+    for bad in (f'["{lease.ref}"]', f'["{lease.ref}", {lease.token}]', f'["{lease.ref}"', "{}x", "[null, null]",
+                f"{lease.ref} {lease.token}"):
+        with pytest.raises(ResponseError, match="LESSOR_BAD_ARG renew: ARGV.3. must be one JSON array of strings"):
+            await vbackend.scripts.renew(keys=prefix, args=["w1", 1000, bad])
+
+
+def test_renew_args_pack_any_ref_as_valid_json():
+    """The fast join and the json.dumps fallback give the same array, whatever a ref holds."""
+    import json
+
+    from lessor.leasing.client import Lease
+
+    leases = [Lease(ref, 7, 1, 0, "t", b"", "", 0) for ref in ("a/b/r1/a0", 'a/b/"q/a0', "a/b/back\\/a0", "a/b/é/a0")]
+    for some in (leases[:1], leases[:2], leases[2:3], leases, []):
+        packed = renew_args("w", 1000, some)[2]
+        assert json.loads(packed) == [v for lease in some for v in (lease.ref, "7")]
 
 
 async def test_renewal_in_grace_resumes_and_after_reap_is_stale(vbackend):

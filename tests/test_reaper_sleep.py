@@ -109,3 +109,4 @@ async def test_a_workers_own_backoff_is_promoted_though_its_reaper_may_sleep_ten
             info = await run.wait(timeout_s=60)   # two backoffs, each promoted by the poked reaper
             worker.stop()
         assert info.phase.value == "succeeded" and info.result == {"attempt": 3}
+

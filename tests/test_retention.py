@@ -169,3 +169,22 @@ async def _complete_all(url: str) -> None:
     for lease in await client.acquire(NS, "default", 10):
         await client.complete(lease, b"\xc0")
     await b.redis.aclose()
+
+
+async def test_a_retire_call_stops_at_its_time_budget_and_the_pass_finishes_the_rest(backend):
+    """retire.lua's budget (server CPU µs, checked after each run): a 1 µs budget retires one run a
+    call and says there is more; retire_once keeps calling until every due run is gone."""
+    client = LeaseClient(backend, "w1", CFG)
+    for _ in range(4 * backend.partitions):
+        await submit_run(backend, "t", namespace=NS)
+        (lease,) = await client.acquire(NS, "default", 1)
+        await client.complete(lease, b"\xc0")
+    await set_policy(backend, NS, RetentionPolicy(keep_runs=0))
+    prefix = backend.keys(0).prefix
+    due = await backend.redis.zcard(backend.keys(0).named("done_key") + NS)
+    assert due >= 2, "partition 0 needs two finished runs for this test"
+    retired, still_live, _, more = await backend.call("retire", [prefix], [NS, 0, 0, 100, 0, -1, 1])
+    assert (retired, still_live, more) == (1, 0, 1)
+    result = await retire_once(backend)
+    assert result.retired == 4 * backend.partitions - 1
+    assert await verify(backend) == []

@@ -85,10 +85,7 @@ class RecordingClient(LeaseClient):
 
     async def renew_partition(self, partition: int, leases: list[Lease]) -> dict[str, Code]:
         # LeaseClient.renew_partition, keeping the server time the renewal ran at (reply[0]).
-        args: list = [self.worker_id, self.config.ttl_ms]
-        for lease in leases:
-            args += (lease.ref, lease.token)
-        reply = await self.backend.call("renew", [self.backend.keys(partition).prefix], args, durable=False)
+        reply = await self.renew_reply(partition, leases)
         codes = {lease.ref: Code(code) for lease, code in zip(leases, reply[1:])}
         for lease in leases:
             if codes[lease.ref] in (Code.OK, Code.RESUMED):

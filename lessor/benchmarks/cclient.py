@@ -130,13 +130,20 @@ async def c_client_load(redis, url: str, command: list, units_per_call: float, d
 
     ``command`` is sent as is, every time (e.g. one FCALL renewing the same
     leases); its calls are counted from commandstats, not from the client.
-    Raises ServerError if the client exits early or any call failed.
+    A last argument given as bytes (a packed batch, which may hold NULs no
+    command line can carry) is fed on stdin (``-x``). Raises ServerError if the
+    client exits early or any call failed.
     """
     path = find_c_client()
+    binary = command[-1] if isinstance(command[-1], bytes) else None
+    words = command[:-1] if binary is not None else command
     argv = [path, *target_args(url), "-c", str(clients), "-P", str(pipeline), "-n", "2000000000", "-q",
-            *[str(a) for a in command]]
-    with tempfile.TemporaryFile() as output:
-        proc = spawn_child(argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
+            *(["-x"] if binary is not None else []), *[str(a) for a in words]]
+    with tempfile.TemporaryFile() as output, tempfile.TemporaryFile() as stdin:
+        stdin.write(binary or b"")
+        stdin.seek(0)
+        proc = spawn_child(argv, stdin=stdin if binary is not None else subprocess.DEVNULL, stdout=output,
+                           stderr=subprocess.STDOUT)
         try:
             await anyio.sleep(WARMUP_S)
             before = await sample_server(redis)

@@ -31,6 +31,7 @@ from lessor.core import events as ev
 from lessor.leasing.backend import Backend, open_backend
 from lessor.leasing.eventlog import EventLog
 from lessor.leasing.reaper import Reaper
+from lessor.scheduler import presence
 from lessor.scheduler.control import abort_run
 from lessor.scheduler.query import get_action, get_run
 from lessor.scheduler.registry import Registry
@@ -76,6 +77,7 @@ async def one_round(backend: Backend, url: str, args: argparse.Namespace, how: s
     (leased again, requeued), requeued being when the victim's lease let go (release or reap)."""
     workers = {w: start_worker(url, w, args) for w in (f"{tag}-a", f"{tag}-b")}
     try:
+        await both_waiting(backend, list(workers))
         runs = [f"{tag}{i}" for i in range(args.actions)]
         await submit_runs(backend, [RunSpec("hold", inputs=pack_value({"seconds": 30.0}), namespace=NAMESPACE,
                                             queue=QUEUE, run_id=r) for r in runs])
@@ -108,6 +110,23 @@ async def one_round(backend: Backend, url: str, args: argparse.Namespace, how: s
         for proc in workers.values():
             proc.kill()
             proc.wait()
+
+
+async def both_waiting(backend: Backend, worker_ids: list[str]) -> None:
+    """Wait until every worker has started and blocks for work (announced, and that many clients blocked).
+
+    Without this, a round measured a worker's start-up: under load the second
+    process was still importing when the first had leased every run, and the
+    "failover" waited for it to start (SIGTERM p50 0.3-1.1 x (ttl + grace)).
+    Raises TimeoutError after 60 s.
+    """
+    with anyio.fail_after(60):
+        while True:
+            announced = {p.worker for p in await presence.read(backend)}
+            blocked = int((await backend.redis.info("clients"))["blocked_clients"])
+            if announced >= set(worker_ids) and blocked >= len(worker_ids):
+                return
+            await anyio.sleep(0.02)
 
 
 async def end_round(backend: Backend, runs: list[str]) -> None:

@@ -326,7 +326,17 @@ def start_idle_worker(url: str, mode: str, reap: bool) -> subprocess.Popen:
 async def idle_commands(url: str, seconds: float) -> dict:
     """Commands/s the server ran over ``seconds`` (INFO itself left out), in total and by command."""
     async with open_backend(url) as backend:
-        await anyio.sleep(3.0)  # let the worker start and settle into idling (its connections' HELLOs not counted)
+        # Let the worker start and settle into idling, so that its start-up (connections' HELLOs, the
+        # first passes) is not counted: a fixed 3 s was not enough on a loaded machine, where a
+        # worker took 7 s to open its connections (0.25 commands/s of a 120 s window were HELLOs).
+        # Settled: the server's client count has not moved for 3 s (the worker's pool is complete).
+        seen, steady_s = -1, 0.0
+        with anyio.move_on_after(60):
+            while steady_s < 3.0:
+                clients = int((await backend.redis.info("clients"))["connected_clients"])
+                steady_s = steady_s + 0.5 if clients == seen and clients > 1 else 0.0
+                seen = clients
+                await anyio.sleep(0.5)
         before = await command_stats(backend.redis)
         await anyio.sleep(seconds)
         after = await command_stats(backend.redis)

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from lessor.core.ids import check_namespace
 from lessor.errors import ConfigError
 from lessor.leasing.backend import Backend
+from lessor.leasing.scripts import ClockMode
 
 POLICY_KEY = "lessor:retention"
 _UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -94,13 +95,17 @@ class RetentionResult:
     max_call_ms: float = 0.0
 
 
-async def retire_once(backend: Backend, limit: int = 100) -> RetentionResult:
+async def retire_once(backend: Backend, limit: int = 100, budget_ms: float | None = 2.0) -> RetentionResult:
     """One pass: every namespace with a policy, every partition, until nothing is due.
 
-    Each script call handles at most ``limit`` runs (and cache entries), so it
-    holds the server for a bounded time; the pass repeats calls while one says
-    there is more.
+    Each script call handles at most ``limit`` runs (and cache entries) and stops
+    after about ``budget_ms`` of server CPU time (None: no budget; a virtual
+    clock passes none, so replays stay alike), so it holds the server for a
+    bounded time; the pass repeats calls while one says there is more.
     """
+    if budget_ms is not None and not 0 < budget_ms <= 60_000:
+        raise ValueError(f"retention needs 0 < budget_ms <= 60000 (or None), got {budget_ms}")
+    budget_us = round(budget_ms * 1000) if budget_ms is not None and backend.clock is ClockMode.SERVER else 0
     result = RetentionResult()
     for ns, policy in (await policies(backend)).items():
         if policy.retains_everything:
@@ -108,7 +113,8 @@ async def retire_once(backend: Backend, limit: int = 100) -> RetentionResult:
         # Counts are kept per partition: a namespace's runs spread evenly over the partitions
         # (by hash), so each keeps its share, rounded up.
         share = (lambda n: n if n < 0 else -(-n // backend.partitions))
-        args = [ns, policy.keep_ms, share(policy.keep_runs), limit, policy.cache_keep_ms, share(policy.cache_max)]
+        args = [ns, policy.keep_ms, share(policy.keep_runs), limit, policy.cache_keep_ms, share(policy.cache_max),
+                budget_us]
         for partition in range(backend.partitions):
             more = 1
             while more:

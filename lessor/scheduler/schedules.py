@@ -257,7 +257,7 @@ class Ticker:
         Cheap where nothing is scheduled: a ticker that holds no ticker lease asks, once every
         ``idle_check_ms``, whether any partition has an active schedule (one ZCARD each), and
         makes passes only while the answer is yes (or while it holds a ticker lease). So an idle
-        process sends P commands per 10 s, and a schedule created meanwhile starts ticking within
+        process sends one command per 10 s (P on a cluster), and a schedule created meanwhile starts ticking within
         ``idle_check_ms``."""
         if interval_ms <= 0 or idle_check_ms < interval_ms:
             raise ValueError(f"interval_ms must be > 0 and idle_check_ms >= interval_ms, got {interval_ms} "
@@ -279,10 +279,15 @@ class Ticker:
         await keep_running(step, interval_ms, outage or Outage(f"ticker {self.worker_id}", self.backend.url, log=log))
 
     async def anything_scheduled(self) -> bool:
-        """Whether any partition indexes an active schedule (one pipelined ZCARD per partition)."""
+        """Whether any partition indexes an active schedule: one EXISTS naming every partition's
+        index on one server (an empty sorted set does not exist), one pipelined per partition on a
+        cluster, where a command may not span slots."""
+        keys = [k.named("SCHEDULES") for k in self.backend.all_keys()]
+        if not self.backend.cluster:
+            return await self.backend.redis.exists(*keys) > 0
         pipe = self.backend.redis.pipeline(transaction=False)
-        for keys in self.backend.all_keys():
-            pipe.zcard(keys.named("SCHEDULES"))
+        for key in keys:
+            pipe.exists(key)
         return any(await pipe.execute())
 
     async def tick_once(self) -> TickResult:

@@ -319,6 +319,7 @@ class Worker:
         self._wake = asyncio.Event()         # a slot was freed, or stop() was called
         self._stopping = asyncio.Event()
         self._idle_scope: anyio.CancelScope | None = None   # the idle wait stop() cuts short
+        self._idle_timed_out = False   # the last idle wait ended with no token: a safety poll is due
         self._torn_down = False              # run() itself was cancelled: reports get 2 s
         self._crashed: BaseException | None = None
         self._tracer = None   # set by run(): None while telemetry is off (no span objects at all)
@@ -429,11 +430,19 @@ class Worker:
             # from here on leaves a wake-up token, so block until one comes (or poll, without).
             if len(leases) < free and (self.config.wake or not leases):
                 woken = await self._idle()
+                # A safety poll that finds every queue empty goes back to waiting at once:
+                # one EXISTS instead of an acquire per partition (a script and a ZCARD each).
+                while woken is None and self._idle_timed_out and not await self._maybe_queued():
+                    woken = await self._idle()
             else:
                 woken = None
 
     async def _idle(self) -> int | None:
-        """Wait for work: the partition of a wake-up token, or None (safety poll, stop, store fault)."""
+        """Wait for work: the partition of a wake-up token, or None (safety poll, stop, store fault).
+
+        Sets ``_idle_timed_out`` when the wait ended with no token, nothing else (the safety poll is due).
+        """
+        self._idle_timed_out = False
         if not self.config.wake:
             await self._pause_ms(self.config.idle_poll_ms)
             return None
@@ -442,6 +451,7 @@ class Worker:
             try:
                 woken = await self.client.wait_for_work(self.config.namespace, self.config.queue,
                                                         self.config.idle_poll_ms / 1000)
+                self._idle_timed_out = woken is None and not self._stopping.is_set()
                 self.outage.ok()
             except Exception as exc:  # a store fault: back off, then poll every partition
                 if not is_transient(exc):
@@ -450,6 +460,17 @@ class Worker:
         if backoff_ms:
             await self._pause_ms(backoff_ms)
         return woken
+
+    async def _maybe_queued(self) -> bool:
+        """The safety poll's cheap look: False only if the server says every queue is empty.
+
+        True on a store fault, so that the acquire which follows meets the fault and backs off as usual.
+        """
+        try:
+            return await self.client.any_queued(self.config.namespace, self.config.queue)
+        except Exception as exc:  # safe: any error means "look properly", and the acquire after it re-raises
+            log.debug("worker %s: safety poll's look failed (%r); acquiring instead", self.config.worker_id, exc)
+            return True
 
     async def _pause_ms(self, ms: float) -> None:
         """Sleep ``ms``, or less if stop() is called."""
