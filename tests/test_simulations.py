@@ -143,6 +143,9 @@ TARGETED = [
     (Switch.PARENT_END_SPARES_CHILDREN, Plan(seed=1, workers=2, heal_ms=5000,
                                              submits=(Submit(0, 300, children=2, child_work_ms=2000),)),
      "abort_respected"),
+    # The worker that hears of the abort gives its lease back: the action must not be requeued.
+    (Switch.RELEASE_IGNORES_ABORT, Plan(seed=1, workers=2, heal_ms=3000, submits=(Submit(0, 1000),),
+                                        aborts=(Abort(400, 0),)), "abort_respected"),
     # w0's clock runs 5 % slow, the bound itself: the margin is what keeps it from running over.
     (Switch.SELF_FENCE_NO_MARGIN, Plan(seed=1, workers=2, heal_ms=6000, submits=(Submit(0, 4000),), faults=(
         Fault("drift", 0, worker=0, rate=0.95), Fault("partition", 500, worker=0, duration_ms=3000))), "no_runaway"),
@@ -162,6 +165,31 @@ def test_a_deadline_off_the_rule_is_caught_by_deadlines_by_rule(sim):
     assert "deadlines_by_rule" in {v.checker for v in broken.verdict.violations}, broken.verdict.violations
     real = sim(plan)
     assert real.verdict.ok and real.result.stats["resumed_in_grace"] == 1, real.verdict.violations
+
+
+# An abort covers what comes after it (abort_respected), shown with three mutants of the gate
+# (make mutants), each on a plan that times the abort against what the run's task is doing:
+ABORT_EDGES = [
+    # the attempt raises 50 ms after the abort, before a renewal told its worker: not retried;
+    ("fail_ignores_abort", Plan(seed=1, workers=2, heal_ms=3000, aborts=(Abort(200, 0),),
+                                submits=(Submit(0, 250, user_retries=1, fail_attempts=1),))),
+    # the task submits its first child 50 ms after the abort: refused (ABORTED), nothing created;
+    ("child_submit_ignores_abort", Plan(seed=1, workers=2, heal_ms=3000, aborts=(Abort(250, 0),),
+                                        submits=(Submit(0, 900, children=2, child_work_ms=100),))),
+    # the task awaits two children when its run is aborted: each hears of it at its next renewal.
+    ("abort_spares_children", Plan(seed=1, workers=2, heal_ms=4000, aborts=(Abort(400, 0),), submits=(
+        Submit(0, 100, children=2, child_work_ms=1000, awaits_children=True),))),
+]
+
+
+@pytest.mark.parametrize("mutant, plan", ABORT_EDGES, ids=[c[0] for c in ABORT_EDGES])
+def test_an_abort_covers_what_comes_after_it(sim, mutant, plan):
+    from lessor.simulations.mutants import MUTANTS
+
+    broken = sim(plan, next(m for m in MUTANTS if m.name == mutant).breakage())
+    assert "abort_respected" in {v.checker for v in broken.verdict.violations}, broken.verdict.violations
+    real = sim(plan)
+    assert real.verdict.ok and real.result.stats["aborts"] == 1, [str(v) for v in real.verdict.violations]
 
 
 @pytest.mark.parametrize("switch, plan, checker", TARGETED, ids=[c[0].value for c in TARGETED])
