@@ -167,29 +167,40 @@ def test_a_deadline_off_the_rule_is_caught_by_deadlines_by_rule(sim):
     assert real.verdict.ok and real.result.stats["resumed_in_grace"] == 1, real.verdict.violations
 
 
-# An abort covers what comes after it (abort_respected), shown with three mutants of the gate
-# (make mutants), each on a plan that times the abort against what the run's task is doing:
-ABORT_EDGES = [
+def _late_child_faults(workers: int, start_ms: int, held_ms: int) -> tuple[Fault, ...]:
+    """From start_ms every worker's messages are held 2 s for held_ms, then every worker is cut
+    off for a lease window, while no reaper reaches the store (api_edges.late_child)."""
+    return (Fault("store_errors", start_ms, duration_ms=3000),) + tuple(
+        f for w in range(workers) for f in (Fault("delay", start_ms, worker=w, duration_ms=held_ms, delay_ms=2000),
+                                            Fault("partition", start_ms + held_ms, worker=w, duration_ms=1500)))
+
+
+# The API's edges (api_edges.py), each shown with a mutant of the gate (make mutants) on a plan
+# that times an abort, or the network, against what the run's task is doing:
+API_EDGES = [
     # the attempt raises 50 ms after the abort, before a renewal told its worker: not retried;
     ("fail_ignores_abort", Plan(seed=1, workers=2, heal_ms=3000, aborts=(Abort(200, 0),),
-                                submits=(Submit(0, 250, user_retries=1, fail_attempts=1),))),
+                                submits=(Submit(0, 250, user_retries=1, fail_attempts=1),)), "abort_respected"),
     # the task submits its first child 50 ms after the abort: refused (ABORTED), nothing created;
     ("child_submit_ignores_abort", Plan(seed=1, workers=2, heal_ms=3000, aborts=(Abort(250, 0),),
-                                        submits=(Submit(0, 900, children=2, child_work_ms=100),))),
-    # the task awaits two children when its run is aborted: each hears of it at its next renewal.
+                                        submits=(Submit(0, 900, children=2, child_work_ms=100),)), "abort_respected"),
+    # the task awaits two children when its run is aborted: each hears of it at its next renewal;
     ("abort_spares_children", Plan(seed=1, workers=2, heal_ms=4000, aborts=(Abort(400, 0),), submits=(
-        Submit(0, 100, children=2, child_work_ms=1000, awaits_children=True),))),
+        Submit(0, 100, children=2, child_work_ms=1000, awaits_children=True),)), "abort_respected"),
+    # the child submission sent at 650 ms arrives 2 s later, its parent's lease dead by then.
+    ("child_submit_unfenced", Plan(seed=1, workers=2, heal_ms=6000, submits=(Submit(0, 1300, children=1),),
+                                   faults=_late_child_faults(2, 600, 300)), "writes_within_lease"),
 ]
 
 
-@pytest.mark.parametrize("mutant, plan", ABORT_EDGES, ids=[c[0] for c in ABORT_EDGES])
-def test_an_abort_covers_what_comes_after_it(sim, mutant, plan):
+@pytest.mark.parametrize("mutant, plan, checker", API_EDGES, ids=[c[0] for c in API_EDGES])
+def test_each_api_edge_catches_its_mutant(sim, mutant, plan, checker):
     from lessor.simulations.mutants import MUTANTS
 
     broken = sim(plan, next(m for m in MUTANTS if m.name == mutant).breakage())
-    assert "abort_respected" in {v.checker for v in broken.verdict.violations}, broken.verdict.violations
+    assert checker in {v.checker for v in broken.verdict.violations}, broken.verdict.violations
     real = sim(plan)
-    assert real.verdict.ok and real.result.stats["aborts"] == 1, [str(v) for v in real.verdict.violations]
+    assert real.verdict.ok, [str(v) for v in real.verdict.violations]
 
 
 @pytest.mark.parametrize("switch, plan, checker", TARGETED, ids=[c[0].value for c in TARGETED])
