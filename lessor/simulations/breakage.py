@@ -134,7 +134,8 @@ _PATCHES: dict[Switch, dict[str, list[tuple[str, str]]]] = {
         "emit({type = 'action_failed', ns = ns, run = run, action = action,")]},
     Switch.PARENT_END_SPARES_CHILDREN: {"*": [("      abort_descendants(ev.ns, ev.run, ev.action, nxt)\n", "")]},
     # The worker that heard of the abort gives its lease back, and the action goes back on its queue.
-    Switch.RELEASE_IGNORES_ABORT: {"release": [("if h.aborting == '1' then", "if false then")]},
+    Switch.RELEASE_IGNORES_ABORT: {"release": [("if h.aborting == '1' then\n  emit({type = 'action_aborted'",
+                                                "if false then\n  emit({type = 'action_aborted'")]},
 }
 
 

@@ -185,6 +185,7 @@ def plans(draw, *, max_workers: int = 5, max_runs: int = 50, max_faults: int = 1
     unless ``durability`` (or ``config``) fixes it. Faults that need a server of
     our own are left out unless ``server_restarts``.
     """
+    pinned = config is not None or fault_kinds is not None   # the caller's settings and aim stay as given
     if durability is not None:
         config = replace(config or Config(), durability=durability)
     elif store_faults and config is None:
@@ -209,6 +210,12 @@ def plans(draw, *, max_workers: int = 5, max_runs: int = 50, max_faults: int = 1
     aborts = [Abort(max(0, at_ms), i) for i, (_, _, at_ms) in enumerate(api) if at_ms is not None and i < len(runs)]
     aborts += draw(st.lists(st.builds(Abort, at_ms=st.integers(0, horizon_ms), run=st.integers(0, len(runs) - 1)),
                             max_size=2))
-    return Plan(seed=draw(st.integers(0, 2**32 - 1)), workers=workers, submits=runs,
+    seed = draw(st.integers(0, 2**32 - 1))
+    if not pinned:
+        # The backoff at two scales (drawn last, so the rest of a seed's plans stay as they were):
+        # at 100 ms a retry is ready about when the next reaper pass could promote it, so a
+        # promotion made early hardly shows; at a second it waits through several passes and polls.
+        config = replace(config, backoff_ms=draw(st.sampled_from((100, 100, 1000))))
+    return Plan(seed=seed, workers=workers, submits=runs,
                 faults=tuple(sorted(faults, key=lambda f: f.at_ms)), aborts=tuple(aborts),
                 heal_ms=horizon_ms, config=config)
