@@ -75,9 +75,11 @@ def test_plans_round_trip_through_json_and_bad_plans_are_named():
 
 
 def test_the_real_system_passes_a_bounded_exploration():
-    found = explore(25, seed=11, max_workers=4, max_runs=12, max_faults=8)
+    # 40 examples: the plans a seed draws depend on the budget; at 25 (before the backoff was drawn
+    # per plan) none of them hit a cache; at 40 the first hit comes at example 18.
+    found = explore(40, seed=11, max_workers=4, max_runs=12, max_faults=8)
     assert found.shrunk is None, [str(v) for v in found.shrunk.verdict.violations]
-    assert found.examples == 25 and found.totals["attempts"] > found.totals["runs"]
+    assert found.examples == 40 and found.totals["attempts"] > found.totals["runs"]
     # The whole API is in the workload: children (fenced by their parent's token), cache keys,
     # idempotent resubmits, aborts that reach a subtree.
     for figure in ("children", "cached_results", "cache_hits", "idempotent_resubmits", "aborts", "subtree_aborts"):
@@ -143,6 +145,9 @@ TARGETED = [
     (Switch.PARENT_END_SPARES_CHILDREN, Plan(seed=1, workers=2, heal_ms=5000,
                                              submits=(Submit(0, 300, children=2, child_work_ms=2000),)),
      "abort_respected"),
+    # The worker that hears of the abort gives its lease back: the action must not be requeued.
+    (Switch.RELEASE_IGNORES_ABORT, Plan(seed=1, workers=2, heal_ms=3000, submits=(Submit(0, 1000),),
+                                        aborts=(Abort(400, 0),)), "abort_respected"),
     # w0's clock runs 5 % slow, the bound itself: the margin is what keeps it from running over.
     (Switch.SELF_FENCE_NO_MARGIN, Plan(seed=1, workers=2, heal_ms=6000, submits=(Submit(0, 4000),), faults=(
         Fault("drift", 0, worker=0, rate=0.95), Fault("partition", 500, worker=0, duration_ms=3000))), "no_runaway"),
@@ -162,6 +167,42 @@ def test_a_deadline_off_the_rule_is_caught_by_deadlines_by_rule(sim):
     assert "deadlines_by_rule" in {v.checker for v in broken.verdict.violations}, broken.verdict.violations
     real = sim(plan)
     assert real.verdict.ok and real.result.stats["resumed_in_grace"] == 1, real.verdict.violations
+
+
+def _late_child_faults(workers: int, start_ms: int, held_ms: int) -> tuple[Fault, ...]:
+    """From start_ms every worker's messages are held 2 s for held_ms, then every worker is cut
+    off for a lease window, while no reaper reaches the store (api_edges.late_child)."""
+    return (Fault("store_errors", start_ms, duration_ms=3000),) + tuple(
+        f for w in range(workers) for f in (Fault("delay", start_ms, worker=w, duration_ms=held_ms, delay_ms=2000),
+                                            Fault("partition", start_ms + held_ms, worker=w, duration_ms=1500)))
+
+
+# The API's edges (api_edges.py), each shown with a mutant of the gate (make mutants) on a plan
+# that times an abort, or the network, against what the run's task is doing:
+API_EDGES = [
+    # the attempt raises 50 ms after the abort, before a renewal told its worker: not retried;
+    ("fail_ignores_abort", Plan(seed=1, workers=2, heal_ms=3000, aborts=(Abort(200, 0),),
+                                submits=(Submit(0, 250, user_retries=1, fail_attempts=1),)), "abort_respected"),
+    # the task submits its first child 50 ms after the abort: refused (ABORTED), nothing created;
+    ("child_submit_ignores_abort", Plan(seed=1, workers=2, heal_ms=3000, aborts=(Abort(250, 0),),
+                                        submits=(Submit(0, 900, children=2, child_work_ms=100),)), "abort_respected"),
+    # the task awaits two children when its run is aborted: each hears of it at its next renewal;
+    ("abort_spares_children", Plan(seed=1, workers=2, heal_ms=4000, aborts=(Abort(400, 0),), submits=(
+        Submit(0, 100, children=2, child_work_ms=1000, awaits_children=True),)), "abort_respected"),
+    # the child submission sent at 650 ms arrives 2 s later, its parent's lease dead by then.
+    ("child_submit_unfenced", Plan(seed=1, workers=2, heal_ms=6000, submits=(Submit(0, 1300, children=1),),
+                                   faults=_late_child_faults(2, 600, 300)), "writes_within_lease"),
+]
+
+
+@pytest.mark.parametrize("mutant, plan, checker", API_EDGES, ids=[c[0] for c in API_EDGES])
+def test_each_api_edge_catches_its_mutant(sim, mutant, plan, checker):
+    from lessor.simulations.mutants import MUTANTS
+
+    broken = sim(plan, next(m for m in MUTANTS if m.name == mutant).breakage())
+    assert checker in {v.checker for v in broken.verdict.violations}, broken.verdict.violations
+    real = sim(plan)
+    assert real.verdict.ok, [str(v) for v in real.verdict.violations]
 
 
 @pytest.mark.parametrize("switch, plan, checker", TARGETED, ids=[c[0].value for c in TARGETED])

@@ -24,7 +24,8 @@ FENCE_IGNORES_EXPIRY (writes_within_lease), REPEAT_IGNORES_TOKEN
 (ready_respected), CACHE_WRITTEN_WHEN_REFUSED (cache_faithful),
 RESUBMIT_CREATES_AGAIN (submits_idempotent), FAIL_EVENT_MISSES_REASON
 (no_server_errors), PARENT_END_SPARES_CHILDREN (abort_respected, for the
-subtree), and SELF_FENCE_NO_MARGIN (no_runaway judged against deadline + grace).
+subtree), RELEASE_IGNORES_ABORT (abort_respected, for a requeue after an abort),
+and SELF_FENCE_NO_MARGIN (no_runaway judged against deadline + grace).
 
 ``Breakage`` also takes any other set of Lua patches and a keeper class: the
 mutation gate (``lessor/simulations/mutants.py``, ``make mutants``) builds its
@@ -76,6 +77,7 @@ class Switch(str, enum.Enum):
     RESUBMIT_CREATES_AGAIN = "resubmit_creates_again"  # a repeated submit creates its run again
     FAIL_EVENT_MISSES_REASON = "fail_event_misses_reason"  # a final user failure's event lacks its reason
     PARENT_END_SPARES_CHILDREN = "parent_end_spares_children"  # an action that ends leaves its children live
+    RELEASE_IGNORES_ABORT = "release_ignores_abort"  # a release of an action being aborted requeues it
     SELF_FENCE_NO_MARGIN = "self_fence_no_margin"    # workers stop at ttl + grace after the last good
                                                      # renewal, with no margin for drift
 
@@ -131,6 +133,9 @@ _PATCHES: dict[Switch, dict[str, list[tuple[str, str]]]] = {
         "emit({type = 'action_failed', ns = ns, run = run, action = action, reason = 'user_error',",
         "emit({type = 'action_failed', ns = ns, run = run, action = action,")]},
     Switch.PARENT_END_SPARES_CHILDREN: {"*": [("      abort_descendants(ev.ns, ev.run, ev.action, nxt)\n", "")]},
+    # The worker that heard of the abort gives its lease back, and the action goes back on its queue.
+    Switch.RELEASE_IGNORES_ABORT: {"release": [("if h.aborting == '1' then\n  emit({type = 'action_aborted'",
+                                                "if false then\n  emit({type = 'action_aborted'")]},
 }
 
 

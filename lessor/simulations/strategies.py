@@ -5,7 +5,8 @@ durations, smaller numbers, so a failure ends as a small plan a person can read.
 
 The workload uses the whole API: runs whose task submits children (fenced by
 its token) and sometimes awaits them, runs in cache groups, runs submitted again
-with their idempotency key, aborts. Faults are weighted toward guarantee 2's
+with their idempotency key, aborts, some of them timed against what a run's task
+is doing (``api_edges``). Faults are weighted toward guarantee 2's
 edge (``edge``): a worker clock slow at the drift bound, or a last good renewal
 whose reply came slowly, then the lease lost; without them such plans are rare.
 """
@@ -16,6 +17,7 @@ from dataclasses import replace
 
 from hypothesis import strategies as st
 
+from lessor.simulations.api_edges import api_edge
 from lessor.simulations.plan import DURABILITY_MODES, Abort, Config, Fault, Plan, Submit
 
 # Weighted by repetition: the faults that move ownership come up most. The
@@ -183,6 +185,7 @@ def plans(draw, *, max_workers: int = 5, max_runs: int = 50, max_faults: int = 1
     unless ``durability`` (or ``config``) fixes it. Faults that need a server of
     our own are left out unless ``server_restarts``.
     """
+    pinned = config is not None or fault_kinds is not None   # the caller's settings and aim stay as given
     if durability is not None:
         config = replace(config or Config(), durability=durability)
     elif store_faults and config is None:
@@ -196,12 +199,23 @@ def plans(draw, *, max_workers: int = 5, max_runs: int = 50, max_faults: int = 1
         kinds = tuple(k for k in kinds if k not in SERVER_FAULTS) or ("partition",)
     groups = draw(st.lists(edge(workers, horizon_ms, config), max_size=min(2, max_faults // 3))) \
         if fault_kinds is None else []
-    edges = [f for faults_of, _ in groups for f in faults_of][:max_faults]
-    runs = (tuple(r for _, brought in groups for r in brought) + runs)[:max(max_runs, 1)]
+    # The API's edges (api_edges.py): one run brought along, and an abort (or faults) timed against it.
+    api = draw(st.lists(api_edge(workers, horizon_ms, config), max_size=1)) if fault_kinds is None else []
+    edges = [f for faults_of, _ in groups for f in faults_of] + [f for faults_of, _, _ in api for f in faults_of]
+    edges = edges[:max_faults]
+    runs = (tuple(run for _, run, _ in api) + tuple(r for _, brought in groups for r in brought) + runs)
+    runs = _bound_awaiting(runs[:max(max_runs, 1)])
     faults = edges + draw(st.lists(fault(workers, horizon_ms, config, kinds, drift_within_bound),
                                    max_size=max(0, max_faults - len(edges))))
-    aborts = draw(st.lists(st.builds(Abort, at_ms=st.integers(0, horizon_ms), run=st.integers(0, len(runs) - 1)),
-                           max_size=2))
-    return Plan(seed=draw(st.integers(0, 2**32 - 1)), workers=workers, submits=runs,
+    aborts = [Abort(max(0, at_ms), i) for i, (_, _, at_ms) in enumerate(api) if at_ms is not None and i < len(runs)]
+    aborts += draw(st.lists(st.builds(Abort, at_ms=st.integers(0, horizon_ms), run=st.integers(0, len(runs) - 1)),
+                            max_size=2))
+    seed = draw(st.integers(0, 2**32 - 1))
+    if not pinned:
+        # The backoff at two scales (drawn last, so the rest of a seed's plans stay as they were):
+        # at 100 ms a retry is ready about when the next reaper pass could promote it, so a
+        # promotion made early hardly shows; at a second it waits through several passes and polls.
+        config = replace(config, backoff_ms=draw(st.sampled_from((100, 100, 1000))))
+    return Plan(seed=seed, workers=workers, submits=runs,
                 faults=tuple(sorted(faults, key=lambda f: f.at_ms)), aborts=tuple(aborts),
                 heal_ms=horizon_ms, config=config)

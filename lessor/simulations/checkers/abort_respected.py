@@ -1,4 +1,5 @@
-"""An abort reaches every action it covers: after it, no renewal is answered OK and nothing is leased.
+"""An abort reaches every action it covers: after it, no renewal is answered OK, nothing is leased,
+requeued or created.
 
 Evidence: the control plane's aborts (the truth: the script call each ran in)
 and the log's terminal events, placed at their calls by the history. What an
@@ -10,9 +11,12 @@ abort covers is rebuilt, not read from the server's abort_requested events:
   the call that ended it; a root action's end covers the whole run.
 
 From the covering call on, a renewal of a covered action is answered ABORTED
-(or STALE), never OK or RESUMED, and the action is never leased again. An abort
-that a crash or failover rolled back never happened for the server; the first
-that survived counts.
+(or STALE), never OK or RESUMED, and the action is never leased again, nor
+requeued (whatever ends its attempt, a failure, a release, an expiry, ends it as
+aborted: nothing is retried after an abort), nor created (a parent being aborted
+spawns nothing: the abort could not reach a child made after it). An abort that
+a crash or failover rolled back never happened for the server; the first that
+survived counts.
 """
 
 from __future__ import annotations
@@ -63,7 +67,8 @@ def covered_from(history: History) -> dict[str, tuple[int, str]]:
 
 
 def check(history: History) -> list[Violation]:
-    """Violations: a renewal answered OK or RESUMED, or a lease granted, after an abort covered the action."""
+    """Violations: a renewal answered OK or RESUMED, or a lease granted, a requeue or a creation,
+    after an abort covered the action."""
     covered = covered_from(history)
     out = []
     for r in history.truth.reports:
@@ -74,10 +79,22 @@ def check(history: History) -> list[Violation]:
             out.append(Violation(NAME, r.ref, f"renewal by {r.worker} at t={r.ran_ms} ms answered {r.answer} after "
                                               f"{since[1]} (t={history.call_ms(since[0])} ms)"))
     for (_, e), moment in zip(history.entries, history.moments):
-        if isinstance(e, ev.ActionLeased):
+        if isinstance(e, _AFTER_COVER):
             ref = f"{e.ns}/{e.run}/{e.action}"
             since = covered.get(ref)
             if since is not None and moment[0] > since[0]:
-                out.append(Violation(NAME, ref, f"leased to {e.worker} (token {e.token}) after {since[1]} "
+                out.append(Violation(NAME, ref, f"{_what(e)} (event {e.id}) after {since[1]} "
                                                 f"(t={history.call_ms(since[0])} ms)"))
     return out
+
+
+# What never happens to an action once an abort covers it.
+_AFTER_COVER = (ev.ActionLeased, ev.ActionRequeued, ev.ActionCreated)
+
+
+def _what(e: ev.ActionEvent) -> str:
+    if isinstance(e, ev.ActionLeased):
+        return f"leased to {e.worker} (token {e.token})"
+    if isinstance(e, ev.ActionRequeued):
+        return f"requeued ({e.reason})"
+    return f"created by its parent {e.parent} (token {e.parent_token})"
