@@ -115,7 +115,8 @@ def drift_rates(config: Config) -> st.SearchStrategy:
 
 
 @st.composite
-def edge(draw, workers: int, horizon_ms: int, config: Config) -> tuple[list[Fault], list[Submit]]:
+def edge(draw, workers: int, horizon_ms: int, config: Config, store_faults: bool = False,
+         server_restarts: bool = False) -> tuple[list[Fault], list[Submit]]:
     """The edges of guarantees 1 and 2, which independent faults rarely line up.
 
     - A worker loses its leases while computing (``cut_off_while_computing``): its clock
@@ -139,12 +140,18 @@ def edge(draw, workers: int, horizon_ms: int, config: Config) -> tuple[list[Faul
     grace window, before its self-fence deadline: the renewal resumes the lease (and must be
     logged as late), where one a little later must be refused.
 
+    With the store's own failures (``store_faults``), the cut-off worker does not gather its
+    work (the fault budget goes to the store's failures), and with a server of our own
+    (``server_restarts``) the store may fail twice in a row (``store_fails_twice``).
+
     Returns the faults, and the runs the edge brings along.
     """
     flavour = draw(st.sampled_from(["slow_clock", "slow_reply", "clock_jump", "late_request", "stale_report",
-                                    "late_renewal"]))
+                                    "late_renewal"] + (["double_failure"] if store_faults and server_restarts else [])))
     if flavour in ("slow_clock", "slow_reply", "clock_jump"):
-        return draw(cut_off_while_computing(workers, horizon_ms, config, flavour))
+        return draw(cut_off_while_computing(workers, horizon_ms, config, flavour, gather=not store_faults))
+    if flavour == "double_failure":
+        return draw(store_fails_twice(horizon_ms, config))
     worker = draw(st.integers(0, workers - 1))
     at = draw(st.integers(0, horizon_ms))
     window = config.ttl_ms + config.grace_ms
@@ -167,8 +174,8 @@ def edge(draw, workers: int, horizon_ms: int, config: Config) -> tuple[list[Faul
 
 
 @st.composite
-def cut_off_while_computing(draw, workers: int, horizon_ms: int, config: Config,
-                            flavour: str) -> tuple[list[Fault], list[Submit]]:
+def cut_off_while_computing(draw, workers: int, horizon_ms: int, config: Config, flavour: str,
+                            gather: bool = True) -> tuple[list[Fault], list[Submit]]:
     """Guarantee 2's edge: a worker computing several leases loses them, with little slack.
 
     It gathers one to three runs brought along, submitted at assorted moments up to two
@@ -189,7 +196,7 @@ def cut_off_while_computing(draw, workers: int, horizon_ms: int, config: Config,
 
     The correct keeper stops in time, with little to spare; a keeper a little off does not.
     The faults come essential first: if a plan's fault budget cuts the edge short, it keeps
-    its point and loses the gathering.
+    its point and loses the gathering (as it does with ``gather`` false).
     """
     c = config
     window, beat_ms = c.ttl_ms + c.grace_ms, c.heartbeat_ms
@@ -201,19 +208,40 @@ def cut_off_while_computing(draw, workers: int, horizon_ms: int, config: Config,
     lose = beat * beat_ms + draw(st.integers(min(reply_ms + 1, beat_ms - 1), beat_ms - 1))
     leads = draw(st.lists(st.integers(c.poll_ms, 2 * beat_ms + c.poll_ms), min_size=1, max_size=3))
     runs = [Submit(max(0, lose - lead), work_ms=draw(st.integers(2 * window, 4 * window))) for lead in leads]
-    gather = max(0, lose - max(leads) - c.poll_ms)
+    start = max(0, lose - max(leads) - c.poll_ms)
     cut = flavour != "clock_jump" or draw(st.booleans())
     faults = [Fault("partition", lose, worker=worker, duration_ms=draw(st.integers(window, 2 * window)))] \
         if cut else []
     if flavour == "slow_clock":
-        faults.append(Fault("drift", draw(st.integers(0, gather)), worker=worker, rate=draw(drift_rates(config))))
+        faults.append(Fault("drift", draw(st.integers(0, start)), worker=worker, rate=draw(drift_rates(config))))
     elif flavour == "slow_reply":
-        faults.append(Fault("slow_reply", gather, worker=worker, duration_ms=lose - gather, delay_ms=reply_ms))
+        faults.append(Fault("slow_reply", start, worker=worker, duration_ms=lose - start, delay_ms=reply_ms))
     else:
-        jump_at = lose + draw(st.integers(0, window - c.margin_ms - beat_ms)) if cut else draw(st.integers(gather, lose))
+        jump_at = lose + draw(st.integers(0, window - c.margin_ms - beat_ms)) if cut else draw(st.integers(start, lose))
         faults.append(Fault("clock_jump", jump_at, delta_ms=draw(st.integers(c.margin_ms + 1, 2 * window))))
-    others = [Fault("partition", gather, worker=w, duration_ms=lose - gather) for w in range(workers) if w != worker]
+    others = [Fault("partition", start, worker=w, duration_ms=lose - start) for w in range(workers)
+              if w != worker and gather]
     return faults + others, runs
+
+
+@st.composite
+def store_fails_twice(draw, horizon_ms: int, config: Config) -> tuple[list[Fault], list[Submit]]:
+    """The store fails twice in a row: a restart or a crash (a new epoch), then, while work
+    brought along is being granted, a failover whose replica lags behind those grants.
+
+    A new epoch moves the token counter far ahead of its clock floor; the promoted replica
+    then holds a counter from before the grants it lost, and the actions they leased are
+    queued again: only the epoch rule (a promotion is a new epoch too) keeps their tokens
+    from being issued twice. Independent store faults line this up rarely.
+    """
+    c = config
+    window = c.ttl_ms + c.grace_ms
+    first = draw(st.integers(0, max(0, horizon_ms - 2 * window)))
+    second = first + draw(st.integers(2 * c.poll_ms, window))
+    runs = [Submit(draw(st.integers(first, second - c.poll_ms)), work_ms=draw(st.integers(50, 2 * window)))
+            for _ in range(draw(st.integers(1, 3)))]
+    return [Fault(draw(st.sampled_from(["server_restart", "server_crash"])), first),
+            Fault("failover", second, lag_ms=draw(st.integers(c.poll_ms, second - first)))], runs
 
 
 @st.composite
@@ -241,7 +269,8 @@ def plans(draw, *, max_workers: int = 5, max_runs: int = 50, max_faults: int = 1
         + (("server_restart",) if server_restarts and not store_faults else ())
     if not server_restarts:
         kinds = tuple(k for k in kinds if k not in SERVER_FAULTS) or ("partition",)
-    groups = draw(st.lists(edge(workers, horizon_ms, config), max_size=min(2, max_faults // 3))) \
+    groups = draw(st.lists(edge(workers, horizon_ms, config, store_faults, server_restarts),
+                           max_size=min(2, max_faults // 3))) \
         if fault_kinds is None else []
     edges = [f for faults_of, _ in groups for f in faults_of][:max_faults]
     runs = (tuple(r for _, brought in groups for r in brought) + runs)[:max(max_runs, 1)]
