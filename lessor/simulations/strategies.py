@@ -178,21 +178,24 @@ def cut_off_while_computing(draw, workers: int, horizon_ms: int, config: Config,
                             gather: bool = True) -> tuple[list[Fault], list[Submit]]:
     """Guarantee 2's edge: a worker computing several leases loses them, with little slack.
 
-    It gathers one to three runs brought along, submitted at assorted moments up to two
-    heartbeats before it is cut off (the other workers are cut off meanwhile, so it is the
-    one that takes them): its leases then have different self-fence deadlines, some
-    counted from their grant, some from a renewal. The cut falls after the answer to a
-    renewal and before the next one is sent (its heartbeats are ``heartbeat_ms`` apart from
-    its start): a renewal still in flight would reach the server and move the deadline the
-    worker does not count, a heartbeat more to spare. It lasts one or two lease windows, while
+    It gathers one to three runs brought along: the first early enough to be heard before
+    the cut (an idle worker polls every 8 poll intervals, and its answers may take an rpc
+    timeout: a run submitted later is often granted and never heard, so never computed),
+    the others in the two heartbeats before the cut (a worker that just got work polls sooner);
+    the other workers are cut off meanwhile, so it is the one that takes them. Its
+    leases then have different self-fence deadlines, some counted from their grant, some
+    from a renewal. The cut falls after the answer to a renewal and before the next one is
+    sent (its heartbeats are ``heartbeat_ms`` apart from its start): a renewal still in
+    flight would reach the server and move the deadline the worker does not count, a
+    heartbeat more to spare. It lasts one or two lease windows, while
 
     - ``slow_clock``: the worker's clock runs slow, up to the drift bound, from before; or
     - ``slow_reply``: the answers to its acquires and renewals come slowly (within the rpc
       timeout) until the cut, so each deadline it counts was sent long before it heard it; or
     - ``clock_jump``: the server's clock jumps forward past the margin before the worker
       would stop (then only the rounding is left to spare: the checkers allow the excess and
-      no more); or, not cut off at all, jumps past a live lease's grace, so that a renewal
-      is answered STALE while its work is still computing.
+      no more); or, not cut off at all, jumps past its leases' grace, so that a renewal is
+      answered STALE while their work is still computing.
 
     The correct keeper stops in time, with little to spare; a keeper a little off does not.
     The faults come essential first: if a plan's fault budget cuts the edge short, it keeps
@@ -203,10 +206,13 @@ def cut_off_while_computing(draw, workers: int, horizon_ms: int, config: Config,
     worker = draw(st.integers(0, workers - 1))
     reply_ms = draw(st.integers(c.rpc_timeout_ms // 2, max(c.rpc_timeout_ms // 2, min(c.rpc_timeout_ms, beat_ms) - 2))) \
         if flavour == "slow_reply" else 0
-    # Late enough to gather two heartbeats' worth of work, early enough to stop before heal.
-    beat = draw(st.integers(3, max(3, (horizon_ms - window) // beat_ms - 1)))
+    # Late enough to gather the work, early enough to stop before heal.
+    heard_ms = 8 * c.poll_ms + c.rpc_timeout_ms   # a run submitted this long before is heard by then
+    first = -(-(heard_ms + 2 * beat_ms + c.poll_ms) // beat_ms)
+    beat = draw(st.integers(first, max(first, (horizon_ms - window) // beat_ms - 1)))
     lose = beat * beat_ms + draw(st.integers(min(reply_ms + 1, beat_ms - 1), beat_ms - 1))
-    leads = draw(st.lists(st.integers(c.poll_ms, 2 * beat_ms + c.poll_ms), min_size=1, max_size=3))
+    leads = [draw(st.integers(heard_ms, heard_ms + 2 * beat_ms))] \
+        + draw(st.lists(st.integers(c.poll_ms, 2 * beat_ms), max_size=2))
     runs = [Submit(max(0, lose - lead), work_ms=draw(st.integers(2 * window, 4 * window))) for lead in leads]
     start = max(0, lose - max(leads) - c.poll_ms)
     cut = flavour != "clock_jump" or draw(st.booleans())
@@ -217,8 +223,9 @@ def cut_off_while_computing(draw, workers: int, horizon_ms: int, config: Config,
     elif flavour == "slow_reply":
         faults.append(Fault("slow_reply", start, worker=worker, duration_ms=lose - start, delay_ms=reply_ms))
     else:
-        jump_at = lose + draw(st.integers(0, window - c.margin_ms - beat_ms)) if cut else draw(st.integers(start, lose))
-        faults.append(Fault("clock_jump", jump_at, delta_ms=draw(st.integers(c.margin_ms + 1, 2 * window))))
+        jump_at = lose + draw(st.integers(0, window - c.margin_ms - beat_ms))
+        faults.append(Fault("clock_jump", jump_at, delta_ms=draw(st.integers(c.margin_ms + 1 if cut else window,
+                                                                             2 * window))))
     others = [Fault("partition", start, worker=w, duration_ms=lose - start) for w in range(workers)
               if w != worker and gather]
     return faults + others, runs
@@ -269,9 +276,9 @@ def plans(draw, *, max_workers: int = 5, max_runs: int = 50, max_faults: int = 1
         + (("server_restart",) if server_restarts and not store_faults else ())
     if not server_restarts:
         kinds = tuple(k for k in kinds if k not in SERVER_FAULTS) or ("partition",)
-    groups = draw(st.lists(edge(workers, horizon_ms, config, store_faults, server_restarts),
-                           max_size=min(2, max_faults // 3))) \
-        if fault_kinds is None else []
+    # 0, 1 or 2 edges, evenly (a list strategy draws many plans with none; some seeds all but none)
+    count = draw(st.integers(0, min(2, max_faults // 3))) if fault_kinds is None else 0
+    groups = [draw(edge(workers, horizon_ms, config, store_faults, server_restarts)) for _ in range(count)]
     edges = [f for faults_of, _ in groups for f in faults_of][:max_faults]
     runs = (tuple(r for _, brought in groups for r in brought) + runs)[:max(max_runs, 1)]
     faults = edges + draw(st.lists(fault(workers, horizon_ms, config, kinds, drift_within_bound),
