@@ -213,6 +213,47 @@ def test_each_checker_that_rebuilds_the_truth_catches_its_switch(sim, switch, pl
     assert real.verdict.ok, [str(v) for v in real.verdict.violations]
 
 
+# Guarantee 2's edges (strategies.cut_off_while_computing), one plan per keeper mutant of `make
+# mutants`: w1 is cut off while w0 gathers the work, then w0 is cut off. Each mutant computes past
+# its lease's deadline + grace (or past a STALE answer); the real keeper stops in time.
+KEEPER_CASES = [
+    # w0's answers come 250 ms late; the cut falls after the answer to the renewal sent at 600
+    # (heard at 850) and before the next is sent: counted from the answer, it stops 100 ms late.
+    ("keeper_renewed_at_reply", Plan(seed=1, workers=2, heal_ms=5000, submits=(Submit(100, 4000),), faults=(
+        Fault("partition", 880, worker=0, duration_ms=2000), Fault("slow_reply", 0, worker=0, duration_ms=880,
+                                                                    delay_ms=250),
+        Fault("partition", 0, worker=1, duration_ms=880)))),
+    # The same for the grant: the acquire sent at 250 is heard at 500, no renewal gets through.
+    ("keeper_held_at_reply", Plan(seed=1, workers=2, heal_ms=5000, submits=(Submit(120, 4000),), faults=(
+        Fault("partition", 520, worker=0, duration_ms=2000), Fault("slow_reply", 0, worker=0, duration_ms=520,
+                                                                    delay_ms=250),
+        Fault("partition", 0, worker=1, duration_ms=520)))),
+    # Two leases counted from different moments (a renewal at 300, a grant at 400); the server's clock
+    # jumps 300 ms (150 past the margin) while w0 is cut off: the first lease's stop has 1 ms to spare.
+    ("keeper_watchdog_latest_deadline", Plan(seed=1, workers=2, heal_ms=5000, submits=(Submit(0, 4000),
+                                                                                       Submit(380, 4000)), faults=(
+        Fault("partition", 500, worker=0, duration_ms=2000), Fault("clock_jump", 1000, delta_ms=300),
+        Fault("partition", 0, worker=1, duration_ms=500)))),
+    ("keeper_lazy_watchdog", Plan(seed=1, workers=2, heal_ms=5000, submits=(Submit(130, 4000),), faults=(
+        Fault("partition", 500, worker=0, duration_ms=2000), Fault("clock_jump", 1000, delta_ms=300),
+        Fault("partition", 0, worker=1, duration_ms=500)))),
+    # The server's clock jumps 2 s while w0 computes, connected: its next renewal is answered STALE.
+    ("keeper_ignores_stale", Plan(seed=1, workers=2, heal_ms=5000, submits=(Submit(0, 4000),), faults=(
+        Fault("clock_jump", 1000, delta_ms=2000), Fault("partition", 0, worker=1, duration_ms=500)))),
+]
+
+
+@pytest.mark.parametrize("name, plan", KEEPER_CASES, ids=[c[0] for c in KEEPER_CASES])
+def test_each_keeper_mutant_runs_over_on_its_edge_and_the_real_keeper_does_not(sim, name, plan):
+    from lessor.simulations.mutants import MUTANTS
+
+    mutant = next(m for m in MUTANTS if m.name == name)
+    broken = sim(plan, mutant.breakage())
+    assert {v.checker for v in broken.verdict.violations} & {"no_runaway", "no_overlap"}, broken.verdict.violations
+    real = sim(plan)
+    assert real.verdict.ok and real.result.stats["lease_expired"] >= 1, [str(v) for v in real.verdict.violations]
+
+
 # Found by the exact watchdog timer: w0's acquire is answered while it is stopped (a GC pause,
 # SIGSTOP). It resumes 1.1 s past the lease's expiry, after w1 took the action over, starts the
 # task anyway, and the watchdog, asleep for a heartbeat since before the lease was held, fences

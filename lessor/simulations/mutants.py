@@ -10,7 +10,10 @@ taken at the wrong moment. A Lua mutant is a text replacement in one script or
 in the prelude every script shares (``breakage.patched_source``, which asserts
 its target text is there, so a change to the scripts cannot quietly turn a
 mutant into a no-op); a keeper mutant is a LeaseKeeper subclass. Nothing in
-production can reach them.
+production can reach them. The keeper mutants run over only with little slack
+to spare, which independent faults rarely line up: the plans' edge
+``strategies.cut_off_while_computing`` makes it (a worker cut off while
+computing, with a slow clock, slow answers, or a server clock jump past the margin).
 
 Each runs the exploration ``lessor simulate --examples N --seed S`` runs (its
 default plan sizes; with store faults for mutants of the store's own code),
