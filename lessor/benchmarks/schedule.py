@@ -157,27 +157,17 @@ async def measure_taskiq(url: str, args: argparse.Namespace, worker_pid: int, st
         redis = backend.redis
         try:
             last = await taskiq_peer.submit_jobs(redis, stream, 500, args.pipeline, args.concurrency)
-            await drain_taskiq(redis, stream, last)
+            await drain_stream(taskiq_peer, redis, stream, last)
             before = await cpu_marks(redis, worker_pid)
             with stopwatch() as t:
                 last = await taskiq_peer.submit_jobs(redis, stream, args.actions, args.pipeline, args.concurrency)
-                await drain_taskiq(redis, stream, last)
+                await drain_stream(taskiq_peer, redis, stream, last)
             after = await cpu_marks(redis, worker_pid)
         finally:
             await redis.delete(stream)
     return {"queue": "taskiq", "actions": args.actions, "seconds": t[0],
             "actions_per_s": args.actions / t[0], "durability": "memory",
             "worker_concurrency": args.concurrency} | cpu_per_action(before, after, args.actions)
-
-
-async def drain_taskiq(redis, stream: str, last_id: str) -> None:
-    while not await taskiq_peer.drained(redis, stream, last_id):
-        await anyio.sleep(0.02)
-
-
-async def create_taskiq_stream(url: str, stream: str) -> None:
-    async with open_backend(url) as backend:
-        await taskiq_peer.create_stream(backend.redis, stream)
 
 
 async def measure_peer(url: str, args: argparse.Namespace, consumer_pid: int, stream: str,
@@ -188,11 +178,11 @@ async def measure_peer(url: str, args: argparse.Namespace, consumer_pid: int, st
         redis = backend.redis
         try:
             last = await peer_queue.submit_jobs(redis, stream, 500, args.pipeline, wait)
-            await drain_peer(redis, stream, last)
+            await drain_stream(peer_queue, redis, stream, last)
             before = await cpu_marks(redis, consumer_pid)
             with stopwatch() as t:
                 last = await peer_queue.submit_jobs(redis, stream, args.actions, args.pipeline, wait)
-                await drain_peer(redis, stream, last)
+                await drain_stream(peer_queue, redis, stream, last)
             after = await cpu_marks(redis, consumer_pid)
         finally:
             await redis.delete(stream)
@@ -201,14 +191,16 @@ async def measure_peer(url: str, args: argparse.Namespace, consumer_pid: int, st
             "worker_concurrency": args.concurrency} | cpu_per_action(before, after, args.actions)
 
 
-async def drain_peer(redis, stream: str, last_id: str) -> None:
-    while not await peer_queue.drained(redis, stream, last_id):
+async def drain_stream(peer, redis, stream: str, last_id: str) -> None:
+    """Wait until ``peer`` (peer_queue or taskiq_peer) has handled every job up to ``last_id``."""
+    while not await peer.drained(redis, stream, last_id):
         await anyio.sleep(0.02)
 
 
-async def create_peer_stream(url: str, stream: str) -> None:
+async def create_stream(peer, url: str, stream: str) -> None:
+    """``peer``'s stream and consumer group, made before its consumer process starts."""
     async with open_backend(url) as backend:
-        await peer_queue.create_stream(backend.redis, stream)
+        await peer.create_stream(backend.redis, stream)
 
 
 def start_worker(url: str, concurrency: int, durability: str = "memory") -> subprocess.Popen:
@@ -231,7 +223,7 @@ def lessor_round(url: str, args: argparse.Namespace, mode: str, round_no: int) -
 
 def peer_round(url: str, args: argparse.Namespace, mode: str, round_no: int) -> dict:
     stream = f"lessor-bench:peer:{os.getpid()}:{round_no}"
-    run(create_peer_stream, url, stream)
+    run(create_stream, peer_queue, url, stream)
     consumer = peer_queue.start_consumer(url, stream, args.concurrency, mode)
     try:
         return run(measure_peer, url, args, consumer.pid, stream, mode)
@@ -243,7 +235,7 @@ def peer_round(url: str, args: argparse.Namespace, mode: str, round_no: int) -> 
 def taskiq_round(url: str, args: argparse.Namespace, round_no: int) -> dict:
     """taskiq's worker process on its own stream, measured as lessor's round is (taskiq has no durability wait)."""
     stream = f"lessor-bench:taskiq:{os.getpid()}:{round_no}"
-    run(create_taskiq_stream, url, stream)
+    run(create_stream, taskiq_peer, url, stream)
     worker = taskiq_peer.start_worker(url, stream, args.concurrency)
     try:
         return run(measure_taskiq, url, args, worker.pid, stream)
