@@ -66,6 +66,10 @@ def test_same_plan_same_event_log_byte_for_byte(sim):
 
 def test_plans_round_trip_through_json_and_bad_plans_are_named():
     assert Plan.from_json(BUSY_PLAN.to_json()) == BUSY_PLAN
+    spread = Plan(**{**BUSY_PLAN.__dict__, "namespaces": (("sim/development", 1.0), ("sim/batch", 2.0))})
+    assert Plan.from_json(spread.to_json()) == spread and spread.namespace_of(3) == "sim/batch"
+    with pytest.raises(ValueError, match="weight must be > 0"):
+        Plan(seed=1, workers=2, submits=(Submit(0, 10),), namespaces=(("sim/a", 0.0),))
     with pytest.raises(ValueError, match="not a lessor simulation plan"):
         Plan.from_json('{"workers": 2}')
     with pytest.raises(ValueError, match="unknown fault kind 'meteor'"):
@@ -151,6 +155,11 @@ TARGETED = [
     # w0's clock runs 5 % slow, the bound itself: the margin is what keeps it from running over.
     (Switch.SELF_FENCE_NO_MARGIN, Plan(seed=1, workers=2, heal_ms=6000, submits=(Submit(0, 4000),), faults=(
         Fault("drift", 0, worker=0, rate=0.95), Fault("partition", 500, worker=0, duration_ms=3000))), "no_runaway"),
+    # Two namespaces of weights 1 and 3, each with a backlog (24 runs, 8 leases at once): fair
+    # share must give the second three leases to the first's one, not take turns.
+    (Switch.ACQUIRE_IGNORES_WEIGHTS, Plan(seed=1, workers=2, heal_ms=5000,
+                                          submits=tuple(Submit(0, 200) for _ in range(24)),
+                                          namespaces=(("sim/development", 1.0), ("sim/batch", 3.0))), "fair_share"),
 ]
 
 
