@@ -309,6 +309,12 @@ def plans(draw, *, max_workers: int = 5, max_runs: int = 50, max_faults: int = 1
         count = draw(st.sampled_from((2, 3)))
         weights = draw(st.sampled_from(((1.0, 3.0, 2.0), (3.0, 1.0, 2.0), (2.0, 1.0, 3.0))))
         namespaces = tuple(zip(FAIR_NAMESPACES[:count], weights[:count]))
+        # A burst of short runs at one moment, more than every worker can hold at once, so the
+        # namespaces are backlogged together for a while (fair share is judged only then).
+        # Appended: the runs the aborts name keep their index.
+        at_ms = draw(st.integers(0, horizon_ms // 2))
+        burst = min(draw(st.integers(16, 32)), max(0, max_runs - len(runs)))
+        runs = runs + tuple(Submit(at_ms, work_ms=draw(st.integers(50, 400))) for _ in range(burst))
     return Plan(seed=seed, workers=workers, submits=runs,
                 faults=tuple(sorted(faults, key=lambda f: f.at_ms)), aborts=tuple(aborts),
                 heal_ms=horizon_ms, config=config, namespaces=namespaces)
