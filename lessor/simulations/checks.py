@@ -67,7 +67,7 @@ def check_result(result: SimResult, partitions: int) -> list[Violation]:
         + cache_faithful.check(pairs, truth.cache, truth.results)
         + submits_idempotent.check(past)
         + no_server_errors.check(truth)
-        + fair_share.check(pairs)   # weights 1; judges queues with two or more namespaces
+        + fair_share.check(pairs, {(Simulator.queue, ns): w for ns, w in plan.namespaces})
         + ticks_exactly_once.check(pairs, truth.ticks_due_by_ms)
         + liveness.check(pairs, truth.submitted, result.quiesced_ms, result.liveness_deadline_ms, lost_runs)
     )

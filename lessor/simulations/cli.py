@@ -64,6 +64,10 @@ def summary_rows(found: Exploration) -> dict:
         "stale_ticks_refused": found.totals.get("stale_ticks_refused", 0),
         # The whole API in the workload: a zero here is a part of it no plan exercised.
         **{key: found.totals.get(key, 0) for key in API_FIGURES},
+        # Fair share: plans whose runs spread over several namespaces, and the leases fair_share
+        # judged (taken while two namespaces were backlogged). A zero is a blind spot.
+        "plans_with_several_namespaces": found.totals.get("several_namespaces", 0),
+        "fair_share_leases_judged": found.totals.get("fair_share_judged", 0),
         "overlap_ms_allowed_by_clock_faults": found.overlap_ms,
         "time_to_quiesce_after_heal_ms_median": statistics.median(q) if q else None,
         "time_to_quiesce_after_heal_ms_max": max(q) if q else None,

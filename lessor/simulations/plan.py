@@ -10,6 +10,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 
+from lessor.core.ids import check_namespace
+
+DEFAULT_NAMESPACE = "sim/development"   # every run's namespace unless the plan spreads them
+# The namespaces a plan may spread its runs over, with the weights drawn for them (strategies.plans).
+FAIR_NAMESPACES = ("sim/development", "sim/batch", "sim/urgent")
+
 FAULT_KINDS = (
     "partition",       # worker: requests dropped both ways, for duration_ms
     "lost_reply",      # worker: the next `count` requests run, their replies are lost
@@ -145,10 +151,20 @@ class Plan:
     aborts: tuple[Abort, ...] = ()
     heal_ms: int = 10_000
     config: Config = field(default_factory=Config)
+    # (namespace, weight) pairs: run i goes to namespaces[i % len]; with two or more, every
+    # simulated worker takes the queue by fair share ('*') and the weights are set on it first.
+    namespaces: tuple[tuple[str, float], ...] = ((DEFAULT_NAMESPACE, 1.0),)
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError("a plan needs at least one worker")
+        if not self.namespaces or len({ns for ns, _ in self.namespaces}) != len(self.namespaces):
+            raise ValueError(f"a plan needs one or more distinct namespaces, got {self.namespaces!r}; "
+                             f"leave the field out for the default ({DEFAULT_NAMESPACE!r}, weight 1)")
+        for ns, weight in self.namespaces:
+            check_namespace(ns)
+            if not weight > 0:
+                raise ValueError(f"namespace {ns!r} has weight {weight}; a fair-share weight must be > 0")
         for fault in self.faults:
             if fault.kind not in SYSTEM_FAULT_KINDS and not 0 <= fault.worker < self.workers:
                 raise ValueError(f"fault names worker {fault.worker}, the plan has {self.workers}")
@@ -171,11 +187,21 @@ class Plan:
                 faults=tuple(Fault(**f) for f in raw.get("faults", ())),
                 aborts=tuple(Abort(**a) for a in raw.get("aborts", ())),
                 heal_ms=int(raw.get("heal_ms", 10_000)),
+                namespaces=tuple((str(ns), float(w)) for ns, w in
+                                 raw.get("namespaces", ((DEFAULT_NAMESPACE, 1.0),))),
                 config=Config(**{k: v for k, v in raw.get("config", {}).items()
                                  if k in {f.name for f in fields(Config)}}),
             )
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise ValueError(f"not a lessor simulation plan: {exc}") from None
+
+    def namespace_of(self, run: int) -> str:
+        """The namespace of the run submitted as ``submits[run]``."""
+        return self.namespaces[run % len(self.namespaces)][0]
+
+    def several_namespaces(self) -> bool:
+        """True if the runs spread over two or more namespaces (fair share has something to share)."""
+        return len(self.namespaces) > 1
 
     def loses_data(self) -> bool:
         """True if a fault may roll back acknowledged writes (server_crash, failover)."""

@@ -46,6 +46,7 @@ from lessor.errors import IdempotencyConflict, LessorError, ServerRefused
 from lessor.leasing.backend import Backend
 from lessor.leasing.client import Lease
 from lessor.leasing.eventlog import EventLog, LogEntry
+from lessor.leasing.fairshare import set_fair_share
 from lessor.leasing.keeper import LeaseKeeper
 from lessor.leasing.reaper import Reaper
 from lessor.leasing.scripts import VIRTUAL_CLOCK_KEY
@@ -55,8 +56,9 @@ from lessor.scheduler.outcome import POLICY, Outcome, Policy
 from lessor.scheduler.schedules import Ticker, create_schedule
 from lessor.scheduler.submit import Retries, RunSpec, idempotent_run_id, submit_runs
 from lessor.scheduler.values import pack_value
+from lessor.simulations.checkers import fair_share
 from lessor.simulations.network import FaultSchedule, InjectedErrors
-from lessor.simulations.plan import Fault, Plan, Submit
+from lessor.simulations.plan import DEFAULT_NAMESPACE, Fault, Plan, Submit
 from lessor.simulations.simworker import ChildSpec, SimWorker
 from lessor.simulations.truth import Call, DataLoss, Execution, Grant, Report, ReportChain, Resubmit, Truth
 
@@ -141,7 +143,7 @@ class SimResult:
 class Simulator:
     """Runs one plan against a backend in ClockMode.VIRTUAL."""
 
-    namespace = "sim/development"
+    namespace = DEFAULT_NAMESPACE   # the schedules' namespace; each run's is plan.namespace_of(i)
     queue = "sim"
 
     def __init__(self, backend: Backend, plan: Plan, *, keeper_cls: type[LeaseKeeper] = LeaseKeeper,
@@ -175,7 +177,8 @@ class Simulator:
         self._seq = 0
         self.workers: list[SimWorker] = []
         self._submit_of: dict[str, int] = {}
-        self.run_ids = [run_id_of(self.namespace, i, s) for i, s in enumerate(plan.submits)]
+        self.run_ids = [run_id_of(plan.namespace_of(i), i, s) for i, s in enumerate(plan.submits)]
+        self.namespace_of_run = {run_id: plan.namespace_of(i) for i, run_id in enumerate(self.run_ids)}
         self._streams = [backend.keys(p).stream for p in range(backend.partitions)]
         self._lost_replies: dict[int, int] = {}
         self.reaper: Reaper | None = self.new_reaper()
@@ -420,7 +423,8 @@ class Simulator:
         key if the plan submits it again, and with a cache key (and a cached result if the cache
         has one: then the run completes at once with cache_hit) if it is in a cache group."""
         s = self.plan.submits[i]
-        spec = RunSpec("task", namespace=self.namespace, queue=self.queue,
+        namespace = self.plan.namespace_of(i)
+        spec = RunSpec("task", namespace=namespace, queue=self.queue,
                        retries=Retries(user=s.user_retries, system=s.system_retries,
                                        backoff_ms=self.plan.config.backoff_ms))
         if s.resubmit_ms is not None:
@@ -428,10 +432,13 @@ class Simulator:
         else:
             spec = dataclasses.replace(spec, run_id=f"s{i}")
         if s.cache is not None:
-            inputs = pack_value({"cache group": s.cache})
+            # The cache is per namespace; the namespace joins the key when there are several, so
+            # that truth.cache, keyed by (partition, key), cannot mix two namespaces' entries.
+            group = {"cache group": s.cache} | ({"namespace": namespace} if self.plan.several_namespaces() else {})
+            inputs = pack_value(group)
             key = CacheKey("sim").key_for(inputs)
             spec = dataclasses.replace(spec, inputs=inputs, cache_key=key,
-                                       cached_result=await lookup_cache(self.backend, self.namespace, key))
+                                       cached_result=await lookup_cache(self.backend, namespace, key))
         return spec
 
     async def _submit(self, i: int) -> None:
@@ -466,7 +473,7 @@ class Simulator:
         if run_id in self._submit_of:
             call = await self.before_call()
             try:
-                outcome = await abort_run(self.backend, self.namespace, run_id,
+                outcome = await abort_run(self.backend, self.plan.namespace_of(run), run_id,
                                           "aborted by the simulated control plane")
             except UnknownRun:  # its submit was rolled back (a crash or failover lost it)
                 return
@@ -641,6 +648,9 @@ class Simulator:
         """An empty database; with crashes or restarts in the plan, a fresh AOF too (small to reload)."""
         redis = self.backend.redis
         await redis.flushall()
+        if self.plan.several_namespaces():   # before the AOF rewrite below, so no crash loses them
+            for namespace, weight in self.plan.namespaces:
+                await set_fair_share(self.backend, self.queue, namespace, weight=weight)
         kinds = {f.kind for f in self.plan.faults if f.at_ms < self.plan.heal_ms}
         if self.store is not None and kinds & {"server_crash", "server_restart"}:
             await redis.bgrewriteaof()
@@ -712,14 +722,22 @@ class Simulator:
         raw = []
         for p in range(self.backend.partitions):
             raw += [(p, fields[b"e"]) for _, fields in await self.backend.redis.xrange(self.backend.keys(p).stream)]
-        stats = summarize(entries, self.truth) | {"store_errors": self.injected.failed_calls - self._failed_before}
+        stats = summarize(entries, self.truth) | {
+            "store_errors": self.injected.failed_calls - self._failed_before,
+            # Fair share's evidence: a zero in either is a plan (or a whole exploration) it cannot judge.
+            "several_namespaces": int(self.plan.several_namespaces()),
+            "fair_share_judged": fair_share.judged_leases(
+                [(e.partition, e.event) for e in entries],
+                {(self.queue, ns): w for ns, w in self.plan.namespaces}, {self.queue}),
+        }
         return SimResult(self.plan, entries, raw, self.truth, quiesced, deadline, stats=stats)
 
     async def _read_cache(self) -> None:
         """What each partition's cache holds at the end (cache_faithful judges it)."""
         for p in range(self.backend.partitions):
-            entries = await self.backend.redis.hgetall(self.backend.keys(p).cache(self.namespace))
-            self.truth.cache.update({(p, k.decode()): v for k, v in entries.items()})
+            for namespace, _ in self.plan.namespaces:
+                entries = await self.backend.redis.hgetall(self.backend.keys(p).cache(namespace))
+                self.truth.cache.update({(p, k.decode()): v for k, v in entries.items()})
 
     async def _all_done(self) -> bool:
         """Every submitted run finished? Asked at most every 50 ms of virtual time, for the runs not yet done."""
@@ -729,7 +747,8 @@ class Simulator:
         pending = [r for r in self.truth.submitted if r not in self._done]
         pipe = self.backend.redis.pipeline(transaction=False)
         for run_id in pending:
-            pipe.hget(self.backend.keys_for_run(self.namespace, run_id).run(f"{self.namespace}/{run_id}"), "phase")
+            ns = self.namespace_of_run[run_id]
+            pipe.hget(self.backend.keys_for_run(ns, run_id).run(f"{ns}/{run_id}"), "phase")
         for run_id, phase in zip(pending, await pipe.execute()):
             # A run whose submit a crash or failover rolled back is gone: nothing to wait for.
             if phase not in (b"running", None) or (phase is None and self.truth.lost(self.truth.submit_steps[run_id])):

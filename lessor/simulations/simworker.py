@@ -223,7 +223,10 @@ class SimWorker:
 
         # Odd workers take the queue by fair share ('*'), even ones by namespace: both ways
         # of acquiring (and the rotation and running counters they keep) go through every fault.
-        namespace = "*" if self.index % 2 else self.sim.namespace
+        # With several namespaces every worker takes '*': an acquire of one namespace would take
+        # it out of turn (fair_share could not judge the weights), and none can starve.
+        several = self.sim.plan.several_namespaces()
+        namespace = "*" if self.index % 2 or several else self.sim.namespace
 
         async def op():
             return await self.client.acquire(namespace, self.sim.queue, free)

@@ -22,7 +22,9 @@ from dataclasses import replace
 from hypothesis import strategies as st
 
 from lessor.simulations.api_edges import api_edge
-from lessor.simulations.plan import DURABILITY_MODES, Abort, Config, Fault, Plan, Submit
+from lessor.simulations.plan import (
+    DEFAULT_NAMESPACE, DURABILITY_MODES, FAIR_NAMESPACES, Abort, Config, Fault, Plan, Submit,
+)
 
 # Weighted by repetition: the faults that move ownership come up most. The
 # order matters for shrinking too: hypothesis shrinks toward the first kind.
@@ -299,6 +301,20 @@ def plans(draw, *, max_workers: int = 5, max_runs: int = 50, max_faults: int = 1
         # at 100 ms a retry is ready about when the next reaper pass could promote it, so a
         # promotion made early hardly shows; at a second it waits through several passes and polls.
         config = replace(config, backoff_ms=draw(st.sampled_from((100, 100, 1000))))
+    # A third of the plans spread their runs over 2 or 3 namespaces of different weights, so
+    # fair share (acquire by '*') has namespaces to share between and fair_share judges it.
+    # Drawn after everything else, for the same reason as the backoff.
+    namespaces = ((DEFAULT_NAMESPACE, 1.0),)
+    if not pinned and draw(st.sampled_from((False, False, True))):
+        count = draw(st.sampled_from((2, 3)))
+        weights = draw(st.sampled_from(((1.0, 3.0, 2.0), (3.0, 1.0, 2.0), (2.0, 1.0, 3.0))))
+        namespaces = tuple(zip(FAIR_NAMESPACES[:count], weights[:count]))
+        # A burst of short runs at one moment, more than every worker can hold at once, so the
+        # namespaces are backlogged together for a while (fair share is judged only then).
+        # Appended: the runs the aborts name keep their index.
+        at_ms = draw(st.integers(0, horizon_ms // 2))
+        burst = min(draw(st.integers(16, 32)), max(0, max_runs - len(runs)))
+        runs = runs + tuple(Submit(at_ms, work_ms=draw(st.integers(50, 400))) for _ in range(burst))
     return Plan(seed=seed, workers=workers, submits=runs,
                 faults=tuple(sorted(faults, key=lambda f: f.at_ms)), aborts=tuple(aborts),
-                heal_ms=horizon_ms, config=config)
+                heal_ms=horizon_ms, config=config, namespaces=namespaces)

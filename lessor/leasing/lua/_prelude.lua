@@ -157,7 +157,10 @@ local function lib()
   local function fair_pass(ns, queue)
     local low = redis.call('ZRANGE', fair_key(queue), 0, 0, 'WITHSCORES')[2]
     local s = redis.call('HMGET', share_key(queue), 'p:' .. ns, 'vt')
-    return math.max(tonumber(low or '0'), tonumber(s[1] or '0'), tonumber(s[2] or '0'))
+    -- 'vt' (the pass the last pick reached) only stands in for an empty rotation: past the
+    -- lowest pass of a rotation it would put the newcomer behind those already waiting.
+    if low then return math.max(tonumber(low), tonumber(s[1] or '0')) end
+    return math.max(tonumber(s[1] or '0'), tonumber(s[2] or '0'))
   end
   local function fair_join(ns, queue)
     local fq = fair_key(queue)

@@ -105,7 +105,6 @@ for _ = 1, n + 64 do
   else
     if next_pass then room = math.min(room, math.floor((next_pass - pass) / c.stride) + 1) end
     local popped = redis.call('ZPOPMIN', qkey(name, queue), room)
-    if any then picked = pass end
     local taken = #popped / 2
     for i = 1, #popped, 2 do
       if lease(popped[i]) then
@@ -113,6 +112,9 @@ for _ = 1, n + 64 do
       end
     end
     pass = pass + taken * c.stride
+    -- The queue's virtual time is the pass this pick reached, not the one it started from: a
+    -- namespace that joins later starts there, so the time another spent alone earns it no credit.
+    if any then picked = pass end
     -- Fewer than asked: its queue is empty. (Exactly as many: it stays, and a pick that
     -- finds its queue empty takes it out; a ZCARD per pick would cost more.)
     if taken < room then

@@ -50,12 +50,14 @@ class _Queue:
         self.served: dict[str, float] = defaultdict(float)   # ns -> leases / weight so far
         self.spans: dict[tuple[str, str], tuple[float, float]] = {}  # pair -> (min, max) of the lag
         self.judged = True
+        self.judged_leases = 0   # leases counted in an open lag span (what the bound was checked on)
 
     def lease(self, ns: str, ref: str, weight: float, weight_of) -> list[tuple[str, str, float]]:
         """Count a lease; the pairs whose lag span now passes the bound."""
         self.ready[ns].discard(ref)
         self.served[ns] += 1 / weight
         out = []
+        self.judged_leases += any(ns in pair for pair in self.spans)
         for pair, (low, high) in list(self.spans.items()):
             if ns in pair:
                 lag = self.served[pair[0]] - self.served[pair[1]]
@@ -85,6 +87,17 @@ def check(entries, weights: dict[tuple[str, str], float] | None = None,
     ``weights``: (queue, namespace) -> weight (missing = 1); ``queues``: the queues
     served by fair share (None = all). One violation per pair and saturated stretch.
     """
+    return _scan(entries, weights, queues)[0]
+
+
+def judged_leases(entries, weights: dict[tuple[str, str], float] | None = None,
+                  queues: set[str] | None = None) -> int:
+    """How many leases ``check`` judged: leased while their namespace and another were both
+    backlogged. Zero means the check saw nothing to share (a blind spot, not a pass)."""
+    return _scan(entries, weights, queues)[1]
+
+
+def _scan(entries, weights, queues) -> tuple[list[Violation], int]:
     weights = weights or {}
     where: dict[str, tuple[int, str]] = {}        # action ref -> (partition, queue)
     state: dict[tuple[int, str], _Queue] = defaultdict(_Queue)
@@ -117,4 +130,4 @@ def check(entries, weights: dict[tuple[str, str], float] | None = None,
         else:
             q.ready[e.ns].discard(ref)   # aborted, cached, or requeued with a backoff
         q.refresh()
-    return out
+    return out, sum(q.judged_leases for q in state.values())
