@@ -171,6 +171,24 @@ def test_an_outage_is_logged_once_and_its_recovery_with_its_length(caplog):
     assert outage.outages == 1 and outage.longest_ms == 5000
 
 
+def test_an_answer_to_a_call_sent_before_the_outage_does_not_end_it(caplog):
+    """A completion answered just before a crash, heard after another loop's call failed,
+    logged "back after 0.0 s" between two "lost" lines (a real worker, 1 fresh-clone run)."""
+    clock = ManualClock()
+    outage = Outage("worker w1", clock=clock, log=logging.getLogger("lessor.test"))
+    with caplog.at_level(logging.WARNING, logger="lessor.test"):
+        before = outage.mark()                              # sent while the server was up
+        outage.failed(ConnectionError("Connection refused"))
+        outage.ok(before)                                   # its answer arrives late: not a recovery
+        assert outage.down
+        clock.advance(5000)
+        during = outage.mark()                              # sent during the outage
+        outage.ok(during)                                   # answered: the server is back
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and "back after an outage of 5.0 s" in lines[1]
+    assert not outage.down and outage.outages == 1
+
+
 async def test_workers_reap_through_a_shared_throttle(vbackend):
     """Many reapers, one pass per partition per interval: the second finds the partition done."""
     one, two = Reaper(vbackend, shared=True, interval_ms=1000), Reaper(vbackend, shared=True, interval_ms=1000)

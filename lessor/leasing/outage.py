@@ -127,9 +127,18 @@ class Outage:
                              self.component, where, self.last_error)
         return self.backoff.next_ms()
 
-    def ok(self) -> None:
-        """Record a successful call; logs the recovery (with the outage length) if we were down."""
-        if self.down_since_ms is None:
+    def mark(self) -> int:
+        """Taken just before a call and given back to ``ok(mark)``: which outage the call was sent in."""
+        return self.outages
+
+    def ok(self, mark: int | None = None) -> None:
+        """Record a successful call; logs the recovery (with the outage length) if we were down.
+
+        ``mark``: the call's ``mark()``. A call sent before the current outage began, whose
+        answer came in late, proves nothing about the server now: a worker's completion
+        answered just before a crash logged "back after 0.0 s" between two "lost" lines.
+        """
+        if self.down_since_ms is None or (mark is not None and mark < self.outages):
             return
         length_ms = self.clock.now_ms() - self.down_since_ms
         self.down_since_ms = None

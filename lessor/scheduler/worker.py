@@ -410,13 +410,13 @@ class Worker:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            sent_ms = self.clock.now_ms()
+            sent_ms, mark = self.clock.now_ms(), self.outage.mark()
             try:
                 if woken is None:
                     leases = await self.client.acquire(self.config.namespace, self.config.queue, free)
                 else:
                     leases = await self.client.acquire_from(woken, self.config.namespace, self.config.queue, free)
-                self.outage.ok()
+                self.outage.ok(mark)
             except Exception as exc:  # a store fault waits and retries; anything else stops the worker
                 if not is_transient(exc):
                     raise
@@ -446,13 +446,13 @@ class Worker:
         if not self.config.wake:
             await self._pause_ms(self.config.idle_poll_ms)
             return None
-        woken, backoff_ms = None, 0.0
+        woken, backoff_ms, mark = None, 0.0, self.outage.mark()
         with self._stoppable():
             try:
                 woken = await self.client.wait_for_work(self.config.namespace, self.config.queue,
                                                         self.config.idle_poll_ms / 1000)
                 self._idle_timed_out = woken is None and not self._stopping.is_set()
-                self.outage.ok()
+                self.outage.ok(mark)
             except Exception as exc:  # a store fault: back off, then poll every partition
                 if not is_transient(exc):
                     raise
@@ -700,9 +700,10 @@ class Worker:
         """
         give_up_ms = self.clock.now_ms() + self.config.report_timeout_s * 1000
         while True:
+            mark = self.outage.mark()
             try:
                 await call(lease, *args)
-                self.outage.ok()
+                self.outage.ok(mark)
                 return "committed"
             except Exception as exc:  # the policy sorts it: an answer, retried, or given up
                 error = exc
@@ -766,10 +767,11 @@ class Worker:
         if hit is not None:
             args.append(hit)
         while True:  # a submission that got no answer is sent again: the child id makes it idempotent
+            mark = self.outage.mark()
             try:
                 code, created = await self.backend.call("submit_child", [self.backend.keys(lease.partition).prefix],
                                                         args)
-                self.outage.ok()
+                self.outage.ok(mark)
                 break
             except Exception as exc:  # transient ones are retried while the lease is ours; the rest raise
                 if not is_transient(exc) or not self.keeper.usable(lease.ref):
