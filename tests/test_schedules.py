@@ -224,7 +224,10 @@ class CountingOutage:
     def __init__(self) -> None:
         self.oks = 0
 
-    def ok(self) -> None:
+    def mark(self) -> int:
+        return 0
+
+    def ok(self, mark: int | None = None) -> None:
         self.oks += 1
 
     def failed(self, exc) -> float:

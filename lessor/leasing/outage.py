@@ -155,10 +155,11 @@ async def keep_running(step, interval_ms: int, outage: Outage | None = None) -> 
     returns None sent nothing to the server, so it tells the outage nothing (a quiet pass
     must not report a lost server as back)."""
     while True:
+        mark = outage.mark() if outage is not None else None
         try:
             more = await step()
             if outage is not None and more is not None:
-                outage.ok()
+                outage.ok(mark)
             delay_ms = 0 if more else interval_ms
         except Exception as exc:  # sorted here: transient ones are waited out, the rest are bugs to see
             if outage is None or not is_transient(exc):

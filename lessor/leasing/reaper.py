@@ -260,6 +260,7 @@ class Reaper:
         next pass waits a capped, jittered backoff instead of the interval.
         """
         while True:
+            mark = self.outage.mark()
             result = await self.reap_once()
             if on_pass is not None:
                 on_pass(result)
@@ -267,7 +268,7 @@ class Reaper:
                 delay_ms = self.outage.failed(self._last_error or Exception("every partition failed"))
                 await anyio.sleep(max(delay_ms, self.interval_ms) / 1000)
                 continue
-            self.outage.ok()
+            self.outage.ok(mark)
             if not result.more:
                 await self._sleep_ms(self.sleep_ms(result))
 

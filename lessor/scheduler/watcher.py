@@ -105,8 +105,8 @@ class _WakingOutage(Outage):
         super().__init__(*args, **kwargs)
         self._watcher = watcher
 
-    def ok(self) -> None:
+    def ok(self, mark: int | None = None) -> None:
         was_down = self.down
-        super().ok()
-        if was_down:
+        super().ok(mark)
+        if was_down and not self.down:
             self._watcher.wake_all()
