@@ -115,11 +115,13 @@ class RecordingWorker(Worker):
 
 
 class Gate:
-    """Open by default; a nap that ends while it is closed waits until it opens again."""
+    """Open by default; a nap that ends while it is closed waits until it opens again.
+    ``inside[name]``: naps of registry ``name`` begun and not yet returned."""
 
     def __init__(self) -> None:
         self._open = anyio.Event()
         self._open.set()
+        self.inside: Counter = Counter()
 
     def close(self) -> None:
         if self._open.is_set():
@@ -132,14 +134,20 @@ class Gate:
         await self._open.wait()
 
 
-def nap_registry(gate: Gate | None = None) -> Registry:
+def nap_registry(gate: Gate | None = None, name: str = "") -> Registry:
     registry = Registry()
 
     @registry.task
     async def nap(ctx, seconds: float) -> float:
-        await anyio.sleep(seconds)
-        if gate is not None:
+        if gate is None:
+            await anyio.sleep(seconds)
+            return seconds
+        gate.inside[name] += 1
+        try:
+            await anyio.sleep(seconds)
             await gate.passed()
+        finally:
+            gate.inside[name] -= 1
         return seconds
 
     return registry
@@ -211,10 +219,11 @@ async def test_a_forced_promotion_loses_no_acknowledged_write_reuses_no_token_an
     # tries after it go to the new primary).
     durability = Durability.parse("replicas:1", timeout_ms=15_000)
     # Naps that end while the gate is closed (from the pause until A follows the VIP) wait for it:
-    # what B runs at the pause is still running at the cut however long the filler takes, so B
-    # surely holds leases there (before, a loaded machine let B finish first: nothing to expire).
+    # a nap B is inside at the pause is still running at the cut however long the filler takes,
+    # so B surely holds leases there. (Before, a loaded machine let B finish first: nothing to
+    # expire. Then "B running something" let through a nap already returned, its completion on
+    # the way and replicated just before the pause: B held nothing the new primary knew of.)
     gate = Gate()
-    registry = nap_registry(gate)
     with ReplicatedPair() as pair:
         proxies = [await ChaosProxy(pair.primary.port).start() for _ in range(2)]
         backends: list[Backend] = []
@@ -225,15 +234,15 @@ async def test_a_forced_promotion_loses_no_acknowledged_write_reuses_no_token_an
                                         partitions=await read_partitions(redis_, 4), durability=durability))
             control = backends[0]
             runs = await submit_naps(control, 14, 3.0, "fo")          # acknowledged: on the replica too
-            a, b = (RecordingWorker(backends[i], registry, WorkerConfig(
+            a, b = (RecordingWorker(backends[i], nap_registry(gate, f"w{'ab'[i]}"), WorkerConfig(
                 queue=QUEUE, namespace=NS, concurrency=3, worker_id=f"w{'ab'[i]}", lease=lease,
                 drain_s=1, reap_interval_ms=100)) for i in range(2))
             async with anyio.create_task_group() as tg:
                 tg.start_soon(a.run)
                 tg.start_soon(b.run)
-                await until(lambda: _true(len(a.committed()) + len(b.committed()) >= 2 and b._running),
-                            "two completions committed and worker B running something")
-                gate.close()                                            # no await since B was seen running
+                await until(lambda: _true(len(a.committed()) + len(b.committed()) >= 2 and gate.inside["wb"]),
+                            "two completions committed and worker B inside a nap")
+                gate.close()                                            # no await since B was seen inside
                 # The replica stops reading; the primary keeps >= 2 MB of stream in its own memory.
                 pair.pause_replication()
                 with connect(pair.primary) as filler:
