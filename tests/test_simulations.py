@@ -201,6 +201,11 @@ API_EDGES = [
     # the child submission sent at 650 ms arrives 2 s later, its parent's lease dead by then.
     ("child_submit_unfenced", Plan(seed=1, workers=2, heal_ms=6000, submits=(Submit(0, 1300, children=1),),
                                    faults=_late_child_faults(2, 600, 300)), "writes_within_lease"),
+    # the completion sent at about 700 ms arrives 2 s later, refused; runs with the same cache key
+    # come just after it (api_edges.late_cached): a refused result in the cache is a hit no success stored.
+    ("complete_caches_before_fence", Plan(seed=1, workers=2, heal_ms=7000, submits=(Submit(0, 650, cache=2),) + tuple(
+        Submit(2900 + after, 100, cache=2) for after in (50, 200, 400)), faults=_late_child_faults(2, 600, 300)[1:]),
+     "cache_faithful"),
 ]
 
 

@@ -41,8 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object instead of tables")
 
 
-API_FIGURES = ("children", "child_submits_refused", "cached_results", "cache_hits", "idempotent_resubmits",
-               "aborts", "subtree_aborts")
+API_FIGURES = ("children", "child_submits_refused", "cached_results", "cache_hits", "cached_completions_refused",
+               "idempotent_resubmits", "aborts", "subtree_aborts")
 
 
 def summary_rows(found: Exploration) -> dict:

@@ -794,6 +794,9 @@ def summarize(entries: list[LogEntry], truth: Truth) -> dict[str, int]:
         "cached_results": sum(1 for e in entries if isinstance(e.event, ev.ActionSucceeded)
                               and (e.event.run, e.event.action) in cached),
         "cache_hits": count(ev.CacheHit),
+        # a completion refused on an action with a cache key: what a cache written too early shows on
+        "cached_completions_refused": sum(1 for e in entries if isinstance(e.event, ev.ReportRejected)
+                                          and e.event.kind == "complete" and (e.event.run, e.event.action) in cached),
         "idempotent_resubmits": len(truth.resubmits),
         "aborts": len(truth.abort_calls),
         "subtree_aborts": sum(1 for e in entries if child(e) and isinstance(e.event, (ev.ActionAborted,

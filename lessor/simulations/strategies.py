@@ -214,9 +214,14 @@ def cut_off_while_computing(draw, workers: int, horizon_ms: int, config: Config,
     heard_ms = 8 * c.poll_ms + c.rpc_timeout_ms   # a run submitted this long before is heard by then
     first = -(-(heard_ms + 2 * beat_ms + c.poll_ms) // beat_ms)
     beat = draw(st.integers(first, max(first, (horizon_ms - window) // beat_ms - 1)))
-    lose = beat * beat_ms + draw(st.integers(min(reply_ms + 1, beat_ms - 1), beat_ms - 1))
+    after_reply = draw(st.integers(min(reply_ms + 1, beat_ms - 1), beat_ms - 1))
+    lose = beat * beat_ms + after_reply
+    # The others come in the two heartbeats before the cut, half of them after the last renewal
+    # was sent: held from their grant, they are fenced later than the renewed ones (a watchdog
+    # that sleeps toward the wrong deadline fences the earlier ones late).
+    since_renewal = st.integers(c.poll_ms, max(c.poll_ms, after_reply - c.poll_ms))
     leads = [draw(st.integers(heard_ms, heard_ms + 2 * beat_ms))] \
-        + draw(st.lists(st.integers(c.poll_ms, 2 * beat_ms), max_size=2))
+        + draw(st.lists(st.one_of(st.integers(c.poll_ms, 2 * beat_ms), since_renewal), max_size=2))
     runs = [Submit(max(0, lose - lead), work_ms=draw(st.integers(2 * window, 4 * window))) for lead in leads]
     start = max(0, lose - max(leads) - c.poll_ms)
     cut = flavour != "clock_jump" or draw(st.booleans())
@@ -288,11 +293,12 @@ def plans(draw, *, max_workers: int = 5, max_runs: int = 50, max_faults: int = 1
     api = draw(st.lists(api_edge(workers, horizon_ms, config), max_size=1)) if fault_kinds is None else []
     edges = [f for faults_of, _ in groups for f in faults_of] + [f for faults_of, _, _ in api for f in faults_of]
     edges = edges[:max_faults]
-    runs = (tuple(run for _, run, _ in api) + tuple(r for _, brought in groups for r in brought) + runs)
+    runs = (tuple(r for _, brought, _ in api for r in brought) + tuple(r for _, brought in groups for r in brought)
+            + runs)
     runs = _bound_awaiting(runs[:max(max_runs, 1)])
     faults = edges + draw(st.lists(fault(workers, horizon_ms, config, kinds, drift_within_bound),
                                    max_size=max(0, max_faults - len(edges))))
-    aborts = [Abort(max(0, at_ms), i) for i, (_, _, at_ms) in enumerate(api) if at_ms is not None and i < len(runs)]
+    aborts = [Abort(max(0, at_ms), 0) for _, _, at_ms in api if at_ms is not None]   # at most one api edge: run 0
     aborts += draw(st.lists(st.builds(Abort, at_ms=st.integers(0, horizon_ms), run=st.integers(0, len(runs) - 1)),
                             max_size=2))
     seed = draw(st.integers(0, 2**32 - 1))
