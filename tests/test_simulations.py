@@ -405,6 +405,12 @@ def test_save_plan_writes_the_plan_it_ran_without_a_violation_and_it_replays(tmp
 # Seed 1 (example 43) found the same with 22 runs.
 @pytest.mark.parametrize("name", ["fair_share_false_alarm_seed1.json", "fair_share_false_alarm_seed2.json"])
 def test_the_real_system_passes_fair_share_on_the_plans_that_found_the_vt_bug(sim, name):
+    from lessor.simulations.mutants import MUTANTS
+
     plan = Plan.from_json(open(os.path.join(ROOT, "tests", "fixtures", name)).read())
     outcome = sim(plan)
     assert outcome.verdict.ok, [str(v) for v in outcome.verdict.violations]
+    # The bug, put back as the mutant of `make mutants`, is caught on the same plan.
+    mutant = next(m for m in MUTANTS if m.name == "fair_vt_from_start")
+    broken = sim(plan, mutant.breakage())
+    assert "fair_share" in {v.checker for v in broken.verdict.violations}, broken.verdict.violations

@@ -150,6 +150,9 @@ MUTANTS = (
                           "  local h, code = fence(ref, token, worker, 'complete', 'attempt', 'cache_key', 'timeout_ms', 'queue')")]}),
     Mutant("submit_repeat_creates", "a repeated submit of a run still running creates it again",
            {"submit": [("  if existing[1] then", "  if existing[1] and existing[1] ~= 'running' then")]}),
+    # acquire.lua and the prelude: fair share
+    Mutant("fair_vt_from_start", "the queue's virtual time is the pass a pick started from, not the one it reached",
+           {"acquire": [("    if any then picked = pass end", "    if any then picked = pass - taken * c.stride end")]}),
     # the keeper
     Mutant("keeper_renewed_at_reply", RenewedAtReplyKeeper.__doc__, keeper=RenewedAtReplyKeeper),
     Mutant("keeper_held_at_reply", HeldAtReplyKeeper.__doc__, keeper=HeldAtReplyKeeper),

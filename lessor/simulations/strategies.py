@@ -261,6 +261,33 @@ def store_fails_twice(draw, horizon_ms: int, config: Config) -> tuple[list[Fault
 
 
 @st.composite
+def solo_stretch(draw, first: int, weights: tuple[float, ...], burst_ms: int, room: int) -> tuple[Submit, ...]:
+    """Half the time, runs appended at index ``first`` on (run i belongs to namespace
+    i % len(weights)): after the joint burst at ``burst_ms`` has drained, four short runs of
+    the lightest namespace alone (one worker takes them in one pick); then, once those have
+    drained too, a second joint burst of every namespace's runs.
+
+    A namespace alone advances the queue's virtual time while the rotation empties and fills
+    again: where the namespaces that come back join it (the pass the last pick reached, not
+    the one it began at) is what fair share gets right or wrong after a quiet spell, and a
+    single joint burst never shows it. The lightest namespace, in one pick of four: its
+    passes are the longest, so a virtual time one pick off is off by more than fair share's
+    bound (which a pick of one, or of a heavy namespace, stays within)."""
+    count = len(weights)
+    if room < 2 * count or not draw(st.booleans()):
+        return ()
+    alone = weights.index(min(weights))
+    solo_ms = burst_ms + draw(st.integers(1000, 1600))
+    joint_ms = solo_ms + draw(st.integers(1000, 1600))
+    out, solo = [], 0
+    for i in range(first, first + min(room, count * draw(st.integers(6, 10)))):
+        at = solo_ms if i % count == alone and solo < 4 else joint_ms
+        solo += at == solo_ms
+        out.append(Submit(at, work_ms=draw(st.integers(50, 200))))
+    return tuple(out)
+
+
+@st.composite
 def plans(draw, *, max_workers: int = 5, max_runs: int = 50, max_faults: int = 10, horizon_ms: int = 8000,
           server_restarts: bool = False, drift_within_bound: bool = True, config: Config | None = None,
           fault_kinds: tuple[str, ...] | None = None, store_faults: bool = False,
@@ -281,7 +308,7 @@ def plans(draw, *, max_workers: int = 5, max_runs: int = 50, max_faults: int = 1
         config = Config(durability=draw(st.sampled_from(DURABILITY_MODES)))
     config = config or Config()
     workers = draw(st.integers(2, max_workers))
-    runs = draw(submits(max_runs, horizon_ms))
+    runs = base = draw(submits(max_runs, horizon_ms))
     kinds = fault_kinds or WORKER_FAULTS + SYSTEM_FAULTS + (STORE_FAULTS if store_faults else ()) \
         + (("server_restart",) if server_restarts and not store_faults else ())
     if not server_restarts:
@@ -307,11 +334,11 @@ def plans(draw, *, max_workers: int = 5, max_runs: int = 50, max_faults: int = 1
         # at 100 ms a retry is ready about when the next reaper pass could promote it, so a
         # promotion made early hardly shows; at a second it waits through several passes and polls.
         config = replace(config, backoff_ms=draw(st.sampled_from((100, 100, 1000))))
-    # A third of the plans spread their runs over 2 or 3 namespaces of different weights, so
+    # Half the plans spread their runs over 2 or 3 namespaces of different weights, so
     # fair share (acquire by '*') has namespaces to share between and fair_share judges it.
     # Drawn after everything else, for the same reason as the backoff.
     namespaces = ((DEFAULT_NAMESPACE, 1.0),)
-    if not pinned and draw(st.sampled_from((False, False, True))):
+    if not pinned and draw(st.booleans()):
         count = draw(st.sampled_from((2, 3)))
         weights = draw(st.sampled_from(((1.0, 3.0, 2.0), (3.0, 1.0, 2.0), (2.0, 1.0, 3.0))))
         namespaces = tuple(zip(FAIR_NAMESPACES[:count], weights[:count]))
@@ -319,8 +346,14 @@ def plans(draw, *, max_workers: int = 5, max_runs: int = 50, max_faults: int = 1
         # namespaces are backlogged together for a while (fair share is judged only then).
         # Appended: the runs the aborts name keep their index.
         at_ms = draw(st.integers(0, horizon_ms // 2))
-        burst = min(draw(st.integers(16, 32)), max(0, max_runs - len(runs)))
+        burst = draw(st.integers(16, 32))
+        # Room for the burst and a solo stretch: the workload's last runs give way if need be
+        # (the edges' runs come first and stay; aborts of a run given up go with it).
+        keep = max(len(runs) - len(base), min(len(runs), max_runs - burst - 2 * count * 6))
+        runs, aborts = runs[:keep], [a for a in aborts if a.run < keep]
+        burst = min(burst, max(0, max_runs - len(runs)))
         runs = runs + tuple(Submit(at_ms, work_ms=draw(st.integers(50, 400))) for _ in range(burst))
+        runs = runs + draw(solo_stretch(len(runs), weights[:count], at_ms, max(0, max_runs - len(runs))))
     return Plan(seed=seed, workers=workers, submits=runs,
                 faults=tuple(sorted(faults, key=lambda f: f.at_ms)), aborts=tuple(aborts),
                 heal_ms=horizon_ms, config=config, namespaces=namespaces)
