@@ -3,9 +3,9 @@
 Independent draws rarely line these up: an abort is one of at most two per plan,
 at any time in the safety phase, of any run, and most runs it lands on have
 ended or not begun; a child submission is held in the network only if a delay
-happens to cover the instant its parent's task sends it. Each edge here brings
-along one run and times an abort of it (or the faults around it) against what
-that run's task does, counted from its submit: its lease comes within a few
+happens to cover the instant its parent's task sends it. Each edge here (one in
+every plan) brings along a run and times an abort of it (or the faults around
+it) against what that run's task does, counted from its submit: its lease comes within a few
 polls, so the timing is drawn over a spread of a heartbeat or more, and only a
 part of the plans hit the moment exactly; the rest are ordinary aborts.
 

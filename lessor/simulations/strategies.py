@@ -308,7 +308,7 @@ def plans(draw, *, max_workers: int = 5, max_runs: int = 50, max_faults: int = 1
         config = Config(durability=draw(st.sampled_from(DURABILITY_MODES)))
     config = config or Config()
     workers = draw(st.integers(2, max_workers))
-    runs = base = draw(submits(max_runs, horizon_ms))
+    runs = draw(submits(max_runs, horizon_ms))
     kinds = fault_kinds or WORKER_FAULTS + SYSTEM_FAULTS + (STORE_FAULTS if store_faults else ()) \
         + (("server_restart",) if server_restarts and not store_faults else ())
     if not server_restarts:
@@ -316,12 +316,13 @@ def plans(draw, *, max_workers: int = 5, max_runs: int = 50, max_faults: int = 1
     # 0, 1 or 2 edges, evenly (a list strategy draws many plans with none; some seeds all but none)
     count = draw(st.integers(0, min(2, max_faults // 3))) if fault_kinds is None else 0
     groups = [draw(edge(workers, horizon_ms, config, store_faults, server_restarts)) for _ in range(count)]
-    # The API's edges (api_edges.py): one run brought along, and an abort (or faults) timed against it.
-    api = draw(st.lists(api_edge(workers, horizon_ms, config), max_size=1)) if fault_kinds is None else []
+    # The API's edges (api_edges.py), one in every plan: runs brought along, and an abort (or
+    # faults) timed against the first. (One plan in two, as before, left some edges to a few plans.)
+    api = [draw(api_edge(workers, horizon_ms, config))] if fault_kinds is None else []
     edges = [f for faults_of, _ in groups for f in faults_of] + [f for faults_of, _, _ in api for f in faults_of]
     edges = edges[:max_faults]
-    runs = (tuple(r for _, brought, _ in api for r in brought) + tuple(r for _, brought in groups for r in brought)
-            + runs)
+    brought = tuple(r for _, runs_of, _ in api for r in runs_of) + tuple(r for _, runs_of in groups for r in runs_of)
+    runs = brought + runs
     runs = _bound_awaiting(runs[:max(max_runs, 1)])
     faults = edges + draw(st.lists(fault(workers, horizon_ms, config, kinds, drift_within_bound),
                                    max_size=max(0, max_faults - len(edges))))
@@ -349,7 +350,7 @@ def plans(draw, *, max_workers: int = 5, max_runs: int = 50, max_faults: int = 1
         burst = draw(st.integers(16, 32))
         # Room for the burst and a solo stretch: the workload's last runs give way if need be
         # (the edges' runs come first and stay; aborts of a run given up go with it).
-        keep = max(len(runs) - len(base), min(len(runs), max_runs - burst - 2 * count * 6))
+        keep = max(min(len(brought), len(runs)), min(len(runs), max_runs - burst - 2 * count * 6))
         runs, aborts = runs[:keep], [a for a in aborts if a.run < keep]
         burst = min(burst, max(0, max_runs - len(runs)))
         runs = runs + tuple(Submit(at_ms, work_ms=draw(st.integers(50, 400))) for _ in range(burst))
