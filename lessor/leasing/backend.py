@@ -281,8 +281,13 @@ async def read_layout(redis: aioredis.Redis, wanted: int | None) -> tuple[int, s
     if stored is None:
         default = CLUSTER_PARTITIONS if is_cluster(redis) else DEFAULT_PARTITIONS
         try:
-            await redis.hsetnx(CONFIG_KEY, "partitions", wanted or default)
+            # Placement first: `partitions` is what marks a layout as written, so a process that
+            # reads between the two writes must find the placement already there. The other way
+            # round it read a count without a placement, took the server for a legacy one, and
+            # used {pN} keys while the process laying it out used the spread tags: a submit and
+            # a worker started together on a fresh server under load never met (tests/test_layout.py).
             await redis.hsetnx(CONFIG_KEY, "placement", "spread")
+            await redis.hsetnx(CONFIG_KEY, "partitions", wanted or default)
         except ResponseError as exc:
             if "read only" in str(exc).lower():
                 raise ServerError("this server is a read-only replica and holds no lessor data yet: point "
