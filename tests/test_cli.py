@@ -130,8 +130,9 @@ def test_submit_waits_with_retries_timeout_priority_and_inputs_from_a_file(flush
 
     (tmp_path / "inputs.json").write_text('{"x": 7}')
     worker_log = tmp_path / "worker.log"
+    # Its log lines go to stdout, its tracebacks to stderr: both to the file.
     worker = subprocess.Popen(worker_command(flushed, "tests.app:registry", queue="waits", reap=False), cwd=ROOT,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(worker_log, "w"))
+                              stdin=subprocess.DEVNULL, stdout=open(worker_log, "w"), stderr=subprocess.STDOUT)
     try:
         try:
             first = lessor("submit", "square", "--queue", "waits", "--inputs", f"@{tmp_path}/inputs.json",

@@ -7,7 +7,8 @@ passed to the blocks as $LESSOR_REDIS_URL):
 - ```python: written to a file and run with this interpreter (exit 0);
 - ```sh: run by ``bash -e -o pipefail``; ``.venv/bin/lessor`` and ``lessor``
   are this interpreter's ``python -m lessor``; a command ending in ``&``
-  runs in the background until the document is done;
+  runs in the background until the document is done, its output (stdout and
+  stderr) in a file of its own, shown when a later block fails or times out;
 - ```text: output, diagrams and lists, never run; after ``<!-- output -->`` it is
   what the block before it printed, line for line (``...`` stands for any text);
 - a block after ``<!-- file: NAME -->`` is written to NAME (a module later
@@ -112,11 +113,29 @@ def test_every_block_runs_or_says_why_not():
 # --- running a document's blocks ----------------------------------------------------------------
 
 
+# A line that ends in one `&` (not `&&`): a background job.
+_BACKGROUND = re.compile(r"^(?P<command>.*[^&\s])\s*(?<!&)&\s*$")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A background job a block started: its command and the file its output goes to."""
+
+    where: str
+    command: str
+    log: Path
+
+    def report(self, tail_chars: int = 3000) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else "(no output file)"
+        return f"--- background job ({self.where}): {self.command}\n{text[-tail_chars:]}"
+
+
 class Session:
     """A document's blocks, run in order in one directory, with its background processes ended after."""
 
-    def __init__(self, directory: Path, url: str) -> None:
+    def __init__(self, directory: Path, url: str, timeout_s: float = BLOCK_TIMEOUT_S) -> None:
         self.directory = directory
+        self.timeout_s = timeout_s
         bin_dir = directory / ".venv" / "bin"
         bin_dir.mkdir(parents=True)
         # `.venv/bin/lessor` and `lessor` in a block are this interpreter's lessor.
@@ -128,8 +147,26 @@ class Session:
         self.env.update(LESSOR_REDIS_URL=url, COLUMNS="80", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
                         PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
         self.groups: list[int] = []
+        self.jobs: list[Job] = []
         self.count = 0
         self.printed: str | None = None   # what the last block run printed
+
+    def with_job_logs(self, block: Block) -> str:
+        """``block``'s shell text with each background job's output sent to a file of its own.
+
+        Before, a job wrote into the files of the block that started it, and a later
+        block that hung (a `submit --wait` on a worker started earlier) showed only its
+        own output: what the worker was doing was lost.
+        """
+        lines = block.text.splitlines()
+        for i, line in enumerate(lines):
+            job = _BACKGROUND.match(line)
+            if job is None or line.lstrip().startswith("#"):
+                continue
+            log = self.directory / f"block_{self.count}_job_{len(self.jobs) + 1}.log"
+            self.jobs.append(Job(f"{block.doc.relative_to(ROOT)}:{block.line + 1 + i}", job["command"], log))
+            lines[i] = f'{{ {job["command"]}; }} > "{log.name}" 2>&1 &'   # one line: bash's line numbers hold
+        return "\n".join(lines) + "\n"
 
     def run(self, block: Block) -> None:
         self.count += 1
@@ -139,7 +176,7 @@ class Session:
             argv = [sys.executable, script.name]
         else:
             script = self.directory / f"block_{self.count}.sh"
-            script.write_text(block.text)
+            script.write_text(self.with_job_logs(block))
             argv = ["bash", "-e", "-o", "pipefail", script.name]
         out, err = self.directory / f"block_{self.count}.out", self.directory / f"block_{self.count}.err"
         # Files, not pipes: a background job keeps its output open after the block ends.
@@ -148,12 +185,13 @@ class Session:
                                     stdout=stdout, stderr=stderr, start_new_session=True)
             self.groups.append(proc.pid)
             try:
-                code = proc.wait(timeout=BLOCK_TIMEOUT_S)
+                code = proc.wait(timeout=self.timeout_s)
             except subprocess.TimeoutExpired:
-                code = f"no exit within {BLOCK_TIMEOUT_S} s"
+                code = f"no exit within {self.timeout_s:g} s"
         if code != 0:
+            jobs = "".join(f"\n{job.report()}" for job in self.jobs)   # a hang's cause is often there
             pytest.fail(f"{block.where()}: the {block.lang} block failed ({code}):\n{block.text}\n"
-                        f"--- stdout\n{out.read_text()[-3000:]}\n--- stderr\n{err.read_text()[-3000:]}")
+                        f"--- stdout\n{out.read_text()[-3000:]}\n--- stderr\n{err.read_text()[-3000:]}{jobs}")
         self.printed = out.read_text()
 
     def check_output(self, block: Block) -> None:
@@ -333,3 +371,21 @@ def test_the_block_rules_catch_an_unmarked_block(tmp_path):
         plan(Block(ROOT / "x.md", first.line, first.lang, first.text, first.marker))
     with pytest.raises(AssertionError, match="must say why"):
         plan(Block(ROOT / "x.md", second.line, second.lang, second.text, second.marker))
+
+
+def test_a_background_job_s_output_is_kept_and_shown_when_a_later_block_times_out(tmp_path):
+    session = Session(tmp_path, "redis://127.0.0.1:1", timeout_s=1)
+    doc = ROOT / "x.md"
+    started = Block(doc, 1, "sh", "true && echo in the foreground\necho the job began | cat; sleep 30 &\n", "")
+    try:
+        session.run(started)
+        assert session.printed == "in the foreground\n"   # the job's output is not the block's
+        (job,) = session.jobs
+        assert job.where == "x.md:3" and job.command == "echo the job began | cat; sleep 30"
+        with pytest.raises(pytest.fail.Exception) as failed:
+            session.run(Block(doc, 6, "sh", "sleep 10\n", ""))
+    finally:
+        session.close()
+    message = str(failed.value)
+    assert "no exit within 1 s" in message
+    assert "--- background job (x.md:3): echo the job began | cat; sleep 30\nthe job began\n" in message
