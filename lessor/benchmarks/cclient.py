@@ -16,6 +16,7 @@ counts preemption in.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -124,41 +125,55 @@ def target_args(url: str) -> list[str]:
     raise ConfigError(f"the C client cannot reach {parsed.scheme}:// URLs: pass one server's redis:// or unix:// URL")
 
 
-async def c_client_load(redis, url: str, command: list, units_per_call: float, duration_s: float,
-                        clients: int, pipeline: int) -> Load:
-    """Run ``command`` from the C client for ``duration_s`` at saturation; the server's Load meanwhile.
+async def c_clients_load(redis, url: str, commands: list[list], units_per_call: float, duration_s: float,
+                         clients: int, pipeline: int) -> Load:
+    """Run ``commands`` from the C client for ``duration_s`` at saturation; the server's Load meanwhile.
 
-    ``command`` is sent as is, every time (e.g. one FCALL renewing the same
-    leases); its calls are counted from commandstats, not from the client.
-    A last argument given as bytes (a packed batch, which may hold NULs no
-    command line can carry) is fed on stdin (``-x``). Raises ServerError if the
-    client exits early or any call failed.
+    Each command is sent as is, every time (e.g. one FCALL renewing the same
+    leases), by a C client process of its own, all at once; calls are counted
+    from commandstats, not from the clients. A last argument given as bytes (a
+    packed batch, which may hold NULs no command line can carry) is fed on stdin
+    (``-x``). Raises ServerError if a client exits early or any call failed.
+
+    Why several processes: a C client repeats one fixed command, so one process touches only the keys
+    that command names: a batch of 100 leases stays in the CPU's caches, which a
+    real fleet's thousands of leases do not. One process per batch makes the C
+    client renew the same working set as the Python client it is compared with.
+    ``clients`` and ``pipeline`` are per process. Every command must be of the
+    same kind (its calls are counted together) and ``units_per_call`` the same.
     """
     path = find_c_client()
-    binary = command[-1] if isinstance(command[-1], bytes) else None
-    words = command[:-1] if binary is not None else command
-    argv = [path, *target_args(url), "-c", str(clients), "-P", str(pipeline), "-n", "2000000000", "-q",
-            *(["-x"] if binary is not None else []), *[str(a) for a in words]]
-    with tempfile.TemporaryFile() as output, tempfile.TemporaryFile() as stdin:
-        stdin.write(binary or b"")
-        stdin.seek(0)
-        proc = spawn_child(argv, stdin=stdin if binary is not None else subprocess.DEVNULL, stdout=output,
-                           stderr=subprocess.STDOUT)
+    name = str(commands[0][0]).lower()
+    with contextlib.ExitStack() as stack:
+        procs = []
+        for command in commands:
+            binary = command[-1] if isinstance(command[-1], bytes) else None
+            words = command[:-1] if binary is not None else command
+            argv = [path, *target_args(url), "-c", str(clients), "-P", str(pipeline), "-n", "2000000000", "-q",
+                    *(["-x"] if binary is not None else []), *[str(a) for a in words]]
+            output, stdin = stack.enter_context(tempfile.TemporaryFile()), stack.enter_context(tempfile.TemporaryFile())
+            stdin.write(binary or b"")
+            stdin.seek(0)
+            procs.append((spawn_child(argv, stdin=stdin if binary is not None else subprocess.DEVNULL,
+                                      stdout=output, stderr=subprocess.STDOUT), output, argv))
         try:
-            await anyio.sleep(WARMUP_S)
+            await anyio.sleep(WARMUP_S + 0.01 * len(commands))   # every process connected and pipelining
             before = await sample_server(redis)
             await anyio.sleep(duration_s)
             after = await sample_server(redis)
-            early = proc.poll()
+            early = [(p.poll(), output, argv) for p, output, argv in procs if p.poll() is not None]
         finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-        if early is not None:
+            for proc, _, _ in procs:
+                proc.terminate()
+            for proc, _, _ in procs:
+                proc.wait(timeout=10)
+        if early:
+            code, output, argv = early[0]
             output.seek(0)
             tail = output.read()[-500:].decode(errors="replace").strip()
-            raise ServerError(f"{os.path.basename(path)} exited early ({early}): {tail}")
-    load = load_between(before, after, str(command[0]).lower(), units_per_call)
+            raise ServerError(f"{os.path.basename(path)} exited early ({code}): {tail}")
+    load = load_between(before, after, name, units_per_call)
     if load.failed_calls or not load.calls:
         raise ServerError(f"{os.path.basename(path)}: {load.failed_calls} of {load.calls} calls failed "
-                          f"(run `{' '.join(argv[:12])} ...` by hand to see why)")
+                          f"(run `{' '.join(procs[0][2][:12])} ...` by hand to see why)")
     return load

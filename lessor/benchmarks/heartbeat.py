@@ -37,7 +37,7 @@ from urllib.parse import quote
 
 import anyio
 
-from lessor.benchmarks.cclient import Load, c_client_load, c_client_version, find_c_client, load_between
+from lessor.benchmarks.cclient import Load, c_client_version, c_clients_load, find_c_client, load_between
 from lessor.benchmarks.common import (
     ServerSample, dump_json, percentile, print_table, run, sample_server, stopwatch, uvloop_name,
 )
@@ -57,6 +57,10 @@ BENCH_WORKER = "bench-setup"  # holds every lease: only its renewals are on-time
 # Shapes of the C client that keep the server saturated (server busy ~0.9-1.0 of a core on 2 cores).
 BATCHED_C_CLIENT = {"clients": 4, "pipeline": 4}
 SINGLE_C_CLIENT = {"clients": 8, "pipeline": 16}
+# The spread limit: one C client process per batch (the whole working set), each with one call in flight;
+# at most this many processes (10,000 leases in batches of 100 need 100).
+SPREAD_C_CLIENT = {"clients": 1, "pipeline": 4}
+MAX_C_PROCESSES = 128
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -250,19 +254,28 @@ async def load_renew_script(backend: Backend) -> str:
 
 
 async def c_client_limit(backend: Backend, url: str, function: str, leases: list[Lease], batch: int,
-                         duration_s: float) -> Load:
+                         duration_s: float, spread: bool = False) -> Load:
     """The server's limit for calls of ``batch`` real leases, measured by the C client.
 
-    One call is made here first and must renew every lease OK, so what the C
-    client repeats is a real on-time renewal. Raises ServerError otherwise.
+    ``spread``: every full batch of ``leases`` gets a C client process of its own
+    (up to MAX_C_PROCESSES), so the server renews the same working set as the
+    Python loops do, not one batch that stays in its caches. Otherwise one
+    process repeats one batch (the cache-hot figure). Each command is made here
+    first and must renew every lease OK, so what the C client repeats is a real
+    on-time renewal. Raises ServerError otherwise.
     """
-    group = max(batches_of(leases, batch), key=len)
-    command = renew_command(backend, function, group)
-    codes = (await backend.redis.execute_command(*command))[1:]
-    if any(Code(code) is not Code.OK for code in codes):
-        raise ServerError(f"renew.lua refused the benchmark's own leases: codes {sorted(set(codes))}")
-    redis, target = limit_target(backend, url, group[0].partition)
-    return await c_client_load(redis, target, command, len(group), duration_s, **c_client_shape(batch))
+    groups = spread_groups(leases, batch) if spread else spread_groups(leases, batch)[:1]
+    commands = [renew_command(backend, function, group) for group in groups]
+    for command in commands:
+        codes = (await backend.redis.execute_command(*command))[1:]
+        if any(Code(code) is not Code.OK for code in codes):
+            raise ServerError(f"renew.lua refused the benchmark's own leases: codes {sorted(set(codes))}")
+    # On a cluster the limit is one primary's: the C client renews the batches of the first group's partition.
+    partition = groups[0][0].partition
+    commands = [c for c, g in zip(commands, groups) if g[0].partition == partition or not backend.cluster]
+    redis, target = limit_target(backend, url, partition)
+    shape = SPREAD_C_CLIENT if spread else c_client_shape(batch)
+    return await c_clients_load(redis, target, commands, len(groups[0]), duration_s, **shape)
 
 
 def limit_target(backend: Backend, url: str, partition: int) -> tuple:
@@ -278,9 +291,19 @@ def limit_target(backend: Backend, url: str, partition: int) -> tuple:
     return backend.client_for(prefix), f"{scheme}://{auth}{node.host}:{node.port}"
 
 
-def limit_summary(load: Load, batch: int) -> dict:
-    """A C-client measurement for the JSON output: per lease, with the client's shape."""
-    return {"batch": batch, **c_client_shape(batch), "calls": load.calls, "leases": load.units,
+def spread_groups(leases: list[Lease], batch: int) -> list[list[Lease]]:
+    """The batches the spread C client renews: full ones only (calls are counted together, so every call
+    must hold ``batch`` leases), at most MAX_C_PROCESSES; the largest batch if none is full."""
+    groups = batches_of(leases, batch)
+    return [g for g in groups if len(g) == batch][:MAX_C_PROCESSES] or [max(groups, key=len)]
+
+
+def limit_summary(load: Load, batch: int, leases: list[Lease], spread: bool = False) -> dict:
+    """A C-client measurement for the JSON output: per lease, with the client's shape and working set."""
+    processes = len(spread_groups(leases, batch)) if spread else 1
+    shape = SPREAD_C_CLIENT if spread else c_client_shape(batch)
+    return {"batch": batch, **shape, "processes": processes, "working_set_leases": processes * batch,
+            "calls": load.calls, "leases": load.units,
             "server_cpu_us_per_lease": load.cpu_us_per_unit, "limit_per_s": load.limit_per_s,
             "server_busy": load.busy, "script_wall_us_per_lease": load.script_wall_us_per_unit,
             "c_client_leases_per_s": load.units / load.wall_s if load.wall_s else 0.0}
@@ -331,18 +354,21 @@ async def measure(args: argparse.Namespace) -> dict:
         out: dict = {"leases": len(leases), "workers": args.workers, "loop": uvloop_name(not args.no_uvloop),
                      "c_client": c_client_version(find_c_client())}
         # The limit in two halves around the Python phase, so both see the machine's load of the moment.
-        limit = await c_client_limit(backend, url, function, leases, args.batch, args.duration / 2)
+        limit = await c_client_limit(backend, url, function, leases, args.batch, args.duration / 2, spread=True)
         out["batched"] = await batched_phase(backend, client, leases, args.batch, args.workers, args.duration)
         if args.processes > 1:
             out["processes"] = await processes_phase(backend, url, leases, args)
-        limit += await c_client_limit(backend, url, function, leases, args.batch, args.duration / 2)
+        limit += await c_client_limit(backend, url, function, leases, args.batch, args.duration / 2, spread=True)
+        hot_limit = await c_client_limit(backend, url, function, leases, args.batch, args.duration / 2)
         out["batched"] = against_limit(out["batched"], limit)
         if args.processes > 1:
             out["processes"] = against_limit(out["processes"], limit)
         out["single"] = await single_renewals(backend, client, leases, args.concurrency, args.duration)
         single_limit = await c_client_limit(backend, url, function, leases, 1, args.duration)
         out["single"] = against_limit(out["single"], single_limit)
-        out["limits"] = {"batched": limit_summary(limit, args.batch), "single": limit_summary(single_limit, 1)}
+        out["limits"] = {"batched": limit_summary(limit, args.batch, leases, spread=True),
+                         "batched, one batch": limit_summary(hot_limit, args.batch, leases),
+                         "single": limit_summary(single_limit, 1, leases)}
         half_rate_calls = out["batched"]["renewals_per_s"] / 2 / out["batched"]["leases_per_call"]
         out["half_rate"] = await measured(backend, closed_loop(client, batches_of(leases, args.batch), args.workers,
                                                                args.duration, pace_calls_per_s=half_rate_calls))
@@ -377,7 +403,8 @@ async def sweep(backend: Backend, url: str, function: str, client: LeaseClient, 
     for b in (1, 10, 25, 50, 100, 200, 500):
         if b <= len(leases):
             result = await batched_phase(backend, client, leases, b, args.workers, phase_s)
-            points.append(against_limit(result, await c_client_limit(backend, url, function, leases, b, phase_s)))
+            limit = await c_client_limit(backend, url, function, leases, b, phase_s, spread=b >= 10)
+            points.append(against_limit(result, limit))
     return points
 
 
@@ -458,8 +485,10 @@ def print_results(out: dict, args: argparse.Namespace) -> None:
          ("wall", "script wall time µs/lease"), ("p50", "p50 ms"), ("p99", "p99 ms"), ("p999", "p99.9 ms")],
     )
     for name, lim in out["limits"].items():
-        print(f"server limit, {name}: {out['c_client']} -c {lim['clients']} -P {lim['pipeline']} running renew.lua on "
-              f"{lim['batch']} real lease(s) a call: {lim['server_cpu_us_per_lease']:.2f} µs of server CPU per lease "
+        procs = f"{lim['processes']} processes of " if lim["processes"] > 1 else ""
+        print(f"server limit, {name}: {procs}{out['c_client']} -c {lim['clients']} -P {lim['pipeline']} running "
+              f"renew.lua on {lim['batch']} real lease(s) a call ({lim['working_set_leases']:,} leases in all): "
+              f"{lim['server_cpu_us_per_lease']:.2f} µs of server CPU per lease "
               f"-> {lim['limit_per_s']:,.0f} leases/s per core (server busy {lim['server_busy']:.2f} of a core; "
               f"script wall time {lim['script_wall_us_per_lease']:.2f} µs/lease)")
     b = out["batched"]

@@ -16,11 +16,18 @@ machine: compare two versions by running this on each (``--json`` for the
 figures, ``--annotate`` for the functions where the instructions went).
 Needs valgrind (``apt-get install valgrind``); ``--no-valgrind`` measures the
 same workload's ``INFO cpu`` time instead (noisy on a loaded machine).
+
+``--variant NAME`` (with ``--phases``) weighs one piece of a script's work: the
+library is loaded with that piece switched off (``VARIANTS``; each is an
+experiment, not a correct system), and the difference from today's library is
+what the piece costs. ``--variant all`` runs today's library and every variant,
+each on a fresh server, and prints the differences per phase.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -32,15 +39,52 @@ import tempfile
 from lessor.benchmarks.common import command_stats, run, server_cpu_s, server_info
 from lessor.leasing.backend import open_backend
 from lessor.leasing.client import LeaseClient
+from lessor.leasing.scripts import Scripts
 from lessor.scheduler.submit import Retries, RunSpec, idempotent_run_id, submit_runs
 from lessor.server import EmbeddedServer, find_server_binary
 
 NAMESPACE, QUEUE = "bench/development", "work"
+_EMIT_XADD = "    local packed = cmsgpack.pack(ev)\n    local id = redis.call('XADD', STREAM, '*', 'e', packed)"
+_RUN_EVENT = "ev.type == 'run_created' or ev.type == 'run_completed'"
+# name -> (what it switches off, (script or '*' for the prelude, old text, new text) patches)
+VARIANTS: dict[str, tuple[str, tuple[tuple[str, str, str], ...]]] = {
+    "run_events_implied": (
+        "run_created / run_completed not checked, encoded or appended (their hash writes kept): what it would "
+        "save if a0's own events implied its run's", (
+            ("*", "    local bad = bad_event(ev)", f"    local implied = {_RUN_EVENT}\n"
+                                                  "    local bad = not implied and bad_event(ev)"),
+            ("*", _EMIT_XADD, "    local id = '0-0'\n    if not implied then id = redis.call('XADD', STREAM, "
+                              "'*', 'e', cmsgpack.pack(ev)) end"))),
+    "no_run_hash_write": (
+        "run_created's projection (the run hash) not written", (
+            ("*", "    redis.call('HSET', key, unpack(fields))",
+             "    if ev.type ~= 'run_created' then redis.call('HSET', key, unpack(fields)) end"),)),
+    "no_event_check": ("emit's check of each event against its definition", (
+        ("*", "    local bad = bad_event(ev)", "    local bad = nil"),)),
+    "no_pack": ("events not msgpack-encoded (a one-byte entry appended instead)", (
+        ("*", "    local packed = cmsgpack.pack(ev)", "    local packed = 'x'"),)),
+    "no_xadd": ("events encoded but not appended to the stream", (
+        ("*", "    local id = redis.call('XADD', STREAM, '*', 'e', packed)", "    local id = '0-0'"),)),
+    "no_submit_checks": ("submit's argument checks", (
+        ("submit", "  local err = refuse('submit',", "  local err = nil and refuse('submit',"),)),
+    "no_descendants": ("the look for live children when an action ends (one SMEMBERS)", (
+        ("*", "      abort_descendants(ev.ns, ev.run, ev.action, nxt)", ""),)),
+}
+_patches: tuple[tuple[str, str, str], ...] = ()   # the variant being measured (set by measure)
+
+
+@contextlib.asynccontextmanager
+async def _backend(url: str):
+    """open_backend(url), with the variant's library when one is being measured."""
+    async with open_backend(url) as backend:
+        if _patches:
+            backend.scripts = Scripts(backend.redis, backend.clock, patches=_patches)
+        yield backend
 
 
 async def one_round(url: str, n: int, batch: int, tag: str) -> None:
     """Submit, lease and complete ``n`` no-op runs, ``batch`` at a time (each step one call per partition)."""
-    async with open_backend(url) as backend:
+    async with _backend(url) as backend:
         client = LeaseClient(backend, "work-worker")
         retries = Retries(system=0)
         for start in range(0, n, batch):
@@ -65,7 +109,7 @@ async def one_round(url: str, n: int, batch: int, tag: str) -> None:
 async def phased_round(url: str, n: int, batch: int, tag: str, between) -> None:
     """``one_round`` in three phases: submit all, then lease all, then complete all, calling
     ``between(phase)`` after each (a callgrind dump), to tell the scripts' costs apart."""
-    async with open_backend(url) as backend:
+    async with _backend(url) as backend:
         client = LeaseClient(backend, "work-worker")
         retries = Retries(system=0)
         for start in range(0, n, batch):
@@ -128,8 +172,10 @@ def total_instructions(workdir: str) -> tuple[int, str]:
     return total, newest
 
 
-def measure(args: argparse.Namespace) -> dict:
-    """Run the workload once and return the server's work per action."""
+def measure(args: argparse.Namespace, variant: str = "") -> dict:
+    """Run the workload once (with ``variant``'s library, if given) and return the server's work per action."""
+    global _patches
+    _patches = VARIANTS[variant][1] if variant else ()
     workdir = tempfile.mkdtemp(prefix="lessor-server-work-")
     env_before = os.environ.get("LESSOR_SERVER_BINARY")
     if not args.no_valgrind:
@@ -172,6 +218,34 @@ def measure(args: argparse.Namespace) -> dict:
     return out
 
 
+PHASES = ("submit", "acquire", "complete")
+
+
+def weigh_all(args: argparse.Namespace) -> int:
+    """Today's library and every variant, each on a fresh server: what each piece costs, per phase."""
+    from lessor.benchmarks.common import print_table
+
+    base = measure(args)
+    rows, out = [], {"today": base, "variants": {}}
+    total = sum(base[f"{ph}_instructions_per_action"] for ph in PHASES)
+    rows.append({"variant": "today's library", **{ph: base[f"{ph}_instructions_per_action"] / 1e3 for ph in PHASES},
+                 "share": 1.0, "what": "instructions per action (thousands)"})
+    for name, (what, _) in VARIANTS.items():
+        v = measure(args, name)
+        saved = {ph: (base[f"{ph}_instructions_per_action"] - v[f"{ph}_instructions_per_action"]) / 1e3
+                 for ph in PHASES}
+        out["variants"][name] = v | {"saved_thousands": saved}
+        rows.append({"variant": name, **saved, "share": sum(saved.values()) * 1e3 / total, "what": what})
+    if args.json:
+        print(json.dumps(out, sort_keys=True))
+        return 0
+    print_table(f"server work per action, {args.actions:,} actions in batches of {args.batch}: what each piece "
+                "costs (thousands of instructions saved when it is switched off)", rows,
+                [("variant", "variant"), ("submit", "submit"), ("acquire", "acquire"), ("complete", "complete"),
+                 ("share", "share of all"), ("what", "switched off")])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m lessor.benchmarks.server_work [--actions N] [--batch B] [--json] [--annotate]``."""
     p = argparse.ArgumentParser(prog="python -m lessor.benchmarks.server_work", description=__doc__.split("\n")[0])
@@ -185,11 +259,18 @@ def main(argv: list[str] | None = None) -> int:
                         "--server-arg=16) to compare server settings on the same workload")
     p.add_argument("--phases", action="store_true",
                    help="submit all, then lease all, then complete all: instructions per action of each")
+    p.add_argument("--variant", choices=["all", *VARIANTS], default="",
+                   help="with --phases: measure with one piece of work switched off (see VARIANTS), or 'all': "
+                        "today's library, then every variant, and what each piece costs per phase")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.actions < 1 or args.batch < 1 or args.warmup < 1:
         raise SystemExit("--actions, --batch and --warmup must be >= 1")
-    out = measure(args)
+    if args.variant and (not args.phases or args.no_valgrind):
+        raise SystemExit("--variant needs --phases and valgrind (instruction counts: CPU time is too noisy)")
+    if args.variant == "all":
+        return weigh_all(args)
+    out = measure(args, args.variant)
     if args.json:
         print(json.dumps(out, sort_keys=True))
     else:
