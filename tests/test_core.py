@@ -28,7 +28,7 @@ def _strategy_for(cls: type[ev.Event]) -> st.SearchStrategy:
     kinds = {int: small_int, str: text, bytes: blob}
     fields = {}
     for f in dataclasses.fields(cls):
-        if f.name in ("id", "extra"):
+        if f.name in ("id", "index", "extra"):
             continue
         hint = codec.field_types(cls)[f.name][0]
         base = kinds[hint[0]]

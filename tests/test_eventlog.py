@@ -133,7 +133,7 @@ async def test_follow_delivers_every_event_exactly_once_in_order(backend):
         await tg.start(consume)
         for i in range(total // 2):  # each submit appends run_created + action_created
             await submit_run(backend, "t", namespace=NS, run_id=f"f{i:03d}")
-    ids = [(e.partition, e.event.id) for e in got]
+    ids = [(e.partition, e.event.id, e.event.index) for e in got]   # an entry holds one call's events
     assert len(set(ids)) == total
     for p in range(backend.partitions):
         mine = [e.event for e in got if e.partition == p]

@@ -13,13 +13,16 @@ from __future__ import annotations
 import dataclasses
 from importlib import resources
 
+import msgpack
 import pytest
 from redis.exceptions import ResponseError
 
+from lessor.core import codec
 from lessor.core import events as ev
+from lessor.core.codec import decode_entry
 from lessor.core.events import EVENT_TYPES
 from lessor.core.keyspace import key_name
-from lessor.errors import StaleToken
+from lessor.errors import EventDecodeError, StaleToken
 from lessor.leasing.client import LeaseClient
 from lessor.leasing.config import LeaseConfig
 from lessor.leasing import fairshare
@@ -308,3 +311,37 @@ async def test_the_snapshot_catches_a_script_that_writes_before_its_checks(vback
     errors = await _each_script_once(b, failing)
     assert "LEFT WRITES BEHIND" in errors["submit"]
     assert all("LEFT WRITES" not in why for name, why in errors.items() if name != "submit")
+
+
+# --- the log's unit is the call: one stream entry holds the events one script call wrote ------
+
+
+async def test_a_call_writes_its_events_as_one_entry_and_a_half_failed_call_still_logs_them(backend):
+    b = backend
+    stream = b.keys(0).stream
+    two = ("--@@USES_LIB@@\n"
+           "emit({type = 'run_created', ns = 'proj/development', run = 'r1', task = 't', queue = 'q'})\n"
+           "emit({type = 'run_created', ns = 'proj/development', run = 'r2', task = 't', queue = 'q'})\n")
+    await b.redis.eval(compose("test", two + "return 1", b.clock), 1, b.keys(0).prefix)
+    [(entry_id, fields)] = await b.redis.xrange(stream)
+    events = decode_entry(fields[b"e"], entry_id.decode())
+    assert [(e.run, e.index, e.id) for e in events] == [("r1", 0, entry_id.decode()), ("r2", 1, entry_id.decode())]
+    # A call that fails after it wrote (a bug, or a command the server refused) keeps its writes, so
+    # its events are logged too: the log still says what the projections do.
+    failing = two.replace("'r1'", "'r3'").replace("'r2'", "'r4'") + "error('boom after two writes')"
+    with pytest.raises(ResponseError, match="boom after two writes"):
+        await b.redis.eval(compose("test", failing, b.clock), 1, b.keys(0).prefix)
+    rows = await b.redis.xrange(stream)
+    assert len(rows) == 2 and [e.run for e in decode_entry(rows[1][1][b"e"])] == ["r3", "r4"]
+    assert await b.redis.hget(b.keys(0).prefix + "r:proj/development/r4", "phase") == b"running"
+
+
+def test_an_entry_is_read_whole_or_refused():
+    one = codec.encode(ev.RunCreated(ns="p/d", run="r1", task="t", queue="q", ts=5))
+    two = codec.encode(ev.RunCreated(ns="p/d", run="r2", task="t", queue="q", ts=5))
+    assert [e.run for e in codec.decode_entry(one, "1-0")] == ["r1"]        # an entry of one event (older logs)
+    assert [(e.run, e.index) for e in codec.decode_entry(one + two, "1-0")] == [("r1", 0), ("r2", 1)]
+    with pytest.raises(EventDecodeError, match="ends in the middle of an event"):
+        codec.decode_entry(one + two[:-3], "1-0")
+    with pytest.raises(EventDecodeError, match="event 2 of its entry"):
+        codec.decode_entry(one + msgpack.packb({"v": 1, "type": "run_created"}), "1-0")

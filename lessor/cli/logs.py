@@ -51,16 +51,16 @@ def cmd_events(args: argparse.Namespace) -> int:
         printer = EventPrinter(as_json=args.json)
         shown = 0
         async with lessor.connect(url_of(args)) as client:
-            seen: set[str] = set()
+            seen: set[tuple[str, int]] = set()   # (entry id, index): an entry holds one call's events
             if args.archive:   # archived first (older), then what the server still holds
                 partition = client.backend.keys_for_run(namespace, args.run).partition
                 for event in Archive(args.archive).run_events(namespace, args.run, partition):
                     printer.print(partition, event)
-                    seen.add(event.id)
+                    seen.add((event.id, event.index))
                     shown += 1
             async for entry in client.entries(args.run, namespace=namespace, follow=args.follow):
                 # Without --run every namespace's events come; --namespace keeps one's.
-                if entry.event.id not in seen and (args.run or not args.namespace or entry.event.ns == namespace):
+                if (entry.event.id, entry.event.index) not in seen and (args.run or not args.namespace or entry.event.ns == namespace):
                     printer.print(entry.partition, entry.event)
                     shown += 1
         if args.run and not shown:

@@ -79,7 +79,7 @@ def event_to_json(partition: int, event: Any) -> dict:
 
     out = {"partition": partition, "id": event.id, "type": event.TYPE}
     for f in dataclasses.fields(event):
-        if f.name in ("id", "extra"):
+        if f.name in ("id", "index", "extra"):
             continue
         value = getattr(event, f.name)
         out[f.name] = show_value(value) if isinstance(value, bytes) else value

@@ -24,7 +24,7 @@ from lessor.core.events import EVENT_TYPES, SCHEMA_VERSION, Event
 from lessor.errors import EventDecodeError, UnknownEventType, UnknownSchemaVersion
 
 _HEADER = ("v", "type")
-_NOT_ENCODED = ("id", "extra")
+_NOT_ENCODED = ("id", "index", "extra")
 
 
 def encode(event: Event) -> bytes:
@@ -47,22 +47,56 @@ def decode(data: bytes, event_id: str = "") -> Event:
         body = msgpack.unpackb(data, raw=False, unicode_errors="surrogateescape", strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise EventDecodeError(f"event {event_id or '?'} is not valid msgpack: {exc}") from None
+    return _event(body, event_id)
+
+
+def decode_entry(data: bytes, entry_id: str = "") -> list[Event]:
+    """The events of one stream entry: its field ``e`` holds one or more events' msgpack
+    maps back to back, what one script call wrote, in order. Each event gets the entry's
+    id and its ``index`` in the entry. Every event, or EventDecodeError: an entry is what
+    one call did, so it is never read in part."""
+    try:   # an entry of one event (every entry before the log's unit became the call)
+        return [_event(msgpack.unpackb(data, raw=False, unicode_errors="surrogateescape",
+                                       strict_map_key=False), entry_id)]
+    except msgpack.ExtraData:
+        pass   # several events
+    except EventDecodeError:
+        raise
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise EventDecodeError(f"entry {entry_id or '?'} is not valid msgpack: {exc}") from None
+    unpacker = msgpack.Unpacker(raw=False, unicode_errors="surrogateescape", strict_map_key=False)
+    unpacker.feed(data)
+    try:
+        events = [_event(body, entry_id, index) for index, body in enumerate(unpacker)]
+    except EventDecodeError:
+        raise
+    except Exception as exc:
+        raise EventDecodeError(f"entry {entry_id or '?'} is not valid msgpack: {exc}") from None
+    if unpacker.tell() != len(data):
+        raise EventDecodeError(f"entry {entry_id or '?'} ends in the middle of an event "
+                               f"({len(data) - unpacker.tell()} bytes left over)")
+    return events
+
+
+def _event(body: Any, event_id: str, index: int = 0) -> Event:
+    where = event_id if not index else f"{event_id or '?'} (event {index + 1} of its entry)"
     if not isinstance(body, dict):
-        raise EventDecodeError(f"event {event_id or '?'} must be a msgpack map, got {type(body).__name__}")
+        raise EventDecodeError(f"event {where or '?'} must be a msgpack map, got {type(body).__name__}")
     version = body.get("v")
     if version != SCHEMA_VERSION:
         raise UnknownSchemaVersion(
-            f"event {event_id or '?'} has schema version {version!r}; this lessor reads version "
+            f"event {where or '?'} has schema version {version!r}; this lessor reads version "
             f"{SCHEMA_VERSION}: upgrade lessor to read it"
         )
     etype = body.get("type")
     cls = EVENT_TYPES.get(etype) if isinstance(etype, str) else None
     if cls is None:
-        raise UnknownEventType(f"event {event_id or '?'} has unknown type {etype!r}")
-    return _build(cls, body, event_id)
+        raise UnknownEventType(f"event {where or '?'} has unknown type {etype!r}")
+    return _build(cls, body, event_id, index)
 
 
-def _build(cls: type[Event], body: dict, event_id: str) -> Event:
+def _build(cls: type[Event], body: dict, event_id: str, index: int = 0) -> Event:
+    where = event_id if not index else f"{event_id or '?'} (event {index + 1} of its entry)"
     kwargs: dict[str, Any] = {}
     fields = field_types(cls)
     extra = {k: v for k, v in body.items() if k not in fields and k not in _HEADER}
@@ -70,7 +104,7 @@ def _build(cls: type[Event], body: dict, event_id: str) -> Event:
         value = body.get(name)
         if value is None:
             if required:
-                raise EventDecodeError(f"{cls.TYPE} event {event_id or '?'} is missing field {name!r}")
+                raise EventDecodeError(f"{cls.TYPE} event {where or '?'} is missing field {name!r}")
             continue
         # The common cases first (replay and compaction decode every event): an int where
         # an int belongs, an ASCII str where a str belongs.
@@ -78,8 +112,8 @@ def _build(cls: type[Event], body: dict, event_id: str) -> Event:
         if kind is int and int in kinds or kind is str and str in kinds and value.isascii():
             kwargs[name] = value
         else:
-            kwargs[name] = _coerce(cls, name, value, kinds, event_id)
-    return cls(**kwargs, id=event_id, extra=extra)
+            kwargs[name] = _coerce(cls, name, value, kinds, where)
+    return cls(**kwargs, id=event_id, index=index, extra=extra)
 
 
 def _coerce(cls: type[Event], name: str, value: Any, kinds: tuple[type, ...], event_id: str) -> Any:

@@ -40,7 +40,8 @@ Moves = Mapping[Phase | None, Phase | str]
 
 @dataclass(frozen=True, kw_only=True)
 class Event:
-    """Base of all events. ``id`` is the stream entry id (set when read from the log)."""
+    """Base of all events. ``id`` is the stream entry id and ``index`` the event's place in that
+    entry (set when read from the log): an entry holds the events of one script call."""
 
     TYPE: ClassVar[str] = ""
     MOVES: ClassVar[Moves] = {}                 # on its action
@@ -57,6 +58,7 @@ class Event:
     run: str
     ts: int = 0
     id: str = field(default="", compare=False)
+    index: int = field(default=0, compare=False)   # its place in the stream entry (0 = first)
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 

@@ -21,7 +21,7 @@ import json
 import os
 from typing import Iterator
 
-from lessor.core.codec import decode
+from lessor.core.codec import decode_entry
 from lessor.core.events import Event
 from lessor.core.fold import World
 from lessor.errors import EventDecodeError, LessorError
@@ -45,19 +45,29 @@ _FIELD_NAMES: dict[type, tuple[str, ...]] = {}   # event class -> the fields a l
 def _names(cls: type) -> tuple[str, ...]:
     names = _FIELD_NAMES.get(cls)
     if names is None:
-        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("id", "extra"))
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls)
+                                          if f.name not in ("id", "index", "extra"))
     return names
 
 
-def event_line(partition: int, entry_id: str, raw: bytes, event: Event | None = None) -> dict:
-    """One archive line: the event's fields as JSON, and its raw bytes (``event``: already decoded)."""
+def _event_fields(event: Event) -> dict:
+    out: dict = {"type": event.TYPE}
+    for name in _names(type(event)):
+        value = getattr(event, name)
+        out[name] = _jsonable(value) if isinstance(value, bytes) else value
+    return out
+
+
+def event_line(partition: int, entry_id: str, raw: bytes, events: list[Event] | None = None) -> dict:
+    """One archive line per stream entry: its event's fields as JSON (an entry of several events,
+    what one script call wrote: the list ``events``), and its raw bytes (``events``: already decoded)."""
     line: dict = {"partition": partition, "id": entry_id}
     try:
-        event = event if event is not None else decode(raw, entry_id)
-        line["type"] = event.TYPE
-        for name in _names(type(event)):
-            value = getattr(event, name)
-            line[name] = _jsonable(value) if isinstance(value, bytes) else value
+        events = events if events is not None else decode_entry(raw, entry_id)
+        if len(events) == 1:
+            line |= _event_fields(events[0])
+        else:
+            line["events"] = [_event_fields(e) for e in events]
     except EventDecodeError as exc:   # kept as it was, with why it does not decode
         line["undecodable"] = str(exc)
     line["raw"] = base64.b64encode(raw).decode()
@@ -87,8 +97,8 @@ class Archive:
     def write_segment(self, partition: int, rows: list[tuple[str, bytes]], events: list | None = None) -> str:
         """Write ``rows`` (stream id, raw event) durably; the segment's path.
 
-        ``events``: the rows already decoded (None where they do not decode), to
-        save decoding them twice.
+        ``events``: each row's events already decoded (None where it does not decode),
+        to save decoding them twice.
 
         Rewriting the same range (a retry after a crash) replaces the file with
         the same content.
@@ -149,20 +159,27 @@ class Archive:
         for line in self.lines(partition):
             last = line["id"]
             if "undecodable" not in line:   # skipped, as every reader skips it
-                world.apply(decode(base64.b64decode(line["raw"]), last))
+                for event in decode_entry(base64.b64decode(line["raw"]), last):
+                    world.apply(event)
         return world, last
 
     def run_events(self, namespace: str, run_id: str, partition: int) -> list[Event]:
         """The archived events of one run (a scan of its partition's segments)."""
         out = []
         for line in self.lines(partition):
-            if line.get("ns") == namespace and line.get("run") == run_id and "undecodable" not in line:
-                out.append(decode(base64.b64decode(line["raw"]), line["id"]))
+            if _names_run(line, namespace, run_id) and "undecodable" not in line:
+                out += [e for e in decode_entry(base64.b64decode(line["raw"]), line["id"])
+                        if e.ns == namespace and e.run == run_id]
         return out
 
     def has_run(self, namespace: str, run_id: str, partition: int) -> bool:
         """True if the archive holds any event of this run."""
-        return any(line.get("ns") == namespace and line.get("run") == run_id for line in self.lines(partition))
+        return any(_names_run(line, namespace, run_id) for line in self.lines(partition))
+
+
+def _names_run(line: dict, namespace: str, run_id: str) -> bool:
+    """Does an archive line hold an event of this run (its own fields, or one of its ``events``)?"""
+    return any(e.get("ns") == namespace and e.get("run") == run_id for e in line.get("events") or (line,))
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

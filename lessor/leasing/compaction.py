@@ -28,7 +28,7 @@ import anyio
 
 from redis.exceptions import WatchError
 
-from lessor.core.codec import decode
+from lessor.core.codec import decode_entry
 from lessor.core.fold import World
 from lessor.core.ids import stream_id_key as id_key
 from lessor.core.snapshot import SNAPSHOT_VERSION, Snapshot, SnapshotError, decode_snapshot, encode_snapshot
@@ -147,7 +147,7 @@ async def _step(backend: Backend, keys, partition: int, archive: Archive, batch:
         result.segment = await anyio.to_thread.run_sync(archive.write_segment, partition, entries, decoded)
         mark = entries[-1][0]
         await backend.redis.set(_archived_key(keys), mark)
-        result.archived = len(entries)
+        result.archived = sum(len(events) if events else 1 for events in decoded)   # events (an entry: a call's)
     if mark == "0-0":
         return
     key = _snapshot_key(keys)
@@ -202,23 +202,25 @@ def _decode_all(entries: list[tuple[str, bytes]]) -> list:
 
 def _decode_or_none(raw: bytes, entry_id: str):
     try:
-        return decode(raw, entry_id)
+        return decode_entry(raw, entry_id)
     except EventDecodeError:
         return None   # archived as it is, skipped by the fold (as every reader skips it)
 
 
-def _apply_all(world: World, events: list) -> None:
-    for event in events:
-        if event is not None:
+def _apply_all(world: World, entries: list) -> None:
+    for events in entries:
+        for event in events or ():
             world.apply(event)
 
 
 def _fold_into(world: World, rows) -> None:
     for entry_id, fields in rows:
         try:
-            world.apply(decode(fields.get(b"e", b""), entry_id.decode()))
+            events = decode_entry(fields.get(b"e", b""), entry_id.decode())
         except EventDecodeError:
-            pass   # skipped, as every reader skips it (replay --verify reports it)
+            continue   # skipped, as every reader skips it (replay --verify reports it)
+        for event in events:
+            world.apply(event)
 
 
 async def compact(backend: Backend, archive: Archive, partitions: list[int] | None = None,

@@ -18,7 +18,7 @@ from typing import AsyncIterator, Sequence
 import anyio
 from redis.exceptions import ResponseError
 
-from lessor.core.codec import decode, encode
+from lessor.core.codec import decode_entry, encode
 from lessor.core.events import Event
 from lessor.core.ids import stream_id_key
 from lessor.errors import EventDecodeError, IllegalTransition, LessorError, LogTrimmed
@@ -63,7 +63,8 @@ class EventLog:
         self.strict = strict
         self.bad: list[BadEntry] = []
 
-    def _decode(self, partition: int, row) -> Event | None:
+    def _decode(self, partition: int, row) -> list[Event]:
+        """The events of one entry (none if it does not decode and this log is not strict)."""
         try:
             return _decode_row(row)
         except EventDecodeError as exc:
@@ -72,7 +73,7 @@ class EventLog:
             bad = BadEntry(partition, row[0].decode(), str(exc))
             self.bad.append(bad)
             log.warning("skipped an undecodable event log entry: %s", bad)
-            return None
+            return []
 
     async def append(self, events: Sequence[Event]) -> list[str]:
         """Append events of one run atomically (all or none); returns stream ids.
@@ -96,15 +97,14 @@ class EventLog:
         """Events of one partition between two stream ids (inclusive)."""
         stream = self.backend.keys(partition).stream
         rows = await self.backend.redis.xrange(stream, start, end, count=count)
-        return [e for e in (self._decode(partition, row) for row in rows) if e is not None]
+        return [e for row in rows for e in self._decode(partition, row)]
 
     async def scan(self, partition: int, start: str = "-") -> AsyncIterator[Event]:
         """Every event of one partition in order (from stream id ``start``), read in batches."""
         while True:
             rows = await self.backend.redis.xrange(self.backend.keys(partition).stream, start, "+", count=READ_BATCH)
             for row in rows:
-                event = self._decode(partition, row)
-                if event is not None:
+                for event in self._decode(partition, row):
                     yield event
             if len(rows) < READ_BATCH:
                 return
@@ -216,8 +216,7 @@ class EventLog:
             p = by_stream[stream.decode() if isinstance(stream, bytes) else stream]
             for row in rows:
                 last[p] = row[0].decode()
-                event = self._decode(p, row)
-                if event is not None:
+                for event in self._decode(p, row):
                     yield LogEntry(p, event)
 
     async def _start_ids(self, from_ids: dict[int, str] | None, outage: Outage | None) -> dict[int, str]:
@@ -235,13 +234,13 @@ class EventLog:
         return last
 
 
-def _decode_row(row) -> Event:
+def _decode_row(row) -> list[Event]:
     entry_id, fields = row
     entry_id = entry_id.decode()
     data = fields.get(b"e")
     if data is None:
         raise EventDecodeError(f"stream entry {entry_id} has no 'e' field: not written by lessor")
-    return decode(data, entry_id)
+    return decode_entry(data, entry_id)
 
 
 def _script_error(message: str) -> LessorError:

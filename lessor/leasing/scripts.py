@@ -140,7 +140,8 @@ def compose(name: str, body: str, clock: ClockMode = ClockMode.SERVER, trace: bo
     if trace:
         body = body.replace("redis.call(", "traced_call(")
     return (prelude(clock, trace, fail_after_checks) + f"\nenter_call('{name}', KEYS[1])\n"
-            + "-- ======== " + name + ".lua ========\n" + body)
+            + "-- ======== " + name + ".lua ========\nlocal function run_script(KEYS, ARGV)\n" + body
+            + "\nend\nreturn finish_call(pcall(run_script, KEYS, ARGV))\n")
 
 
 # Records the key of every call (its first argument) before making it (tests only).
@@ -210,7 +211,7 @@ def library(clock: ClockMode = ClockMode.SERVER, trace: bool = False, fail_after
             body = body.replace("redis.call(", "traced_call(")
         parts.append(f"-- ======== {name}.lua ========\nlocal function run_{name}(KEYS, ARGV)\n{body}\nend\n"
                      f"redis.register_function('{_LIBRARY_ID}_{name}', function(keys, args)\n"
-                     f"  enter_call('{name}', keys[1])\n  return run_{name}(keys, args)\nend)\n")
+                     f"  enter_call('{name}', keys[1])\n  return finish_call(pcall(run_{name}, keys, args))\nend)\n")
     code = pre + "\n" + "".join(parts)
     lib_name = "lessor_" + hashlib.sha1(code.encode()).hexdigest()[:12]
     return Library(lib_name, f"#!lua name={lib_name}\n" + code.replace(_LIBRARY_ID, lib_name))

@@ -21,6 +21,9 @@ from lessor.core.keyspace import KEY_FAMILIES, PARTITION_KEYS
 
 _CONSTANTS = {k.lua for k in PARTITION_KEYS}
 _FAMILIES = {f.lua for f in KEY_FAMILIES}
+# What a function leaves to the end of the call: emit() only collects its event, which
+# flush_log() appends to STREAM when the call ends (finish_call, in every script's wrapper).
+_LATER = {"emit": {"flush_log"}}
 _DEF = re.compile(r"^(\s*)(?:local function (\w+)|(\w+) = function)\(")
 
 
@@ -74,6 +77,7 @@ def reachable(name: str) -> set[str]:
             continue
         seen.add(fn)
         more_keys, more_calls = _mentions(_prelude_functions()[fn])
+        more_calls |= _LATER.get(fn, set())
         keys |= more_keys
         todo |= more_calls - seen
     return keys

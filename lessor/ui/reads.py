@@ -22,7 +22,7 @@ import asyncio
 import fnmatch
 from dataclasses import dataclass, field
 
-from lessor.core.codec import decode
+from lessor.core.codec import decode_entry
 from lessor.core.events import Event, ReportRejected
 from lessor.core.ids import ROOT_ACTION, action_ref, run_ref, stream_id_key
 from lessor.core.keyspace import KEY_FAMILIES
@@ -339,18 +339,19 @@ async def run_window(backend: Backend, namespace: str, run_id: str, created_ms: 
     pipe.hget(keys.named("SNAPSHOT"), "trimmed")
     done, trimmed_mark = await pipe.execute()
     needle = run_id.encode()
-    found: dict[str, Event] = {}
+    found: dict[bytes, list[Event]] = {}   # entry id -> this run's events in it (an entry: one call's)
 
     def keep(row) -> None:
         data = _entry_data(row)
         if needle not in data or row[0] in found:
             return
         try:
-            event = decode(data, row[0].decode())
+            events = decode_entry(data, row[0].decode())
         except EventDecodeError:
             return
-        if event.run == run_id and event.ns == namespace:
-            found[row[0]] = event
+        mine = [e for e in events if e.run == run_id and e.ns == namespace]
+        if mine:
+            found[row[0]] = mine
 
     start, end = str(created_ms), str(int(done)) if done is not None else "+"
     read, stopped = await _read_forward(backend, keys.stream, start, end, budget // 2, keep)
@@ -359,11 +360,11 @@ async def run_window(backend: Backend, namespace: str, run_id: str, created_ms: 
         more, oldest = await _read_backward(backend, keys.stream, end, stopped, budget - read, keep)
         read += more
         gap = (stopped, oldest) if oldest != stopped else None
-    if done is not None and sum(isinstance(e, ReportRejected) for e in found.values()) < rejected:
+    if done is not None and sum(isinstance(e, ReportRejected) for es in found.values() for e in es) < rejected:
         more, _ = await _read_forward(backend, keys.stream, "(" + _last_id(end), "+", max(budget - read, WINDOW_CHUNK),
                                       keep)
         read += more
-    events = [found[k] for k in sorted(found, key=lambda i: stream_id_key(i.decode()))]
+    events = [e for k in sorted(found, key=lambda i: stream_id_key(i.decode())) for e in found[k]]
     trimmed = trimmed_mark is not None and stream_id_key(trimmed_mark.decode()) >= (created_ms, 0)
     return RunWindow(events, read, gap is None, gap, trimmed)
 
@@ -578,10 +579,11 @@ async def recent_events(backend: Backend, per_partition: int | None = None, *, t
             if wanted and not any(t in data for t in wanted):
                 continue
             try:
-                events.append(decode(data, row[0].decode()))
+                entry = decode_entry(data, row[0].decode())
             except EventDecodeError:
                 continue  # not lessor's, or damaged: the event log's readers skip it the same way
-    events.sort(key=lambda e: (e.ts, stream_id_key(e.id)))
+            events += [e for e in entry if not types or e.TYPE in types]
+    events.sort(key=lambda e: (e.ts, stream_id_key(e.id), e.index))
     return RecentEvents(events, since, now_ms, read, oldest)
 
 

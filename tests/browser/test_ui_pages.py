@@ -115,9 +115,10 @@ def test_the_tail_delivers_a_new_submit_and_resumes_without_a_gap(stack):
                 break
     sse.close()
     resume_at = seen[-1][1]
-    assert re.fullmatch(r"(\d+:[\d-]+,?)+", resume_at)
+    assert re.fullmatch(r"(\d+:[\d-]+(\.\d+)?,?)+", resume_at)
 
-    # A reconnect with Last-Event-ID goes on right after it: the run's next event is the first of its own.
+    # A reconnect with Last-Event-ID goes on right after it: the run's next event is the first of its own,
+    # though it is in the same stream entry as run_created (one entry holds one script call's events).
     sse = Sse(f"{base}/events/stream?ns={NS}", headers={"Last-Event-ID": resume_at})
     messages = sse.messages()
     next(messages)

@@ -67,10 +67,12 @@ async def test_the_time_filter_is_the_index_range(backend):
 async def test_a_run_window_longer_than_the_budget_is_read_from_both_ends_and_says_so(backend):
     (run_id,) = await burst(backend, 1)
     partition = backend.keys_for_run(NS, run_id).partition
-    # Enough runs in the same partition after it that its window (to now: it is live) exceeds the budget.
+    # Enough entries in the same partition after it that its window (to now: it is live) exceeds the
+    # budget: a submit call writes one entry, so the crowd is submitted a run per call.
     crowd = [s for s in [RunSpec(task="square", namespace=NS, run_id=new_run_id()) for _ in range(400)]
              if backend.keys_for_run(NS, s.run_id).partition == partition]
-    await submit_runs(backend, crowd)
+    for spec in crowd:
+        await submit_runs(backend, [spec])
     from lessor.scheduler.control import abort_run
 
     await abort_run(backend, NS, run_id, "end of the window")   # its last events, after the crowd

@@ -26,8 +26,9 @@
   token check), expire_lease(), fence(). ]]
 -- Per call (set by enter_call): the script's name, the partition prefix (KEYS[1]),
 -- the clock read once, the partition's key names, the queues already woken, the fair-share
--- rotations already joined, acquire's deferred running counts, complete's deferred ends.
-local SCRIPT, PREFIX, NOW, woken, joined, deferred, ending
+-- rotations already joined, acquire's deferred running counts, complete's deferred ends, and
+-- the events written so far (their msgpack bytes), appended to the stream when the call ends.
+local SCRIPT, PREFIX, NOW, woken, joined, deferred, ending, logged
 --@@GENERATED_TRACER@@
 
 --@@GENERATED_CLOCK@@
@@ -48,9 +49,33 @@ end
 -- and lib() are built once per library load, not once per call: what depends on the
 -- call is set here, and every function of the library sees it.
 local function enter_call(name, prefix)
-  SCRIPT, PREFIX, woken, joined, deferred, ending = name, prefix, nil, nil, nil, nil
+  SCRIPT, PREFIX, woken, joined, deferred, ending, logged = name, prefix, nil, nil, nil, nil, nil
   NOW = now_ms()
   --@@GENERATED_BIND@@
+end
+
+-- The log's unit is the call: every event a call writes goes into one stream entry, the
+-- events' msgpack maps back to back in its field 'e', in the order they were written
+-- (core/codec.py decode_entry reads it). One XADD per call instead of one per event: the
+-- XADDs were a tenth of the server's work per action and each carried ~80 bytes of AOF
+-- framing (server_work --variant no_xadd). An entry is also what the call did atomically.
+-- flush_log() appends what is pending and returns the entry's id (nil if nothing was).
+-- Events are always replicated and written to the AOF, also at the end of a call that keeps
+-- its own writes out of them (renew.lua's on-time renewals are soft state: set_repl NONE).
+local function flush_log()
+  if logged == nil then return nil end
+  local events = logged
+  logged = nil
+  redis.set_repl(redis.REPL_ALL)
+  return redis.call('XADD', STREAM, '*', 'e', table.concat(events))
+end
+-- The end of every call, ok or not: a script that fails half-way (a bug, or a command the
+-- server refused after the first write) keeps what it wrote, so its events are appended too
+-- and the log still says everything the projections do. Then the error goes on as it was.
+local function finish_call(ok, ...)
+  flush_log()
+  if not ok then error((...), 0) end
+  return ...
 end
 
 -- Everything but the renewal hot path lives in lib(), built on first use: with EVAL a
@@ -218,11 +243,11 @@ local function lib()
     end
   end
 
-  -- Append the event and update its projection. Returns the stream id.
-  -- ``cur``: the subject's current phase if the caller just read it (optional).
+  -- Log the event (appended with the call's others when it ends: flush_log) and update its
+  -- projection. ``cur``: the subject's current phase if the caller just read it (optional).
   -- Correct by construction: the event is checked against its definition, its
   -- transition and its handler are resolved, and only then is anything written
-  -- (the XADD, then the projection), so an event type without a handler, an
+  -- (the log, then the projection), so an event type without a handler, an
   -- illegal transition or a mistyped field can never reach the stream.
   -- ``also`` (optional): a hash field and its value the caller writes to the subject with
   -- the projection, in the same HSET (one call fewer; ended() marks done this way).
@@ -242,10 +267,10 @@ local function lib()
       count_running(key, ev.ns, nxt == 'running' and 1 or -1)
     end
     local packed = cmsgpack.pack(ev)
-    local id = redis.call('XADD', STREAM, '*', 'e', packed)
+    if logged == nil then logged = {packed} else logged[#logged + 1] = packed end   -- flush_log()
     if nxt == RETIRED then   -- the subject leaves the state (its actions: the caller, retire.lua)
       redis.call('DEL', key)
-      return id
+      return
     end
     local fields = handler(key, ev)
     fields[#fields + 1], fields[#fields + 2] = 'phase', nxt
@@ -260,7 +285,6 @@ local function lib()
       -- (the root: every action of the run), so no child outlives its parent's deadline.
       abort_descendants(ev.ns, ev.run, ev.action, nxt)
     end
-    return id
   end
 
   -- Abort live actions of a run: the given refs (action ids), or all of the run's.

@@ -39,5 +39,5 @@ for i = 1, #ARGV do
 end
 checked()
 local ids = {}
-for i, ev in ipairs(events) do ids[i] = emit(ev) end
+for i, ev in ipairs(events) do emit(ev); ids[i] = flush_log() end   -- an entry each, as written
 return ids

@@ -165,14 +165,21 @@ def _apply(leases, by_ref, partition: int, e: ev.ActionEvent, moment: Moment) ->
 
 
 def _moments(entries, truth: Truth, partitions: int) -> list[Moment]:
-    """Per entry, the call that appended it: the latest call before which its partition's
-    stream was no longer than the entry's index. Rollbacks (a crash, a failover) cut the
-    stream back at a call boundary, so this holds across them too."""
+    """Per event, the call that appended it: the latest call before which its partition's
+    stream (counted in stream entries: an entry holds one call's events) was no longer than
+    the event's entry's position. Rollbacks (a crash, a failover) cut the stream back at a call
+    boundary, so this holds across them too. A moment's index counts events, to order the
+    events of one entry."""
     index: list[int] = []
-    counts = [0] * partitions
-    for partition, _ in entries:
-        index.append(counts[partition])
-        counts[partition] += 1
+    entry: list[int] = []
+    counts = [0] * partitions      # entries so far, per partition
+    events = [0] * partitions      # events so far, per partition
+    for partition, e in entries:
+        if e.index == 0:
+            counts[partition] += 1
+        entry.append(counts[partition] - 1)
+        index.append(events[partition])
+        events[partition] += 1
     call_of = [[-1] * n for n in counts]
     for p in range(partitions):
         lowest = counts[p]
@@ -182,7 +189,7 @@ def _moments(entries, truth: Truth, partitions: int) -> list[Moment]:
                 for i in range(length, lowest):
                     call_of[p][i] = c
                 lowest = length
-    return [(call_of[p][i], i) for (p, _), i in zip(entries, index)]
+    return [(call_of[p][k], i) for (p, _), k, i in zip(entries, entry, index)]
 
 
 def allowance_ms(plan, truth: Truth, worker: str, from_ms: int, to_ms: int) -> int:
