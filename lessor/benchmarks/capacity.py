@@ -21,6 +21,7 @@ import argparse
 import sys
 
 from lessor.benchmarks.common import dump_json, print_table, run
+from lessor.core.codec import decode_entry
 from lessor.leasing.backend import Backend, open_backend
 from lessor.leasing.client import Lease, LeaseClient
 from lessor.leasing.config import LeaseConfig
@@ -36,9 +37,10 @@ async def used_memory(backend: Backend) -> int:
     return int((await backend.redis.info("memory"))["used_memory"])
 
 
-async def stream_bytes(backend: Backend) -> tuple[int, int, int]:
-    """(MEMORY USAGE of every partition's stream, raw field + value bytes of its entries, entries)."""
-    usage = raw = entries = 0
+async def stream_bytes(backend: Backend) -> tuple[int, int, int, int]:
+    """(MEMORY USAGE of every partition's stream, raw field + value bytes of its entries, entries, events:
+    an entry holds the events of one script call)."""
+    usage = raw = entries = events = 0
     for keys in backend.all_keys():
         stream = keys.named("STREAM")
         usage += int(await backend.redis.memory_usage(stream, samples=0) or 0)
@@ -49,11 +51,12 @@ async def stream_bytes(backend: Backend) -> tuple[int, int, int]:
                 batch = batch[1:]
             if not batch:
                 break
-            for _, fields in batch:
+            for entry_id, fields in batch:
                 entries += 1
                 raw += sum(len(k) + len(v) for k, v in fields.items())
+                events += len(decode_entry(fields[b"e"], entry_id.decode()))
             last = batch[-1][0].decode()
-    return usage, raw, entries
+    return usage, raw, entries, events
 
 
 async def measure(url: str, runs: int) -> dict:
@@ -81,11 +84,12 @@ async def measure(url: str, runs: int) -> dict:
             for i in range(0, len(group), 200):
                 await client.complete_many(partition, [(lease, pack_value(0)) for lease in group[i:i + 200]])
         finished = await used_memory(backend)
-        usage, raw, entries = await stream_bytes(backend)
+        usage, raw, entries, events = await stream_bytes(backend)
     return {"runs": runs, "partitions": backend.partitions,
             "bytes_per_live_lease": (live - base) / runs, "bytes_per_finished_run": (finished - base) / runs,
-            "events_per_action": entries / runs, "stream_bytes_per_action": usage / runs,
-            "raw_event_bytes_per_action": raw / runs, "stream_bytes_per_event": usage / entries}
+            "events_per_action": events / runs, "entries_per_action": entries / runs,
+            "stream_bytes_per_action": usage / runs, "raw_event_bytes_per_action": raw / runs,
+            "stream_bytes_per_event": usage / events}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print_table(f"capacity: {args.runs} one-action runs on a fresh embedded server ({out['partitions']} partitions)",
                 [out], [("bytes_per_live_lease", "B / live lease"), ("bytes_per_finished_run", "B / finished run"),
-                        ("events_per_action", "events / action"), ("stream_bytes_per_action", "log B / action"),
+                        ("events_per_action", "events / action"), ("entries_per_action", "entries / action"),
+                        ("stream_bytes_per_action", "log B / action"),
                         ("stream_bytes_per_event", "log B / event"),
                         ("raw_event_bytes_per_action", "raw entry B / action")])
     return 0

@@ -136,12 +136,12 @@ async def measure(url: str, args: argparse.Namespace, worker_pid: int, durabilit
             await submit_all(backend, args.actions, args.pipeline, f"run-{round_no}-{durability}")
             await drain(backend)
         after_cpu, after = await cpu_marks(backend.redis, worker_pid), await command_stats(backend.redis)
-        events = sum([await backend.redis.xlen(k.stream) for k in backend.all_keys()])
+        entries = sum([await backend.redis.xlen(k.stream) for k in backend.all_keys()])   # one per script call
     scripts = [c for c in after if c.startswith(("eval", "fcall"))]   # EVAL/EVALSHA or FCALL
     script_usec = sum(after[c]["usec"] - before.get(c, {}).get("usec", 0) for c in scripts)
     script_calls = sum(after[c]["calls"] - before.get(c, {}).get("calls", 0) for c in scripts)
     out = {"queue": "lessor", "actions": args.actions, "seconds": t[0], "actions_per_s": args.actions / t[0],
-           "script_us_per_action": script_usec / args.actions, "events_in_log": events,
+           "script_us_per_action": script_usec / args.actions, "log_entries": entries,
            "worker_concurrency": args.concurrency, "durability": durability,
            "script_calls_per_action": script_calls / args.actions}
     out |= cpu_per_action(before_cpu, after_cpu, args.actions)
