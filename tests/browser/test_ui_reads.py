@@ -69,8 +69,11 @@ async def test_a_run_window_longer_than_the_budget_is_read_from_both_ends_and_sa
     partition = backend.keys_for_run(NS, run_id).partition
     # Enough entries in the same partition after it that its window (to now: it is live) exceeds the
     # budget: a submit call writes one entry, so the crowd is submitted a run per call.
-    crowd = [s for s in [RunSpec(task="square", namespace=NS, run_id=new_run_id()) for _ in range(400)]
-             if backend.keys_for_run(NS, s.run_id).partition == partition]
+    crowd: list[RunSpec] = []
+    while len(crowd) < 150:   # 150 entries past a budget of 100, whatever partitions the random ids land in
+        spec = RunSpec(task="square", namespace=NS, run_id=new_run_id())
+        if backend.keys_for_run(NS, spec.run_id).partition == partition:
+            crowd.append(spec)
     for spec in crowd:
         await submit_runs(backend, [spec])
     from lessor.scheduler.control import abort_run
