@@ -85,6 +85,9 @@ end
 local lib_ = nil
 local function lib()
   if lib_ then return lib_ end
+  -- Globals the library calls per event (the generated checks call type() per field): upvalues
+  -- are read without a lookup in the globals table.
+  local type, tostring, tonumber = type, tostring, tonumber
   --@@GENERATED_TABLES@@
   local function nz(v) if v == false or v == nil then return '' end return v end
 
