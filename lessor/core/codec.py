@@ -70,7 +70,7 @@ def decode_entry(data: bytes, entry_id: str = "") -> list[Event]:
         events = [_event(body, entry_id, index) for index, body in enumerate(unpacker)]
     except EventDecodeError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # safe: only msgpack runs here, and it raises several unrelated types on garbage
         raise EventDecodeError(f"entry {entry_id or '?'} is not valid msgpack: {exc}") from None
     if unpacker.tell() != len(data):
         raise EventDecodeError(f"entry {entry_id or '?'} ends in the middle of an event "
