@@ -76,7 +76,12 @@ async def random_workload(backend, vclock, rng: random.Random, steps: int = 120)
             await submit_run(backend, "t", namespace=NS, retries=Retries(user=rng.randint(0, 2), system=rng.randint(0, 2), backoff_ms=100))
         elif op == "acquire":
             w = rng.choice(workers)
-            held += [(w, lease) for lease in await w.acquire(NS, "default", rng.randint(1, 3))]
+            got = await w.acquire(NS, "default", rng.randint(1, 3))
+            # A worker that gets an action back (its old lease reaped) holds only the new
+            # lease, as a real worker does: renew refuses two leases of one action.
+            again = {lease.ref for lease in got}
+            held = [(ww, old) for ww, old in held if not (ww is w and old.ref in again)]
+            held += [(w, lease) for lease in got]
         elif op == "renew" and held:
             w, _ = rng.choice(held)
             await w.renew([lease for ww, lease in held if ww is w])
