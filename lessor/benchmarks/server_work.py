@@ -66,7 +66,7 @@ VARIANTS: dict[str, tuple[str, tuple[tuple[str, str, str], ...]]] = {
     "no_xadd": ("events encoded but not appended to the stream (each call's one XADD)", (
         ("*", "  return redis.call('XADD', STREAM, '*', 'e', table.concat(events))", "  return '0-0'"),)),
     "no_submit_checks": ("submit's argument checks", (
-        ("submit", "  local err = refuse('submit',", "  local err = nil and refuse('submit',"),)),
+        ("submit", "local prev\nfor i = 1, n, 14 do", "local prev\nfor i = 1, 0, 14 do"),)),
     "no_descendants": ("the look for live children when an action ends (one SMEMBERS)", (
         ("*", "      abort_descendants(ev.ns, ev.run, ev.action, nxt)", ""),)),
 }

@@ -47,8 +47,11 @@ def _quote(value: object) -> str:
 
 
 def _transitions(name: str, table: dict) -> str:
-    rows = [f'  ["{phase or NO_PHASE}|{etype}"] = "{target}",'
-            for (phase, etype), target in sorted(table.items(), key=lambda kv: (str(kv[0][0]), kv[0][1]))]
+    """``name[phase][event type] = next phase``: nested, so a lookup builds no 'phase|type' string."""
+    by_phase: dict[str, list[str]] = {}
+    for (phase, etype), target in sorted(table.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
+        by_phase.setdefault(phase or NO_PHASE, []).append(f'{etype} = "{target}"')
+    rows = [f'  ["{phase}"] = {{{", ".join(moves)}}},' for phase, moves in by_phase.items()]
     return f"local {name} = {{\n" + "\n".join(rows) + "\n}"
 
 

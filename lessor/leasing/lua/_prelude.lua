@@ -138,27 +138,31 @@ local function lib()
   --@@GENERATED_HANDLERS@@
 
   -- The phase an event moves its subject to (nil if the table forbids it), its key,
-  -- its current phase and its projection handler. No writes. ``cur`` may be passed
-  -- when the caller has just read it (NO_PHASE = does not exist), saving a read.
+  -- its current phase, its projection handler and whether the subject is an action. No
+  -- writes. ``cur`` may be passed when the caller has just read it (NO_PHASE = does not
+  -- exist), saving a read.
   local function next_phase(ev, cur)
     local key, table_, handlers
-    if SUBJECT[ev.type] == 'settings' then
+    local subject = SUBJECT[ev.type]
+    local is_action = false
+    if subject == 'settings' then
       key, table_, handlers = setkey(ev.ns), SETTINGS_T, ON_SETTINGS
-    elseif SUBJECT[ev.type] == 'trigger' then
+    elseif subject == 'trigger' then
       key, table_, handlers = tkey(ev.ns .. '/' .. ev.trigger), TRIGGER_T, ON_TRIGGER
-    elseif SUBJECT[ev.type] == 'schedule' then
+    elseif subject == 'schedule' then
       key, table_, handlers = skey(ev.ns .. '/' .. ev.schedule), SCHEDULE_T, ON_SCHEDULE
-    elseif is_run_event(ev) then
+    elseif subject == 'run' or (subject == 'both' and (ev.action == nil or ev.action == '')) then
       key, table_, handlers = rkey(ev.ns .. '/' .. ev.run), RUN_T, ON_RUN
     else
-      key, table_, handlers = akey(ev.ns .. '/' .. ev.run .. '/' .. ev.action), ACTION_T, ON
+      key, table_, handlers, is_action = akey(ev.ns .. '/' .. ev.run .. '/' .. ev.action), ACTION_T, ON, true
     end
     if cur == nil then cur = redis.call('HGET', key, 'phase') or NO_PHASE end
-    local nxt = table_[cur .. '|' .. ev.type]
+    local moves = table_[cur]
+    local nxt = moves and moves[ev.type]
     if nxt == FROM_PAYLOAD then
       if TERMINAL[ev.phase] then nxt = ev.phase else nxt = nil end
     end
-    return nxt, key, cur, handlers[ev.type]
+    return nxt, key, cur, handlers[ev.type], is_action
   end
 
   -- An event's fields against its definition (EVF, from core/events.py): the reason it
@@ -185,11 +189,18 @@ local function lib()
     if low then return math.max(tonumber(low), tonumber(s[1] or '0')) end
     return math.max(tonumber(s[1] or '0'), tonumber(s[2] or '0'))
   end
+  -- True the first time the pair (a, b) is marked in ``seen``, false after: nested tables, so
+  -- that asking (once per run of a batched submit) builds no key string.
+  local function first_time(seen, a, b)
+    local row = seen[a]
+    if row == nil then row = {}; seen[a] = row elseif row[b] then return false end
+    row[b] = true
+    return true
+  end
   local function fair_join(ns, queue)
-    local fq = fair_key(queue)
     if joined == nil then joined = {} end   -- per call (enter_call resets it)
-    if joined[fq .. ns] then return end
-    joined[fq .. ns] = true
+    if not first_time(joined, queue, ns) then return end
+    local fq = fair_key(queue)
     if not redis.call('ZSCORE', fq, ns) then redis.call('ZADD', fq, fair_pass(ns, queue), ns) end
   end
   local wake  -- defined with enqueue
@@ -259,14 +270,13 @@ local function lib()
     ev.ts = NOW
     local bad = bad_event(ev)
     if bad then error('lessor bug: refusing to write an event: ' .. bad) end
-    local nxt, key, handler
-    nxt, key, cur, handler = next_phase(ev, cur)
+    local nxt, key, handler, is_action
+    nxt, key, cur, handler, is_action = next_phase(ev, cur)
     if nxt == nil then
       error('lessor bug: illegal transition ' .. tostring(cur) .. ' --' .. ev.type .. '--> ? for ' .. key)
     end
     if handler == nil then error('lessor bug: no projection handler for ' .. ev.type) end
-    if key ~= nil and (cur == 'running') ~= (nxt == 'running') and SUBJECT[ev.type] ~= 'schedule'
-        and not is_run_event(ev) then
+    if is_action and (cur == 'running') ~= (nxt == 'running') then
       count_running(key, ev.ns, nxt == 'running' and 1 or -1)
     end
     local packed = cmsgpack.pack(ev)
@@ -334,10 +344,9 @@ local function lib()
   -- call; an idle worker BLPOPs it instead of polling. A token no one pops costs nothing.
   -- Workers of every namespace ('*', by fair share) wait on the queue's '*' list.
   wake = function(ns, queue)
-    local key = wake_key(ns, queue)
     if woken == nil then woken = {} end   -- per call (enter_call resets it)
-    if woken[key] then return end
-    woken[key] = true
+    if not first_time(woken, queue, ns) then return end
+    local key = wake_key(ns, queue)
     if redis.call('LLEN', key) == 0 then redis.call('RPUSH', key, '1') end
   end
   -- Sorted-set adds a batched script collects (``adds``, from new_adds) and writes at its

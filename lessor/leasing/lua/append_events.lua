@@ -29,7 +29,7 @@ for i = 1, #ARGV do
   else key, table_ = akey(ev.ns .. '/' .. ev.run .. '/' .. ev.action), ACTION_T end
   local cur = seen[key]
   if cur == nil then cur = redis.call('HGET', key, 'phase') or NO_PHASE end
-  local nxt = table_[cur .. '|' .. ev.type]
+  local nxt = table_[cur] and table_[cur][ev.type]
   if nxt == FROM_PAYLOAD then if TERMINAL[ev.phase] then nxt = ev.phase else nxt = nil end end
   if nxt == nil then
     return redis.error_reply('LESSOR_ILLEGAL ' .. i .. ' ' .. cur .. ' ' .. ev.type .. ' ' .. key)

@@ -25,30 +25,29 @@ end
 if n == 0 or n % 14 ~= 0 then
   return redis.error_reply('LESSOR_BAD_ARG submit: 14 values per run, got ' .. n)
 end
--- The runs of a batch mostly share their namespace, task, queue and numbers: a value that
--- passed a check passes it again, so each distinct value is checked once per call (pattern
--- matching was an eighth of a submit's server work, callgrind). Run ids are checked each.
-local valid = {}   -- check -> value -> true
-local function once(check, v, why_not, ...)
-  local seen = valid[check]
-  if not seen then seen = {}; valid[check] = seen end
-  if v ~= nil and seen[v] then return nil end
-  local why = why_not(...)
-  if not why and v ~= nil then seen[v] = true end
-  return why
-end
+-- The runs of a batch mostly share everything but their run id, inputs and cached result: a run
+-- whose other values are the previous run's (checked already) has only those three checked.
+-- (Checking every value of every run was a tenth of a submit's server work, callgrind.)
+-- Checks are chained with `or`: the first bad value of a run is reported, in argument order.
+local prev
 for i = 1, n, 14 do
-  local err = refuse('submit', once(1, A[i], bad_ns, A[i]), bad_id('run', A[i + 1]),
-    once(2, A[i + 2], bad_id, 'task', A[i + 2]), once(3, A[i + 3], bad_id, 'queue', A[i + 3]),
-    bad_bytes('inputs', A[i + 4], 65536), once(4, A[i + 5], bad_text, 'idempotency key', A[i + 5], 256),
-    once(5, A[i + 6], bad_int, 'system retries', A[i + 6], 0, 1000),
-    once(6, A[i + 7], bad_int, 'user retries', A[i + 7], 0, 1000),
-    once(7, A[i + 8], bad_int, 'backoff_ms', A[i + 8], 0, 86400000),
-    once(8, A[i + 9], bad_int, 'priority', A[i + 9], -1000, 1000),
-    once(9, A[i + 10], bad_int, 'timeout_ms', A[i + 10], 0, 31622400000),
-    once(10, A[i + 11], bad_text, 'cache key', A[i + 11], 256),
-    once(11, A[i + 12], bad_int, 'cache hit', A[i + 12], 0, 1), bad_bytes('cached result', A[i + 13], 65536))
-  if err then return err end
+  local why
+  if prev and A[i] == A[prev] and A[i + 2] == A[prev + 2] and A[i + 3] == A[prev + 3]
+      and A[i + 5] == A[prev + 5] and A[i + 6] == A[prev + 6] and A[i + 7] == A[prev + 7]
+      and A[i + 8] == A[prev + 8] and A[i + 9] == A[prev + 9] and A[i + 10] == A[prev + 10]
+      and A[i + 11] == A[prev + 11] and A[i + 12] == A[prev + 12] then
+    why = bad_id('run', A[i + 1]) or bad_bytes('inputs', A[i + 4], 65536)
+      or bad_bytes('cached result', A[i + 13], 65536)
+  else
+    why = bad_ns(A[i]) or bad_id('run', A[i + 1]) or bad_id('task', A[i + 2]) or bad_id('queue', A[i + 3])
+      or bad_bytes('inputs', A[i + 4], 65536) or bad_text('idempotency key', A[i + 5], 256)
+      or bad_int('system retries', A[i + 6], 0, 1000) or bad_int('user retries', A[i + 7], 0, 1000)
+      or bad_int('backoff_ms', A[i + 8], 0, 86400000) or bad_int('priority', A[i + 9], -1000, 1000)
+      or bad_int('timeout_ms', A[i + 10], 0, 31622400000) or bad_text('cache key', A[i + 11], 256)
+      or bad_int('cache hit', A[i + 12], 0, 1) or bad_bytes('cached result', A[i + 13], 65536)
+  end
+  if why then return redis.error_reply('LESSOR_BAD_ARG submit: ' .. why) end
+  prev = i
 end
 checked()
 local out, adds = {}, new_adds()   -- run and queue index entries: written together after the loop
