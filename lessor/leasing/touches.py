@@ -22,8 +22,9 @@ from lessor.core.keyspace import KEY_FAMILIES, PARTITION_KEYS
 _CONSTANTS = {k.lua for k in PARTITION_KEYS}
 _FAMILIES = {f.lua for f in KEY_FAMILIES}
 # What a function leaves to the end of the call: emit() only collects its event, which
-# flush_log() appends to STREAM when the call ends (finish_call, in every script's wrapper).
-_LATER = {"emit": {"flush_log"}}
+# flush_log() appends to STREAM when the call ends (finish_call, in every script's wrapper),
+# and the runs it finishes, which flush_finished() adds to their done index (done_key).
+_LATER = {"emit": {"flush_log", "flush_finished"}}
 _DEF = re.compile(r"^(\s*)(?:local function (\w+)|(\w+) = function)\(")
 
 
