@@ -53,20 +53,22 @@ end
 
 local granted = {}   -- reap index entries (score, ref), added in one ZADD after the loop
 -- Lease the action at ``ref`` if it is still queued (a queue entry can outlive an abort).
+-- The hash is read into locals, not through hget's table (a table per lease; HMGET answers a
+-- missing field with false).
 local function lease(ref)
-  local h = hget(akey(ref), 'phase', 'ns', 'run', 'action', 'attempt', 'task', 'inputs', 'parent', 'timeout_ms', 'aborting')
-  if h.phase ~= 'queued' or h.aborting == '1' then return false end
+  local phase, a_ns, run, action, attempt, task, inputs, parent, timeout_ms, aborting = unpack(redis.call('HMGET',
+    akey(ref), 'phase', 'ns', 'run', 'action', 'attempt', 'task', 'inputs', 'parent', 'timeout_ms', 'aborting'))
+  if phase ~= 'queued' or aborting == '1' then return false end
   local token = next_token()
-  local attempt = tonumber(h.attempt) + 1
+  attempt = tonumber(attempt or '0') + 1
   local deadline = NOW + ttl_ms
-  emit({type = 'action_leased', ns = h.ns, run = h.run, action = h.action, attempt = attempt,
+  emit({type = 'action_leased', ns = a_ns, run = run, action = action, attempt = attempt,
     token = token, worker = worker, ttl_ms = ttl_ms, grace_ms = grace_ms, deadline_ms = deadline}, 'queued')
   granted[#granted + 1], granted[#granted + 2] = lease_expiry({deadline_ms = deadline, grace_ms = grace_ms}), ref
-  local timeout_ms = tonumber(h.timeout_ms)
-  if timeout_ms > 0 then redis.call('ZADD', TIMEOUTS, NOW + timeout_ms, ref) end
+  if timeout_ms and timeout_ms ~= '0' then redis.call('ZADD', TIMEOUTS, NOW + tonumber(timeout_ms), ref) end
   local n_out = #out
   out[n_out + 1], out[n_out + 2], out[n_out + 3], out[n_out + 4] = ref, token, attempt, deadline
-  out[n_out + 5], out[n_out + 6], out[n_out + 7] = h.task, h.inputs or '', h.parent or ''
+  out[n_out + 5], out[n_out + 6], out[n_out + 7] = task, inputs or '', parent or ''
   return true
 end
 

@@ -34,6 +34,7 @@ local out, ended_refs = {}, {}
 local ends = defer_ends()   -- running counts: once per queue and namespace, after the loop
 for i = o + 1, o + n, 3 do
   local ref, token, result = A[i], A[i + 1], A[i + 2]
+  local token_n = tonumber(token)
   local h, code = fence(ref, token, worker, 'complete', 'attempt', 'cache_key', 'timeout_ms', 'queue')
   if code == OK then
     local ns, run, action = split_ref(ref)
@@ -41,7 +42,7 @@ for i = o + 1, o + n, 3 do
     if result == '' then result = nil end
     -- The projection's HSET also marks the attempt ended (what ended() writes), in one call.
     emit({type = 'action_succeeded', ns = ns, run = run, action = action,
-      attempt = tonumber(h.attempt), token = tonumber(token), worker = worker, result = result}, 'running',
+      attempt = tonumber(h.attempt), token = token_n, worker = worker, result = result}, 'running',
       '_ended', token .. ':complete')
     -- end_lease, batched: the leases leave the index in one ZREM after the loop.
     ended_refs[#ended_refs + 1] = ref
@@ -52,7 +53,7 @@ for i = o + 1, o + n, 3 do
     end
   end
   if code == OK or code == REPEATED then
-    out[#out + 1], out[#out + 2] = OK, tonumber(token)
+    out[#out + 1], out[#out + 2] = OK, token_n
   else
     out[#out + 1], out[#out + 2] = code, tonumber(h.token)
   end

@@ -51,6 +51,12 @@ for i = 1, n, 14 do
 end
 checked()
 local out, adds = {}, new_adds()   -- run and queue index entries: written together after the loop
+local numbers = {}   -- text -> number, converted once per call: the runs of a batch share their numbers
+local function num(text)
+  local n = numbers[text]
+  if n == nil then n = tonumber(text); numbers[text] = n end
+  return n
+end
 for i = 1, n, 14 do
   local ns, run, task, queue = A[i], A[i + 1], A[i + 2], A[i + 3]
   local run_ref = ns .. '/' .. run
@@ -67,8 +73,8 @@ for i = 1, n, 14 do
     end
   else
     local priority, cache_key = A[i + 9], opt(A[i + 11])
-    create_run(ns, run, task, queue, opt(A[i + 4]), opt(A[i + 5]), tonumber(A[i + 6]), tonumber(A[i + 7]),
-      tonumber(A[i + 8]), tonumber(priority), tonumber(A[i + 10]), cache_key, adds)
+    create_run(ns, run, task, queue, opt(A[i + 4]), opt(A[i + 5]), num(A[i + 6]), num(A[i + 7]),
+      num(A[i + 8]), num(priority), num(A[i + 10]), cache_key, adds)
     if A[i + 12] == '1' then
       emit({type = 'cache_hit', ns = ns, run = run, action = 'a0', cache_key = cache_key,
         result = A[i + 13]}, 'queued')
