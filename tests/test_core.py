@@ -91,8 +91,8 @@ def test_missing_or_broken_header_is_refused(event, field):
 
 
 def test_unknown_version_and_type_are_named():
-    body = {"v": 2, "type": "run_created", "ns": NS, "run": RUN, "task": "t", "queue": "q"}
-    with pytest.raises(UnknownSchemaVersion, match="schema version 2"):
+    body = {"v": 3, "type": "run_created", "ns": NS, "run": RUN, "task": "t", "queue": "q"}
+    with pytest.raises(UnknownSchemaVersion, match="schema version 3"):
         codec.decode(msgpack.packb(body))
     body.update(v=1, type="run_exploded")
     with pytest.raises(UnknownEventType, match="run_exploded"):

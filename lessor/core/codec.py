@@ -25,6 +25,13 @@ from lessor.errors import EventDecodeError, UnknownEventType, UnknownSchemaVersi
 
 _HEADER = ("v", "type")
 _NOT_ENCODED = ("id", "index", "extra")
+#: The wire version of a root action's event that also stands for its run's own event (the
+#: scripts write it: leasing/lua/_prelude.lua, IMPLIES_RUN). a0's ``action_created`` that
+#: created its run implies ``run_created`` (the run's ``idempotency_key`` rides along), and a0's
+#: move to a terminal phase implies ``run_completed`` (its ``run_phase`` rides along).
+#: ``decode_entry`` expands each into the two events, so readers see the same sequence.
+IMPLIES_RUN = 2
+_RUN_FIELDS = ("ns", "run", "ts", "task", "queue", "inputs")
 
 
 def encode(event: Event) -> bytes:
@@ -42,12 +49,17 @@ def encode(event: Event) -> bytes:
 
 
 def decode(data: bytes, event_id: str = "") -> Event:
-    """Decode wire bytes into an event, or raise EventDecodeError (or a subclass)."""
+    """Decode wire bytes of one event into it, or raise EventDecodeError (or a subclass).
+    A map that stands for two events (version IMPLIES_RUN) is read with ``decode_entry``."""
     try:
         body = msgpack.unpackb(data, raw=False, unicode_errors="surrogateescape", strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise EventDecodeError(f"event {event_id or '?'} is not valid msgpack: {exc}") from None
-    return _event(body, event_id)
+    events = _events(body, event_id, 0)
+    if len(events) != 1:
+        raise EventDecodeError(f"event {event_id or '?'} stands for {len(events)} events (wire version "
+                               f"{IMPLIES_RUN}): read it with decode_entry")
+    return events[0]
 
 
 def decode_entry(data: bytes, entry_id: str = "") -> list[Event]:
@@ -56,8 +68,8 @@ def decode_entry(data: bytes, entry_id: str = "") -> list[Event]:
     id and its ``index`` in the entry. Every event, or EventDecodeError: an entry is what
     one call did, so it is never read in part."""
     try:   # an entry of one event (every entry before the log's unit became the call)
-        return [_event(msgpack.unpackb(data, raw=False, unicode_errors="surrogateescape",
-                                       strict_map_key=False), entry_id)]
+        return _events(msgpack.unpackb(data, raw=False, unicode_errors="surrogateescape",
+                                       strict_map_key=False), entry_id, 0)
     except msgpack.ExtraData:
         pass   # several events
     except EventDecodeError:
@@ -66,8 +78,10 @@ def decode_entry(data: bytes, entry_id: str = "") -> list[Event]:
         raise EventDecodeError(f"entry {entry_id or '?'} is not valid msgpack: {exc}") from None
     unpacker = msgpack.Unpacker(raw=False, unicode_errors="surrogateescape", strict_map_key=False)
     unpacker.feed(data)
+    events: list[Event] = []
     try:
-        events = [_event(body, entry_id, index) for index, body in enumerate(unpacker)]
+        for body in unpacker:
+            events += _events(body, entry_id, len(events))
     except EventDecodeError:
         raise
     except Exception as exc:  # safe: only msgpack runs here, and it raises several unrelated types on garbage
@@ -78,6 +92,30 @@ def decode_entry(data: bytes, entry_id: str = "") -> list[Event]:
     return events
 
 
+def _events(body: Any, entry_id: str, index: int) -> list[Event]:
+    """The event one wire map holds, and the run event it implies if it says so (IMPLIES_RUN);
+    ``index``: the first one's place in its entry."""
+    if not isinstance(body, dict) or body.get("v") != IMPLIES_RUN:
+        return [_event(body, entry_id, index)]
+    where = entry_id if not index else f"{entry_id or '?'} (event {index + 1} of its entry)"
+    body = dict(body, v=SCHEMA_VERSION)
+    etype = body.get("type")
+    if body.get("action") != "a0":
+        raise EventDecodeError(f"event {where or '?'}: only a root action's (a0) event implies its run's, "
+                               f"got {etype!r} of action {body.get('action')!r}")
+    if etype == "action_created":
+        run = {"v": SCHEMA_VERSION, "type": "run_created", "idempotency_key": body.pop("idempotency_key", None)}
+        run |= {name: body[name] for name in _RUN_FIELDS if name in body}
+        return [_event(run, entry_id, index), _event(body, entry_id, index + 1)]
+    phase = body.pop("run_phase", None)
+    if phase is None:
+        raise EventDecodeError(f"{etype} event {where or '?'} says it completed its run (version "
+                               f"{IMPLIES_RUN}) but carries no run_phase")
+    completed = {"v": SCHEMA_VERSION, "type": "run_completed", "phase": phase,
+                 **{name: body[name] for name in ("ns", "run", "ts") if name in body}}
+    return [_event(body, entry_id, index), _event(completed, entry_id, index + 1)]
+
+
 def _event(body: Any, event_id: str, index: int = 0) -> Event:
     where = event_id if not index else f"{event_id or '?'} (event {index + 1} of its entry)"
     if not isinstance(body, dict):
@@ -85,8 +123,8 @@ def _event(body: Any, event_id: str, index: int = 0) -> Event:
     version = body.get("v")
     if version != SCHEMA_VERSION:
         raise UnknownSchemaVersion(
-            f"event {where or '?'} has schema version {version!r}; this lessor reads version "
-            f"{SCHEMA_VERSION}: upgrade lessor to read it"
+            f"event {where or '?'} has schema version {version!r}; this lessor reads versions "
+            f"{SCHEMA_VERSION} and {IMPLIES_RUN}: upgrade lessor to read it"
         )
     etype = body.get("type")
     cls = EVENT_TYPES.get(etype) if isinstance(etype, str) else None
