@@ -90,6 +90,42 @@ def test_missing_or_broken_header_is_refused(event, field):
         codec.decode(msgpack.packb(body, use_bin_type=True))
 
 
+def _packed(*bodies: dict) -> bytes:
+    return b"".join(msgpack.packb(body, use_bin_type=True) for body in bodies)
+
+
+def test_a_root_actions_event_of_version_2_also_stands_for_its_runs_event():
+    created = {"v": 2, "type": "action_created", "ns": NS, "run": RUN, "action": "a0", "task": "t",
+               "queue": "q", "inputs": b"in", "ts": 5, "idempotency_key": "k1"}
+    done = {"v": 2, "type": "action_succeeded", "ns": NS, "run": RUN, "action": "a0", "attempt": 1,
+            "token": 7, "worker": "w", "ts": 9, "run_phase": "succeeded"}
+    leased = {"v": 1, "type": "action_leased", "ns": NS, "run": RUN, "action": "a0", "attempt": 1, "token": 7,
+              "worker": "w", "ttl_ms": 10, "grace_ms": 0, "deadline_ms": 16, "ts": 6}
+    events = codec.decode_entry(_packed(created, leased, done), "5-0")
+    assert [(e.TYPE, e.id, e.index) for e in events] == [
+        ("run_created", "5-0", 0), ("action_created", "5-0", 1), ("action_leased", "5-0", 2),
+        ("action_succeeded", "5-0", 3), ("run_completed", "5-0", 4)]
+    run_created, action_created, _, succeeded, run_completed = events
+    assert run_created == ev.RunCreated(ns=NS, run=RUN, task="t", queue="q", inputs=b"in", idempotency_key="k1", ts=5)
+    assert run_completed == ev.RunCompleted(ns=NS, run=RUN, phase="succeeded", ts=9)
+    assert action_created.extra == {} and succeeded.extra == {}   # the run's fields are not left on a0's events
+    # The same history written with explicit run events (version 1) folds to the same state.
+    implied, explicit = fold(events), fold(codec.decode_entry(b"".join(codec.encode(e) for e in events)))
+    assert (implied.runs, implied.actions) == (explicit.runs, explicit.actions)
+    assert implied.runs[f"{NS}/{RUN}"].phase is Phase.SUCCEEDED
+
+
+def test_version_2_is_refused_where_it_cannot_stand_for_a_run():
+    child = {"v": 2, "type": "action_created", "ns": NS, "run": RUN, "action": "a1", "task": "t", "queue": "q"}
+    with pytest.raises(EventDecodeError, match="only a root action"):
+        codec.decode_entry(_packed(child))
+    no_phase = {"v": 2, "type": "action_failed", "ns": NS, "run": RUN, "action": "a0", "reason": "user_error"}
+    with pytest.raises(EventDecodeError, match="no run_phase"):
+        codec.decode_entry(_packed(no_phase))
+    with pytest.raises(EventDecodeError, match="decode_entry"):   # one map, two events: not for decode()
+        codec.decode(_packed(dict(child, action="a0")))
+
+
 def test_unknown_version_and_type_are_named():
     body = {"v": 3, "type": "run_created", "ns": NS, "run": RUN, "task": "t", "queue": "q"}
     with pytest.raises(UnknownSchemaVersion, match="schema version 3"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import anyio
+import msgpack
 import pytest
 
 from lessor.core import events as ev
@@ -119,6 +120,24 @@ async def test_verify_reports_every_difference(vbackend):
     diffs = {(d.key, d.field) for d in await verify(vbackend)}
     assert {(a_key.decode(), "phase"), (a_key.decode(), "attempt"),
             (vbackend.keys(0).action("proj/development/ghost/a0"), "<key>")} <= diffs
+
+
+async def test_a_runs_own_events_ride_on_its_root_actions(backend):
+    """The scripts write a run's run_created and run_completed on a0's events (wire version 2):
+    three maps on the wire for a run that ran once, five events for every reader."""
+    await submit_run(backend, "t", namespace=NS, run_id="rides", queue="q")
+    worker = LeaseClient(backend, "w", LeaseConfig(ttl_ms=1000, grace_ms=500))
+    [lease] = await worker.acquire(NS, "q", 1)
+    await worker.complete(lease, b"ok")
+    p = lease.partition
+    raw = msgpack.Unpacker(raw=False)
+    for _, fields in await backend.redis.xrange(backend.keys(p).stream):
+        raw.feed(fields[b"e"])
+    wire = [(body["type"], body["v"]) for body in raw]
+    assert wire == [("action_created", 2), ("action_leased", 1), ("action_succeeded", 2)]
+    read = [e.TYPE for e in await EventLog(backend).read(p)]
+    assert read == ["run_created", "action_created", "action_leased", "action_succeeded", "run_completed"]
+    assert await verify(backend) == []
 
 
 async def test_follow_delivers_every_event_exactly_once_in_order(backend):

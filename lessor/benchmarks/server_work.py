@@ -44,17 +44,8 @@ from lessor.scheduler.submit import Retries, RunSpec, idempotent_run_id, submit_
 from lessor.server import EmbeddedServer, find_server_binary
 
 NAMESPACE, QUEUE = "bench/development", "work"
-_LOGGED = "    if logged == nil then logged = {packed} else logged[#logged + 1] = packed end"
-_RUN_EVENT = "ev.type == 'run_created' or ev.type == 'run_completed'"
 # name -> (what it switches off, (script or '*' for the prelude, old text, new text) patches)
 VARIANTS: dict[str, tuple[str, tuple[tuple[str, str, str], ...]]] = {
-    "run_events_implied": (
-        "run_created / run_completed not checked, encoded or appended (their hash writes kept): what it would "
-        "save if a0's own events implied its run's", (
-            ("*", "    local bad = bad_event(ev)", f"    local implied = {_RUN_EVENT}\n"
-                                                  "    local bad = not implied and bad_event(ev)"),
-            ("*", "    local packed = cmsgpack.pack(ev)\n" + _LOGGED,
-             "    if not implied then\n      local packed = cmsgpack.pack(ev)\n  " + _LOGGED + "\n    end"))),
     "no_run_hash_write": (
         "run_created's projection (the run hash) not written", (
             ("*", "    redis.call('HSET', key, unpack(fields))",
