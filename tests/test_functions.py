@@ -74,3 +74,35 @@ def test_each_build_is_one_library_named_by_its_code():
     code = library().code
     assert code.startswith(f"#!lua name={library().name}\n")
     assert code.count("redis.register_function(") == len(SCRIPT_NAMES)
+
+
+_PROBE = "  local INT_TEXT = redis.pcall('ECHO', 4000000000000000) ~= '4000000000000000'\n"
+
+
+@pytest.mark.parametrize("int_text", ["false", "true", "broken"])
+async def test_integers_reach_the_hashes_as_exact_digits_either_way(backend, int_text):
+    """The handlers pass integers to HSET as numbers where the server prints them exactly (the
+    library asks it once: INT_TEXT false on Valkey), else as '%d' text; both write the same digits.
+    'broken' writes them with Lua's tostring (14 significant digits): the check catches it."""
+    from lessor.leasing.client import LeaseClient
+    from lessor.leasing.config import LeaseConfig
+    from lessor.leasing.replay import verify
+    from lessor.scheduler.submit import Retries
+
+    if int_text == "false":
+        assert _PROBE in library().code   # the probe the other case replaces
+    patches = (("*", _PROBE, f"  local INT_TEXT = {'false' if int_text == 'broken' else int_text}\n"),)
+    if int_text == "broken":
+        patches += (("*", "(INT_TEXT and fmt('%d', v) or v)", "(INT_TEXT and fmt('%d', v) or tostring(v))"),)
+    backend.scripts = Scripts(backend.redis, backend.clock, patches=patches)
+    run = await submit_run(backend, "t", namespace=NS, queue=QUEUE, timeout_ms=100_000_000, priority=-7,
+                           retries=Retries(system=3, user=2, backoff_ms=86_400_000))
+    worker = LeaseClient(backend, "w", LeaseConfig(ttl_ms=86_400_000, grace_ms=86_000_000))
+    [lease] = await worker.acquire(NS, QUEUE, 1)
+    fields = await backend.redis.hgetall(backend.keys_for_ref(lease.ref).action(lease.ref))
+    want = {b"timeout_ms": 100_000_000, b"priority": -7, b"sys_left": 3, b"user_left": 2, b"backoff_ms": 86_400_000,
+            b"ttl_ms": 86_400_000, b"grace_ms": 86_000_000, b"token": lease.token, b"deadline_ms": lease.deadline_ms,
+            b"attempt": 1}
+    exact = {k: fields[k] for k in want} == {k: str(v).encode() for k, v in want.items()}
+    assert exact == (int_text != "broken"), (run, fields)
+    assert (await verify(backend) == []) == (int_text != "broken")

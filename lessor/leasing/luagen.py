@@ -125,7 +125,7 @@ def _setting_kinds() -> str:
 # emit() has checked the event against its definition first (bad_event), so an 'i' field is an
 # exact integer within 2^53 ('%d' prints it exactly, as S() would) and any other is a string.
 # (A vararg helper called per field was an eighth of a submit's script time: os.clock profile.)
-_INT = "fmt('%d', v)"
+_INT = "(INT_TEXT and fmt('%d', v) or v)"
 
 
 def _set(name: str, value: str) -> str:
