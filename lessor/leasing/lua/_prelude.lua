@@ -117,18 +117,18 @@ local function lib()
 
   -- Read hash fields into a table keyed by name. A missing field reads as its
   -- default ('0' for numbers, '' for text fields, TEXT), except phase: missing = no such key.
+  -- (The reply table itself is returned, its values also keyed by name: one table fewer.)
   local function hget(key, ...)
     local names = {...}
-    local vals = redis.call('HMGET', key, unpack(names))
-    local out = {}
-    for i, name in ipairs(names) do
-      local v = vals[i]
+    local vals = redis.call('HMGET', key, ...)
+    for i = 1, #names do
+      local name, v = names[i], vals[i]
       if not v and name ~= 'phase' then
         if TEXT[name] then v = '' else v = '0' end
       end
-      out[name] = v
+      vals[name] = v
     end
-    return out
+    return vals
   end
 
   -- As core/fold.py: events that move only a run, and those that move either when they name no action.
@@ -699,13 +699,14 @@ local function lib()
     if t[total + 1] ~= nil then return nil, 'more values than count * ' .. width end
     for i = 1, total do
       local v = t[i]
-      if type(v) == 'number' then
+      local kind = type(v)
+      if kind == 'number' then
         if v % 1 ~= 0 or v > SAFE_INT or v < -SAFE_INT then
           return nil, 'value ' .. i .. ' must be a string or an integer within the exact range of a double'
         end
         t[i] = S(v)
-      elseif type(v) ~= 'string' then
-        return nil, 'value ' .. i .. ' must be a string or an integer, got ' .. type(v)
+      elseif kind ~= 'string' then
+        return nil, 'value ' .. i .. ' must be a string or an integer, got ' .. kind
       end
     end
     return t, total
