@@ -70,6 +70,13 @@ local function flush_log()
   redis.set_repl(redis.REPL_ALL)
   return redis.call('XADD', STREAM, '*', 'e', table.concat(events))
 end
+-- One command over many arguments for one key (ZADD pairs, ZREM members), in chunks of 1000:
+-- unpack has a stack limit.
+local function call_chunked(command, key, args)
+  for i = 1, #args, 1000 do
+    redis.call(command, key, unpack(args, i, math.min(i + 999, #args)))
+  end
+end
 -- A finished run enters its namespace's done index (``key``, done_key; retention reads it),
 -- scored by the time it finished. Collected, and added in one ZADD per namespace when the call
 -- ends: a ZADD per completed run was one command in twelve per action. Nothing reads the
@@ -85,12 +92,7 @@ local function flush_finished()
   local f = finished
   finished = nil
   redis.set_repl(redis.REPL_ALL)
-  for _, key in ipairs(f.keys) do
-    local args = f[key]
-    for i = 1, #args, 1000 do   -- (unpack has a stack limit)
-      redis.call('ZADD', key, unpack(args, i, math.min(i + 999, #args)))
-    end
-  end
+  for _, key in ipairs(f.keys) do call_chunked('ZADD', key, f[key]) end
 end
 -- The end of every call, ok or not: a script that fails half-way (a bug, or a command the
 -- server refused after the first write) keeps what it wrote, so its events are appended too
@@ -416,12 +418,7 @@ local function lib()
       if args == nil then args = {}; by_key[adds.k[i]] = args; keys[#keys + 1] = adds.k[i] end
       args[#args + 1], args[#args + 2] = score, adds.m[i]
     end
-    for _, key in ipairs(keys) do
-      local args = by_key[key]
-      for i = 1, #args, 1000 do   -- (unpack has a stack limit)
-        redis.call('ZADD', key, unpack(args, i, math.min(i + 999, #args)))
-      end
-    end
+    for _, key in ipairs(keys) do call_chunked('ZADD', key, by_key[key]) end
   end
 
   -- ``adds`` (optional): collect the queue entry for add_all instead of writing it now.

@@ -128,9 +128,7 @@ for _ = 1, n + 64 do
   end
 end
 save_tokens()
-for i = 1, #granted, 1000 do   -- (unpack has a stack limit)
-  redis.call('ZADD', LEASES, unpack(granted, i, math.min(i + 999, #granted)))
-end
+call_chunked('ZADD', LEASES, granted)
 local sum = 0
 for name, k in pairs(counts) do
   redis.call('HINCRBY', running, name, k)

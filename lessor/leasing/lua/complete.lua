@@ -58,8 +58,6 @@ for i = o + 1, o + n, 3 do
     out[#out + 1], out[#out + 2] = code, tonumber(h.token)
   end
 end
-for i = 1, #ended_refs, 1000 do   -- (unpack has a stack limit)
-  redis.call('ZREM', LEASES, unpack(ended_refs, i, math.min(i + 999, #ended_refs)))
-end
+call_chunked('ZREM', LEASES, ended_refs)
 flush_ends()
 return out
