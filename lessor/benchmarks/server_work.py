@@ -98,8 +98,9 @@ async def one_round(url: str, n: int, batch: int, tag: str) -> None:
 
 
 async def phased_round(url: str, n: int, batch: int, tag: str, between) -> None:
-    """``one_round`` in three phases: submit all, then lease all, then complete all, calling
-    ``between(phase)`` after each (a callgrind dump), to tell the scripts' costs apart."""
+    """``one_round`` in phases: submit all, lease all, renew every lease once (on time: the
+    heartbeat's hot path), complete all, calling ``between(phase)`` after each (a callgrind
+    dump), to tell the scripts' costs apart."""
     async with _backend(url) as backend:
         client = LeaseClient(backend, "work-worker")
         retries = Retries(system=0)
@@ -115,6 +116,15 @@ async def phased_round(url: str, n: int, batch: int, tag: str, between) -> None:
                 raise RuntimeError(f"server_work: {n - len(leases)} submitted runs were not leased")
             leases += got
         between("acquire")
+        for start in range(0, n, batch):
+            by_partition = {}
+            for lease in leases[start:start + batch]:
+                by_partition.setdefault(lease.partition, []).append(lease)
+            for partition, held in by_partition.items():
+                codes = await client.renew_partition(partition, held)
+                if set(codes.values()) != {0}:
+                    raise RuntimeError(f"server_work: renewals not all on time: {codes}")
+        between("renew")
         for start in range(0, n, batch):
             by_partition: dict[int, list] = {}
             for lease in leases[start:start + batch]:
@@ -249,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="an extra valkey-server argument (repeat: --server-arg=--hash-max-listpack-entries "
                         "--server-arg=16) to compare server settings on the same workload")
     p.add_argument("--phases", action="store_true",
-                   help="submit all, then lease all, then complete all: instructions per action of each")
+                   help="submit all, lease all, renew each lease once (on time), complete all: instructions "
+                        "per action (per renewal) of each")
     p.add_argument("--variant", choices=["all", *VARIANTS], default="",
                    help="with --phases: measure with one piece of work switched off (see VARIANTS), or 'all': "
                         "today's library, then every variant, and what each piece costs per phase")
