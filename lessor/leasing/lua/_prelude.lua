@@ -311,7 +311,10 @@ local function lib()
   local function emit(ev, cur, also, also_value, implied)
     if ev.v == nil then ev.v = 1 end
     ev.ts = NOW
-    local bad = bad_event(ev)
+    -- An implied event is not checked again: its fields are its a0 event's (checked, with the
+    -- run's own idempotency_key riding along) and a phase from the transition table.
+    local bad = not implied and (bad_event(ev) or ev.v == IMPLIES_RUN and ev.idempotency_key ~= nil
+      and type(ev.idempotency_key) ~= 'string' and 'idempotency_key must be a string')
     if bad then error('lessor bug: refusing to write an event: ' .. bad) end
     local nxt, key, handler, is_action
     nxt, key, cur, handler, is_action = next_phase(ev, cur)
