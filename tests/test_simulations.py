@@ -414,3 +414,18 @@ def test_the_real_system_passes_fair_share_on_the_plans_that_found_the_vt_bug(si
     mutant = next(m for m in MUTANTS if m.name == "fair_vt_from_start")
     broken = sim(plan, mutant.breakage())
     assert "fair_share" in {v.checker for v in broken.verdict.violations}, broken.verdict.violations
+
+
+def test_every_switch_and_mutant_patch_applies_and_a_stale_one_is_an_error_not_a_catch():
+    """A switch or mutant is a text patch of the scripts: when a change moves that text, the
+    patched library cannot be built, every simulation crashes, and an exploration would count
+    the crash as a catch. Each patch must apply; a stale one is refused before exploring."""
+    from lessor.simulations.mutants import MUTANTS, catch
+
+    for switch in Switch:
+        Breakage(switch).check_patches()
+    for mutant in MUTANTS:
+        mutant.breakage().check_patches()
+    stale = Breakage(name="stale", patches={"renew": [("text no script has", "x")]})
+    with pytest.raises(AssertionError, match="stale: its patch no longer applies"):
+        catch("stale", stale, seed=1, examples=1, profile={})

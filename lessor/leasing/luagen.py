@@ -159,7 +159,7 @@ def _create(cls: type[ev.Event], state_cls: type, effect: Create) -> list[str]:
 
 
 def _handler(cls: type[ev.Event], effects: tuple, state_cls: type) -> str:
-    lines: list[str] = ["local f, n, v = {}, 0"]
+    lines: list[str] = ["local n, v = #f"]
     for effect in effects:
         match effect:
             case Create():
@@ -185,7 +185,7 @@ def _handler(cls: type[ev.Event], effects: tuple, state_cls: type) -> str:
                 lines.append(_set(name, " .. ".join(parts)))
             case _:
                 raise TypeError(f"{cls.TYPE}: no Lua rule for effect {effect!r}")
-    return "function(k, ev)\n" + "".join(f"  {line}\n" for line in lines) + "  return f\nend"
+    return "function(k, ev, f)\n" + "".join(f"  {line}\n" for line in lines) + "  return f\nend"
 
 
 def _handlers() -> str:

@@ -41,7 +41,7 @@ from lessor.leasing.backend import Backend
 from lessor.leasing.durability import Durability
 from lessor.leasing.keeper import FenceReason, HeldLease, LeaseKeeper
 from lessor.leasing.reaper import PassResult, Reaper
-from lessor.leasing.scripts import Scripts, script_source
+from lessor.leasing.scripts import Scripts, library, script_source
 from lessor.scheduler.outcome import POLICY, Call, Ending, Kind, Policy, Report, decide_report, decide_retry
 
 
@@ -96,7 +96,7 @@ _PATCHES: dict[Switch, dict[str, list[tuple[str, str]]]] = {
         "      count_running(key, ev.ns, nxt == 'running' and 1 or -1)\n",
         "      if nxt == 'running' or ev.type == 'action_succeeded' then count_running(key, ev.ns, nxt == 'running' and 1 or -1) end\n")]},
     Switch.REAPER_DOUBLE_EXPIRES: {"reap": [("  if expiry and not lease_dead(h) then", "  if false then")]},
-    Switch.RENEW_IGNORES_ABORT: {"renew": [("h[4] ~= '1' and NOW <= tonumber(h[3])", "NOW <= tonumber(h[3])"),
+    Switch.RENEW_IGNORES_ABORT: {"renew": [("h[2] == token and h[4] ~= '1' and (#deadline", "h[2] == token and (#deadline"),
                                            ("    elseif h[4] == '1' then", "    elseif false then")]},
     # The new epoch is still recorded (and reported as new), but no live lease gets its ttl back.
     Switch.NO_EPOCH_EXTENSION: {"*": [("    local refs = redis.call('ZRANGE', LEASES, 0, -1)\n",
@@ -269,6 +269,18 @@ class Breakage:
 
     def keeper_cls(self) -> type[LeaseKeeper]:
         return self.keeper or _KEEPERS.get(self.switch, LeaseKeeper)
+
+    def check_patches(self) -> None:
+        """Raise AssertionError if this breakage's Lua patches no longer match the scripts (their
+        text moved in a change): a simulation would then crash on every plan, and an exploration
+        would count the crash as a catch."""
+        patches = self.patches if self.patches is not None else _PATCHES.get(self.switch)
+        if patches:
+            flat = tuple((target, old, new) for target, pairs in patches.items() for old, new in pairs)
+            try:
+                library(patches=flat)
+            except AssertionError as exc:
+                raise AssertionError(f"{self.label}: its patch no longer applies ({exc}): update it") from None
 
     def reaper_cls(self) -> type[Reaper]:
         return DyingReaper if self.switch is Switch.REAPER_DIES else Reaper

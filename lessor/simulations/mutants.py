@@ -99,7 +99,8 @@ class Mutant:
 MUTANTS = (
     # renew.lua
     Mutant("renew_ignores_deadline", "the renewal hot path renews a lease past its deadline",
-           {"renew": [("h[4] ~= '1' and NOW <= tonumber(h[3])", "h[4] ~= '1'")]}),
+           {"renew": [("h[4] ~= '1' and (#deadline == now_digits and deadline >= now_text\n"
+                       "      or #deadline ~= now_digits and NOW <= tonumber(deadline)) then", "h[4] ~= '1' then")]}),
     Mutant("renew_ignores_token", "the renewal hot path renews any token of a running action",
            {"renew": [("h[1] == 'running' and h[2] == token and h[4] ~= '1'", "h[1] == 'running' and h[4] ~= '1'")]}),
     Mutant("renew_resumes_dead_lease", "a renewal past deadline + grace resumes the lease instead of expiring it",
@@ -193,6 +194,7 @@ def catch(name: str, breakage: Breakage, seed: int, examples: int, profile: dict
     options of ``lessor simulate`` in ``profile`` (store_faults, durability)."""
     from lessor.simulations.explore import explore
 
+    breakage.check_patches()   # a patch that no longer applies is an error, never a catch
     started = time.perf_counter()  # clock: reporting only
     # shrink_runs=1: the phases `lessor simulate` runs (hypothesis draws other plans without a
     # shrink phase), so the first example is the one `catch SWITCH --seed S` reports; no real shrinking.

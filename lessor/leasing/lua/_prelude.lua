@@ -140,8 +140,9 @@ local function lib()
   end
 
   -- Projection updates, one per event type, generated from the effects each
-  -- event declares (core/events.py PROJECT): each returns the hash fields to set
-  -- (counters it increments itself); emit() writes them with the phase in one HSET.
+  -- event declares (core/events.py PROJECT): each appends the hash fields to set to ``f``
+  -- (which holds the phase already) and returns it (counters it increments itself); emit()
+  -- writes them in one HSET.
   local ON, ON_RUN, ON_SCHEDULE, ON_SETTINGS, ON_TRIGGER = {}, {}, {}, {}, {}
   -- Append a field to set: numbers as exact integer text, nil as '' (a missing value).
   local function put(f, name, v)
@@ -336,8 +337,10 @@ local function lib()
       redis.call('DEL', key)
       return
     end
-    local fields = handler(key, ev)
-    fields[#fields + 1], fields[#fields + 2] = 'phase', nxt
+    -- The phase first: a small hash is a listpack, its fields in the order first written and
+    -- found by a scan from its start, and the phase is what nearly every read asks for first
+    -- (last, it cost a scan of the whole hash: 0.98x the instructions per action, server_work).
+    local fields = handler(key, ev, {'phase', nxt})
     if also then fields[#fields + 1], fields[#fields + 2] = also, also_value end
     redis.call('HSET', key, unpack(fields))
     if ends then
