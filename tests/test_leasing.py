@@ -296,3 +296,26 @@ async def test_a_malformed_token_is_refused_before_anything_is_written(vbackend)
     assert (await vbackend.scripts.renew(keys=keys, args=["w1", 1000, lease.ref, "abc"]))[1:] == [Code.STALE]
     assert await log_length(vbackend) == before
     assert await verify(vbackend) == []
+
+
+async def test_renewals_are_judged_right_where_the_clock_gains_a_digit(vbackend):
+    """renew.lua compares a deadline as text only when it has as many digits as the clock (then
+    text order is number order), and as a number otherwise: a lease whose deadline has fewer
+    digits than the clock is late, though '9999000' > '10000100' as text."""
+    w = LeaseClient(vbackend, "w", LeaseConfig(ttl_ms=2000, grace_ms=500))
+    await vbackend.vclock.set(9_997_000)
+    await submit_run(vbackend, "t", namespace=NS, queue="q", run_id="short")
+    await submit_run(vbackend, "t", namespace=NS, queue="q", run_id="long")
+    [short] = await w.acquire(NS, "q", 1)            # deadline 9_999_000: seven digits
+    await vbackend.vclock.set(9_999_000)
+    [long] = await w.acquire(NS, "q", 1)             # deadline 10_001_000: eight digits, the clock seven
+    assert (await w.renew([long]))[long.ref] is Code.OK
+    await vbackend.vclock.set(10_000_999)            # both eight digits: text order
+    assert (await w.renew([long]))[long.ref] is Code.OK
+    await vbackend.vclock.set(10_002_001)            # deadline now 10_002_999: on time
+    assert (await w.renew([long]))[long.ref] is Code.OK
+    await vbackend.vclock.set(10_004_002)            # deadline now 10_004_001: 1 ms late, inside grace
+    assert (await w.renew([long]))[long.ref] is Code.RESUMED
+    # short's deadline (9_999_000) + grace passed long ago: dead, though longer as text.
+    assert (await w.renew([short]))[short.ref] is Code.STALE
+    assert await verify(vbackend) == []
