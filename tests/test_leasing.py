@@ -319,3 +319,19 @@ async def test_renewals_are_judged_right_where_the_clock_gains_a_digit(vbackend)
     # short's deadline (9_999_000) + grace passed long ago: dead, though longer as text.
     assert (await w.renew([short]))[short.ref] is Code.STALE
     assert await verify(vbackend) == []
+
+
+async def test_a_token_beyond_the_exact_range_of_a_double_is_refused_at_the_boundary(backend):
+    """bad_token bounds a 16-digit token by comparing it as text with 2^53 - 1 (equal-length digit
+    strings order as numbers): one more is refused before anything is written; the bound itself
+    is a token in form (stale here, and recorded as such)."""
+    await submit_run(backend, "t", namespace=NS, queue="q", run_id="big")
+    w = LeaseClient(backend, "w", LeaseConfig(ttl_ms=1000, grace_ms=500))
+    [lease] = await w.acquire(NS, "q", 1)
+    keys = [backend.keys_for_ref(lease.ref).prefix]
+    for token in ("9007199254740992", "9999999999999999", "10000000000000000"):
+        with pytest.raises(ResponseError, match="LESSOR_BAD_ARG complete: token"):
+            await backend.scripts.complete(keys=keys, args=["w", lease.ref, token, b""])
+    code, current = await backend.scripts.complete(keys=keys, args=["w", lease.ref, "9007199254740991", b""])
+    assert (code, current) == (Code.STALE, lease.token)
+    assert await verify(backend) == []
