@@ -140,6 +140,26 @@ async def test_a_runs_own_events_ride_on_its_root_actions(backend):
     assert await verify(backend) == []
 
 
+async def test_an_entry_holds_a_calls_events_whatever_their_number(backend):
+    """flush_log encodes a call's events as one msgpack array and cuts its header off: 1 byte
+    up to 15 events, 3 up to 65535. Entries of 1, 15, 16 and 400 events each read back whole."""
+    from lessor.core.ids import partition_of
+    from lessor.scheduler.submit import RunSpec, submit_runs
+
+    ids = {}
+    for n in (1, 15, 16, 400):
+        # runs of one partition: a batch goes to one script call per partition, so one entry
+        candidates = (f"e{n}-{i}" for i in range(n * backend.partitions * 8))
+        ids[n] = [r for r in candidates if partition_of(NS, r, backend.partitions) == 0][:n]
+        await submit_runs(backend, [RunSpec("t", namespace=NS, queue="q", run_id=r) for r in ids[n]])
+    events = await EventLog(backend).read_all()
+    for n, runs in ids.items():
+        mine = [e.event for e in events if e.event.run in set(runs)]
+        assert [e.TYPE for e in mine] == ["run_created", "action_created"] * n
+        assert len({e.id for e in mine}) == 1   # one call, one entry
+    assert await verify(backend) == []
+
+
 async def test_follow_delivers_every_event_exactly_once_in_order(backend):
     log = EventLog(backend)
     got: list = []

@@ -53,9 +53,9 @@ VARIANTS: dict[str, tuple[str, tuple[tuple[str, str, str], ...]]] = {
     "no_event_check": ("emit's check of each event against its definition", (
         ("*", "(bad_event(ev) or ev.v == IMPLIES_RUN", "(nil or ev.v == IMPLIES_RUN"),)),
     "no_pack": ("events not msgpack-encoded (a one-byte entry appended instead)", (
-        ("*", "    local packed = cmsgpack.pack(ev)", "    local packed = 'x'"),)),
+        ("*", "  local packed = cmsgpack.pack(events)\n", "  local packed = '\\144x'\n"),)),
     "no_xadd": ("events encoded but not appended to the stream (each call's one XADD)", (
-        ("*", "  return redis.call('XADD', STREAM, '*', 'e', table.concat(events))", "  return '0-0'"),)),
+        ("*", "  return redis.call('XADD', STREAM, '*', 'e', string.sub(packed, header + 1))", "  return '0-0'"),)),
     "no_submit_checks": ("submit's argument checks", (
         ("submit", "local prev\nfor i = 1, n, 14 do", "local prev\nfor i = 1, 0, 14 do"),)),
     "no_descendants": ("the look for live children when an action ends (one SMEMBERS)", (
