@@ -224,3 +224,27 @@ async def test_readers_skip_and_report_an_entry_that_does_not_decode(backend):
     assert [d.field for d in diffs] == [f"entry {b.entry_id}" for b in log.bad]   # listed, not hidden
     with pytest.raises(EventDecodeError):
         await EventLog(backend, strict=True).read_all()
+
+
+@pytest.mark.parametrize("field, value, why", [
+    ("token", "5", "field token must be an integer"),            # a numeric string is not a number
+    ("token", 1.5, "field token must be an integer"),
+    ("token", 2**60, "field token must be an integer"),          # beyond the exact range of a double
+    ("worker", 5, "field worker must be a string"),
+    ("worker", [1, 2], "neither a number nor a string"),
+    ("worker", True, "neither a number nor a string"),
+    ("attempt", {"a": 1}, "neither a number nor a string"),
+])
+async def test_an_event_with_a_field_of_the_wrong_type_is_refused_and_nothing_written(backend, field, value, why):
+    """The scripts' event check (generated from core/events.py) tells a number from a numeric string
+    and a string from a number without a type() call per field; anything else raises inside it and is
+    refused as well. append_events checks every event before its first write: all or none."""
+    await EventLog(backend).append([ev.RunCreated(ns=NS, run="typed", task="t", queue="q"), created("typed", "a0")])
+    before = await snapshot(backend)
+    ok = {"v": 1, "type": "action_aborted", "ns": NS, "run": "typed", "action": "a0", "reason": "first, and fine"}
+    bad = {"v": 1, "type": "action_leased", "ns": NS, "run": "typed", "action": "a0", "attempt": 1, "token": 7,
+           "worker": "w", "ttl_ms": 1000, "grace_ms": 0, "deadline_ms": 5} | {field: value}
+    with pytest.raises(Exception, match=f"LESSOR_BAD_EVENT 2 action_leased.*{why}"):
+        await backend.scripts.append_events(keys=[backend.keys_for_run(NS, "typed").prefix],
+                                            args=[msgpack.packb(ok), msgpack.packb(bad, use_bin_type=True)])
+    assert await snapshot(backend) == before

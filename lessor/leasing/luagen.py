@@ -89,12 +89,17 @@ def _subjects() -> str:
 
 
 def _field_check(etype: str, name: str, kind: str, required: bool) -> str:
+    # Types are told apart without a type() call per field (a C call that interns its answer:
+    # a fifth of the check's cost, callgrind): a number is the only value that adding 0 leaves
+    # equal to itself (a numeric string becomes a number, unequal), and a string the only one
+    # that concatenating '' leaves equal (a number becomes a string). Any other value raises
+    # there; bad_event runs the check protected and names that too.
     missing = f"return '{etype} needs field {name}'"
     if kind == "i":
-        wrong = ("type(v) ~= 'number' or v % 1 ~= 0 or v > 9007199254740991 or v < -9007199254740991",
+        wrong = ("v + 0 ~= v or v % 1 ~= 0 or v > 9007199254740991 or v < -9007199254740991",
                  f"return '{etype}: field {name} must be an integer, got ' .. tostring(v)")
     else:
-        wrong = ("type(v) ~= 'string'", f"return '{etype}: field {name} must be a string, got ' .. type(v)")
+        wrong = ("v .. '' ~= v", f"return '{etype}: field {name} must be a string, got ' .. type(v)")
     if not required:
         return f"  v = ev.{name} if v ~= nil and ({wrong[0]}) then {wrong[1]} end"
     return f"  v = ev.{name} if v == nil then {missing} elseif {wrong[0]} then {wrong[1]} end"

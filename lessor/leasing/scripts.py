@@ -67,6 +67,7 @@ _LIB_NAMES = (
     "fence", "check_token", "lease_dead", "lease_expiry", "expire_lease", "ensure_epoch", "server_epoch",
     # the boundary
     "refuse", "unpack_batch", "bad_token", "bad_int", "bad_id", "bad_ns", "bad_text", "bad_bytes", "SAFE_INT",
+    "bad_event",
     # reading
     "hget", "split_ref", "nz", "is_run_event",
     # generated: keys, tables, handlers

@@ -211,7 +211,9 @@ local function lib()
   local function bad_event(ev)
     local check = EVF[ev.type]
     if check == nil then return 'unknown event type ' .. tostring(ev.type) end
-    return check(ev)
+    local ok, why = pcall(check, ev)   -- a field neither number nor string raises (luagen.py _field_check)
+    if not ok then return ev.type .. ': a field is neither a number nor a string (' .. tostring(why) .. ')' end
+    return why
   end
 
   local abort_actions, abort_descendants  -- defined after emit (they emit, and emit calls them)

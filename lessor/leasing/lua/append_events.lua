@@ -24,6 +24,8 @@ for i = 1, #ARGV do
   if not is_run_event(ev) and type(ev.action) ~= 'string' then
     return redis.error_reply('LESSOR_BAD_EVENT ' .. i .. ' missing action')
   end
+  local bad = bad_event(ev)   -- every field against its definition, before anything is written
+  if bad then return redis.error_reply('LESSOR_BAD_EVENT ' .. i .. ' ' .. bad) end
   local key, table_
   if is_run_event(ev) then key, table_ = rkey(ev.ns .. '/' .. ev.run), RUN_T
   else key, table_ = akey(ev.ns .. '/' .. ev.run .. '/' .. ev.action), ACTION_T end
