@@ -18,7 +18,7 @@ import os
 import msgpack
 import pytest
 
-from lessor.core.codec import decode
+from lessor.core.codec import decode_entry
 from lessor.core.events import EVENT_TYPES
 from lessor.core.fold import fold
 
@@ -43,13 +43,19 @@ def test_golden_files_are_append_only():
             assert hashlib.sha256(f.read()).hexdigest() == digest, f"{name} was changed: record a new file instead"
 
 
+def _events(log: str, raw: list) -> list:
+    """The events of a recorded log: each stream entry as it was written (one event per entry
+    in the older recordings; later, a script call's events, some standing for two: decode_entry)."""
+    return [e for i, (_, data) in enumerate(raw) for e in decode_entry(data, f"{log}#{i}")]
+
+
 @pytest.mark.parametrize("log", _logs())
 def test_every_golden_log_folds_to_its_recorded_state(log):
     with open(os.path.join(HERE, log + ".msgpack"), "rb") as f:
         raw = msgpack.unpackb(f.read(), raw=False)
     with open(os.path.join(HERE, log + ".json")) as f:
         expected = json.load(f)
-    events = [decode(data, f"{log}#{i}") for i, (_, data) in enumerate(raw)]
+    events = _events(log, raw)
     world = fold(events)
     assert sorted({e.TYPE for e in events}) == expected.pop("types")
     assert {ref: r.phase.value for ref, r in world.runs.items()} == expected.pop("runs")
@@ -73,7 +79,7 @@ def test_tracebacks_are_optional_and_kept_where_recorded(log):
     keeps it."""
     with open(os.path.join(HERE, log + ".msgpack"), "rb") as f:
         raw = msgpack.unpackb(f.read(), raw=False)
-    events = [decode(data, f"{log}#{i}") for i, (_, data) in enumerate(raw)]
+    events = _events(log, raw)
     tracebacks = [e.traceback for e in events if getattr(e, "traceback", None)]
     if log <= "v1-2026-11-27-5":  # recorded before the field existed (-6 is the first with it)
         assert tracebacks == []
