@@ -248,3 +248,19 @@ async def test_an_event_with_a_field_of_the_wrong_type_is_refused_and_nothing_wr
         await backend.scripts.append_events(keys=[backend.keys_for_run(NS, "typed").prefix],
                                             args=[msgpack.packb(ok), msgpack.packb(bad, use_bin_type=True)])
     assert await snapshot(backend) == before
+
+
+async def test_a_call_whose_done_index_write_fails_still_logs_its_events(backend):
+    """The done index (retention's list of finished runs) is written when the call ends, before the
+    log: a failure there (here the key holds a string) is the call's error, and its events still
+    reach the log, so the log says everything the projections do."""
+    await submit_run(backend, "t", namespace=NS, queue="q", run_id="undone")
+    worker = LeaseClient(backend, "w", LeaseConfig(ttl_ms=1000, grace_ms=500))
+    [lease] = await worker.acquire(NS, "q", 1)
+    keys = backend.keys_for_ref(lease.ref)
+    await backend.redis.set(keys.prefix + f"done:{NS}", "not a sorted set")
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        await worker.complete(lease, b"ok")
+    read = [e.TYPE for e in await EventLog(backend).read(lease.partition)]
+    assert read[-2:] == ["action_succeeded", "run_completed"]
+    assert await verify(backend) == []

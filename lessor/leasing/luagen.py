@@ -130,7 +130,9 @@ def _setting_kinds() -> str:
 # emit() has checked the event against its definition first (bad_event), so an 'i' field is an
 # exact integer within 2^53 ('%d' prints it exactly, as S() would) and any other is a string.
 # (A vararg helper called per field was an eighth of a submit's script time: os.clock profile.)
-_INT = "(INT_TEXT and fmt('%d', v) or v)"
+# (v + 0: a -0 from tonumber('-0') becomes 0, which every server prints as '0'; Redis 7.0's
+# '%.17g' would print '-0', and the event says 0.)
+_INT = "(INT_TEXT and fmt('%d', v) or v + 0)"
 
 
 def _set(name: str, value: str) -> str:

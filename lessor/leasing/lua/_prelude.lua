@@ -104,10 +104,12 @@ end
 -- The end of every call, ok or not: a script that fails half-way (a bug, or a command the
 -- server refused after the first write) keeps what it wrote, so its events are appended too
 -- and the log still says everything the projections do. Then the error goes on as it was.
+-- (The done index goes first, protected: whatever it meets, the events still reach the log.)
 local function finish_call(ok, ...)
-  flush_finished()
+  local done_ok, done_err = pcall(flush_finished)
   flush_log()
   if not ok then error((...), 0) end
+  if not done_ok then error(done_err, 0) end
   return ...
 end
 
