@@ -64,6 +64,7 @@ async def run_checks(url: str, durability: str = "memory") -> list[Check]:
         checks += await _topology(redis)
         checks += await _replication(redis, Durability.parse(durability))
         checks.append(await _clock_skew(redis))
+        checks.append(await _layout(redis))
     except Exception as exc:  # a check that cannot even run is itself the finding
         checks.append(Check("connect", "fail", f"{redact(url)}: {type(exc).__name__}: {redact(str(exc))}"))
     finally:
@@ -272,6 +273,17 @@ async def _clock_skew(redis) -> Check:
     status = "ok" if worst < 500 else "warn"
     return Check("clock", status, f"server clocks within {worst:.0f} ms of this machine's"
                  + ("" if status == "ok" else ": deadlines are judged per node; keep node clocks in sync (NTP)"))
+
+
+async def _layout(redis) -> Check:
+    from lessor.leasing.migrate import old_runs
+
+    found = await old_runs(redis, limit=1000)
+    if not found:
+        return Check("layout", "ok", "every run lives on its root action's hash")
+    many = "1000 or more" if len(found) >= 1000 else str(len(found))
+    return Check("layout", "warn", f"{many} runs in the old layout (a hash of their own, e.g. {found[0]}): once "
+                                   "every older lessor process has stopped, run `lessor doctor --migrate`")
 
 
 def as_dicts(checks: list[Check]) -> list[dict]:

@@ -9,13 +9,14 @@ import msgpack
 import pytest
 
 from lessor.core import events as ev
-from lessor.core.fold import fold
+from lessor.core.fold import fold, run_view
 from lessor.errors import EventDecodeError, IllegalTransition
 from lessor.leasing.client import LeaseClient
 from lessor.leasing.config import LeaseConfig
 from lessor.leasing.eventlog import EventLog
 from lessor.leasing.reaper import Reaper
 from lessor.leasing.replay import verify
+from lessor.scheduler.query import get_run
 from lessor.scheduler.submit import Retries, submit_run
 from lessor.server import EmbeddedServer
 from tests.conftest import make_backend
@@ -46,6 +47,29 @@ async def test_append_and_projection_are_atomic(backend):
         await log.append([ev.ActionLeased(ns=NS, run="r1", action="zz", attempt=1, token=1, worker="w",
                                           ttl_ms=1, grace_ms=0, deadline_ms=1)])
     assert await snapshot(backend) == before
+    assert await verify(backend) == []
+
+
+async def test_a_run_is_appended_with_its_root_action_or_not_at_all(backend):
+    """A run lives on its root action's hash (no run hash): a run_created whose a0 is not created in
+    the same call would leave a run no reader can see, and a second run_created of it later would
+    fork the log from the fold. Refused, naming the event, nothing written; with its a0, written."""
+    log = EventLog(backend)
+    before = await snapshot(backend)
+    with pytest.raises(EventDecodeError, match="#1: run_created needs its root action a0's action_created"):
+        await log.append([ev.RunCreated(ns=NS, run="alone", task="t", queue="q"), created("alone", "a1")])
+    assert await snapshot(backend) == before
+    await log.append([ev.RunCreated(ns=NS, run="rooted", task="t", queue="q", idempotency_key="k"),
+                      created("rooted", "a0")])
+    root = await backend.redis.hgetall(backend.keys_for_run(NS, "rooted").run_root(f"{NS}/rooted"))
+    assert run_view(root) == {"phase": "running", "task": "t", "queue": "q", "inputs": None,
+                              "created_ms": int(root[b"created_ms"]), "idempotency_key": "k", "aborting": False}
+    # a0's end is the run's: an explicit run_completed after it is refused before anything is written.
+    ended = ev.ActionAborted(ns=NS, run="rooted", action="a0", reason="stop")
+    with pytest.raises(IllegalTransition, match="run_completed"):
+        await log.append([ended, ev.RunCompleted(ns=NS, run="rooted", phase="aborted")])
+    await log.append([ended])
+    assert (await get_run(backend, NS, "rooted")).phase == "aborted"
     assert await verify(backend) == []
 
 

@@ -55,7 +55,7 @@ async def test_no_state_is_kept_from_one_call_to_the_next(vbackend):
     await vbackend.vclock.advance(5_000)
     again = await submit_run(vbackend, "t", namespace=NS, queue=QUEUE, run_id=_same_partition(vbackend, run))
     assert again.created and await vbackend.redis.llen(wake) == 1
-    created = [int(await vbackend.redis.hget(keys.run(f"{NS}/{r}"), "created_ms") or 0)
+    created = [int(await vbackend.redis.hget(keys.run_root(f"{NS}/{r}"), "created_ms") or 0)
                for r in (run.run_id, again.run_id)]
     assert created[1] - created[0] == 5_000, created
 

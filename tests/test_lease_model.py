@@ -51,6 +51,7 @@ from hypothesis.stateful import (
 from lessor.core import events as ev
 from lessor.core.codec import encode
 from lessor.core.ids import action_ref, run_ref
+from lessor.core.phases import run_phase_of
 from lessor.errors import StaleToken
 from lessor.leasing.backend import CONFIG_KEY
 from lessor.leasing.client import Lease, LeaseClient
@@ -488,7 +489,7 @@ class LeaseMachine(RuleBasedStateMachine):
                 pipe.hmget(self.b.keys_for_ref(ref).action(ref), names)
             for ref in refs:
                 run = run_ref(NS, self.model.actions[ref].run)
-                pipe.hget(self.b.keys_for_ref(ref).run(run), "phase")
+                pipe.hget(self.b.keys_for_ref(ref).run_root(run), "phase")   # the run lives on its root's hash
             return await pipe.execute()
 
         replies = self.h.call(read)
@@ -503,7 +504,7 @@ class LeaseMachine(RuleBasedStateMachine):
             if a.phase != "running":
                 del live["deadline_ms"], want["deadline_ms"]  # stale once the lease ended
             assert live == want, f"{ref}: live {live} != model {want}"
-            assert run_phase.decode() == self.model.run_phase[run_ref(NS, a.run)], f"run of {ref}"
+            assert run_phase_of(run_phase) == self.model.run_phase[run_ref(NS, a.run)], f"run of {ref}"
 
     def check_log(self) -> None:
         """Guarantee 1 in the log, the log equals the model's events, and replay equals live."""

@@ -45,7 +45,7 @@ async def finish(backend, n: int, worker: str = "w1") -> list[str]:
 
 async def exists(backend, run_id: str) -> bool:
     ref = f"{NS}/{run_id}"
-    return bool(await backend.redis.exists(backend.keys_for_ref(ref + "/a0").run(ref)))
+    return bool(await backend.redis.exists(backend.keys_for_ref(ref + "/a0").run_root(ref)))
 
 
 async def test_keep_runs_retires_the_oldest_finished_runs_and_the_log_still_replays(vbackend):

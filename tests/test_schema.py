@@ -86,7 +86,8 @@ async def _every_path(b) -> None:
     await v.advance(1100)
     await w2.renew([late])
     await Reaper(b, limit=100).reap_once()                                  # a timeout
-    await EventLog(b).append([ev.RunCreated(ns=NS, run="appended", task="t", queue="q")])
+    await EventLog(b).append([ev.RunCreated(ns=NS, run="appended", task="t", queue="q"),
+                              ev.ActionCreated(ns=NS, run="appended", action="a0", task="t", queue="q")])
     await set_policy(b, NS, RetentionPolicy(keep_runs=0, cache_max=0))
     await retire_once(b)                                                    # retention
     await create_schedule(b, "hourly", "t", "0 * * * *", namespace=NS, catchup="latest")
@@ -175,7 +176,7 @@ async def _emit(b, lua_event: str, expect_error: str) -> None:
 
 async def test_emit_never_writes_an_event_its_definition_does_not_allow(backend):
     b = backend
-    ok = "{type = 'run_created', ns = 'proj/development', run = 'r1', task = 't', queue = 'q'}"
+    ok = "{type = 'run_created', ns = 'proj/development', run = 'r1', task = 't', queue = 'q', idempotency_key = 'k'}"
     await _emit(b, "{type = 'no_such_event', ns = 'proj/development', run = 'r1', action = 'a0'}",
                 "unknown event type no_such_event")
     await _emit(b, "{type = 'run_created', ns = 'proj/development', run = 'r1', task = 't'}", "needs field queue")
@@ -185,12 +186,13 @@ async def test_emit_never_writes_an_event_its_definition_does_not_allow(backend)
                    " token = 1, worker = 'w', ttl_ms = 1, grace_ms = 1, deadline_ms = 1}", "must be an integer")
     await _emit(b, "{type = 'run_completed', ns = 'proj/development', run = 'r1', phase = 'succeeded'}",
                 "illegal transition")
-    assert await b.redis.keys(b.keys(0).prefix + "r:*") == []
-    # ... and the well-formed one is written, with its projection
+    assert await b.redis.keys(b.keys(0).prefix + "a:*") == []
+    # ... and the well-formed one is written, with its projection (a run's own fields, on its
+    # root action's hash: the run lives there)
     body = "--@@USES_LIB@@\nreturn emit(" + ok + ")"
     await b.redis.eval(compose("test", body, b.clock), 1, b.keys(0).prefix)
     assert await b.redis.xlen(b.keys(0).stream) == 1
-    assert await b.redis.hget(b.keys(0).prefix + "r:proj/development/r1", "phase") == b"running"
+    assert await b.redis.hget(b.keys(0).run_root("proj/development/r1"), "idempotency_key") == b"k"
 
 
 async def test_generated_handlers_cover_exactly_the_defined_events(backend):
@@ -265,7 +267,8 @@ async def _each_script_once(b, failing: Scripts) -> dict[str, str]:
                                        [leases[4].ref, leases[4].token, "w4", "c1", "t", b"", "default",
                                         0, 0, 0, 0, 0, ""]),
         "abort": lambda: abort_run(b, NS, leases[4].ref.split("/")[2]),
-        "append_events": lambda: EventLog(b).append([ev.RunCreated(ns=NS, run="x1", task="t", queue="q")]),
+        "append_events": lambda: EventLog(b).append([ev.RunCreated(ns=NS, run="x1", task="t", queue="q"),
+                                                     ev.ActionCreated(ns=NS, run="x1", action="a0", task="t", queue="q")]),
         "reap": lambda: b.call("reap", [b.keys(leases[0].partition).prefix], [100, 0]),
         "retire": lambda: b.call("retire", [b.keys(leases[1].partition).prefix], [NS, 0, 0, 100, 0, 0]),
         "schedule": lambda: create_schedule(b, "s1", "t", "* * * * *", namespace=NS),
@@ -320,8 +323,8 @@ async def test_a_call_writes_its_events_as_one_entry_and_a_half_failed_call_stil
     b = backend
     stream = b.keys(0).stream
     two = ("--@@USES_LIB@@\n"
-           "emit({type = 'run_created', ns = 'proj/development', run = 'r1', task = 't', queue = 'q'})\n"
-           "emit({type = 'run_created', ns = 'proj/development', run = 'r2', task = 't', queue = 'q'})\n")
+           "emit({type = 'run_created', ns = 'proj/development', run = 'r1', task = 't', queue = 'q', idempotency_key = 'k'})\n"
+           "emit({type = 'run_created', ns = 'proj/development', run = 'r2', task = 't', queue = 'q', idempotency_key = 'k'})\n")
     await b.redis.eval(compose("test", two + "return 1", b.clock), 1, b.keys(0).prefix)
     [(entry_id, fields)] = await b.redis.xrange(stream)
     events = decode_entry(fields[b"e"], entry_id.decode())
@@ -333,7 +336,7 @@ async def test_a_call_writes_its_events_as_one_entry_and_a_half_failed_call_stil
         await b.redis.eval(compose("test", failing, b.clock), 1, b.keys(0).prefix)
     rows = await b.redis.xrange(stream)
     assert len(rows) == 2 and [e.run for e in decode_entry(rows[1][1][b"e"])] == ["r3", "r4"]
-    assert await b.redis.hget(b.keys(0).prefix + "r:proj/development/r4", "phase") == b"running"
+    assert await b.redis.hget(b.keys(0).run_root("proj/development/r4"), "idempotency_key") == b"k"
 
 
 def test_an_entry_is_read_whole_or_refused():

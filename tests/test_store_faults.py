@@ -33,7 +33,7 @@ from lessor.leasing.durability import Durability
 from lessor.leasing.eventlog import EventLog
 from lessor.leasing.scripts import SCRIPT_NAMES, Scripts, script_source
 from lessor.scheduler.launch import lessor_command, worker_command
-from lessor.scheduler.query import get_action, get_run, run_actions
+from lessor.scheduler.query import get_action, get_run, run_actions, run_phases
 from lessor.scheduler.registry import Registry
 from lessor.scheduler.submit import Retries, RunSpec, submit_run, submit_runs
 from lessor.scheduler.values import pack_value
@@ -178,10 +178,7 @@ async def submit_naps(backend: Backend, count: int, seconds: float, prefix: str)
 
 
 async def phases(backend: Backend, runs: list[str]) -> dict[str, str | None]:
-    pipe = backend.redis.pipeline(transaction=False)
-    for r in runs:
-        pipe.hget(backend.keys_for_run(NS, r).run(f"{NS}/{r}"), "phase")
-    return {r: (p.decode() if p else None) for r, p in zip(runs, await pipe.execute())}
+    return {r: (p.value if p else None) for r, p in (await run_phases(backend, NS, runs)).items()}
 
 
 async def all_succeeded(backend: Backend, runs: list[str]) -> bool:

@@ -86,7 +86,7 @@ async def test_a_deleted_trigger_is_a_clear_error_and_a_redefinition_a_conflict(
     with pytest.raises(UnknownTrigger):
         await delete_trigger(b, "hook", namespace=NS)
     assert await list_triggers(b) == []
-    assert await b.redis.exists(b.keys_for_run(NS, run.run_id).run(f"{NS}/{run.run_id}"))   # its runs stay
+    assert await b.redis.exists(b.keys_for_run(NS, run.run_id).run_root(f"{NS}/{run.run_id}"))   # its runs stay
     assert [type(e).TYPE for e in await logged(b, ev.TriggerEvent)] == ["trigger_created", "trigger_fired",
                                                                         "trigger_deleted"]
     assert await verify(b) == []
@@ -162,7 +162,7 @@ async def test_the_twenty_fires_check_catches_a_trigger_without_its_dedup(vbacke
     assert await _twenty_fires_runs(b, lambda k: derived) == 1
     body = script_source("trigger").split("-- ======== trigger.lua ========\n", 1)[1]
     broken = body.replace("if till and tonumber(till) > NOW then", "if false then").replace(
-        "if redis.call('EXISTS', rkey(ns .. '/' .. run)) == 1 then", "if false then")
+        "if redis.call('EXISTS', root_key(ns, run)) == 1 then", "if false then")
     assert broken.count("if false then") == 2
     b.scripts._scripts["trigger"] = b.redis.register_script(compose("trigger", broken, b.clock))
     same_partition = [r for r in (f"x{i}" for i in range(2000))

@@ -46,10 +46,6 @@ from lessor.server import EmbeddedServer, find_server_binary
 NAMESPACE, QUEUE = "bench/development", "work"
 # name -> (what it switches off, (script or '*' for the prelude, old text, new text) patches)
 VARIANTS: dict[str, tuple[str, tuple[tuple[str, str, str], ...]]] = {
-    "no_run_hash_write": (
-        "run_created's projection (the run hash) not written", (
-            ("*", "    redis.call('HSET', key, unpack(fields))",
-             "    if ev.type ~= 'run_created' then redis.call('HSET', key, unpack(fields)) end"),)),
     "no_event_check": ("emit's check of each event against its definition", (
         ("*", "(bad_event(ev) or ev.v == IMPLIES_RUN", "(nil or ev.v == IMPLIES_RUN"),)),
     "no_pack": ("events not msgpack-encoded (a one-byte entry appended instead)", (

@@ -52,6 +52,9 @@ def add_commands(sub) -> None:
     add_url(p)
     add_durability(p)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--migrate", action="store_true",
+                   help="first move state an older lessor left in an old layout (runs with a hash of their "
+                        "own) into today's; run it once every older lessor process has stopped")
     p.set_defaults(handler=cmd_doctor)
 
 
@@ -146,11 +149,33 @@ def _serve_until_stopped() -> None:
         pass
 
 
+def _migrate(url: str) -> None:
+    """Move old-layout runs onto their root actions, with progress on stderr."""
+    import sys
+
+    from lessor.leasing.backend import make_redis
+    from lessor.leasing.migrate import move_runs
+
+    async def go():
+        redis = make_redis(url)
+        try:
+            return await move_runs(redis, on_progress=lambda n: print(f"moved {n:,} runs ...", file=sys.stderr))
+        finally:
+            await redis.aclose()
+
+    report = anyio.run(go)
+    print(f"migrate: {report.moved:,} runs moved onto their root action's hash, {report.orphans:,} old hashes "
+          "of runs already retired deleted", file=sys.stderr)
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
-    """`lessor doctor`: read-only checks of the shared server; exit 1 if any fails."""
+    """`lessor doctor`: read-only checks of the shared server (after ``--migrate``'s move, if
+    given); exit 1 if any fails."""
     from lessor.cli.render import print_checks
     from lessor.doctor import as_dicts, run_checks
 
+    if args.migrate:
+        _migrate(url_of(args))
     checks = anyio.run(run_checks, url_of(args), args.durability)
     if args.json:
         print(json.dumps(as_dicts(checks), indent=1))

@@ -15,9 +15,10 @@ Each class is the one definition of its event type. Besides its fields it says
 * ``MOVES``: the phase transitions it makes on its action (phase before ->
   phase after; ``None`` = the action does not exist yet), and ``RUN_MOVES`` on
   its run; the transition tables below are derived from these;
-* ``PROJECT`` / ``RUN_PROJECT``: what it does to the projection
-  (``core/effects.py``), read by the Python fold and generated into the Lua
-  ``emit`` handlers.
+* ``PROJECT`` / ``RUN_PROJECT``: what it does to the state (``core/effects.py``),
+  read by the Python fold and generated into the Lua ``emit`` handlers (a run's
+  handlers write only its own fields, onto its root action's hash:
+  ``core/fold.py RUN_ON_ROOT``).
 
 Adding an event type is adding a class here (and to ``EVENT_TYPES``) plus its
 tests; CONTRIBUTING.md has the checklist.

@@ -174,8 +174,10 @@ class Keys:
     def action(self, ref: str) -> str:
         return self.prefix + _SUFFIX["akey"] + ref
 
-    def run(self, ref: str) -> str:
-        return self.prefix + _SUFFIX["rkey"] + ref
+    def run_root(self, run_ref: str) -> str:
+        """HASH: the run's root action a0, which holds the run too (there is no run hash: its
+        phase is ``run_phase_of`` a0's, its own fields are a0's under ``RUN_ON_ROOT``'s names)."""
+        return self.action(run_ref + "/a0")
 
     def queue(self, namespace: str, queue: str) -> str:
         return self.prefix + _SUFFIX["qkey"] + f"{namespace}:{queue}"

@@ -56,7 +56,6 @@ PARTITION_KEYS = (
 
 KEY_FAMILIES = (
     KeyFamily("akey", "a:", ("ref",), "hash", "an action's projection"),
-    KeyFamily("rkey", "r:", ("ref",), "hash", "a run's projection"),
     KeyFamily("qkey", "q:", ("ns", "queue"), "zset", "a queue: action refs by priority, then FIFO"),
     KeyFamily("wake_key", "wake:", ("ns", "queue"), "list",
               "a queue's wake-up signal: at most one token, pushed on enqueue, popped (BLPOP) by an idle worker"),

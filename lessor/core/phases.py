@@ -47,3 +47,13 @@ NO_PHASE = "-"
 
 #: Marks a transition that deletes its subject (run_retired: retention removed the run).
 RETIRED = "<retired>"
+
+
+def run_phase_of(root_phase: str | bytes | None) -> Phase | None:
+    """A run's phase from its root action a0's (the store keeps no run hash: a run lives on
+    a0's). None: a0 does not exist, so neither does the run. Once a0 has ended the run has
+    ended the same way (a0's end is the run's: the log's ``run_completed``); before, it runs."""
+    if not root_phase:
+        return None
+    phase = Phase(root_phase.decode() if isinstance(root_phase, bytes) else root_phase)
+    return phase if phase in TERMINAL else Phase.RUNNING

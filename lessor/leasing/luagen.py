@@ -25,7 +25,7 @@ from lessor.core.effects import Const, Copy, Create, FirstOf, Incr, Soft, Text, 
 from lessor.core.events import (
     ACTION_TRANSITIONS, EVENT_TYPES, RUN_TRANSITIONS, SCHEDULE_TRANSITIONS, SETTINGS_TRANSITIONS, TRIGGER_TRANSITIONS,
 )
-from lessor.core.fold import ActionState, RunState, ScheduleState, SettingsState, TriggerState
+from lessor.core.fold import RUN_ON_ROOT, ActionState, RunState, ScheduleState, SettingsState, TriggerState
 from lessor.core.keyspace import HOT, KEY_FAMILIES, PARTITION_KEYS
 from lessor.core.phases import FROM_PAYLOAD, NO_PHASE, RETIRED, TERMINAL
 from lessor.core.settings import SETTINGS, UNSET
@@ -195,13 +195,32 @@ def _handler(cls: type[ev.Event], effects: tuple, state_cls: type) -> str:
     return "function(k, ev, f)\n" + "".join(f"  {line}\n" for line in lines) + "  return f\nend"
 
 
+def _run_handler(cls: type[ev.Event]) -> str:
+    """A run event's handler: the run lives on its root action's hash (core/fold.py RUN_ON_ROOT),
+    so only the run's own fields are written there, under their names on a0's hash; its phase is
+    a0's, and the fields it shares with a0 are a0's already."""
+    lines: list[str] = ["local n, v = #f"]
+    event_fields = field_types(cls)
+    for effect in cls.RUN_PROJECT:
+        match effect:
+            case Create():
+                sources = dict(effect.renamed)
+                lines += [_stored(cls, sources.get(name, name), stored) for name, stored in RUN_ON_ROOT.items()
+                          if sources.get(name, name) in event_fields]
+            case Const(field=name, value=value) if name in RUN_ON_ROOT:
+                lines.append(_set(RUN_ON_ROOT[name], _quote(value)))
+            case _:
+                raise TypeError(f"{cls.TYPE}: no rule for run effect {effect!r} on the root action's hash")
+    return "function(k, ev, f)\n" + "".join(f"  {line}\n" for line in lines) + "  return f\nend"
+
+
 def _handlers() -> str:
     out = []
     for etype, cls in sorted(EVENT_TYPES.items()):
         if cls.MOVES:
             out.append(f"ON.{etype} = {_handler(cls, cls.PROJECT, ActionState)}")
         if cls.RUN_MOVES:
-            out.append(f"ON_RUN.{etype} = {_handler(cls, cls.RUN_PROJECT, RunState)}")
+            out.append(f"ON_RUN.{etype} = {_run_handler(cls)}")
         if cls.SCHEDULE_MOVES:
             out.append(f"ON_SCHEDULE.{etype} = {_handler(cls, cls.SCHEDULE_PROJECT, ScheduleState)}")
         if cls.TRIGGER_MOVES:

@@ -4,7 +4,9 @@ Guarantee 5: scheduling state is a pure function of the log. ``replay`` folds
 every partition's stream with the Python fold; ``verify`` compares the result
 field by field with the hashes the Lua scripts maintain, and lists every
 difference (also keys that exist live but not in the log, and vice versa).
-Left out on purpose: ``deadline_ms`` (on-time renewals move it without an
+A run has no hash of its own: its fields are expected on its root action's hash, and
+what a reader derives from it (``run_view``) must match the log's run. Left out on
+purpose: ``deadline_ms`` (on-time renewals move it without an
 event) and bookkeeping fields starting with ``_``. A field missing on one side
 equals "" or "0" on the other: the scripts do not store default values.
 """
@@ -14,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lessor.core.fold import (
-    World, action_projection, run_projection, schedule_projection, settings_projection, trigger_projection,
+    World, action_projection, run_projection, run_view, run_view_of, schedule_projection, settings_projection,
+    trigger_projection,
 )
 from lessor.leasing.backend import Backend, settings_keys
 from lessor.leasing.archive import Archive
@@ -89,10 +92,21 @@ async def verify(backend: Backend, world: World | None = None, archive: Archive 
     diffs: list[Difference] = [Difference(backend.keys(b.partition).stream, f"entry {b.entry_id}", "decodes", b.why)
                                for b in world.bad_entries]
     expected: list[tuple[str, dict]] = []
+    at: dict[str, dict] = {}   # action ref -> its expected fields (a run's own join its root's)
     for ref, state in world.actions.items():
-        expected.append((backend.keys_for_ref(ref).action(ref), action_projection(state) | {"phase": state.phase.value}))
+        at[ref] = action_projection(state) | {"phase": state.phase.value}
+        expected.append((backend.keys_for_ref(ref).action(ref), at[ref]))
     for ref, state in world.runs.items():
-        expected.append((backend.keys_for_ref(ref + "/a0").run(ref), run_projection(state) | {"phase": state.phase.value}))
+        # A run lives on its root action's hash: its own fields are expected there, and what
+        # a reader derives from that hash (run_view) must be what the log says of the run.
+        root = backend.keys_for_ref(ref + "/a0").run_root(ref)
+        if ref + "/a0" not in at:
+            diffs.append(Difference(root, "<key>", f"holds run {ref}", "no root action in the log"))
+            continue
+        at[ref + "/a0"].update(run_projection(state))
+        view, want = run_view(at[ref + "/a0"]), run_view_of(state)
+        diffs += [Difference(root, f"run {name}", want[name], (view or {}).get(name))
+                  for name in want if view is None or view[name] != want[name]]
     for ref, state in world.schedules.items():
         ns, name = ref.rsplit("/", 1)
         expected.append((backend.keys_for_run(ns, name).schedule(ref),
@@ -114,7 +128,7 @@ async def verify(backend: Backend, world: World | None = None, archive: Archive 
         for (key, want), live in zip(chunk, lives):
             diffs += _compare(key, want, live)
     for keys in backend.all_keys():
-        for pattern in (keys.action("*"), keys.run("*"), keys.schedule("*"), keys.settings("*"),
+        for pattern in (keys.action("*"), keys.schedule("*"), keys.settings("*"),
                         keys.trigger("*")):
             async for raw in backend.redis.scan_iter(match=pattern, count=1000):
                 name = raw.decode()

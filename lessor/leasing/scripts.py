@@ -69,7 +69,7 @@ _LIB_NAMES = (
     "refuse", "unpack_batch", "bad_token", "bad_int", "bad_id", "bad_ns", "bad_text", "bad_bytes", "SAFE_INT",
     "bad_event",
     # reading
-    "hget", "split_ref", "nz", "is_run_event",
+    "hget", "split_ref", "nz", "is_run_event", "root_key", "run_phase",
     # generated: keys, tables, handlers
     *(f.lua for f in KEY_FAMILIES if f.lua not in HOT),
     "SETTING_KINDS", "UNSET", "ON", "ON_RUN", "ON_SCHEDULE", "ON_SETTINGS", "ON_TRIGGER", "EVF", "ACTION_T", "RUN_T",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
+from lessor.core.fold import run_view
 from lessor.core.ids import ROOT_ACTION, action_ref, check_id, check_namespace, run_ref
-from lessor.core.phases import Phase
+from lessor.core.phases import Phase, run_phase_of
 from lessor.errors import UnknownAction
 from lessor.leasing.backend import Backend
 from lessor.scheduler.values import unpack_value
@@ -119,17 +120,23 @@ async def get_run(backend: Backend, namespace: str, run_id: str) -> RunInfo:
 
     check_namespace(namespace)
     check_id("run", run_id)
-    keys = backend.keys_for_run(namespace, run_id)
-    pipe = backend.redis.pipeline(transaction=False)
-    pipe.hgetall(keys.run(run_ref(namespace, run_id)))
-    pipe.hgetall(keys.action(action_ref(namespace, run_id, ROOT_ACTION)))
-    run_h, root_h = await pipe.execute()
-    if not run_h:
+    # A run lives on its root action's hash (core/fold.py run_view): one read gives both.
+    root_h = await backend.redis.hgetall(backend.keys_for_run(namespace, run_id).run_root(run_ref(namespace, run_id)))
+    run = run_view(root_h)
+    if run is None:
         raise UnknownRun(f"no run {namespace}/{run_id}: check the id and --namespace with "
                          f"`lessor runs --namespace {namespace}`")
-    return RunInfo(namespace=namespace, run_id=run_id, task=_text(run_h, "task"), queue=_text(run_h, "queue"),
-                   phase=Phase(_text(run_h, "phase")), created_ms=int(run_h.get(b"created_ms", b"0")),
-                   aborting=run_h.get(b"aborting") == b"1", root=action_info(root_h) if root_h else None)
+    return RunInfo(namespace=namespace, run_id=run_id, task=run["task"], queue=run["queue"],
+                   phase=Phase(run["phase"]), created_ms=run["created_ms"], aborting=run["aborting"],
+                   root=action_info(root_h))
+
+
+async def run_phases(backend: Backend, namespace: str, run_ids: list[str]) -> dict[str, Phase | None]:
+    """Each run's phase (None: no such run), one pipeline: an HGET of each run's root action."""
+    pipe = backend.redis.pipeline(transaction=False)
+    for run_id in run_ids:
+        pipe.hget(backend.keys_for_run(namespace, run_id).run_root(run_ref(namespace, run_id)), "phase")
+    return {run_id: run_phase_of(phase) for run_id, phase in zip(run_ids, await pipe.execute())}
 
 
 async def run_actions(backend: Backend, namespace: str, run_id: str) -> list[ActionInfo]:

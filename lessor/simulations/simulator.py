@@ -42,6 +42,7 @@ from typing import Any, Awaitable, Callable, Protocol
 import anyio
 
 from lessor.core import events as ev
+from lessor.core.phases import Phase
 from lessor.errors import IdempotencyConflict, LessorError, ServerRefused
 from lessor.leasing.backend import Backend
 from lessor.leasing.client import Lease
@@ -52,6 +53,7 @@ from lessor.leasing.reaper import Reaper
 from lessor.leasing.scripts import VIRTUAL_CLOCK_KEY
 from lessor.scheduler.api import CacheKey, lookup_cache
 from lessor.scheduler.control import UnknownRun, abort_run
+from lessor.scheduler.query import run_phases
 from lessor.scheduler.outcome import POLICY, Outcome, Policy
 from lessor.scheduler.schedules import Ticker, create_schedule
 from lessor.scheduler.submit import Retries, RunSpec, idempotent_run_id, submit_runs
@@ -745,14 +747,14 @@ class Simulator:
             return False
         self._last_done_check = self.now_ms
         pending = [r for r in self.truth.submitted if r not in self._done]
-        pipe = self.backend.redis.pipeline(transaction=False)
+        by_ns: dict[str, list[str]] = {}
         for run_id in pending:
-            ns = self.namespace_of_run[run_id]
-            pipe.hget(self.backend.keys_for_run(ns, run_id).run(f"{ns}/{run_id}"), "phase")
-        for run_id, phase in zip(pending, await pipe.execute()):
-            # A run whose submit a crash or failover rolled back is gone: nothing to wait for.
-            if phase not in (b"running", None) or (phase is None and self.truth.lost(self.truth.submit_steps[run_id])):
-                self._done.add(run_id)
+            by_ns.setdefault(self.namespace_of_run[run_id], []).append(run_id)
+        for ns, run_ids in by_ns.items():
+            for run_id, phase in (await run_phases(self.backend, ns, run_ids)).items():
+                # A run whose submit a crash or failover rolled back is gone: nothing to wait for.
+                if phase not in (Phase.RUNNING, None) or (phase is None and self.truth.lost(self.truth.submit_steps[run_id])):
+                    self._done.add(run_id)
         return len(self._done) == len(self.truth.submitted)
 
 

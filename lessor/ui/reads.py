@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 
 from lessor.core.codec import decode_entry
 from lessor.core.events import Event, ReportRejected
-from lessor.core.ids import ROOT_ACTION, action_ref, run_ref, stream_id_key
+from lessor.core.fold import RUN_ON_ROOT
+from lessor.core.ids import action_ref, run_ref, stream_id_key
 from lessor.core.keyspace import KEY_FAMILIES
-from lessor.core.phases import Phase, TERMINAL
+from lessor.core.phases import Phase, TERMINAL, run_phase_of
 from lessor.errors import EventDecodeError
 from lessor.leasing.backend import Backend
 from lessor.scheduler.query import ActionInfo, action_info
@@ -93,7 +94,8 @@ def _entry_data(row) -> bytes:
 
 @dataclass(frozen=True)
 class RunRow:
-    """One line of the runs page: the run's hash and its root action's phase, attempt, worker, error."""
+    """One line of the runs page: the run (from its root action's hash: run_view) and its root
+    action's phase, attempt, worker, error."""
 
     namespace: str
     run_id: str
@@ -137,10 +139,6 @@ class RunFilter:
         elif self.phase and phase != self.phase:
             return False
         return not self.task or fnmatch.fnmatchcase(task, self.task)
-
-    @property
-    def needs_root(self) -> bool:
-        return self.phase in (Phase.QUEUED, Phase.RUNNING)
 
     @property
     def selective(self) -> bool:
@@ -190,47 +188,39 @@ async def _index_chunk(backend: Backend, namespace: str, filt: RunFilter, before
     return merged[:n], exhausted
 
 
-_RUN_FIELDS = ("task", "queue", "phase", "created_ms", "aborting")
-_ROOT_FIELDS = ("phase", "attempt", "worker", "error")
+# A run lives on its root action's hash (core/fold.py run_view): one HMGET gives its row.
+_ROW_FIELDS = ("task", "queue", "phase", "created_ms", RUN_ON_ROOT["aborting"], "attempt", "worker", "error")
 
 
 async def _run_rows(backend: Backend, namespace: str, ids: list[str]) -> list[RunRow | None]:
-    """The rows of these runs (None for one retired meanwhile): two HMGETs each, one pipeline."""
-    commands = []
-    for run_id in ids:
-        keys = backend.keys_for_run(namespace, run_id)
-        commands.append(("HMGET", keys.run(run_ref(namespace, run_id)), *_RUN_FIELDS))
-        commands.append(("HMGET", keys.action(action_ref(namespace, run_id, ROOT_ACTION)), *_ROOT_FIELDS))
+    """The rows of these runs (None for one retired meanwhile): an HMGET of each run's root
+    action, one pipeline."""
+    commands = [("HMGET", backend.keys_for_run(namespace, run_id).run_root(run_ref(namespace, run_id)), *_ROW_FIELDS)
+                for run_id in ids]
     replies = await raw_commands(backend, commands)
     rows: list[RunRow | None] = []
-    for i, run_id in enumerate(ids):
-        run_h, root_h = replies[2 * i], replies[2 * i + 1]
-        if run_h[2] is None:
+    for run_id, reply in zip(ids, replies):
+        phase = run_phase_of(reply[2])
+        if phase is None:
             rows.append(None)
             continue
-        text = [v.decode("utf-8", "replace") if v is not None else "" for v in (*run_h, *root_h)]
-        rows.append(RunRow(namespace=namespace, run_id=run_id, task=text[0], queue=text[1], phase=text[2],
-                           created_ms=int(text[3] or 0), aborting=text[4] == "1", root_phase=text[5],
-                           attempt=int(text[6] or 0), worker=text[7], error=text[8]))
+        text = [v.decode("utf-8", "replace") if v is not None else "" for v in reply]
+        rows.append(RunRow(namespace=namespace, run_id=run_id, task=text[0], queue=text[1], phase=phase.value,
+                           created_ms=int(text[3] or 0), aborting=text[4] == "1", root_phase=text[2],
+                           attempt=int(text[5] or 0), worker=text[6], error=text[7]))
     return rows
 
 
 async def _wanted(backend: Backend, namespace: str, filt: RunFilter, ids: list[str]) -> list[bool]:
-    """Which of these runs ``filt`` wants: one HMGET per run (and an HGET of its root action's
-    phase for the queued/running filters), one pipeline. A run retired meanwhile is not wanted."""
-    commands = []
-    for run_id in ids:
-        keys = backend.keys_for_run(namespace, run_id)
-        commands.append(("HMGET", keys.run(run_ref(namespace, run_id)), "phase", "task"))
-        if filt.needs_root:
-            commands.append(("HGET", keys.action(action_ref(namespace, run_id, ROOT_ACTION)), "phase"))
-    replies = await raw_commands(backend, commands)
-    step = 2 if filt.needs_root else 1
+    """Which of these runs ``filt`` wants: an HMGET of each run's root action, one pipeline. A
+    run retired meanwhile is not wanted."""
+    commands = [("HMGET", backend.keys_for_run(namespace, run_id).run_root(run_ref(namespace, run_id)), "phase", "task")
+                for run_id in ids]
     out = []
-    for i in range(len(ids)):
-        (phase, task), root = replies[i * step], replies[i * step + 1] if filt.needs_root else None
-        out.append(phase is not None and filt.matches(phase.decode(), (task or b"").decode("utf-8", "replace"),
-                                                      (root or b"").decode()))
+    for root_phase, task in await raw_commands(backend, commands):
+        phase = run_phase_of(root_phase)
+        out.append(phase is not None and filt.matches(phase.value, (task or b"").decode("utf-8", "replace"),
+                                                      root_phase.decode()))
     return out
 
 
@@ -493,7 +483,7 @@ async def recent_queues(backend: Backend, namespace: str, per_partition: int = 5
     for keys in backend.all_keys():
         pipe.zrevrange(keys.runs(namespace), 0, per_partition - 1)
     ids = [r.decode() for reply in await pipe.execute() for r in reply]
-    commands = [("HGET", backend.keys_for_run(namespace, run_id).run(run_ref(namespace, run_id)), "queue")
+    commands = [("HGET", backend.keys_for_run(namespace, run_id).run_root(run_ref(namespace, run_id)), "queue")
                 for run_id in ids]
     return {q.decode() for q in await raw_commands(backend, commands) if q}
 

@@ -180,14 +180,24 @@ local function lib()
     or redis.pcall('ECHO', 9007199254740991) ~= '9007199254740991'
   --@@GENERATED_HANDLERS@@
 
+  -- A run has no hash of its own: it lives on its root action a0's (root_key). Its phase is
+  -- a0's once a0 has ended (a0's end is the run's: IMPLIES_RUN), else running; its own fields
+  -- (core/fold.py RUN_ON_ROOT) are a0's fields too, under their names there. (A run hash cost
+  -- a tenth of the server's work per action and 200 bytes per run: server_work, capacity.)
+  local function root_key(ns, run) return akey(ns .. '/' .. run .. '/a0') end
+  local function run_phase(a0_phase)
+    if not a0_phase then return NO_PHASE end
+    if TERMINAL[a0_phase] then return a0_phase end
+    return 'running'
+  end
+
   -- The phase an event moves its subject to (nil if the table forbids it), its key,
-  -- its current phase, its projection handler and whether the subject is an action. No
-  -- writes. ``cur`` may be passed when the caller has just read it (NO_PHASE = does not
-  -- exist), saving a read.
+  -- its current phase, its projection handler and what the subject is ('action', 'run' or
+  -- nil for the others). No writes. ``cur`` may be passed when the caller has just read it
+  -- (NO_PHASE = does not exist), saving a read.
   local function next_phase(ev, cur)
-    local key, table_, handlers
+    local key, table_, handlers, kind
     local subject = SUBJECT[ev.type]
-    local is_action = false
     if subject == 'settings' then
       key, table_, handlers = setkey(ev.ns), SETTINGS_T, ON_SETTINGS
     elseif subject == 'trigger' then
@@ -195,9 +205,10 @@ local function lib()
     elseif subject == 'schedule' then
       key, table_, handlers = skey(ev.ns .. '/' .. ev.schedule), SCHEDULE_T, ON_SCHEDULE
     elseif subject == 'run' or (subject == 'both' and (ev.action == nil or ev.action == '')) then
-      key, table_, handlers = rkey(ev.ns .. '/' .. ev.run), RUN_T, ON_RUN
+      key, table_, handlers, kind = root_key(ev.ns, ev.run), RUN_T, ON_RUN, 'run'
+      if cur == nil then cur = run_phase(redis.call('HGET', key, 'phase')) end
     else
-      key, table_, handlers, is_action = akey(ev.ns .. '/' .. ev.run .. '/' .. ev.action), ACTION_T, ON, true
+      key, table_, handlers, kind = akey(ev.ns .. '/' .. ev.run .. '/' .. ev.action), ACTION_T, ON, 'action'
     end
     if cur == nil then cur = redis.call('HGET', key, 'phase') or NO_PHASE end
     local moves = table_[cur]
@@ -205,7 +216,7 @@ local function lib()
     if nxt == FROM_PAYLOAD then
       if TERMINAL[ev.phase] then nxt = ev.phase else nxt = nil end
     end
-    return nxt, key, cur, handlers[ev.type], is_action
+    return nxt, key, cur, handlers[ev.type], kind
   end
 
   -- An event's fields against its definition (EVF, from core/events.py): the reason it
@@ -328,8 +339,9 @@ local function lib()
     local bad = not implied and (bad_event(ev) or ev.v == IMPLIES_RUN and ev.idempotency_key ~= nil
       and type(ev.idempotency_key) ~= 'string' and 'idempotency_key must be a string')
     if bad then error('lessor bug: refusing to write an event: ' .. bad) end
-    local nxt, key, handler, is_action
-    nxt, key, cur, handler, is_action = next_phase(ev, cur)
+    local nxt, key, handler, kind
+    nxt, key, cur, handler, kind = next_phase(ev, cur)
+    local is_action = kind == 'action'
     if nxt == nil then
       error('lessor bug: illegal transition ' .. tostring(cur) .. ' --' .. ev.type .. '--> ? for ' .. key)
     end
@@ -345,6 +357,16 @@ local function lib()
     end
     if nxt == RETIRED then   -- the subject leaves the state (its actions: the caller, retire.lua)
       redis.call('DEL', key)
+      return
+    end
+    if kind == 'run' then
+      -- On a0's hash: the run's own fields only (its phase is a0's). An implied event writes
+      -- nothing: what it carries rides in its a0 event's HSET (create_run passes the
+      -- idempotency key along; the phase a run completes with is a0's).
+      if not implied then
+        local fields = handler(key, ev, {})
+        if #fields > 0 then redis.call('HSET', key, unpack(fields)) end
+      end
       return
     end
     -- The phase first: a small hash is a listpack, its fields in the order first written and
@@ -460,7 +482,8 @@ local function lib()
     emit({type = 'action_created', v = IMPLIES_RUN, ns = ns, run = run, action = 'a0', task = task,
       queue = queue, inputs = inputs, sys_retries = sys_retries, user_retries = user_retries,
       backoff_ms = backoff_ms, priority = priority, timeout_ms = timeout_ms, cache_key = cache_key,
-      parent_token = 0, idempotency_key = idempotency_key}, NO_PHASE)
+      parent_token = 0, idempotency_key = idempotency_key}, NO_PHASE,
+      idempotency_key and 'idempotency_key', idempotency_key)   -- the run's own field, on a0's hash
     if adds then add_later(adds, runs_key(ns), NOW, run) else redis.call('ZADD', runs_key(ns), NOW, run) end
   end
 

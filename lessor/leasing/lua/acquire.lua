@@ -1,6 +1,6 @@
 --[[ Lease up to n queued actions of one queue to one worker.
   KEYS[1]  partition prefix (string)
-  Touches: DELAYED, EPOCH, LEASES, STREAM, TIMEOUTS, TOKENS, akey, children_key, done_key, fair_key, qkey, rkey, run_actions_key, running_key, setkey, share_key, skey, tkey, wake_key
+  Touches: DELAYED, EPOCH, LEASES, STREAM, TIMEOUTS, TOKENS, akey, children_key, done_key, fair_key, qkey, run_actions_key, running_key, setkey, share_key, skey, tkey, wake_key
   ARGV[1] namespace, or '*': every namespace of the queue, by weighted fair share
   ARGV[2] queue  ARGV[3] worker id  ARGV[4] n (max leases)
   ARGV[5] ttl_ms  ARGV[6] grace_ms

@@ -1,6 +1,6 @@
 --[[ Accept attempts' results: the fenced commit of their outputs, batched.
   KEYS[1]  partition prefix (string)
-  Touches: DELAYED, EPOCH, LEASES, SEQ, STREAM, TIMEOUTS, akey, cache_hash, cache_times, children_key, done_key, fair_key, qkey, rkey, run_actions_key, running_key, setkey, share_key, skey, tkey, wake_key
+  Touches: DELAYED, EPOCH, LEASES, SEQ, STREAM, TIMEOUTS, akey, cache_hash, cache_times, children_key, done_key, fair_key, qkey, run_actions_key, running_key, setkey, share_key, skey, tkey, wake_key
   ARGV[1] worker id  ARGV[2..] triples: action ref, token, result (bytes, may be "")
     or, packed (what leasing/client.py sends): ARGV[2] one msgpack array of those
     triples' values, ARGV[3] the number of triples; see unpack_batch

@@ -1,6 +1,6 @@
 --[[ Record a failed attempt (the task's own error). Spends the user retry budget.
   KEYS[1]  partition prefix (string)
-  Touches: DELAYED, EPOCH, LEASES, SEQ, STREAM, TIMEOUTS, akey, children_key, done_key, fair_key, qkey, rkey, run_actions_key, running_key, setkey, share_key, skey, tkey, wake_key
+  Touches: DELAYED, EPOCH, LEASES, SEQ, STREAM, TIMEOUTS, akey, children_key, done_key, fair_key, qkey, run_actions_key, running_key, setkey, share_key, skey, tkey, wake_key
   ARGV[1] action ref  ARGV[2] token  ARGV[3] worker id  ARGV[4] error text
   ARGV[5] retryable (1/0)  ARGV[6] jitter in [0, 1) (drawn by the caller, so simulations are seeded)
   ARGV[7] the task's traceback, its tail (optional; '' or absent = none; at most 8192 bytes)

@@ -1,6 +1,6 @@
 --[[ The reaper's pass over one partition, in bounded batches with a time budget.
   KEYS[1]  partition prefix (string)
-  Touches: DELAYED, EPOCH, LEASES, REAP_DUE, SEQ, STREAM, TIMEOUTS, akey, children_key, done_key, fair_key, qkey, rkey, run_actions_key, running_key, setkey, share_key, skey, tkey, wake_key
+  Touches: DELAYED, EPOCH, LEASES, REAP_DUE, SEQ, STREAM, TIMEOUTS, akey, children_key, done_key, fair_key, qkey, run_actions_key, running_key, setkey, share_key, skey, tkey, wake_key
   ARGV[1] limit (max items of each kind handled in this call)
   ARGV[2] pass interval ms (optional, default 0): if another reaper finished a
           pass of this partition less than this long ago, skip (any number of

@@ -2,7 +2,7 @@
   The action is requeued at once without spending any retry budget, so it fails
   over now instead of after ttl + grace; an action being aborted becomes aborted.
   KEYS[1]  partition prefix (string)
-  Touches: DELAYED, EPOCH, LEASES, SEQ, STREAM, TIMEOUTS, akey, children_key, done_key, fair_key, qkey, rkey, run_actions_key, running_key, setkey, share_key, skey, tkey, wake_key
+  Touches: DELAYED, EPOCH, LEASES, SEQ, STREAM, TIMEOUTS, akey, children_key, done_key, fair_key, qkey, run_actions_key, running_key, setkey, share_key, skey, tkey, wake_key
   ARGV[1] action ref  ARGV[2] token  ARGV[3] worker id  ARGV[4] reason
   Returns: {code, current token}: codes as complete.lua (a call repeated with the same token: 0)
   Events: action_requeued (reason "released") or action_aborted; or report_rejected ]]

@@ -1,6 +1,6 @@
 --[[ Renew every lease a worker holds, in one call (the heartbeat hot path).
   KEYS[1]  partition prefix (string)
-  Touches: DELAYED, EPOCH, LEASES, SEQ, STREAM, TIMEOUTS, akey, children_key, done_key, fair_key, qkey, rkey, run_actions_key, running_key, setkey, share_key, skey, tkey, wake_key
+  Touches: DELAYED, EPOCH, LEASES, SEQ, STREAM, TIMEOUTS, akey, children_key, done_key, fair_key, qkey, run_actions_key, running_key, setkey, share_key, skey, tkey, wake_key
   ARGV[1] worker id  ARGV[2] ttl_ms  ARGV[3..] pairs: action ref, token
     or, packed (what leasing/client.py sends): ARGV[3] one JSON array of the pairs'
     values, every one a string: ["ref","token","ref","token"]

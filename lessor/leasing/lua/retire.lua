@@ -1,6 +1,6 @@
 --[[ Retention for one namespace of one partition: retire finished runs, bound the cache.
   KEYS[1]  partition prefix (string)
-  Touches: DELAYED, STREAM, akey, cache_hash, cache_times, children_key, done_key, fair_key, qkey, rkey, run_actions_key, running_key, runs_key, setkey, share_key, skey, tkey, wake_key
+  Touches: DELAYED, STREAM, akey, cache_hash, cache_times, children_key, done_key, fair_key, qkey, run_actions_key, running_key, runs_key, setkey, share_key, skey, tkey, wake_key
   ARGV[1] namespace  ARGV[2] keep_ms (finished longer ago than this are retired; 0 = no age limit)
   ARGV[3] keep_runs (beyond the newest this many finished runs are retired; -1 = no count limit)
   ARGV[4] limit (max runs, and max cache entries, handled in this call)
@@ -16,8 +16,8 @@
   a call 17.5 ms. The budget is checked after each run; at least one run is retired
   per call. Under a virtual clock the caller passes none (replayed calls stay alike).
   Events: run_retired (one per run)
-  Only a run whose every action is terminal is retired. Its state goes (run and
-  action hashes, with their refused-report markers; the run's child sets; its
+  Only a run whose every action is terminal is retired. Its state goes (its
+  action hashes, the root's holding the run too, with their refused-report markers; the run's child sets; its
   index entries); its events stay in the log until compaction has archived them
   durably and trims the stream (leasing/compaction.py). A running run, however
   old, is never touched: it is not in the finished index. ]]
@@ -71,8 +71,8 @@ local candidates = due(DONE, keep_ms, keep_runs)
 for i, run in ipairs(candidates) do
   if i > 1 and spent() then more = 1; break end   -- the rest are due still: the next call takes them
   local run_ref = ns .. '/' .. run
-  local phase = redis.call('HGET', rkey(run_ref), 'phase')
-  if not phase or not TERMINAL[phase] then
+  local phase = run_phase(redis.call('HGET', root_key(ns, run), 'phase'))
+  if not TERMINAL[phase] then
     redis.call('ZREM', DONE, run)          -- gone already, or not finished: not retention's
   else
     local actions = redis.call('SMEMBERS', run_actions_key(run_ref))

@@ -1,6 +1,6 @@
 --[[ Create, pause, resume or delete a schedule (lessor/scheduler/schedules.py).
   KEYS[1]  partition prefix (string): the partition of (namespace, schedule name)
-  Touches: DELAYED, SCHEDULES, STREAM, akey, children_key, done_key, fair_key, qkey, rkey, run_actions_key, running_key, setkey, share_key, skey, tkey, wake_key
+  Touches: DELAYED, SCHEDULES, STREAM, akey, children_key, done_key, fair_key, qkey, run_actions_key, running_key, setkey, share_key, skey, tkey, wake_key
   ARGV[1] verb, ARGV[2] namespace, ARGV[3] schedule name, then per verb:
     create: ARGV[4] task  ARGV[5] queue  ARGV[6] cron  ARGV[7] timezone  ARGV[8] catchup (all|latest|none)
             ARGV[9] start_ms  ARGV[10] inputs (bytes, may be "")  ARGV[11] misfire_grace_ms  ARGV[12] first due ms

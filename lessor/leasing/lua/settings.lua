@@ -1,7 +1,7 @@
 --[[ Replace one settings scope's document, if it is still at the version the writer read
   (lessor/scheduler/settings.py). Optimistic locking: the check and the write are one call.
   KEYS[1]  partition prefix (string): the settings partition (always partition 0)
-  Touches: DELAYED, STREAM, akey, children_key, done_key, fair_key, qkey, rkey, run_actions_key, running_key, setkey, share_key, skey, tkey, wake_key
+  Touches: DELAYED, STREAM, akey, children_key, done_key, fair_key, qkey, run_actions_key, running_key, setkey, share_key, skey, tkey, wake_key
   ARGV[1] scope (* | */domain | project/domain)  ARGV[2] the version the writer read (0: none yet)
   ARGV[3] the new document: a JSON object of setting -> value (core/settings.py SETTINGS)
   Returns: {OK, new version} written, or {STALE, current version}: the scope changed since the

@@ -2,7 +2,7 @@
   one call submits any number of runs of one partition. Idempotent by run id
   (the client derives the run id from an idempotency key when one is given).
   KEYS[1]  partition prefix (string)
-  Touches: DELAYED, SEQ, STREAM, akey, children_key, done_key, fair_key, qkey, rkey, run_actions_key, running_key, runs_key, setkey, share_key, skey, tkey, wake_key
+  Touches: DELAYED, SEQ, STREAM, akey, children_key, done_key, fair_key, qkey, run_actions_key, running_key, runs_key, setkey, share_key, skey, tkey, wake_key
   ARGV: 14 values per run:
     ns, run id, task, queue, inputs (bytes, may be ""), idempotency key (or ""),
     system retries, user retries, backoff_ms, priority, timeout_ms (0 = none),
@@ -12,7 +12,8 @@
   Returns: per run {1 created | 0 already existed (the same request) | 2 conflict: the run id
     exists with another task or other inputs, run id}, flattened
   Events: run_created, action_created, (cache_hit, run_completed)
-  Cost: per run one HMGET, two XADDs, two HSETs; per call one INCRBY, one ZADD of the
+  Cost: per run one HMGET (of its root action's hash: the run lives there) and one HSET; per
+  call one XADD of its events, one INCRBY, one ZADD of the
   run index per namespace, one ZADD and one wake-up (LLEN, RPUSH) per queue. ]]
 --@@USES_LIB@@ (binds emit, enqueue, fence, ... from the prelude's lib())
 local function opt(v) if v == '' then return nil end return v end
@@ -60,7 +61,8 @@ end
 for i = 1, n, 14 do
   local ns, run, task, queue = A[i], A[i + 1], A[i + 2], A[i + 3]
   local run_ref = ns .. '/' .. run
-  local existing = redis.call('HMGET', rkey(run_ref), 'phase', 'task', 'inputs')
+  local root = root_key(ns, run)   -- the run lives on its root action's hash
+  local existing = redis.call('HMGET', root, 'phase', 'task', 'inputs')
   if existing[1] then
     -- The same run id again: the same request is a repeat (0); another task or other
     -- inputs under the same id (an idempotency key reused) is a conflict (2).
@@ -68,7 +70,7 @@ for i = 1, n, 14 do
       out[#out + 1], out[#out + 2] = CONFLICT, run
     else
       -- A repeat writes too, so a durability wait on this connection covers the first try.
-      redis.call('HINCRBY', rkey(run_ref), '_repeats', 1)
+      redis.call('HINCRBY', root, '_repeats', 1)
       out[#out + 1], out[#out + 2] = EXISTED, run
     end
   else

@@ -4,7 +4,7 @@
   (same id, derived from its call order) gets the existing child back, with its
   result if it has finished, instead of running it twice.
   KEYS[1]  partition prefix (string)
-  Touches: DELAYED, EPOCH, LEASES, SEQ, STREAM, TIMEOUTS, akey, children_key, done_key, fair_key, qkey, rkey, run_actions_key, running_key, setkey, share_key, skey, tkey, wake_key
+  Touches: DELAYED, EPOCH, LEASES, SEQ, STREAM, TIMEOUTS, akey, children_key, done_key, fair_key, qkey, run_actions_key, running_key, setkey, share_key, skey, tkey, wake_key
   ARGV[1] parent ref  ARGV[2] parent token  ARGV[3] worker id  ARGV[4] child action id
   ARGV[5] task  ARGV[6] inputs (bytes)  ARGV[7] queue  ARGV[8] system retries
   ARGV[9] user retries  ARGV[10] backoff_ms  ARGV[11] priority  ARGV[12] timeout_ms (0 = none; capped

@@ -1,6 +1,6 @@
 --[[ Fire the due ticks of this partition's schedules, under the partition's ticker lease.
   KEYS[1]  partition prefix (string)
-  Touches: DELAYED, EPOCH, LEASES, SCHEDULES, SEQ, STREAM, TICKER, TOKENS, akey, children_key, done_key, fair_key, qkey, rkey, run_actions_key, running_key, runs_key, setkey, share_key, skey, tkey, wake_key
+  Touches: DELAYED, EPOCH, LEASES, SCHEDULES, SEQ, STREAM, TICKER, TOKENS, akey, children_key, done_key, fair_key, qkey, run_actions_key, running_key, runs_key, setkey, share_key, skey, tkey, wake_key
   ARGV[1] worker id  ARGV[2] ticker token ("0": none yet)  ARGV[3] ttl_ms  ARGV[4] grace_ms
   ARGV[5..] groups of 7: kind ("tick" | "skip"), namespace, schedule name, tick_ms (skip: the last
     skipped tick), run id (skip: the first skipped tick, as text), count (tick: 1), next due ms
@@ -64,7 +64,7 @@ for i = 5, #ARGV, 7 do
   if h.phase == 'active' and tick_ms > tonumber(h.last_tick_ms) then
     if kind == 'tick' then
       local run = ARGV[i + 4]
-      if redis.call('EXISTS', rkey(ns .. '/' .. run)) == 0 then
+      if redis.call('EXISTS', root_key(ns, run)) == 0 then
         local inputs = h.inputs
         if inputs == '' then inputs = nil end
         create_run(ns, run, h.task, h.queue, inputs, nil, 3, tonumber(h.retries), 1000, 0, 0, nil)   -- the schedule's retries

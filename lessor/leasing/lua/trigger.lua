@@ -1,6 +1,6 @@
 --[[ Create, fire or delete an event trigger (lessor/scheduler/triggers.py).
   KEYS[1]  partition prefix (string): the partition of (namespace, trigger name)
-  Touches: DELAYED, SEQ, STREAM, akey, children_key, done_key, fair_key, qkey, rkey, run_actions_key, running_key, runs_key, setkey, share_key, skey, tkey, trigger_runs, trigger_until, wake_key
+  Touches: DELAYED, SEQ, STREAM, akey, children_key, done_key, fair_key, qkey, run_actions_key, running_key, runs_key, setkey, share_key, skey, tkey, trigger_runs, trigger_until, wake_key
   ARGV[1] verb, ARGV[2] namespace, ARGV[3] trigger name, then per verb:
     create: ARGV[4] task  ARGV[5] queue  ARGV[6] window_ms
     fire:   ARGV[4] dedup key  ARGV[5] window index the caller derived the run id from
@@ -67,7 +67,7 @@ if #ended > 0 then
   redis.call('HDEL', runs_key_, unpack(ended))
 end
 local run = ARGV[6]
-if redis.call('EXISTS', rkey(ns .. '/' .. run)) == 1 then return {EXISTED, run} end
+if redis.call('EXISTS', root_key(ns, run)) == 1 then return {EXISTED, run} end
 local inputs = ARGV[7]
 if inputs == '' then inputs = nil end
 create_run(ns, run, h.task, h.queue, inputs, nil, 3, 0, 1000, 0, 0, nil)

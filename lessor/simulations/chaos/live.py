@@ -29,11 +29,13 @@ from dataclasses import dataclass, field
 import anyio
 
 from lessor.core import events as ev
+from lessor.core.phases import Phase
 from lessor.leasing.backend import Backend, open_backend
 from lessor.leasing.eventlog import EventLog
 from lessor.leasing.reaper import Reaper
 from lessor.leasing.replay import verify
 from lessor.scheduler.control import abort_run
+from lessor.scheduler.query import run_phases
 from lessor.scheduler.launch import worker_command
 from lessor.scheduler.submit import Retries, RunSpec, submit_runs
 from lessor.scheduler.values import pack_value
@@ -271,10 +273,8 @@ class Chaos:
         return None
 
     async def all_finished(self, backend: Backend) -> bool:
-        pipe = backend.redis.pipeline(transaction=False)
-        for run_id in self.submitted:
-            pipe.hget(backend.keys_for_run(NAMESPACE, run_id).run(f"{NAMESPACE}/{run_id}"), "phase")
-        return all(phase not in (None, b"running") for phase in await pipe.execute())
+        phases = await run_phases(backend, NAMESPACE, list(self.submitted))
+        return all(phase not in (None, Phase.RUNNING) for phase in phases.values())
 
     async def stop_workers(self) -> None:
         for proc in self.procs:

@@ -46,6 +46,7 @@ from lessor.leasing.backend import Backend, open_backend
 from lessor.leasing.durability import Durability
 from lessor.leasing.eventlog import EventLog
 from lessor.leasing.replay import verify
+from lessor.scheduler.query import run_phases
 from lessor.scheduler.launch import lessor_command, worker_command
 from lessor.scheduler.submit import Retries, RunSpec, submit_runs
 from lessor.scheduler.values import pack_value
@@ -341,10 +342,8 @@ class StoreChaos:
         return None
 
     async def run_phases(self, backend: Backend) -> dict[str, bytes | None]:
-        pipe = backend.redis.pipeline(transaction=False)
-        for run_id in self.submitted:
-            pipe.hget(backend.keys_for_run(NAMESPACE, run_id).run(f"{NAMESPACE}/{run_id}"), "phase")
-        return dict(zip(self.submitted, await pipe.execute()))
+        phases = await run_phases(backend, NAMESPACE, list(self.submitted))
+        return {run_id: phase and phase.value.encode() for run_id, phase in phases.items()}
 
     async def stop_processes(self) -> None:
         procs = [p for p in (*self.workers, self.reaper) if p is not None and p.popen.poll() is None]
