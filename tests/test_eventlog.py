@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import anyio
@@ -144,6 +145,23 @@ async def test_verify_reports_every_difference(vbackend):
     diffs = {(d.key, d.field) for d in await verify(vbackend)}
     assert {(a_key.decode(), "phase"), (a_key.decode(), "attempt"),
             (vbackend.keys(0).action("proj/development/ghost/a0"), "<key>")} <= diffs
+
+
+async def test_verify_catches_a_log_whose_run_disagrees_with_its_root(backend):
+    """A run lives on its root action's hash, so readers take its phase (and task, queue, ...) from
+    a0's: verify also checks that the log's run agrees with the log's a0. Control: a log whose run
+    completed differently from how its a0 ended (no script writes one; a broken writer could) is
+    reported, though every hash matches its own events."""
+    await submit_run(backend, "t", namespace=NS, run_id="split", queue="q")
+    worker = LeaseClient(backend, "w", LeaseConfig(ttl_ms=1000, grace_ms=500))
+    [lease] = await worker.acquire(NS, "q", 1)
+    await worker.complete(lease, b"ok")
+    events = [e.event for e in await EventLog(backend).read_all()]
+    assert await verify(backend, fold(events)) == []
+    broken = [dataclasses.replace(e, phase="failed") if isinstance(e, ev.RunCompleted) else e for e in events]
+    root = backend.keys_for_run(NS, "split").run_root(f"{NS}/split")
+    assert [(d.key, d.field, d.from_log, d.live) for d in await verify(backend, fold(broken))] == [
+        (root, "run phase", "failed", "succeeded")]
 
 
 async def test_a_runs_own_events_ride_on_its_root_actions(backend):
