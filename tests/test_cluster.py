@@ -116,6 +116,26 @@ async def test_runs_with_children_finish_and_replay_on_a_cluster(cluster_url):
         assert len(ran) == 24
 
 
+async def test_runs_of_an_older_lessor_move_onto_their_root_actions_on_a_cluster(cluster_url):
+    """lessor doctor --migrate on a cluster: its SCAN reaches every primary, each move is one script
+    call routed by its keys' slot (a run and its root share one)."""
+    from lessor.leasing.backend import CONFIG_KEY, RUNS_ON_ROOT
+    from lessor.leasing.migrate import move_runs, old_runs
+    from tests.test_migrate import _as_an_older_lessor_left_it
+
+    async with open_backend(cluster_url) as backend:
+        runs = [await submit_run(backend, "t", namespace=NS, queue="migrated", idempotency_key=f"m{i}")
+                for i in range(8)]
+        assert len({backend.keys_for_run(NS, r.run_id).partition for r in runs}) > 1
+        olds = [await _as_an_older_lessor_left_it(backend, r.run_id) for r in runs]
+        await backend.redis.hdel(CONFIG_KEY, RUNS_ON_ROOT)
+        assert sorted(await old_runs(backend.redis)) == sorted(olds)
+        assert len(await verify(backend)) >= 8   # each run's idempotency key missing on its root
+        assert (await move_runs(backend.redis)).moved == 8
+        assert await old_runs(backend.redis) == [] and await verify(backend) == []
+        assert {c.name: c for c in await run_checks(cluster_url)}["layout"].status == "ok"
+
+
 def asks_answered(node) -> int:
     """How many commands ``node`` has answered with -ASK (INFO errorstats) since it started."""
     with redis.Redis(unix_socket_path=node.socket_path, decode_responses=True) as client:

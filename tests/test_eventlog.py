@@ -40,9 +40,9 @@ async def test_append_and_projection_are_atomic(backend):
     log = EventLog(backend)
     await log.append([ev.RunCreated(ns=NS, run="r1", task="t", queue="q"), created("r1", "a0")])
     before = await snapshot(backend)
-    # The second event is illegal (a0 already exists): neither may be written.
+    # The second event is illegal (a1 already exists): neither may be written.
     with pytest.raises(IllegalTransition, match="action_created"):
-        await log.append([created("r1", "a1"), created("r1", "a0")])
+        await log.append([created("r1", "a1"), created("r1", "a1")])
     # A leased event for an action that does not exist: refused, nothing written.
     with pytest.raises(IllegalTransition):
         await log.append([ev.ActionLeased(ns=NS, run="r1", action="zz", attempt=1, token=1, worker="w",
@@ -57,7 +57,7 @@ async def test_a_run_is_appended_with_its_root_action_or_not_at_all(backend):
     fork the log from the fold. Refused, naming the event, nothing written; with its a0, written."""
     log = EventLog(backend)
     before = await snapshot(backend)
-    with pytest.raises(EventDecodeError, match="#1: run_created needs its root action a0's action_created"):
+    with pytest.raises(EventDecodeError, match="#1: run_created must be followed by its root action a0's action_created"):
         await log.append([ev.RunCreated(ns=NS, run="alone", task="t", queue="q"), created("alone", "a1")])
     assert await snapshot(backend) == before
     await log.append([ev.RunCreated(ns=NS, run="rooted", task="t", queue="q", idempotency_key="k"),
@@ -65,10 +65,20 @@ async def test_a_run_is_appended_with_its_root_action_or_not_at_all(backend):
     root = await backend.redis.hgetall(backend.keys_for_run(NS, "rooted").run_root(f"{NS}/rooted"))
     assert run_view(root) == {"phase": "running", "task": "t", "queue": "q", "inputs": None,
                               "created_ms": int(root[b"created_ms"]), "idempotency_key": "k", "aborting": False}
-    # a0's end is the run's: an explicit run_completed after it is refused before anything is written.
+    # a0's end is the run's: a run_completed of its own, before or after it, is refused with
+    # nothing written; so is anything between a run_created and its a0, or an a0 without its run.
     ended = ev.ActionAborted(ns=NS, run="rooted", action="a0", reason="stop")
-    with pytest.raises(IllegalTransition, match="run_completed"):
-        await log.append([ended, ev.RunCompleted(ns=NS, run="rooted", phase="aborted")])
+    completed = ev.RunCompleted(ns=NS, run="rooted", phase="aborted")
+    before = await snapshot(backend)
+    for events, why in (([completed], "#1: run_completed is written by its root action's end"),
+                        ([ended, completed], "#2: run_completed is written by its root action's end"),
+                        ([ev.RunCreated(ns=NS, run="r2", task="t", queue="q"),
+                          ev.AbortRequested(ns=NS, run="r2", action="", reason="x"), created("r2", "a0")],
+                         "#1: run_created must be followed by its root action a0's action_created"),
+                        ([created("r3", "a0")], "#1: a0's action_created must follow its run's run_created")):
+        with pytest.raises(EventDecodeError, match=why):
+            await log.append(events)
+        assert await snapshot(backend) == before
     await log.append([ended])
     assert (await get_run(backend, NS, "rooted")).phase == "aborted"
     assert await verify(backend) == []
@@ -162,6 +172,9 @@ async def test_verify_catches_a_log_whose_run_disagrees_with_its_root(backend):
     root = backend.keys_for_run(NS, "split").run_root(f"{NS}/split")
     assert [(d.key, d.field, d.from_log, d.live) for d in await verify(backend, fold(broken))] == [
         (root, "run phase", "failed", "succeeded")]
+    # ... and a log whose a0 has no run (its run_created lost): readers would see a run there.
+    rootless = [e for e in events if not isinstance(e, (ev.RunCreated, ev.RunCompleted))]
+    assert [(d.key, d.field) for d in await verify(backend, fold(rootless))] == [(root, "<run>")]
 
 
 async def test_a_runs_own_events_ride_on_its_root_actions(backend):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lessor.doctor import run_checks
+from lessor.leasing.backend import CONFIG_KEY, RUNS_ON_ROOT
 from lessor.leasing.migrate import move_runs, old_runs
 from lessor.leasing.replay import verify
 from lessor.scheduler.control import abort_run
@@ -40,6 +41,7 @@ async def test_old_layout_runs_are_found_moved_once_and_verify_equal(backend, se
     # A run retired after the old lessor stopped would leave only its old hash behind.
     orphan = backend.keys(0).prefix + f"r:{NS}/retired"
     await backend.redis.hset(orphan, mapping={"phase": "succeeded", "task": "t", "idempotency_key": "k"})
+    await backend.redis.hdel(CONFIG_KEY, RUNS_ON_ROOT)   # a server an older lessor laid out has no mark
 
     # Before: readers already see the runs from their root; verify names the two fields not moved yet.
     assert (await get_run(backend, NS, keyed.run_id)).task == "t"
@@ -57,4 +59,5 @@ async def test_old_layout_runs_are_found_moved_once_and_verify_equal(backend, se
     run = await get_run(backend, NS, "aborting")
     assert (run.phase, run.aborting) == ("aborted", True)
     assert {c.name: c for c in await run_checks(server_url)}["layout"].status == "ok"
+    assert await backend.redis.hget(CONFIG_KEY, RUNS_ON_ROOT) == b"1"   # so doctor scans no more
     assert await move_runs(backend.redis) == type(report)(0, 0)   # idempotent

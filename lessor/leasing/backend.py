@@ -30,6 +30,9 @@ from lessor.leasing.scripts import ClockMode, Function, Scripts, is_function_mis
 from lessor.leasing.urls import is_cluster, make_client, redact, resolve_url
 
 CONFIG_KEY = f"{KEY_ROOT}:config"
+#: CONFIG_KEY's field saying every run lives on its root action's hash (laid out so, or migrated:
+#: leasing/migrate.py), so `lessor doctor` need not scan for old-layout runs.
+RUNS_ON_ROOT = "runs_on_root"
 # A cluster's default: at least 8 partitions per primary for up to 6 primaries, so data and
 # load can spread as the cluster grows (pick P >= 8 x the primaries you may ever run).
 CLUSTER_PARTITIONS = 48
@@ -286,6 +289,7 @@ async def read_layout(redis: aioredis.Redis, wanted: int | None) -> tuple[int, s
             # round it read a count without a placement, took the server for a legacy one, and
             # used {pN} keys while the process laying it out used the spread tags: a submit and
             # a worker started together on a fresh server under load never met (tests/test_layout.py).
+            await redis.hsetnx(CONFIG_KEY, RUNS_ON_ROOT, "1")   # a fresh server holds no old-layout runs
             await redis.hsetnx(CONFIG_KEY, "placement", "spread")
             await redis.hsetnx(CONFIG_KEY, "partitions", wanted or default)
         except ResponseError as exc:

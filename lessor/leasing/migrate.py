@@ -1,6 +1,6 @@
 """Moving state an older lessor wrote into today's layout.
 
-Runs. Up to lessor 0.x of 2026-11-27 each run had a hash of its own,
+Runs. Up to the lessor of 2026-11-27 each run had a hash of its own,
 ``<prefix>r:<ns>/<run>``. Today a run lives on its root action a0's hash (core/fold.py
 ``RUN_ON_ROOT``): readers already see such a run from a0 (phase, task, queue, inputs,
 creation time); only its own two fields, the idempotency key and the abort mark, are
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from lessor.core.fold import RUN_ON_ROOT
 from lessor.core.ids import KEY_ROOT
+from lessor.leasing.backend import CONFIG_KEY, RUNS_ON_ROOT
 
 #: Where an old lessor kept a run: ``<KEY_ROOT>:{<tag>}:r:<ns>/<run>``.
 OLD_RUN_PATTERN = KEY_ROOT + ":{*}:r:*"
@@ -74,4 +75,5 @@ async def move_runs(redis, on_progress=None) -> MoveReport:
             orphans += 1
         if on_progress is not None and (moved + orphans) % 500 == 0:
             on_progress(moved + orphans)
+    await redis.hset(CONFIG_KEY, RUNS_ON_ROOT, "1")   # doctor need not look again
     return MoveReport(moved, orphans)

@@ -107,6 +107,10 @@ async def verify(backend: Backend, world: World | None = None, archive: Archive 
         view, want = run_view(at[ref + "/a0"]), run_view_of(state)
         diffs += [Difference(root, f"run {name}", want[name], (view or {}).get(name))
                   for name in want if view is None or view[name] != want[name]]
+    for ref in at:
+        run = ref.rsplit("/", 1)[0]
+        if ref.endswith("/a0") and run not in world.runs:   # a0 reads as a run the log never created
+            diffs.append(Difference(backend.keys_for_ref(ref).run_root(run), "<run>", "none in the log", "a0 reads as one"))
     for ref, state in world.schedules.items():
         ns, name = ref.rsplit("/", 1)
         expected.append((backend.keys_for_run(ns, name).schedule(ref),

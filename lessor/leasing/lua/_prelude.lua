@@ -346,6 +346,10 @@ local function lib()
       error('lessor bug: illegal transition ' .. tostring(cur) .. ' --' .. ev.type .. '--> ? for ' .. key)
     end
     if handler == nil then error('lessor bug: no projection handler for ' .. ev.type) end
+    if kind == 'run' and ev.type == 'run_completed' and not implied then
+      -- The run lives on a0's hash: its end is a0's, and emit writes this event for it.
+      error("lessor bug: run_completed is implied by its root action's end, never emitted on its own")
+    end
     if is_action and (cur == 'running') ~= (nxt == 'running') then
       count_running(key, ev.ns, nxt == 'running' and 1 or -1)
     end
