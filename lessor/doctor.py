@@ -284,8 +284,8 @@ async def _layout(redis) -> Check:
     found = await old_runs(redis, limit=1000)
     if not found:
         return Check("layout", "ok", "every run lives on its root action's hash")
-    many = "1000 or more" if len(found) >= 1000 else str(len(found))
-    return Check("layout", "warn", f"{many} runs in the old layout (a hash of their own, e.g. {found[0]}): once "
+    many = "1000 or more runs" if len(found) >= 1000 else "1 run" if len(found) == 1 else f"{len(found)} runs"
+    return Check("layout", "warn", f"{many} in the old layout (a hash of their own, e.g. {found[0]}): once "
                                    "every older lessor process has stopped, run `lessor doctor --migrate`")
 
 

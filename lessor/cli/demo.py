@@ -30,7 +30,7 @@ from lessor.leasing.reaper import Reaper
 from lessor.leasing.urls import redact
 from lessor.leasing.replay import verify
 from lessor.scheduler.launch import worker_command
-from lessor.scheduler.query import run_actions
+from lessor.scheduler.query import action_order, run_actions
 from lessor.scheduler.registry import Registry
 from lessor.scheduler.submit import Retries
 from lessor.server import EmbeddedServer, spawn_child
@@ -176,8 +176,9 @@ async def tell_the_story(client: lessor.Client, procs: list, children: int, cons
         story.paused, story.victim_actions = victim, {a.action_id for a in held}
         proc = procs[int(victim.split("-")[1]) - 1]
         proc.send_signal(signal.SIGSTOP)
-        timeline.say(await server_ms(backend), f"PAUSE {victim} (SIGSTOP) while it holds "
-                                              f"{', '.join(sorted(story.victim_actions))}: its heartbeats stop", "bold")
+        held_ids = ", ".join(sorted(story.victim_actions, key=action_order))
+        timeline.say(await server_ms(backend), f"PAUSE {victim} (SIGSTOP) while it holds {held_ids}: its heartbeats stop",
+                     "bold")
         deadline = max(a.deadline_ms for a in held)
         tg.start_soon(say_at, backend, timeline, deadline,
                       f"heartbeats missed: the deadline of {victim}'s last lease passes; grace period of "
@@ -186,7 +187,8 @@ async def tell_the_story(client: lessor.Client, procs: list, children: int, cons
                       f"grace period over: {victim}'s leases are dead on the server clock; the reaper takes them")
         with anyio.fail_after(30):
             await story.all_failed_over.wait()
-        timeline.say(await server_ms(backend), f"failover done: {', '.join(sorted(story.failed_over))} now run on healthy workers")
+        moved = ", ".join(sorted(story.failed_over, key=action_order))
+        timeline.say(await server_ms(backend), f"failover done: {moved} now run on healthy workers")
         proc.send_signal(signal.SIGCONT)
         timeline.say(await server_ms(backend), f"RESUME {victim} (SIGCONT): it still believes it owns its old leases", "bold")
         with anyio.fail_after(30):
@@ -219,7 +221,7 @@ async def verify_everything(client: lessor.Client, run_id: str, story: Story, co
     checks = [
         (f"run {run_id} succeeded with result {info.result}", info.phase.value == "succeeded"),
         (f"lease expired for {len(story.expired)} actions of the paused worker "
-         f"({', '.join(sorted(story.expired))})", bool(story.expired)),
+         f"({', '.join(sorted(story.expired, key=action_order))})", bool(story.expired)),
         ("every one of them failed over to a healthy worker", story.failed_over >= story.victim_actions),
         (f"{len(story.refused)} late reports from the paused worker refused and recorded "
          f"({', '.join(sorted({r.kind for r in story.refused}))})", bool(story.refused)),

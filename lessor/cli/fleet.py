@@ -108,6 +108,7 @@ def _table(title: str, columns: list[tuple[str, bool, bool]], rows: list[list[st
 def workers_table(found, width: int = 250):
     """A rich Table of the workers (what `lessor workers` prints): id, host, pid, version, leases held,
     leases past their deadline, last heartbeat age, queues."""
+    from lessor.cli.render import plural
     from lessor.scheduler.presence import STALE_MS
 
     rows = []
@@ -125,7 +126,7 @@ def workers_table(found, width: int = 250):
     columns = [("worker", False, False), ("host", False, True), ("pid", True, False), ("version", False, True),
                ("leases", True, False), ("late", True, False), ("heartbeat age", True, False),
                ("queues", False, True)]   # host, then version, then queues give way at a narrow width
-    return _table(f"{len(found.rows)} workers (late: leases past their deadline)", columns, rows,
+    return _table(f"{plural(len(found.rows), 'worker')} (late: leases past their deadline)", columns, rows,
                   "; ".join(notes) or None, width)
 
 

@@ -77,7 +77,8 @@ def event_to_json(partition: int, event: Any) -> dict:
     """A JSON-ready dict of an event (blobs decoded as msgpack when they are, else hex)."""
     from lessor.scheduler.values import show_value
 
-    out = {"partition": partition, "id": event.id, "type": event.TYPE}
+    # id and index together name an event: a stream entry holds the events of one script call.
+    out = {"partition": partition, "id": event.id, "index": event.index, "type": event.TYPE}
     for f in dataclasses.fields(event):
         if f.name in ("id", "index", "extra"):
             continue
@@ -148,8 +149,9 @@ def tree_to_json(info, node) -> dict:
     return run_to_json(info) | {"tree": walk(node)}
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``1 run``, ``2 runs``, ``1,000 runs`` (``words``: the plural, if not ``word`` + s)."""
+    return f"1 {word}" if n == 1 else f"{n:,} {words or word + 's'}"
 
 
 def print_runs(runs, cursor, namespace: str = "") -> None:
@@ -166,7 +168,7 @@ def print_runs(runs, cursor, namespace: str = "") -> None:
     rows = [(r.run_id, r.task, r.queue, run_status(r), clock_text(r.created_ms),
              str(r.root.attempt) if r.root else "", _one_line(r.root.error or "") if r.root else "") for r in runs]
     widths = _fit([max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(_RUN_COLUMNS)], width)
-    title = f"{_plural(len(runs), 'run')} in {namespace}" if namespace else _plural(len(runs), "run")
+    title = f"{plural(len(runs), 'run')} in {namespace}" if namespace else plural(len(runs), "run")
     console.print(title, style="bold", markup=False, soft_wrap=True)
     console.print(_line(_RUN_COLUMNS, widths), style="bold", markup=False, soft_wrap=True)
     phase_at = sum(widths[:3]) + 2 * 3
@@ -236,9 +238,9 @@ def node_label(a) -> str:
     if a.worker:
         parts.append(f"on {escape(a.worker)}")
     if a.expirations:
-        parts.append(f"[red]lease expired {_plural(a.expirations, 'time').replace('1 time', 'once')}[/red]")
+        parts.append(f"[red]lease expired {plural(a.expirations, 'time').replace('1 time', 'once')}[/red]")
     if a.rejected:
-        parts.append(f"[magenta]{_plural(a.rejected, 'stale report')} refused[/magenta]")
+        parts.append(f"[magenta]{plural(a.rejected, 'stale report')} refused[/magenta]")
     if a.error and a.phase.value != "succeeded":
         parts.append(f"[red]{escape(a.error)}[/red]")
     return " · ".join(parts)
@@ -293,8 +295,8 @@ def print_replay(summary: dict) -> None:
 
     console = Console()
     phases = summary["action_phases"]
-    console.print(f"replayed {summary['events']} events: {summary['runs']} runs, "
-                  f"{summary['actions']} actions " + ", ".join(f"{k}={v}" for k, v in sorted(phases.items())))
+    console.print(f"replayed {plural(summary['events'], 'event')}: {plural(summary['runs'], 'run')}, "
+                  f"{plural(summary['actions'], 'action')} " + ", ".join(f"{k}={v}" for k, v in sorted(phases.items())))
     for note in summary.get("fell_back", ()):
         console.print(f"  snapshot unusable, fell back: {note}", style="yellow", markup=False)
     if summary["verified"]:

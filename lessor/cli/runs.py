@@ -208,6 +208,7 @@ def retired_in_archive(directory: str, namespace: str, run_id: str, url: str | N
 def cmd_abort(args: argparse.Namespace) -> int:
     """`lessor abort ID`: Client.abort; prints how many actions stopped now and how many were asked to."""
     import lessor
+    from lessor.cli.render import plural
 
     namespace, run_id = split_run(args)
 
@@ -219,6 +220,6 @@ def cmd_abort(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"aborted_now": out.aborted, "abort_requested": out.requested}))
     else:
-        print(f"abort {namespace}/{run_id}: {out.aborted} queued actions aborted, "
-              f"{out.requested} running actions asked to stop")
+        print(f"abort {namespace}/{run_id}: {plural(out.aborted, 'queued action')} aborted, "
+              f"{plural(out.requested, 'running action')} asked to stop")
     return 0

@@ -48,7 +48,8 @@ def add_commands(sub) -> None:
                    help="with --sentinel: how many sentinels (default 3; a majority must agree on a failover)")
     p.set_defaults(handler=cmd_server)
 
-    p = sub.add_parser("doctor", help="check a server before use: version, persistence, ACL, cluster, clocks")
+    p = sub.add_parser("doctor", help="check a server before use: version, persistence, ACL, cluster, "
+                                      "failover readiness, clocks, layout")
     add_url(p)
     add_durability(p)
     p.add_argument("--json", action="store_true")
@@ -153,6 +154,7 @@ def _migrate(url: str) -> None:
     """Move old-layout runs onto their root actions, with progress on stderr."""
     import sys
 
+    from lessor.cli.render import plural
     from lessor.leasing.backend import make_redis
     from lessor.leasing.migrate import move_runs
 
@@ -164,8 +166,8 @@ def _migrate(url: str) -> None:
             await redis.aclose()
 
     report = anyio.run(go)
-    print(f"migrate: {report.moved:,} runs moved onto their root action's hash, {report.orphans:,} old hashes "
-          "of runs already retired deleted", file=sys.stderr)
+    print(f"migrate: {plural(report.moved, 'run')} moved onto their root action's hash, "
+          f"{plural(report.orphans, 'old hash', 'old hashes')} of runs already retired deleted", file=sys.stderr)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -8,8 +8,9 @@ is what ``lessor replay`` builds and compares against the live projection.
 The projection (``action_projection``/``run_projection``) is the exact set of
 hash fields the Lua scripts keep, as strings, so the two can be compared field
 by field. A run has no hash of its own: its few own fields are kept on its root
-action's (``RUN_ON_ROOT``), and readers derive the rest from a0 (``run_view``). Lease timing that on-time renewals move without an event
-(``deadline_ms``) is left out of it on purpose: like etcd after a leader change,
+action's (``RUN_ON_ROOT``), and readers derive the rest from a0 (``run_view``).
+Lease timing that on-time renewals move without an event (``deadline_ms``) is
+left out of it on purpose: like etcd after a leader change,
 a rebuilt lease simply gets a fresh ttl.
 """
 

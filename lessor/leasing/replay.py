@@ -110,7 +110,8 @@ async def verify(backend: Backend, world: World | None = None, archive: Archive 
     for ref in at:
         run = ref.rsplit("/", 1)[0]
         if ref.endswith("/a0") and run not in world.runs:   # a0 reads as a run the log never created
-            diffs.append(Difference(backend.keys_for_ref(ref).run_root(run), "<run>", "none in the log", "a0 reads as one"))
+            diffs.append(Difference(backend.keys_for_ref(ref).run_root(run), "<run>", "none in the log",
+                                    "a0 reads as one"))
     for ref, state in world.schedules.items():
         ns, name = ref.rsplit("/", 1)
         expected.append((backend.keys_for_run(ns, name).schedule(ref),

@@ -150,10 +150,11 @@ async def run_actions(backend: Backend, namespace: str, run_id: str) -> list[Act
     for action_id in ids:
         pipe.hgetall(keys.action(action_ref(namespace, run_id, action_id)))
     infos = [action_info(h) for h in await pipe.execute() if h]
-    return sorted(infos, key=lambda a: (a.created_ms, _natural(a.action_id)))
+    return sorted(infos, key=lambda a: (a.created_ms, action_order(a.action_id)))
 
 
-def _natural(action_id: str) -> tuple:
+def action_order(action_id: str) -> tuple:
+    """Sort key of action ids in creation order: a0, a0.1, a0.2, ..., a0.10 (numbers, not text)."""
     return tuple(int(p) if p.isdigit() else p for p in action_id.replace("a", "", 1).split("."))
 
 

@@ -753,7 +753,8 @@ class Simulator:
         for ns, run_ids in by_ns.items():
             for run_id, phase in (await run_phases(self.backend, ns, run_ids)).items():
                 # A run whose submit a crash or failover rolled back is gone: nothing to wait for.
-                if phase not in (Phase.RUNNING, None) or (phase is None and self.truth.lost(self.truth.submit_steps[run_id])):
+                lost = phase is None and self.truth.lost(self.truth.submit_steps[run_id])
+                if phase not in (Phase.RUNNING, None) or lost:
                     self._done.add(run_id)
         return len(self._done) == len(self.truth.submitted)
 
