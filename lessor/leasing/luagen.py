@@ -269,6 +269,8 @@ def lib_block() -> str:
         f"local FROM_PAYLOAD, NO_PHASE, RETIRED = '{FROM_PAYLOAD}', '{NO_PHASE}', '{RETIRED}'",
         _subjects(),
         f"local TEXT = {{ {text} }}",
+        # a run's own fields, by their names on its root action's hash (core/fold.py)
+        "local RUN_ON_ROOT = { " + ", ".join(f"{k} = '{v}'" for k, v in RUN_ON_ROOT.items()) + " }",
         _keys(hot=False),
         _event_fields(),
         _setting_kinds(),

@@ -73,7 +73,7 @@ _LIB_NAMES = (
     # generated: keys, tables, handlers
     *(f.lua for f in KEY_FAMILIES if f.lua not in HOT),
     "SETTING_KINDS", "UNSET", "ON", "ON_RUN", "ON_SCHEDULE", "ON_SETTINGS", "ON_TRIGGER", "EVF", "ACTION_T", "RUN_T",
-    "SCHEDULE_T", "SETTINGS_T", "TRIGGER_T", "TERMINAL", "FROM_PAYLOAD", "NO_PHASE", "RETIRED",
+    "SCHEDULE_T", "SETTINGS_T", "TRIGGER_T", "TERMINAL", "FROM_PAYLOAD", "NO_PHASE", "RETIRED", "RUN_ON_ROOT",
 )
 _LIB_EXPORTS = "lib_ = {" + ", ".join(f"{n} = {n}" for n in _LIB_NAMES) + "}"
 # Scripts that need more than the renewal hot path say so with a --@@USES_LIB@@ line,

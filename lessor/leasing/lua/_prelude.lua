@@ -487,7 +487,7 @@ local function lib()
       queue = queue, inputs = inputs, sys_retries = sys_retries, user_retries = user_retries,
       backoff_ms = backoff_ms, priority = priority, timeout_ms = timeout_ms, cache_key = cache_key,
       parent_token = 0, idempotency_key = idempotency_key}, NO_PHASE,
-      idempotency_key and 'idempotency_key', idempotency_key)   -- the run's own field, on a0's hash
+      idempotency_key and RUN_ON_ROOT.idempotency_key, idempotency_key)   -- the run's own field, on a0's
     if adds then add_later(adds, runs_key(ns), NOW, run) else redis.call('ZADD', runs_key(ns), NOW, run) end
   end
 

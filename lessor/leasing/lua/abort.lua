@@ -14,7 +14,7 @@ local err = refuse('abort', bad_ns(ns), bad_id('run', run), bad_text('reason', r
 if err then return err end
 local run_ref = ns .. '/' .. run
 local root = root_key(ns, run)   -- the run lives on its root action's hash
-local h = redis.call('HMGET', root, 'phase', 'run_aborting')
+local h = redis.call('HMGET', root, 'phase', RUN_ON_ROOT.aborting)
 if not h[1] then return redis.error_reply('LESSOR_UNKNOWN_RUN ' .. run_ref) end
 local phase = run_phase(h[1])
 checked()
