@@ -16,10 +16,13 @@ from dataclasses import dataclass
 
 from lessor.core.fold import RUN_ON_ROOT
 from lessor.core.ids import KEY_ROOT
+from lessor.core.keyspace import KEY_FAMILIES
 from lessor.leasing.backend import CONFIG_KEY, RUNS_ON_ROOT
 
-#: Where an old lessor kept a run: ``<KEY_ROOT>:{<tag>}:r:<ns>/<run>``.
-OLD_RUN_PATTERN = KEY_ROOT + ":{*}:r:*"
+#: Where an old lessor kept a run: ``<KEY_ROOT>:{<tag>}:r:<ns>/<run>`` (a key family it had).
+OLD_RUN_SUFFIX = "r:"
+OLD_RUN_PATTERN = KEY_ROOT + ":{*}:" + OLD_RUN_SUFFIX + "*"
+_ACTION_SUFFIX = next(f.suffix for f in KEY_FAMILIES if f.lua == "akey")
 
 # KEYS[1] the old run hash, KEYS[2] its root action's hash (one partition: one hash tag).
 # Atomic, so a run retired between the read and the write is not recreated as a stray hash.
@@ -45,8 +48,8 @@ class MoveReport:
 
 
 def _root_of(old_key: str) -> str:
-    head, _, ref = old_key.partition("}:r:")
-    return f"{head}}}:a:{ref}/a0"
+    head, _, ref = old_key.partition("}:" + OLD_RUN_SUFFIX)
+    return f"{head}}}:{_ACTION_SUFFIX}{ref}/a0"
 
 
 async def old_runs(redis, limit: int | None = None) -> list[str]:
